@@ -1,0 +1,3 @@
+from edgel2.cli import main
+
+main()

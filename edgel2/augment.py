@@ -1,0 +1,83 @@
+"""Training-only augmentation: random crop with padding and horizontal flip, per image.
+
+Written as two vectorised gathers over the padded batch so that it compiles into the train
+step on every backend. Keras' own ``RandomCrop``/``RandomFlip`` layers run about 70x slower
+than the network itself on JAX (measured on an H200, see shared/DEVICE.md), so they are not used.
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+
+def random_crop_flip(images, seed, padding: int = 4, flip: bool = True,
+                     pad_mode: str = "reflect"):
+    """Crop each NHWC image at a random offset from its ``padding``-padded copy and flip it
+    left-right with probability 1/2. Shape and dtype are kept.
+
+    ``seed`` is a ``keras.random.SeedGenerator`` (or an int, for one-off use).
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.arange(2 * 8 * 8 * 3, dtype="uint8").reshape(2, 8, 8, 3)
+        >>> random_crop_flip(x, seed=0, padding=2).shape
+        (2, 8, 8, 3)
+    """
+    batch = ops.shape(images)[0]
+    height, width = images.shape[1], images.shape[2]
+    channels = images.shape[3]
+    padded = ops.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]],
+                     mode=pad_mode)
+    dy = keras.random.randint((batch,), 0, 2 * padding + 1, seed=seed)
+    dx = keras.random.randint((batch,), 0, 2 * padding + 1, seed=seed)
+    cols = ops.arange(width, dtype="int32")[None, :]
+    if flip:
+        mirrored = keras.random.randint((batch, 1), 0, 2, seed=seed)
+        cols = ops.where(mirrored == 1, width - 1 - cols, cols)
+    rows = dy[:, None] + ops.arange(height, dtype="int32")[None, :]          # (B, H)
+    cols = dx[:, None] + cols                                                 # (B, W)
+    padded_width = width + 2 * padding
+    rows = ops.broadcast_to(rows[:, :, None, None], (batch, height, padded_width, channels))
+    cropped = ops.take_along_axis(padded, rows, axis=1)                      # (B, H, W+2p, C)
+    cols = ops.broadcast_to(cols[:, None, :, None], (batch, height, width, channels))
+    return ops.take_along_axis(cropped, cols, axis=2)                         # (B, H, W, C)
+
+
+@keras.saving.register_keras_serializable(package="edgel2")
+class RandomCropFlip(layers.Layer):
+    """:func:`random_crop_flip` as a layer that is active only when ``training`` is true.
+
+    It lives in the training wrapper (:func:`with_augmentation`), never in the saved model.
+    """
+
+    def __init__(self, padding: int = 4, flip: bool = True, pad_mode: str = "reflect",
+                 seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.padding, self.flip, self.pad_mode, self.seed = padding, flip, pad_mode, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        return random_crop_flip(images, self.seed_generator, self.padding, self.flip,
+                                self.pad_mode)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding, "flip": self.flip,
+                "pad_mode": self.pad_mode, "seed": self.seed}
+
+
+def with_augmentation(model: keras.Model, seed: int | None = None, padding: int = 4,
+                      flip: bool = True) -> keras.Model:
+    """Wrap ``model`` so that training batches are cropped and flipped first.
+
+    Example:
+        >>> from edgel2.model import resnet18
+        >>> trainer = with_augmentation(resnet18(width=4), seed=0)   # fit this, save ``model``
+    """
+    images = keras.Input(shape=model.input.shape[1:], dtype=model.input.dtype, name="images")
+    augmented = RandomCropFlip(padding, flip, seed=seed, name="crop_flip")(images)
+    return keras.Model(images, model(augmented), name=f"{model.name}_train")

@@ -1,0 +1,176 @@
+"""The ``edgel2`` command line: a thin layer over the Python API.
+
+Heavy libraries (Keras, TensorFlow, JAX) are imported inside the commands, after the backend
+is chosen, so ``edgel2 --help`` is instant and ``--backend`` takes effect.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edgel2 import __version__
+from edgel2.backend import BACKENDS, use_backend
+from edgel2.config import TrainConfig
+from edgel2.errors import EdgeL2Error
+
+DEFAULTS = TrainConfig()
+NON_NEGATIVE = click.FloatRange(min=0)
+
+
+class _Cli(click.Group):
+    """Turns every expected failure into one line on stderr and a documented exit code:
+    2 for bad options (as argparse and click do), 1 for bad input or a failed run,
+    130 for Ctrl-C."""
+
+    def main(self, args=None, prog_name=None, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(args, prog_name or "edgel2", **kwargs)
+        except click.UsageError as e:
+            click.echo(f"edgel2: error: {e.format_message()}", err=True)
+            sys.exit(2)
+        except EdgeL2Error as e:
+            click.echo(f"edgel2: error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("edgel2: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"],
+                                         "max_content_width": 100})
+@click.version_option(__version__, prog_name="edgel2")
+def cli() -> None:
+    """edgel2: train an L2-regularized ResNet-18 on CIFAR-10, export it, deploy it.
+
+    \b
+    Quick start:
+      edgel2 train --width 16 --epochs 5 --subset 10000
+      edgel2 eval runs/train/exp/model.keras
+    """
+
+
+def _data_options(f):
+    f = click.option("--image-size", type=click.IntRange(min=1), default=None,
+                     help="Resize every image to N x N (needed when sizes differ).")(f)
+    f = click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     default=DEFAULTS.val_split, show_default=True,
+                     help="Test fraction for a folder of bare class subfolders.")(f)
+    f = click.option("--data", type=str, default=None,
+                     help="Image folder (train/<class>/, test/<class>/ or <class>/) or "
+                          "cifar-10-batches-py/. Default: $EDGEL2_DATA, else download CIFAR-10.")(f)
+    return f
+
+
+def _backend_option(f):
+    return click.option("--backend", type=click.Choice(BACKENDS), default=None,
+                        help="Keras backend (default: $KERAS_BACKEND, else tensorflow).")(f)
+
+
+@cli.command()
+@_data_options
+@_backend_option
+@click.option("--width", type=click.IntRange(min=1), default=DEFAULTS.width, show_default=True,
+              help="Channels of the first stage (64 = the standard 11.17M-parameter ResNet-18).")
+@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,
+              show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr,
+              show_default=True, help="Peak learning rate of the schedule.")
+@click.option("--schedule", type=click.Choice(["onecycle", "cosine"]), default=DEFAULTS.schedule,
+              show_default=True, help="Linear warm-up, then linear (onecycle) or cosine decay.")
+@click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.warmup,
+              show_default=True, help="Fraction of all steps spent warming up.")
+@click.option("--momentum", type=click.FloatRange(0, 1), default=DEFAULTS.momentum,
+              show_default=True, help="SGD momentum (Nesterov unless --no-nesterov).")
+@click.option("--nesterov/--no-nesterov", default=DEFAULTS.nesterov, show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True),
+              default=DEFAULTS.label_smoothing, show_default=True)
+@click.option("--weight-l2", type=NON_NEGATIVE, default=DEFAULTS.weight_l2, show_default=True,
+              help="L2 on every conv/dense kernel: adds weight_l2*sum(w^2) to the loss. "
+                   "2.5e-4 equals SGD weight decay 5e-4.")
+@click.option("--feature-l2", type=NON_NEGATIVE, default=DEFAULTS.feature_l2, show_default=True,
+              help="Penalty lambda*mean_batch ||u||^2 on the pooled features u before the "
+                   "classifier (training only; absent from exports).")
+@click.option("--l1", type=NON_NEGATIVE, default=DEFAULTS.l1, show_default=True,
+              help="L1 on every conv/dense kernel (for comparisons).")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.dropout,
+              show_default=True, help="Dropout before the classifier (for comparisons).")
+@click.option("--augment/--no-augment", default=DEFAULTS.augment, show_default=True,
+              help="Random crop (4-pixel padding) and horizontal flip while training.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
+              default=DEFAULTS.precision, show_default=True,
+              help="auto: mixed bf16 on a GPU, fp32 on the CPU.")
+@click.option("--subset", type=click.IntRange(min=1), default=None,
+              help="Train on a class-balanced random subset of N images (quick runs).")
+@click.option("--test-subset", type=click.IntRange(min=1), default=None,
+              help="Evaluate each epoch on a class-balanced subset of N test images.")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default: runs/train/exp, exp2, ...).")
+@click.option("--resume", type=click.Path(file_okay=False), default=None,
+              help="Continue the run in this directory from its last finished epoch "
+                   "(its saved config is used; other options are ignored).")
+@click.option("--quiet", is_flag=True, help="No per-step progress bar.")
+def train(backend, out, resume, quiet, **options) -> None:
+    """Train the L2-regularized CIFAR ResNet-18 and fill a run directory.
+
+    \b
+    The run directory gets model.keras, best.keras, last.keras (resumable checkpoint),
+    config.json, metrics.csv and curves.png.
+    """
+    use_backend(backend)
+    from edgel2.train import train as run_training
+
+    config = TrainConfig(**options)
+    try:
+        config.validate()
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    result = run_training(config, out, resume=resume, verbose=2 if quiet else 1)
+    click.echo(f"best test top-1 {100 * result.best_acc:.2f} %, final {100 * result.final_acc:.2f} %"
+               f" after {result.history[-1]['epoch']} epochs")
+    click.echo(f"run directory: {result.run_dir}")
+
+
+@cli.command(name="eval")
+@click.argument("model", type=click.Path(dir_okay=False))
+@_data_options
+@_backend_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Where eval.json and confusion.png go (default: beside MODEL, in eval/).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def evaluate(model, data, val_split, image_size, backend, batch_size, out, as_json) -> None:
+    """Top-1 and per-class accuracy of MODEL (.keras) on the test split, and a confusion
+    matrix (PNG and JSON)."""
+    use_backend(backend)
+    from edgel2.data import load_dataset
+    from edgel2.evaluate import evaluate as run_eval
+    from edgel2.evaluate import load_model, save_report
+
+    keras_model = load_model(model)
+    dataset = load_dataset(data, val_split=val_split, image_size=image_size)
+    report = run_eval(keras_model, dataset, batch_size=batch_size, verbose=0 if as_json else 1)
+    paths = save_report(report, out or Path(model).parent / "eval")
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"{'class':<14}{'top-1':>8}")
+    for name, acc in report["per_class"].items():
+        click.echo(f"{name:<14}{100 * acc:>7.2f}%")
+    click.echo(f"{'all':<14}{100 * report['accuracy']:>7.2f}%  ({report['images']} test images "
+               f"from {report['data']['source']})")
+    click.echo(f"report: {paths['json']}  confusion matrix: {paths['png']}")
+
+
+def main() -> None:  # console-script entry point
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The CIFAR-10 ResNet-18 (Keras 3, any backend) and the feature-L2 penalty layer.
+
+``resnet18()`` follows the common PyTorch CIFAR ResNet-18 (kuangliu/pytorch-cifar): a 3x3
+stem, no max-pool, four stages of two basic blocks with ``width``, 2x, 4x and 8x channels
+(strides 1, 2, 2, 2; a 1x1 conv + BN projection where the shape changes), global average
+pooling and a dense classifier. At ``width=64`` it has 11,173,962 trainable parameters.
+
+The model takes raw uint8 NHWC pixels and normalizes inside the graph, so exported files need
+no outside preprocessing.
+
+Regularization, in both senses of "L2":
+
+* ``weight_l2`` adds ``weight_l2 * sum(w**2)`` for every conv and dense kernel to the loss. Its
+  gradient is ``2 * weight_l2 * w``, so ``weight_l2 = 2.5e-4`` equals the usual SGD weight
+  decay of 5e-4 (PyTorch's ``weight_decay``). BN parameters and biases are not decayed.
+* ``feature_l2`` adds ``feature_l2 * mean_batch ||u||**2`` where ``u`` is the pooled feature
+  vector before the classifier (:class:`FeatureL2`); the layer is the identity at inference.
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from edgel2.config import DEFAULT_FEATURE_L2, DEFAULT_WEIGHT_L2
+
+# Per-channel statistics of the CIFAR-10 training images, on the 0..255 scale.
+CIFAR10_MEAN = (125.307, 122.950, 113.865)
+CIFAR10_STD = (62.993, 62.089, 66.705)
+
+
+
+@keras.saving.register_keras_serializable(package="edgel2")
+class FeatureL2(layers.Layer):
+    """Identity layer that adds ``rate * mean_batch(||u||^2)`` to the loss while training.
+
+    ``u`` is the layer's input flattened per example. At inference (``training`` false) it adds
+    nothing and returns its input untouched, so it disappears from exported graphs.
+
+    Example:
+        >>> import numpy as np
+        >>> layer = FeatureL2(0.5)
+        >>> _ = layer(np.ones((2, 4), "float32"), training=True)
+        >>> float(layer.losses[0])   # 0.5 * mean(4, 4)
+        2.0
+    """
+
+    def __init__(self, rate: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if rate < 0:
+            raise ValueError(f"feature L2 rate must be >= 0, got {rate}")
+        self.rate = float(rate)
+
+    def call(self, inputs, training=None):
+        if training and self.rate > 0:
+            u = ops.cast(ops.reshape(inputs, (ops.shape(inputs)[0], -1)), "float32")
+            self.add_loss(self.rate * ops.mean(ops.sum(ops.square(u), axis=-1)))
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
+
+
+def _regularizer(l2: float, l1: float):
+    if l1 and l2:
+        return keras.regularizers.L1L2(l1=l1, l2=l2)
+    if l2:
+        return keras.regularizers.L2(l2)
+    if l1:
+        return keras.regularizers.L1(l1)
+    return None
+
+
+def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, reg, relu: bool = True):
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
+                      kernel_initializer="he_normal", kernel_regularizer=reg,
+                      name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def _basic_block(x, filters: int, stride: int, name: str, reg):
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = _conv_bn(x, filters, 1, stride, f"{name}_proj", reg, relu=False)
+    y = _conv_bn(x, filters, 3, stride, f"{name}_1", reg)
+    y = _conv_bn(y, filters, 3, 1, f"{name}_2", reg, relu=False)
+    return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
+
+
+def resnet18(num_classes: int = 10, width: int = 64, *,
+             weight_l2: float = DEFAULT_WEIGHT_L2, feature_l2: float = DEFAULT_FEATURE_L2,
+             l1: float = 0.0, dropout: float = 0.0,
+             input_shape: tuple[int, int, int] = (32, 32, 3),
+             mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD,
+             name: str | None = None) -> keras.Model:
+    """Build the CIFAR ResNet-18 as a functional Keras model: uint8 NHWC in, logits out.
+
+    Example:
+        >>> model = resnet18(width=64)
+        >>> sum(int(w.numpy().size) for w in model.trainable_weights)   # doctest: +SKIP
+        11173962
+        >>> small = resnet18(width=8, feature_l2=1e-3)   # a fast model for CPU runs
+    """
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    for label, value in (("weight_l2", weight_l2), ("feature_l2", feature_l2), ("l1", l1)):
+        if value < 0:
+            raise ValueError(f"{label} must be >= 0, got {value}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    reg = _regularizer(weight_l2, l1)
+
+    images = keras.Input(shape=input_shape, dtype="uint8", name="images")
+    x = layers.Normalization(mean=list(mean), variance=[s * s for s in std],
+                             name="normalize")(images)
+    x = _conv_bn(x, width, 3, 1, "stem", reg)
+    for stage, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2)), start=1):
+        for block in range(2):
+            x = _basic_block(x, width * mult, stride if block == 0 else 1,
+                             f"stage{stage}_block{block + 1}", reg)
+    features = layers.GlobalAveragePooling2D(name="pool")(x)
+    features = FeatureL2(feature_l2, name="feature_l2")(features)
+    if dropout:
+        features = layers.Dropout(dropout, name="dropout")(features)
+    # float32 logits even under mixed precision, for a stable softmax and loss.
+    logits = layers.Dense(num_classes, kernel_regularizer=reg, dtype="float32",
+                          name="logits")(features)
+    return keras.Model(images, logits, name=name or f"resnet18_w{width}")
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """A model from the same inputs to the pooled features ``u`` (before dropout/classifier).
+
+    Example:
+        >>> extractor = feature_extractor(resnet18(width=8))
+        >>> extractor.output.shape
+        (None, 64)
+    """
+    return keras.Model(model.input, model.get_layer("pool").output)
+
+
+def count_params(model: keras.Model) -> int:
+    """Number of trainable parameters."""
+    return int(sum(int(ops.size(w)) for w in model.trainable_weights))

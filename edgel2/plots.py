@@ -1,0 +1,64 @@
+"""PNG plots people would rather look at than read: training curves, confusion matrices."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgel2.utils import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """Loss and accuracy per epoch (train and test) from ``metrics.csv`` rows, as a PNG."""
+    plt = _pyplot()
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "-"), ("test", "--")):
+        ax_loss.plot(epochs, [float(r[f"{split}_loss"]) for r in rows], style, label=split)
+        ax_acc.plot(epochs, [100 * float(r[f"{split}_acc"]) for r in rows], style, label=split)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
+                   title: str = "") -> Path:
+    """A row-normalised confusion matrix (true class down, predicted across) as a PNG."""
+    plt = _pyplot()
+    matrix = np.asarray(matrix, dtype=np.float64)
+    normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.6 * n))
+    ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", fontsize=7,
+                    color="white" if normalised[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return Path(path)

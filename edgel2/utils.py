@@ -1,0 +1,53 @@
+"""Small helpers shared across edgel2 (no heavy imports here)."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
+
+    An exception (or Ctrl-C) inside the block removes the temporary file, so readers never
+    see a half-written file. The temporary name keeps the suffix, for writers (Keras, Pillow)
+    that choose the format from it.
+
+    Example:
+        >>> with atomic_path("out.json") as tmp:        # doctest: +SKIP
+        ...     tmp.write_text("{}")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    return Path(path)
+
+
+def config_hash(obj) -> str:
+    """A short, stable hash of a JSON-able object (key order does not matter)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def next_run_dir(parent: str | os.PathLike, name: str) -> Path:
+    """``parent/name``, or ``name2``, ``name3``... for the first one that does not exist yet."""
+    parent = Path(parent)
+    candidate, i = parent / name, 2
+    while candidate.exists():
+        candidate, i = parent / f"{name}{i}", i + 1
+    return candidate
