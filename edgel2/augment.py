@@ -20,7 +20,7 @@ def random_crop_flip(images, seed, padding: int = 4, flip: bool = True,
     Example:
         >>> import numpy as np
         >>> x = np.arange(2 * 8 * 8 * 3, dtype="uint8").reshape(2, 8, 8, 3)
-        >>> random_crop_flip(x, seed=0, padding=2).shape
+        >>> tuple(random_crop_flip(x, seed=0, padding=2).shape)
         (2, 8, 8, 3)
     """
     batch = ops.shape(images)[0]

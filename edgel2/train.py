@@ -101,18 +101,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
         trainer = _load_checkpoint(run_dir / "last.keras")
         model = trainer.get_layer(trainer.layers[-1].name)
     else:
-        model = resnet18(ds.num_classes, config.width, weight_l2=config.weight_l2,
-                         feature_l2=config.feature_l2, l1=config.l1, dropout=config.dropout,
-                         input_shape=ds.image_shape)
-        trainer = with_augmentation(model, seed=config.seed) if config.augment else model
-        schedule = OneCycle(config.lr, steps_per_epoch * config.epochs,
-                            int(config.warmup * steps_per_epoch * config.epochs), config.schedule)
-        trainer.compile(
-            optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum,
-                                           nesterov=config.nesterov),
-            loss=keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                      label_smoothing=config.label_smoothing),
-            metrics=[keras.metrics.CategoricalAccuracy(name="acc")])
+        trainer, model = build_trainer(config, ds.num_classes, ds.image_shape, steps_per_epoch)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", _describe_run(config, ds, model, device, precision))
 
@@ -131,6 +120,30 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
     history = read_metrics(run_dir / "metrics.csv")
     return TrainResult(run_dir, history, max(r["test_acc"] for r in history),
                        history[-1]["test_acc"])
+
+
+def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int, int, int],
+                  steps_per_epoch: int) -> tuple[keras.Model, keras.Model]:
+    """The compiled training model (augmentation + network) and the bare network inside it.
+
+    Example:
+        >>> trainer, model = build_trainer(TrainConfig(width=4), 10, (32, 32, 3), 100)
+        >>> trainer.optimizer.nesterov, model.name
+        (True, 'resnet18_w4')
+    """
+    model = resnet18(num_classes, config.width, weight_l2=config.weight_l2,
+                     feature_l2=config.feature_l2, l1=config.l1, dropout=config.dropout,
+                     input_shape=input_shape)
+    trainer = with_augmentation(model, seed=config.seed) if config.augment else model
+    total = steps_per_epoch * config.epochs
+    schedule = OneCycle(config.lr, total, int(config.warmup * total), config.schedule)
+    trainer.compile(
+        optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum,
+                                       nesterov=config.nesterov),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                  label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="acc")])
+    return trainer, model
 
 
 # --- pieces -------------------------------------------------------------------------------

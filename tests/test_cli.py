@@ -1,0 +1,53 @@
+"""The command line: bad input gets one clear line and a documented exit code, no traceback."""
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from edgel2.cli import cli
+
+
+def _run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--feature-l2", "-1"], "Invalid value for '--feature-l2': -1.0 is not in the range x>=0"),
+    (["--weight-l2", "-0.1"], "Invalid value for '--weight-l2'"),
+    (["--epochs", "0"], "Invalid value for '--epochs': 0 is not in the range x>=1"),
+    (["--backend", "torch"], "Invalid value for '--backend': 'torch' is not one of"),
+    (["--width", "0"], "Invalid value for '--width': 0 is not in the range x>=1"),
+    (["--no-such-option"], "No such option '--no-such-option'"),
+])
+def test_bad_train_options_exit_2_with_one_line(args, message):
+    result = _run("train", *args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("edgel2: error: ")
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+
+
+def test_missing_data_path_exits_1_with_one_line(tmp_path):
+    result = _run("train", "--data", str(tmp_path / "nowhere"), "--width", "4", "--epochs", "1")
+    assert result.exit_code == 1
+    assert result.stderr == f"edgel2: error: data path does not exist: {tmp_path / 'nowhere'}\n"
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "model file does not exist"),
+    (b"not a zip", "not a Keras model file"),
+])
+def test_eval_of_a_missing_or_corrupt_model_exits_1(tmp_path, content, message):
+    model = tmp_path / "model.keras"
+    if content is not None:
+        model.write_bytes(content)
+    result = _run("eval", str(model))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"edgel2: error: {message}") and result.stderr.count("\n") == 1
+
+
+def test_help_lists_the_commands_and_documents_the_l2_defaults():
+    assert _run("--help").exit_code == 0
+    help_text = " ".join(_run("train", "--help").output.split())  # undo line wrapping
+    assert "--weight-l2" in help_text and "2.5e-4 equals SGD weight decay 5e-4" in help_text
+    assert "--feature-l2" in help_text and "[default: 0.0001" in help_text
