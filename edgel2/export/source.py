@@ -1,0 +1,90 @@
+"""The model being exported: loaded from ``.keras`` as float32, and described for metadata."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from edgel2 import __version__
+from edgel2.errors import EdgeL2Error
+from edgel2.evaluate import load_model
+from edgel2.model import CIFAR10_MEAN, CIFAR10_STD
+from edgel2.utils import config_hash
+
+
+def _retyped(config, input_dtype: str | None):
+    """A copy of a functional model config with every dtype policy float32 and, if given,
+    the input layer's dtype replaced."""
+    if isinstance(config, dict):
+        out = {}
+        for key, value in config.items():
+            if key == "dtype" and isinstance(value, dict) and value.get("class_name") == "DTypePolicy":
+                value = {**value, "config": {**value["config"], "name": "float32"}}
+            elif key == "dtype" and isinstance(value, str) and "bfloat16" in value:
+                value = "float32"
+            out[key] = _retyped(value, input_dtype)
+        if input_dtype and out.get("class_name") == "InputLayer":
+            out["config"] = {**out["config"], "dtype": input_dtype}
+        return out
+    if isinstance(config, list):
+        return [_retyped(v, input_dtype) for v in config]
+    return config
+
+
+def as_float32(model: keras.Model, input_dtype: str | None = None) -> keras.Model:
+    """The same network in float32 (a model trained in mixed bf16 included), optionally
+    taking ``input_dtype`` pixels (still 0..255) instead of uint8.
+
+    Example:
+        >>> from edgel2.model import resnet18
+        >>> as_float32(resnet18(width=4), input_dtype="float32").input.dtype
+        'float32'
+    """
+    config = _retyped(model.get_config(), input_dtype)
+    rebuilt = keras.Model.from_config(config)
+    rebuilt.set_weights([np.asarray(keras.ops.convert_to_numpy(w), np.float32)
+                         for w in model.weights])
+    return rebuilt
+
+
+def load_source(path: str | Path) -> tuple[keras.Model, dict]:
+    """Load a trained classifier for export: (float32 model, metadata that describes it).
+
+    Refuses files that are not an image classifier (one NHWC image input, one
+    ``[batch, classes]`` output).
+    """
+    path = Path(path)
+    model = as_float32(load_model(path))
+    in_shape, out_shape = model.input.shape, model.output.shape
+    if len(model.inputs) != 1 or len(in_shape) != 4 or len(out_shape) != 2:
+        raise EdgeL2Error(f"{path} is not an image classifier (want one [batch, H, W, C] input "
+                          f"and one [batch, classes] output, got {in_shape} -> {out_shape})")
+    return model, describe(model, path)
+
+
+def describe(model: keras.Model, path: Path) -> dict:
+    """Metadata written into every exported file (before quantization and accuracy)."""
+    run_config = path.parent / "config.json"
+    run = json.loads(run_config.read_text()) if run_config.is_file() else {}
+    classes = run.get("model", {}).get("class_names") or [
+        f"class_{i}" for i in range(model.output.shape[-1])]
+    try:
+        norm = model.get_layer("normalize")
+        mean = [float(v) for v in np.ravel(keras.ops.convert_to_numpy(norm.mean))]
+        std = [float(v) for v in np.sqrt(np.ravel(keras.ops.convert_to_numpy(norm.variance)))]
+    except ValueError:
+        mean, std = list(CIFAR10_MEAN), list(CIFAR10_STD)
+    return {
+        "producer": f"edgel2 {__version__}",
+        "model_name": model.name,
+        "class_names": classes,
+        "input": {"name": "images", "layout": "NHWC", "dtype": "uint8",
+                  "shape": [None, *model.input.shape[1:]]},
+        "output": {"name": "logits", "dtype": "float32", "shape": [None, len(classes)]},
+        "normalization": {"applied": "inside the model", "formula": "(pixel - mean) / std",
+                          "mean": mean, "std": std},
+        "config_hash": run.get("config_hash") or config_hash(model.get_config()),
+        "source": path.name,
+    }
