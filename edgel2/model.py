@@ -63,6 +63,38 @@ class FeatureL2(layers.Layer):
         return {**super().get_config(), "rate": self.rate}
 
 
+@keras.saving.register_keras_serializable(package="edgel2")
+class Normalize(layers.Layer):
+    """``(float(pixels) - mean) / std`` per channel, so that models take raw uint8 pixels.
+
+    The statistics are plain Python numbers turned into constants inside ``call``: Keras'
+    own ``Normalization`` holds them as eager tensors, which tf2onnx exports as extra graph
+    inputs instead of constants.
+
+    Example:
+        >>> import numpy as np
+        >>> Normalize([100.0], [50.0])(np.array([[200]], "uint8")).tolist()
+        [[2.0]]
+    """
+
+    def __init__(self, mean=CIFAR10_MEAN, std=CIFAR10_STD, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        mean = ops.convert_to_tensor(self.mean, dtype=self.compute_dtype)
+        inv_std = ops.convert_to_tensor([1.0 / s for s in self.std], dtype=self.compute_dtype)
+        return (x - mean) * inv_std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
 def _regularizer(l2: float, l1: float):
     if l1 and l2:
         return keras.regularizers.L1L2(l1=l1, l2=l2)
@@ -114,8 +146,7 @@ def resnet18(num_classes: int = 10, width: int = 64, *,
     reg = _regularizer(weight_l2, l1)
 
     images = keras.Input(shape=input_shape, dtype="uint8", name="images")
-    x = layers.Normalization(mean=list(mean), variance=[s * s for s in std],
-                             name="normalize")(images)
+    x = Normalize(mean, std, name="normalize")(images)
     x = _conv_bn(x, width, 3, 1, "stem", reg)
     for stage, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2)), start=1):
         for block in range(2):

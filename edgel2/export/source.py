@@ -10,7 +10,7 @@ import numpy as np
 from edgel2 import __version__
 from edgel2.errors import EdgeL2Error
 from edgel2.evaluate import load_model
-from edgel2.model import CIFAR10_MEAN, CIFAR10_STD
+from edgel2.model import Normalize
 from edgel2.utils import config_hash
 
 
@@ -70,12 +70,10 @@ def describe(model: keras.Model, path: Path) -> dict:
     run = json.loads(run_config.read_text()) if run_config.is_file() else {}
     classes = run.get("model", {}).get("class_names") or [
         f"class_{i}" for i in range(model.output.shape[-1])]
-    try:
-        norm = model.get_layer("normalize")
-        mean = [float(v) for v in np.ravel(keras.ops.convert_to_numpy(norm.mean))]
-        std = [float(v) for v in np.sqrt(np.ravel(keras.ops.convert_to_numpy(norm.variance)))]
-    except ValueError:
-        mean, std = list(CIFAR10_MEAN), list(CIFAR10_STD)
+    norm = next((layer for layer in model.layers if isinstance(layer, Normalize)), None)
+    if norm is None:
+        raise EdgeL2Error(f"{path} has no edgel2 Normalize layer: not an edgel2 image classifier")
+    mean, std = norm.mean, norm.std
     return {
         "producer": f"edgel2 {__version__}",
         "model_name": model.name,

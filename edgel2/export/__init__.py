@@ -1,0 +1,192 @@
+"""``edgel2 export``: a trained ``.keras`` model -> ONNX and TFLite files in every precision,
+each checked against the Keras model and carrying its own metadata.
+
+Example:
+    >>> from edgel2.export import export_model
+    >>> report = export_model("runs/train/exp/model.keras", formats=["onnx"],
+    ...                       precisions=["none", "int8"])            # doctest: +SKIP
+    >>> [(r["file"], r["status"]) for r in report["rows"]]            # doctest: +SKIP
+    [('model-fp32.onnx', 'ok'), ('model-int8.onnx', 'ok')]
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgel2.errors import EdgeL2Error
+from edgel2.utils import atomic_path, write_json
+
+FORMATS = ("onnx", "tflite")
+PRECISIONS = ("none", "fp16", "dynamic", "int8")
+SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
+PRECISION_NAME = {"none": "fp32", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
+
+
+def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx",),
+                 precisions: Sequence[str] = ("none",), *, data: str | None = None,
+                 calib: int = 512, calib_method: str = "minmax", opset: int = 17,
+                 out: str | os.PathLike | None = None, check: int | None = 1000,
+                 force: bool = False, max_drop: float = 2.0, allow_drop: bool = False,
+                 dataset=None, progress: Callable[[str], None] = lambda _: None) -> dict:
+    """Export ``model_path`` to every format x precision, check each file, write
+    ``export_report.json``; return the report. ``check=None`` checks on the whole test split,
+    ``check=0`` skips checking. Files that fail their check are not kept."""
+    from edgel2.export.source import load_source
+
+    formats, precisions = _validated(formats, FORMATS, "format"), _validated(precisions, PRECISIONS, "precision")
+    model_path = Path(model_path)
+    out_dir = Path(out) if out else model_path.parent / "export"
+    targets = [(f, p, out_dir / f"{model_path.stem}-{PRECISION_NAME[p]}{SUFFIX[f]}")
+               for f in formats for p in precisions]
+    existing = [str(t) for _, _, t in targets if t.exists()]
+    if existing and not force:
+        raise EdgeL2Error(f"{existing[0]} exists; pass --force to overwrite")
+    _check_writable(out_dir)
+
+    model, base_metadata = load_source(model_path)
+    needs_data = "int8" in precisions or check != 0
+    ds = dataset if dataset is not None or not needs_data else _load_data(data, model)
+    calibration = _calibration_images(ds, calib) if ds is not None else None
+    if "int8" in precisions and calibration is None:
+        raise EdgeL2Error("int8 needs images to calibrate on: pass --data PATH")
+
+    images = labels = reference = None
+    if check != 0:
+        images, labels = _check_split(ds, check)
+        progress(f"Keras reference on {len(labels)} test images")
+        reference = model.predict(images, batch_size=256, verbose=0).astype(np.float64)
+
+    rows = []
+    for fmt, precision, target in targets:
+        progress(f"{fmt} {PRECISION_NAME[precision]} -> {target}")
+        rows.append(_export_one(model, fmt, precision, target, opset, calibration, calib_method,
+                                images, labels, reference, base_metadata, max_drop, allow_drop))
+    report = {"model": str(model_path), "out": str(out_dir), "check_images": 0 if images is None else int(len(labels)),
+              "keras_accuracy": None if reference is None else float(np.mean(reference.argmax(1) == labels)),
+              "rows": rows}
+    write_json(out_dir / "export_report.json", report)
+    return report
+
+
+def _export_one(model, fmt, precision, target, opset, calibration, calib_method, images, labels,
+                reference, base_metadata, max_drop, allow_drop) -> dict:
+    from edgel2.export import check as checks
+
+    row = {"format": fmt, "precision": PRECISION_NAME[precision], "file": target.name,
+           "size_mb": None, "accuracy": None, "agreement": None, "max_abs_diff": None,
+           "export_s": None, "status": "failed", "reason": None}
+    start = time.perf_counter()
+    try:
+        with atomic_path(target) as tmp:
+            _write(fmt, model, tmp, precision, opset, lambda: calibration, calib_method)
+            result = None
+            if images is not None:
+                try:
+                    logits = checks.run_file(tmp, images)
+                except Exception as e:  # e.g. ConvInteger kernels missing in this ORT build
+                    raise EdgeL2Error(f"the file does not run in its runtime: "
+                                      f"{str(e).strip().splitlines()[0][:200]}") from None
+                result = checks.compare(reference, logits, labels)
+                row.update(accuracy=result["accuracy"], agreement=result["agreement"],
+                           max_abs_diff=result["max_abs_diff"],
+                           mean_abs_diff=result["mean_abs_diff"])
+                failure = checks.verdict(result, precision, max_drop)
+                if failure and not (allow_drop and precision != "none"):
+                    raise EdgeL2Error(failure)
+                row["reason"] = failure
+            metadata = {**base_metadata, "format": fmt, "quantization": PRECISION_NAME[precision],
+                        "accuracy": None if result is None else {
+                            "top1": result["accuracy"], "keras_top1": result["reference_accuracy"],
+                            "images": result["images"], "data": "CIFAR-10-JPEG test split"
+                            if len(base_metadata["class_names"]) == 10 else "test split"}}
+            _embed(fmt, tmp, metadata)
+        row.update(status="ok", size_mb=target.stat().st_size / 2**20)
+    except EdgeL2Error as e:
+        row["reason"] = str(e)
+    row["export_s"] = time.perf_counter() - start
+    return row
+
+
+def _write(fmt, model, path, precision, opset, calibration, calib_method) -> None:
+    if fmt == "onnx":
+        from edgel2.export.onnx import write_onnx
+
+        write_onnx(model, path, precision, opset, calibration, calib_method)
+    else:
+        from edgel2.export.tflite import write_tflite
+
+        write_tflite(model, path, precision, calibration)
+
+
+def _embed(fmt: str, path: Path, metadata: dict) -> None:
+    if fmt == "onnx":
+        from edgel2.export.onnx import set_metadata
+
+        set_metadata(path, {k: json.dumps(v) for k, v in metadata.items()})
+    else:
+        from edgel2.export.tflite import pack_metadata
+
+        pack_metadata(path, metadata)
+
+
+def _validated(values: Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
+    values = list(allowed) if "all" in values else list(values)
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values:
+        raise EdgeL2Error(f"unknown {what} {unknown[0] if unknown else '(none)'!r}; "
+                          f"choose from {', '.join(allowed)} or all")
+    return values
+
+
+def _check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgeL2Error(f"cannot create output folder {out_dir}: {e.strerror}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise EdgeL2Error(f"output folder is not writable: {out_dir}")
+
+
+def _load_data(data, model):
+    from edgel2.data import load_dataset
+
+    size = model.input.shape[1]
+    return load_dataset(data, image_size=size if size != 32 else None)
+
+
+def _calibration_images(ds, count: int) -> np.ndarray:
+    from edgel2.data import balanced_subset
+
+    return balanced_subset(ds.x_train, ds.y_train, count, seed=0)[0]
+
+
+def _check_split(ds, count: int | None) -> tuple[np.ndarray, np.ndarray]:
+    from edgel2.data import balanced_subset
+
+    if count is None:
+        return ds.x_test, ds.y_test
+    return balanced_subset(ds.x_test, ds.y_test, count, seed=0)
+
+
+def format_table(report: dict) -> str:
+    """The report as a table people read at a glance."""
+    header = (f"{'format':<7} {'precision':<9} {'file':<28} {'size MB':>8} {'top-1 %':>8} "
+              f"{'agree %':>8} {'max|dlogit|':>11} {'export s':>8}  status")
+    lines = [header, "-" * len(header)]
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}"
+    for r in report["rows"]:
+        lines.append(
+            f"{r['format']:<7} {r['precision']:<9} {r['file']:<28} "
+            f"{'-' if r['size_mb'] is None else format(r['size_mb'], '.2f'):>8} "
+            f"{pct(r['accuracy']):>8} {pct(r['agreement']):>8} "
+            f"{'-' if r['max_abs_diff'] is None else format(r['max_abs_diff'], '.3g'):>11} "
+            f"{r['export_s']:>8.1f}  {r['status']}" + (f": {r['reason']}" if r["reason"] else ""))
+    if report["keras_accuracy"] is not None:
+        lines.append(f"Keras fp32 top-1 {100 * report['keras_accuracy']:.2f} % on "
+                     f"{report['check_images']} test images")
+    return "\n".join(lines)

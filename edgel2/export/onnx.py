@@ -1,0 +1,113 @@
+"""Keras -> ONNX through tf2onnx, and ONNX Runtime's fp16 / dynamic / static int8 variants.
+
+tf2onnx's ``from_keras`` breaks on Keras 3 models (onnx/tensorflow-onnx#2329), so the model
+is traced as a ``tf.function`` with an explicit uint8 input signature and converted with
+``from_function``; ``training=False`` keeps training-only ops (FeatureL2, dropout) out.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgel2.errors import EdgeL2Error
+
+MIN_OPSET, MAX_OPSET = 17, 18
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+def to_onnx(model, opset: int = MIN_OPSET):
+    """The float32 model as an ``onnx.ModelProto``: input ``images`` (uint8 NHWC, dynamic
+    batch), output ``logits`` (float32)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise EdgeL2Error(f"opset {opset} is not supported: edgel2 exports opset "
+                          f"{MIN_OPSET} to {MAX_OPSET} (tf2onnx {tf2onnx.__version__})")
+    spec = [tf.TensorSpec([None, *model.input.shape[1:]], tf.uint8, name="images")]
+    serve = tf.function(lambda images: {"logits": model(images, training=False)},
+                        input_signature=spec)
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset)
+    return proto
+
+
+def to_fp16(proto):
+    """Weights and compute in float16; the uint8 input and float32 output stay as they are."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(proto, keep_io_types=True)
+
+
+def quantize_dynamic(src: Path, dst: Path) -> None:
+    """Dynamic-range quantization: int8 weights, activations quantized at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic as ort_dynamic
+
+    ort_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax") -> None:
+    """Static QDQ int8: int8 per-channel weights, uint8 activations (the variant whose
+    convolutions fuse into integer kernels on x86), after ``quant_pre_process``, calibrated
+    on ``calibration`` (uint8 NHWC images)."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in CALIB_METHODS:
+        raise EdgeL2Error(f"unknown calibration method {method!r}; choose {', '.join(CALIB_METHODS)}")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 64)))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": batch}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method={"minmax": CalibrationMethod.MinMax,
+                              "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}[method],
+            extra_options={"CalibTensorRangeSymmetric": False})
+
+
+def set_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Replace the file's ``metadata_props`` with ``metadata`` (string values)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "edgel2"
+    onnx.save(proto, str(path))
+
+
+def write_onnx(model, path: Path, precision: str, opset: int,
+               calibration: Callable[[], np.ndarray] | None, calib_method: str) -> None:
+    """Write ``model`` as ONNX at ``precision`` (none, fp16, dynamic, int8) to ``path``."""
+    import onnx
+
+    proto = to_onnx(model, opset)
+    if precision == "none":
+        onnx.save(proto, str(path))
+    elif precision == "fp16":
+        onnx.save(to_fp16(proto), str(path))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = Path(tmp) / "fp32.onnx"
+            onnx.save(proto, str(fp32))
+            if precision == "dynamic":
+                quantize_dynamic(fp32, path)
+            else:
+                quantize_int8(fp32, path, calibration(), calib_method)
+    os.chmod(path, 0o644)
