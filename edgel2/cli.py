@@ -51,6 +51,7 @@ def cli() -> None:
     Quick start:
       edgel2 train --width 16 --epochs 5 --subset 10000
       edgel2 eval runs/train/exp/model.keras
+      edgel2 export runs/train/exp/model.keras --format all --quantize all
     """
 
 
@@ -166,6 +167,69 @@ def evaluate(model, data, val_split, image_size, backend, batch_size, out, as_js
     click.echo(f"{'all':<14}{100 * report['accuracy']:>7.2f}%  ({report['images']} test images "
                f"from {report['data']['source']})")
     click.echo(f"report: {paths['json']}  confusion matrix: {paths['png']}")
+
+
+class _CheckCount(click.ParamType):
+    """A number of test images, or ``all`` for the whole test split (None)."""
+
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        if value is None or str(value).lower() == "all":
+            return None
+        try:
+            count = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a whole number nor 'all'", param, ctx)
+        if count < 0:
+            self.fail(f"{count} is negative", param, ctx)
+        return count
+
+
+@cli.command(name="export")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--format", "formats", type=click.Choice(["onnx", "tflite", "all"]), multiple=True,
+              default=["onnx"], show_default=True, help="Repeat for several, or 'all'.")
+@click.option("--quantize", "precisions", type=click.Choice(["none", "fp16", "dynamic", "int8", "all"]),
+              multiple=True, default=["none"], show_default=True,
+              help="none = fp32; int8 = full integer, calibrated; repeat for several, or 'all'.")
+@click.option("--data", type=str, default=None,
+              help="Images to calibrate and check on (default: $EDGEL2_DATA, else CIFAR-10).")
+@click.option("--calib", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Class-balanced training images for int8 calibration.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              default="minmax", show_default=True, help="ONNX int8 calibration.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: export/ beside MODEL).")
+@click.option("--check", type=_CheckCount(), default="1000", show_default=True,
+              help="Held-out test images to compare each file with Keras on; 'all' or 0.")
+@click.option("--allow-drop", is_flag=True,
+              help="Keep quantized files that lose more than 2 points of top-1.")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def export(model, formats, precisions, data, calib, calib_method, opset, out, check, allow_drop,
+           force) -> None:
+    """Export MODEL (.keras, trained on any backend) to ONNX and/or TFLite, in fp32, fp16,
+    dynamic-range or int8, and check every file against the Keras model.
+
+    \b
+    Every file takes uint8 NHWC pixels, returns float32 logits, and carries its metadata
+    (class names, input layout, normalization, quantization, measured accuracy). Writes
+    export_report.json beside the files and exits 1 if any file failed its check.
+    """
+    use_backend("tensorflow")  # tf2onnx and the TFLite converter need TensorFlow
+    from edgel2.export import export_model, format_table
+
+    report = export_model(model, formats, precisions, data=data, calib=calib,
+                          calib_method=calib_method, opset=opset, out=out, check=check,
+                          force=force, allow_drop=allow_drop,
+                          progress=lambda line: click.echo(line, err=True))
+    click.echo(format_table(report))
+    click.echo(f"report: {Path(report['out']) / 'export_report.json'}")
+    failed = [r for r in report["rows"] if r["status"] != "ok"]
+    if failed:
+        raise EdgeL2Error(f"{len(failed)} of {len(report['rows'])} exports failed: "
+                          + "; ".join(f"{r['file']}: {r['reason']}" for r in failed))
 
 
 def main() -> None:  # console-script entry point

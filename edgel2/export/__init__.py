@@ -39,6 +39,10 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     from edgel2.export.source import load_source
 
     formats, precisions = _validated(formats, FORMATS, "format"), _validated(precisions, PRECISIONS, "precision")
+    if "onnx" in formats:
+        from edgel2.export.onnx import check_opset
+
+        check_opset(opset)
     model_path = Path(model_path)
     out_dir = Path(out) if out else model_path.parent / "export"
     targets = [(f, p, out_dir / f"{model_path.stem}-{PRECISION_NAME[p]}{SUFFIX[f]}")

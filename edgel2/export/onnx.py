@@ -15,8 +15,18 @@ import numpy as np
 
 from edgel2.errors import EdgeL2Error
 
-MIN_OPSET, MAX_OPSET = 17, 18
+MIN_OPSET = 17
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+def check_opset(opset: int) -> None:
+    """Refuse opsets below 17 or above the newest that the installed tf2onnx knows."""
+    import tf2onnx
+
+    newest = max(tf2onnx.constants.OPSET_TO_IR_VERSION)
+    if not MIN_OPSET <= opset <= newest:
+        raise EdgeL2Error(f"opset {opset} is not supported: edgel2 exports opset {MIN_OPSET} to "
+                          f"{newest} (the newest tf2onnx {tf2onnx.__version__} can write)")
 
 
 def to_onnx(model, opset: int = MIN_OPSET):
@@ -25,9 +35,7 @@ def to_onnx(model, opset: int = MIN_OPSET):
     import tensorflow as tf
     import tf2onnx
 
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise EdgeL2Error(f"opset {opset} is not supported: edgel2 exports opset "
-                          f"{MIN_OPSET} to {MAX_OPSET} (tf2onnx {tf2onnx.__version__})")
+    check_opset(opset)
     spec = [tf.TensorSpec([None, *model.input.shape[1:]], tf.uint8, name="images")]
     serve = tf.function(lambda images: {"logits": model(images, training=False)},
                         input_signature=spec)

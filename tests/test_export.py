@@ -1,0 +1,197 @@
+"""edgel2 export: every format x precision runs in its runtime, carries its metadata, is
+checked against Keras, and is written atomically; bad input gets one clear line."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgel2.cli import cli
+from edgel2.config import TrainConfig
+from edgel2.errors import EdgeL2Error
+from edgel2.export import export_model
+from edgel2.runtime import open_engine, read_metadata
+from edgel2.train import train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def small_model(cifar, tmp_path_factory):
+    """A width-4 ResNet-18 trained for one epoch on 512 images, in its run directory."""
+    run = tmp_path_factory.mktemp("export") / "run"
+    config = TrainConfig(width=4, epochs=1, batch_size=128, lr=0.2, subset=512, test_subset=100)
+    train(config, run, dataset=replace(cifar), verbose=0)
+    return run / "model.keras"
+
+
+@pytest.fixture(scope="module")
+def full_matrix(small_model, cifar, tmp_path_factory):
+    out = tmp_path_factory.mktemp("matrix")
+    report = export_model(small_model, ["all"], ["all"], dataset=cifar, calib=64, check=200,
+                          out=out, allow_drop=True)
+    return out, report
+
+
+def test_every_format_and_precision_exports_and_runs_in_its_runtime(full_matrix, cifar):
+    out, report = full_matrix
+    assert [(r["format"], r["precision"]) for r in report["rows"]] == [
+        (f, p) for f in ("onnx", "tflite") for p in ("fp32", "fp16", "dynamic", "int8")]
+    for row in report["rows"]:
+        assert row["status"] == "ok", row
+        logits = open_engine(out / row["file"]).run(cifar.x_test[:3])
+        assert logits.shape == (3, 10) and logits.dtype == np.float32
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [r["file"] for r in report["rows"]] + ["export_report.json"])
+
+
+def test_fp32_files_match_keras_to_float_rounding(full_matrix):
+    _, report = full_matrix
+    for row in report["rows"]:
+        if row["precision"] == "fp32":
+            assert row["max_abs_diff"] < 1e-4 and row["agreement"] == 1.0, row
+
+
+def test_report_json_carries_every_row(full_matrix):
+    out, report = full_matrix
+    saved = json.loads((out / "export_report.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert saved["check_images"] == 200 and 0 <= saved["keras_accuracy"] <= 1
+
+
+def test_metadata_round_trips_in_both_formats(full_matrix, small_model):
+    out, report = full_matrix
+    run_config = json.loads((small_model.parent / "config.json").read_text())
+    for row in report["rows"]:
+        meta = read_metadata(out / row["file"])
+        assert meta["class_names"] == run_config["model"]["class_names"]
+        assert meta["input"] == {"name": "images", "layout": "NHWC", "dtype": "uint8",
+                                 "shape": [None, 32, 32, 3]}
+        assert meta["normalization"]["mean"] == pytest.approx([125.307, 122.950, 113.865])
+        assert meta["config_hash"] == run_config["config_hash"]
+        assert meta["quantization"] == row["precision"] and meta["format"] == row["format"]
+        assert meta["accuracy"]["top1"] == row["accuracy"]
+        assert meta["model_name"] == "resnet18_w4"
+
+
+def test_parity_check_catches_a_wrong_normalization(small_model, cifar, tmp_path, monkeypatch):
+    import edgel2.export.onnx as onnx_export
+
+    honest = onnx_export.to_onnx
+
+    def wrong_normalization(model, opset=17):
+        config = model.get_config()
+        for layer in config["layers"]:
+            if layer["class_name"] == "Normalize":
+                layer["config"]["mean"] = [0.0, 0.0, 0.0]
+        planted = keras.Model.from_config(config)
+        planted.set_weights(model.get_weights())
+        return honest(planted, opset)
+
+    monkeypatch.setattr(onnx_export, "to_onnx", wrong_normalization)
+    report = export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=100, out=tmp_path)
+    row = report["rows"][0]
+    assert row["status"] == "failed"
+    assert row["reason"].startswith("fp32 logits differ from Keras by up to")
+    assert list(tmp_path.iterdir()) == [tmp_path / "export_report.json"]  # nothing kept
+
+
+def test_quantized_file_below_the_accuracy_limit_fails_unless_allowed(small_model, cifar,
+                                                                      tmp_path):
+    report = export_model(small_model, ["onnx"], ["int8"], dataset=cifar, calib=16, check=100,
+                          out=tmp_path, max_drop=-100.0)  # any file misses an impossible bar
+    assert report["rows"][0]["status"] == "failed"
+    assert "points below Keras" in report["rows"][0]["reason"]
+    assert not (tmp_path / "model-int8.onnx").exists()
+
+
+def test_interrupted_export_leaves_no_file_behind(small_model, cifar, tmp_path, monkeypatch):
+    import edgel2.export.onnx as onnx_export
+
+    def interrupted(path, metadata):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_export, "set_metadata", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=50, out=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_file_is_kept_without_force(small_model, cifar, tmp_path):
+    (tmp_path / "model-fp32.onnx").write_bytes(b"precious")
+    with pytest.raises(EdgeL2Error, match="exists; pass --force to overwrite"):
+        export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=0, out=tmp_path)
+    assert (tmp_path / "model-fp32.onnx").read_bytes() == b"precious"
+    export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=0, out=tmp_path, force=True)
+    assert (tmp_path / "model-fp32.onnx").read_bytes() != b"precious"
+
+
+def test_bf16_trained_model_exports_as_float32(small_model, cifar, tmp_path):
+    from edgel2.evaluate import load_model
+
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        mixed = keras.Model.from_config(load_model(small_model).get_config())
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    mixed.set_weights(load_model(small_model).get_weights())
+    mixed.save(tmp_path / "mixed.keras")
+    report = export_model(tmp_path / "mixed.keras", ["onnx"], ["none"], dataset=cifar, check=50,
+                          out=tmp_path / "out")
+    assert report["rows"][0]["status"] == "ok"
+    engine = open_engine(tmp_path / "out" / "mixed-fp32.onnx")
+    assert engine.session.get_inputs()[0].type == "tensor(uint8)"
+    assert engine.session.get_outputs()[0].type == "tensor(float)"
+
+
+def _export_cli(*args: str):
+    return CliRunner().invoke(cli, ["export", *args])
+
+
+def test_cli_exports_and_prints_the_table(small_model, data_dir, tmp_path):
+    result = _export_cli(str(small_model), "--data", str(data_dir), "--check", "50",
+                         "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "model-fp32.onnx" in result.stdout and "ok" in result.stdout
+    assert (tmp_path / "model-fp32.onnx").is_file()
+
+
+@pytest.mark.parametrize("setup, args, code, message", [
+    ("missing", [], 1, "model file does not exist"),
+    ("corrupt", [], 1, "cannot load"),
+    ("dense", [], 1, "is not an image classifier"),
+    ("model", ["--format", "coreml"], 2, "Invalid value for '--format'"),
+    ("model", ["--quantize", "int4"], 2, "Invalid value for '--quantize'"),
+    ("model", ["--opset", "9"], 1, "opset 9 is not supported"),
+    ("model", ["--out", "FILE/sub"], 1, "cannot create output folder"),
+])
+def test_bad_export_input_gets_one_line(small_model, tmp_path, setup, args, code, message):
+    path = {"missing": tmp_path / "none.keras", "corrupt": tmp_path / "bad.keras",
+            "dense": tmp_path / "dense.keras", "model": small_model}[setup]
+    if setup == "corrupt":
+        path.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    if setup == "dense":
+        inputs = keras.Input((4,))
+        keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(path)
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    args = [a.replace("FILE", str(tmp_path / "FILE")) for a in args]
+    result = _export_cli(str(path), "--check", "0", "--out", str(tmp_path / "o"), *args)
+    assert result.exit_code == code, result.output
+    assert result.stderr.startswith("edgel2: error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_int8_without_data_says_how_to_get_some(small_model, tmp_path, monkeypatch):
+    def offline():
+        raise OSError("no network")
+
+    monkeypatch.delenv("EDGEL2_DATA", raising=False)
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
+    result = _export_cli(str(small_model), "--quantize", "int8", "--check", "0",
+                         "--out", str(tmp_path))
+    assert result.exit_code == 1
+    assert "pass --data PATH" in result.stderr and result.stderr.count("\n") == 1
