@@ -49,6 +49,12 @@ def test_every_format_and_precision_exports_and_runs_in_its_runtime(full_matrix,
         [r["file"] for r in report["rows"]] + ["export_report.json"])
 
 
+def test_onnx_int8_runs_every_convolution_as_an_integer_kernel(full_matrix):
+    _, report = full_matrix
+    (row,) = [r for r in report["rows"] if (r["format"], r["precision"]) == ("onnx", "int8")]
+    assert row["integer_convs"] == "20/20"
+
+
 def test_fp32_files_match_keras_to_float_rounding(full_matrix):
     _, report = full_matrix
     for row in report["rows"]:

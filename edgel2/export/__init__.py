@@ -103,6 +103,11 @@ def _export_one(model, fmt, precision, target, opset, calibration, calib_method,
                 if failure and not (allow_drop and precision != "none"):
                     raise EdgeL2Error(failure)
                 row["reason"] = failure
+            if fmt == "onnx" and precision == "int8":
+                from edgel2.export.onnx import integer_conv_share
+
+                integer, total = integer_conv_share(tmp)
+                row["integer_convs"] = f"{integer}/{total}"
             metadata = {**base_metadata, "format": fmt, "quantization": PRECISION_NAME[precision],
                         "accuracy": None if result is None else {
                             "top1": result["accuracy"], "keras_top1": result["reference_accuracy"],

@@ -88,6 +88,23 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "
             extra_options={"CalibTensorRangeSymmetric": False})
 
 
+def integer_conv_share(path: Path) -> tuple[int, int]:
+    """(integer convolutions, all convolutions) in the graph ONNX Runtime's CPU provider
+    actually runs after all optimizations: the test that int8 QDQ fused as it should."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.log_severity_level = 3  # no warning about hardware-specific optimized files
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    integer = sum(op in ("QLinearConv", "ConvInteger") for op in ops)
+    return integer, integer + sum(op in ("Conv", "FusedConv", "NchwcConv") for op in ops)
+
+
 def set_metadata(path: Path, metadata: dict[str, str]) -> None:
     """Replace the file's ``metadata_props`` with ``metadata`` (string values)."""
     import onnx
