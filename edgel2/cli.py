@@ -52,6 +52,7 @@ def cli() -> None:
       edgel2 train --width 16 --epochs 5 --subset 10000
       edgel2 eval runs/train/exp/model.keras
       edgel2 export runs/train/exp/model.keras --format all --quantize all
+      edgel2 infer photos/ --model runs/train/exp/export/model-int8.onnx
     """
 
 
@@ -230,6 +231,77 @@ def export(model, formats, precisions, data, calib, calib_method, opset, out, ch
     if failed:
         raise EdgeL2Error(f"{len(failed)} of {len(report['rows'])} exports failed: "
                           + "; ".join(f"{r['file']}: {r['reason']}" for r in failed))
+
+
+SOME_IMAGES_FAILED = 3
+
+
+def default_model() -> Path:
+    """The model ``edgel2 infer`` uses without ``--model``: the int8 ONNX shipped in models/."""
+    models = Path(__file__).resolve().parent.parent / "models"
+    candidates = sorted(models.glob("*int8.onnx")) + sorted(models.glob("*.onnx"))
+    if not candidates:
+        raise EdgeL2Error("no default model in models/ yet: pass --model FILE (make one with "
+                          "`edgel2 train` then `edgel2 export MODEL.keras --quantize int8`)")
+    return candidates[0]
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--model", type=click.Path(dir_okay=False), default=None,
+              help="Exported .onnx or .tflite (default: the int8 ONNX in models/).")
+@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
+              show_default=True, help="auto: TensorRT, then CUDA, then CPU.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Intra-op threads (default: all cores).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the results here (atomically) instead of stdout.")
+def infer(paths, model, top_k, batch_size, provider, threads, fmt, output) -> None:
+    """Classify images: files, folders (recursive) and globs.
+
+    \b
+    Bad files (empty, truncated, not an image, too large, unreadable) are reported in the
+    output with a reason; every other file is still classified. Exit code 0 when all
+    succeeded, 3 when some images failed, 1 for a missing or non-edgel2 model.
+    """
+    import warnings
+
+    from edgel2.runtime import Classifier, ModelError, ProviderFallbackWarning
+    from edgel2.runtime.io import expand_paths, render
+    from edgel2.utils import atomic_path
+
+    files = expand_paths(paths)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ProviderFallbackWarning)
+        try:
+            classifier = Classifier(model or default_model(), providers=provider, threads=threads,
+                                    batch_size=batch_size)
+        except ModelError as e:
+            raise EdgeL2Error(str(e)) from None
+    for w in caught:
+        if issubclass(w.category, ProviderFallbackWarning):
+            click.echo(f"edgel2: warning: {w.message}", err=True)
+    stream = classifier.predict_files(files, top_k=top_k)
+    if len(files) > batch_size:
+        with click.progressbar(stream, length=len(files), label="classifying",
+                               file=sys.stderr) as bar:
+            results = list(bar)
+    else:
+        results = list(stream)
+    text = render(results, fmt, top_k)
+    if output:
+        with atomic_path(output) as tmp:
+            tmp.write_text(text)
+    else:
+        click.echo(text, nl=False)
+    failed = sum(r.error is not None for r in results)
+    if failed:
+        click.echo(f"edgel2: {failed} of {len(results)} images failed", err=True)
+        sys.exit(SOME_IMAGES_FAILED)
 
 
 def main() -> None:  # console-script entry point

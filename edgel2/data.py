@@ -16,7 +16,6 @@ This module needs numpy and pillow only (Keras is imported for the download path
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import tempfile
@@ -197,17 +196,16 @@ def _read_all(files: list[Path]) -> list[bytes]:
 
 
 def _decode_all(files: list[Path], blobs: list[bytes], image_size: int | None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from edgel2.runtime.preprocess import ImageError, load_image
+
+    size = None if image_size is None else (image_size, image_size)
 
     def decode(item: tuple[Path, bytes]) -> np.ndarray:
+        # The runtime's policy (EXIF, alpha over white, bilinear): train as we infer.
         f, b = item
         try:
-            with Image.open(io.BytesIO(b)) as im:
-                im = im.convert("RGB")
-                if image_size is not None and im.size != (image_size, image_size):
-                    im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
-                return np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            return load_image(b, size)
+        except ImageError as e:
             raise DataError(f"cannot decode image {f}: {e}") from None
 
     items = list(zip(files, blobs))

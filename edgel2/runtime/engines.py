@@ -4,38 +4,103 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import warnings
 import zipfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
+CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
+AUTO_ORDER = (TENSORRT, CUDA, CPU)
+# Per-provider options: cuDNN's HEURISTIC search picks conv algorithms without benchmarking
+# each new input shape (EXHAUSTIVE re-tunes for every batch size a dynamic batch brings).
+PROVIDER_OPTIONS = {
+    CUDA: {"cudnn_conv_algo_search": "HEURISTIC", "cudnn_conv_use_max_workspace": "1"},
+    TENSORRT: {"trt_engine_cache_enable": "True", "trt_timing_cache_enable": "True"},
+}
+
+
+class ProviderFallbackWarning(RuntimeWarning):
+    """A GPU provider was asked for, but the session runs on fewer (often only the CPU)."""
+
+
+class EngineError(RuntimeError):
+    """The model file cannot be run as asked (strict provider checks, unknown format)."""
+
+
+def resolve_providers(requested: str | Sequence[str] | None, available: Sequence[str]) -> list[str]:
+    """The provider list to ask ONNX Runtime for.
+
+    ``"auto"`` (or None) takes TensorRT, then CUDA, then CPU, from what is available; a name
+    (``cpu``, ``cuda``, ``tensorrt`` or a full provider name) or a list is honoured as given,
+    with the CPU appended as the last resort.
+
+    Example:
+        >>> resolve_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+        ['CUDAExecutionProvider', 'CPUExecutionProvider']
+        >>> resolve_providers("cuda", ["CPUExecutionProvider"])
+        ['CUDAExecutionProvider', 'CPUExecutionProvider']
+    """
+    if requested is None or requested == "auto":
+        return [p for p in AUTO_ORDER if p in available] or [CPU]
+    names = [requested] if isinstance(requested, str) else list(requested)
+    providers = [PROVIDER_ALIASES.get(n.lower(), n) for n in names]
+    return providers if CPU in providers else providers + [CPU]
+
 
 class Engine:
-    """A loaded model file. ``run(batch)`` maps uint8 ``[N, H, W, C]`` to logits ``[N, classes]``."""
+    """A loaded model file. ``run(batch)`` maps uint8 ``[N, H, W, C]`` to logits ``[N, classes]``;
+    safe to call from several threads."""
 
     path: Path
     metadata: dict
+    providers: list[str]
 
     def run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
 
 
 class OnnxEngine(Engine):
-    def __init__(self, path: Path, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(self, path: Path, providers: str | Sequence[str] | None = "auto",
+                 threads: int | None = None, strict: bool = False):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        wanted = resolve_providers(providers, ort.get_available_providers())
         self.path = path
-        self.session = ort.InferenceSession(str(path), options,
-                                            providers=providers or ["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(path), options, providers=wanted,
+            provider_options=[PROVIDER_OPTIONS.get(p, {}) for p in wanted])
+        self.providers = self.session.get_providers()
+        missing = [p for p in wanted if p not in self.providers]
+        if missing:
+            message = (f"asked for {', '.join(missing)} but ONNX Runtime runs {path.name} on "
+                       f"{', '.join(self.providers)} (available here: "
+                       f"{', '.join(ort.get_available_providers())})")
+            if strict:
+                raise EngineError(message)
+            warnings.warn(message, ProviderFallbackWarning, stacklevel=4)  # at the caller
         self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.on_gpu = self.providers[0] in (CUDA, TENSORRT)
         self.metadata = _decode(self.session.get_modelmeta().custom_metadata_map)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+        if not self.on_gpu:
+            return self.session.run([self.output_name], {self.input_name: batch})[0]
+        # On a GPU, I/O binding copies the input once and skips ORT's per-call staging.
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
+        binding.bind_output(self.output_name)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
 
 class TFLiteEngine(Engine):
@@ -43,23 +108,27 @@ class TFLiteEngine(Engine):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = path
+        self.providers = ["LiteRT (CPU)"]
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count())
         self.input_index = self.interpreter.get_input_details()[0]["index"]
         self.output_index = self.interpreter.get_output_details()[0]["index"]
         self._batch = None
+        self._lock = threading.Lock()  # an interpreter is not thread-safe
         self.metadata = read_metadata(path)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        if self._batch != len(batch):
-            self.interpreter.resize_tensor_input(self.input_index, list(batch.shape))
-            self.interpreter.allocate_tensors()
-            self._batch = len(batch)
-        self.interpreter.set_tensor(self.input_index, np.ascontiguousarray(batch))
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output_index).copy()
+        with self._lock:
+            if self._batch != len(batch):
+                self.interpreter.resize_tensor_input(self.input_index, list(batch.shape))
+                self.interpreter.allocate_tensors()
+                self._batch = len(batch)
+            self.interpreter.set_tensor(self.input_index, np.ascontiguousarray(batch))
+            self.interpreter.invoke()
+            return self.interpreter.get_tensor(self.output_index).copy()
 
 
-def open_engine(path: str | os.PathLike, **kwargs) -> Engine:
+def open_engine(path: str | os.PathLike, providers: str | Sequence[str] | None = "auto",
+                threads: int | None = None, strict: bool = False) -> Engine:
     """Open an ``.onnx`` or ``.tflite`` file.
 
     Example:
@@ -69,10 +138,12 @@ def open_engine(path: str | os.PathLike, **kwargs) -> Engine:
     """
     path = Path(path)
     if path.suffix == ".onnx":
-        return OnnxEngine(path, **kwargs)
+        return OnnxEngine(path, providers, threads, strict)
     if path.suffix == ".tflite":
-        return TFLiteEngine(path, threads=kwargs.get("threads"))
-    raise ValueError(f"unknown model format {path.suffix!r} (want .onnx or .tflite)")
+        if providers not in (None, "auto", "cpu") and strict:
+            raise EngineError(f"{path.name}: LiteRT runs on the CPU here, not {providers}")
+        return TFLiteEngine(path, threads)
+    raise EngineError(f"unknown model format {path.suffix!r} (want .onnx or .tflite)")
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -86,12 +157,12 @@ def read_metadata(path: str | os.PathLike) -> dict:
         if not zipfile.is_zipfile(path):
             return {}
         with zipfile.ZipFile(path) as z:
-            return json.loads(z.read("edgel2.json"))
+            return json.loads(z.read("edgel2.json")) if "edgel2.json" in z.namelist() else {}
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=[CPU])
     return _decode(session.get_modelmeta().custom_metadata_map)
 
 

@@ -1,0 +1,159 @@
+"""``Classifier``: an exported edgel2 model behind one call, for apps and ``edgel2 infer``."""
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from edgel2.runtime.engines import Engine, EngineError, open_engine
+from edgel2.runtime.preprocess import ImageError, ImageLike, load_image
+
+Prediction = list[tuple[str, float]]  # top-k (label, probability), best first
+
+
+class ModelError(ValueError):
+    """The model file is missing or is not an exported edgel2 model."""
+
+
+@dataclass
+class FileResult:
+    """One input of a stream: its top-k predictions, or the reason it failed."""
+
+    source: str
+    prediction: Prediction | None = None
+    error: str | None = None
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Classifier:
+    """Classify images with an exported edgel2 model (``.onnx``, or ``.tflite`` with LiteRT).
+
+    Class names, input size and layout come from the model's own metadata. ``providers`` is
+    ``"auto"`` (TensorRT, then CUDA, then CPU), a name (``cpu``, ``cuda``, ``tensorrt``) or a
+    list; ``self.providers`` says what the session really uses, and asking for a GPU that is
+    not there warns (:class:`ProviderFallbackWarning`) or, with ``strict=True``, raises.
+    Thread-safe: one instance can serve many threads.
+
+    Example:
+        >>> clf = Classifier("models/resnet18-w16-int8.onnx")           # doctest: +SKIP
+        >>> clf.predict("cat.png", top_k=2)                              # doctest: +SKIP
+        [[('cat', 0.91), ('dog', 0.05)]]
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: str | Sequence[str] | None = "auto",
+                 threads: int | None = None, batch_size: int = 64, strict: bool = False):
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"model file does not exist: {path}")
+        try:
+            self.engine: Engine = open_engine(path, providers, threads, strict)
+        except EngineError:
+            raise
+        except Exception as e:  # onnxruntime / LiteRT refuse files that are not models
+            raise ModelError(f"cannot load {path}: {str(e).strip().splitlines()[0][:200]}") from None
+        meta = self.engine.metadata
+        if "class_names" not in meta or "input" not in meta:
+            raise ModelError(f"{path} is not an edgel2 model (no edgel2 metadata inside); "
+                             "export it with `edgel2 export`")
+        self.path = path
+        self.metadata = meta
+        self.class_names: list[str] = list(meta["class_names"])
+        _, height, width, _ = meta["input"]["shape"]
+        self.input_size = (int(width), int(height))
+        self.batch_size = batch_size
+        self.providers = self.engine.providers
+
+    # --- arrays in, probabilities out ---------------------------------------------------
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities for a uint8 NHWC batch already at the model's input size."""
+        outs = [softmax(self.engine.run(batch[i:i + self.batch_size]))
+                for i in range(0, len(batch), self.batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0, len(self.class_names)), np.float32)
+
+    def top_k(self, probabilities: np.ndarray, k: int = 1) -> list[Prediction]:
+        k = max(1, min(k, len(self.class_names)))
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        return [[(self.class_names[j], float(p[j])) for j in row]
+                for row, p in zip(order, probabilities)]
+
+    # --- anything in ------------------------------------------------------------------------
+
+    def preprocess(self, image: ImageLike) -> np.ndarray:
+        """One image (path, bytes, PIL image, HWC uint8 array) -> uint8 ``[H, W, 3]``."""
+        return load_image(image, self.input_size)
+
+    def predict(self, images, top_k: int = 1) -> list[Prediction]:
+        """Top-k (label, probability) per image.
+
+        ``images``: a path, bytes, PIL image or HWC uint8 array; an NHWC uint8 batch; or a list
+        of any of these. Raises :class:`ImageError` for an unusable image.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            batch = images if images.shape[1:3] == self.input_size[::-1] else \
+                np.stack([self.preprocess(im) for im in images])
+        else:
+            items = images if isinstance(images, (list, tuple)) else [images]
+            batch = np.stack([self.preprocess(im) for im in items]) if items else \
+                np.zeros((0, *self.input_size[::-1], 3), np.uint8)
+        return self.top_k(self.probabilities(batch), top_k)
+
+    def predict_files(self, sources: Iterable[ImageLike], top_k: int = 1,
+                      workers: int | None = None, prefetch: int = 4) -> Iterator[FileResult]:
+        """Stream results over many inputs, in order. Decoding and resizing run on a thread pool
+        ``prefetch`` batches ahead of the model; a bad file yields a result with ``error`` and
+        the others go on."""
+        workers = workers or os.cpu_count() or 1
+        chunks = _chunks(sources, self.batch_size)
+
+        def decode(source):
+            try:
+                return self.preprocess(source), None
+            except ImageError as e:
+                return None, str(e)
+
+        with ThreadPoolExecutor(workers) as pool:
+            pending: deque = deque()
+
+            def submit_next() -> None:
+                chunk = next(chunks, None)
+                if chunk is not None:
+                    pending.append((chunk, [pool.submit(decode, s) for s in chunk]))
+
+            for _ in range(prefetch):
+                submit_next()
+            while pending:
+                chunk, futures = pending.popleft()
+                submit_next()
+                decoded = [f.result() for f in futures]
+                good = [i for i, (pixels, _) in enumerate(decoded) if pixels is not None]
+                predictions = self.top_k(
+                    self.probabilities(np.stack([decoded[i][0] for i in good])), top_k) if good else []
+                by_index = dict(zip(good, predictions))
+                for i, source in enumerate(chunk):
+                    yield FileResult(_name(source), by_index.get(i), decoded[i][1])
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _name(source) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"

@@ -1,0 +1,115 @@
+"""Any image -> the model's uint8 RGB input, the same way every time (numpy + pillow only).
+
+The policy, in order:
+
+1. open from a path, bytes, a file object, a PIL image or an array; animated images (GIF,
+   APNG, WebP) give their **first frame**;
+2. apply the EXIF orientation (``ImageOps.exif_transpose``), so phone photos stand upright;
+3. convert to RGB: 16-bit greyscale is scaled to 8 bits (``>> 8``), CMYK and palette images
+   go through Pillow's conversions, and any alpha (LA, RGBA, PA, transparent palettes) is
+   composited over **white** (:data:`BACKGROUND`);
+4. resize to the model's input size with Pillow's **bilinear** filter, which antialiases when
+   it shrinks (``Image.resize`` widens the kernel by the scale factor).
+
+Training images go through the same steps (``edgel2.data``), so what the model saw and what it
+is shown match. Images larger than :data:`MAX_PIXELS` are refused as decompression bombs.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+BACKGROUND = (255, 255, 255)
+RESAMPLE = Image.Resampling.BILINEAR
+MAX_PIXELS = 64 * 1024 * 1024  # 64 Mpx: far above any camera frame we classify
+
+ImageLike = Union[str, os.PathLike, bytes, "Image.Image", np.ndarray]
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message is a short reason for reports."""
+
+
+def open_image(source: ImageLike) -> Image.Image:
+    """A decoded PIL image (first frame) from any accepted source."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise ImageError("empty data")
+            image = Image.open(io.BytesIO(bytes(source)))
+        else:
+            path = Path(source)
+            if path.is_file() and path.stat().st_size == 0:
+                raise ImageError("empty file")
+            image = Image.open(path)
+        if image.width * image.height > MAX_PIXELS:
+            raise ImageError(f"image too large ({image.width}x{image.height}): "
+                             "refused as a possible decompression bomb")
+        image.seek(0)
+        image.load()
+        return image
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError("refused as a decompression bomb") from None
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except IsADirectoryError:
+        raise ImageError("is a directory") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("not an image (unidentified format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"cannot decode: {str(e).splitlines()[0][:120]}") from None
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ImageError(f"array of shape {array.shape} is not an HWC image")
+    if array.dtype != np.uint8:
+        raise ImageError(f"array dtype {array.dtype} is not uint8")
+    if array.shape[2] == 1:
+        return Image.fromarray(array[:, :, 0], "L")
+    return Image.fromarray(array, "RGB" if array.shape[2] == 3 else "RGBA")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Steps 2 and 3 of the policy: EXIF orientation, then RGB over a white background."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        pixels = np.asarray(image, dtype=np.uint32)
+        image = Image.fromarray((pixels >> 8).clip(0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("LA", "PA", "La"):
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "RGBa"):
+        background = Image.new("RGB", image.size, BACKGROUND)
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def load_image(source: ImageLike, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The whole policy: any image -> uint8 ``[H, W, 3]`` (resized to ``size`` = (W, H)).
+
+    Example:
+        >>> load_image(np.zeros((64, 48, 4), np.uint8), size=(32, 32)).shape
+        (32, 32, 3)
+    """
+    image = to_rgb(open_image(source))
+    if size is not None and image.size != tuple(size):
+        image = image.resize(tuple(size), RESAMPLE)
+    return np.asarray(image, dtype=np.uint8)
