@@ -48,3 +48,30 @@ def tiny_folder(tmp_path) -> Path:
         write_images(tmp_path / "data" / "train" / name, 4, seed=c)
         write_images(tmp_path / "data" / "test" / name, 2, seed=10 + c)
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def small_model(cifar, tmp_path_factory):
+    """A width-4 ResNet-18 trained for one epoch on 512 CIFAR-10-JPEG images, in its run
+    directory (model.keras beside config.json)."""
+    from dataclasses import replace
+
+    from edgel2.config import TrainConfig
+    from edgel2.train import train
+
+    run = tmp_path_factory.mktemp("small") / "run"
+    config = TrainConfig(width=4, epochs=1, batch_size=128, lr=0.2, subset=512, test_subset=100)
+    train(config, run, dataset=replace(cifar), verbose=0)
+    return run / "model.keras"
+
+
+@pytest.fixture(scope="session")
+def exported(small_model, cifar, tmp_path_factory):
+    """The small model as int8 and fp32 ONNX and fp32 TFLite: {name: path}."""
+    from edgel2.export import export_model
+
+    out = tmp_path_factory.mktemp("exported")
+    export_model(small_model, ["onnx"], ["int8", "none"], dataset=cifar, calib=64, check=0,
+                 out=out)
+    export_model(small_model, ["tflite"], ["none"], dataset=cifar, check=0, out=out)
+    return {p.name: p for p in out.glob("model-*")}

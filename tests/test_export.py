@@ -3,7 +3,6 @@ checked against Keras, and is written atomically; bad input gets one clear line.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import keras
 import numpy as np
@@ -11,22 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from edgel2.cli import cli
-from edgel2.config import TrainConfig
 from edgel2.errors import EdgeL2Error
 from edgel2.export import export_model
 from edgel2.runtime import open_engine, read_metadata
-from edgel2.train import train
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def small_model(cifar, tmp_path_factory):
-    """A width-4 ResNet-18 trained for one epoch on 512 images, in its run directory."""
-    run = tmp_path_factory.mktemp("export") / "run"
-    config = TrainConfig(width=4, epochs=1, batch_size=128, lr=0.2, subset=512, test_subset=100)
-    train(config, run, dataset=replace(cifar), verbose=0)
-    return run / "model.keras"
 
 
 @pytest.fixture(scope="module")
