@@ -10,5 +10,8 @@ edgel2 train --width "${WIDTH:-16}" --epochs "${EPOCHS:-4}" --subset "${SUBSET:-
 edgel2 eval "$run/model.keras"
 # A few-minute model is noisy: keep quantized files even if they lose > 2 points (the table says).
 edgel2 export "$run/model.keras" --format all --quantize all --allow-drop
+if [ -d "${EDGEL2_DATA:-}/test" ]; then  # classify a few real test images with the int8 ONNX
+  edgel2 infer "$EDGEL2_DATA"/test/*/000[0-1].* --model "$run/export/model-int8.onnx" --top-k 2
+fi
 echo "quickstart: done; curves in $run/curves.png, confusion matrix in $run/eval/confusion.png,"
 echo "            exported files and export_report.json in $run/export/"
