@@ -233,6 +233,67 @@ def export(model, formats, precisions, data, calib, calib_method, opset, out, ch
                           + "; ".join(f"{r['file']}: {r['reason']}" for r in failed))
 
 
+class _IntList(click.ParamType):
+    name = "N,N,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        try:
+            numbers = [int(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of whole numbers", param, ctx)
+        if not numbers or min(numbers) < 1:
+            self.fail(f"{value!r} needs numbers >= 1", param, ctx)
+        return numbers
+
+
+@cli.command()
+@click.argument("source", type=click.Path(exists=False))
+@click.option("--data", type=str, default=None,
+              help="Test images for top-1 (default: $EDGEL2_DATA, else CIFAR-10).")
+@click.option("--formats", type=click.Choice(["keras", "onnx", "tflite"]), multiple=True,
+              default=["keras", "onnx", "tflite"], show_default=True, help="Repeat to pick several.")
+@click.option("--batch-sizes", type=_IntList(), default="1,8,64", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads per runtime (default: all cores).")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
+              show_default=True, help="ONNX Runtime provider.")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=2.0,
+              show_default=True, help="Time per cell (latency, each batch size).")
+@click.option("--check", type=_CheckCount(), default="1000", show_default=True,
+              help="Test images for top-1; 'all' for the whole split.")
+@click.option("--min-accuracy", type=click.FloatRange(0, 1), default=None,
+              help="Exit 1 if any row's top-1 (a fraction, e.g. 0.9) is below: a CI gate.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Where the JSON report goes (default: benchmark.json in the export folder); "
+                   "the chart goes beside it as .png.")
+def benchmark(source, data, formats, batch_sizes, threads, provider, seconds, check, min_accuracy,
+              json_path) -> None:
+    """Size, top-1, batch-1 latency and throughput of every format and precision of SOURCE
+    (a .keras model, exporting what is missing, or an export folder) on this machine.
+
+    \b
+    Each runtime runs in its own process; speed-ups are against Keras fp32 in the same run.
+    """
+    from edgel2.benchmark import benchmark as run_benchmark
+    from edgel2.benchmark import format_table, plot_report
+    from edgel2.utils import write_json
+
+    report = run_benchmark(source, data=data, formats=formats, batch_sizes=batch_sizes,
+                           threads=threads, provider=provider, seconds=seconds, check=check,
+                           min_accuracy=min_accuracy, progress=lambda line: click.echo(line, err=True))
+    click.echo(format_table(report))
+    json_path = Path(json_path) if json_path else Path(report["rows"][-1]["file"] or source).parent / "benchmark.json"
+    write_json(json_path, report)
+    plot_report(report, json_path.with_suffix(".png"))
+    click.echo(f"report: {json_path}  chart: {json_path.with_suffix('.png')}")
+    bad = [r for r in report["rows"] if r["status"] != "ok"]
+    if bad:
+        raise EdgeL2Error(f"{len(bad)} of {len(report['rows'])} rows not ok: " + "; ".join(
+            f"{r['format']} {r['precision']}: {r['reason']}" for r in bad))
+
+
 SOME_IMAGES_FAILED = 3
 
 

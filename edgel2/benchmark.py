@@ -1,0 +1,269 @@
+"""``edgel2 benchmark``: every format and precision side by side on this machine.
+
+For a ``.keras`` model (exporting what is missing) or an export folder, each row (Keras fp32 as
+the baseline; ONNX Runtime fp32/fp16/int8/dynamic; LiteRT fp32/fp16/dynamic/int8) is measured
+in its own process, so one runtime cannot slow another: file size, top-1 on held-out test
+images, batch-1 latency p50/p90/p99, and throughput at each batch size after a warm-up, over a
+fixed time per cell. Results: a table, JSON (with a machine description) and a PNG chart.
+
+Example:
+    >>> report = benchmark("runs/train/exp/model.keras", seconds=1.0)   # doctest: +SKIP
+    >>> print(format_table(report))                                       # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgel2.errors import EdgeL2Error
+
+ROWS = [("keras", "fp32"), ("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"),
+        ("onnx", "dynamic"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "dynamic"),
+        ("tflite", "int8")]
+PRECISION_FLAG = {"fp32": "none", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
+RUNTIME = {"keras": "Keras (TF) predict_on_batch", "onnx": "ONNX Runtime", "tflite": "LiteRT"}
+
+
+def benchmark(source: str | os.PathLike, *, data: str | None = None,
+              formats: Sequence[str] = ("keras", "onnx", "tflite"),
+              batch_sizes: Sequence[int] = (1, 8, 64), threads: int | None = None,
+              provider: str = "auto", seconds: float = 2.0, check: int | None = 1000,
+              min_accuracy: float | None = None, dataset=None,
+              progress: Callable[[str], None] = lambda _: None) -> dict:
+    """Measure every row; return the report (see the module docstring)."""
+    source = Path(source)
+    keras_path, export_dir = _locate(source)
+    rows = [(f, p) for f, p in ROWS if f in formats]
+    if not rows:
+        raise EdgeL2Error(f"no known format in {', '.join(formats)}; choose from keras, onnx, tflite")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    ds = dataset if dataset is not None else _load_data(data)
+    images, labels = _check_images(ds, check)
+
+    if keras_path is not None:
+        _export_missing(keras_path, export_dir, rows, ds, progress)
+    threads = threads or os.cpu_count() or 1
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(Path(tmp) / "check.npz", images=images, labels=labels)
+        for fmt, precision in rows:
+            path = keras_path if fmt == "keras" else export_dir / f"{_stem(keras_path, export_dir)}-{precision}.{fmt}"
+            progress(f"{RUNTIME[fmt]} {precision}: {path}")
+            row = {"format": fmt, "precision": precision, "runtime": RUNTIME[fmt],
+                   "file": None if path is None else str(path), "status": "failed", "reason": None}
+            if path is None or not path.is_file():
+                row["reason"] = "no such file" if path else "no .keras model to measure"
+            else:
+                row.update(_measure_in_child(fmt, path, Path(tmp) / "check.npz", batch_sizes,
+                                             threads, provider, seconds))
+            results.append(row)
+
+    baseline = next((r for r in results if r["format"] == "keras" and r["status"] == "ok"), None)
+    for row in results:
+        if row["status"] != "ok":
+            continue
+        if min_accuracy is not None and row["accuracy"] < min_accuracy:
+            row["status"] = "low accuracy"
+            row["reason"] = f"top-1 {100 * row['accuracy']:.2f} % < --min-accuracy {100 * min_accuracy:g} %"
+        if baseline is not None:
+            row["speedup"] = {str(b): row["throughput"][str(b)] / baseline["throughput"][str(b)]
+                              for b in batch_sizes}
+            row["accuracy_delta"] = row["accuracy"] - baseline["accuracy"]
+    return {"source": str(source), "check_images": int(len(labels)),
+            "batch_sizes": list(batch_sizes), "threads": threads, "seconds_per_cell": seconds,
+            "provider": provider, "machine": machine(load), "rows": results}
+
+
+def _locate(source: Path) -> tuple[Path | None, Path]:
+    if source.is_dir():
+        report = source / "export_report.json"
+        model = Path(json.loads(report.read_text())["model"]) if report.is_file() else None
+        return (model if model and model.is_file() else None), source
+    if source.suffix == ".keras" and source.is_file():
+        return source, source.parent / "export"
+    raise EdgeL2Error(f"not a .keras model or an export folder: {source}")
+
+
+def _stem(keras_path: Path | None, export_dir: Path) -> str:
+    if keras_path is not None:
+        return keras_path.stem
+    names = sorted(p.name for p in export_dir.glob("*-fp32.onnx")) + sorted(
+        p.name for p in export_dir.glob("*.onnx")) + sorted(p.name for p in export_dir.glob("*.tflite"))
+    if not names:
+        raise EdgeL2Error(f"no exported files in {export_dir}")
+    return names[0].rsplit("-", 1)[0]
+
+
+def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress) -> None:
+    from edgel2.backend import use_backend
+
+    use_backend("tensorflow")
+    from edgel2.export import export_model
+
+    for fmt in ("onnx", "tflite"):
+        missing = [PRECISION_FLAG[p] for f, p in rows if f == fmt and not
+                   (export_dir / f"{keras_path.stem}-{p}.{fmt}").is_file()]
+        if missing:
+            progress(f"exporting {fmt} {', '.join(missing)}")
+            export_model(keras_path, [fmt], missing, dataset=ds, check=0, out=export_dir)
+
+
+def _load_data(data):
+    from edgel2.data import load_dataset
+
+    return load_dataset(data)
+
+
+def _check_images(ds, count: int | None) -> tuple[np.ndarray, np.ndarray]:
+    from edgel2.data import balanced_subset
+
+    if count is None:
+        return ds.x_test, ds.y_test
+    return balanced_subset(ds.x_test, ds.y_test, count, seed=0)
+
+
+def _measure_in_child(fmt, path, check_file, batch_sizes, threads, provider, seconds) -> dict:
+    spec = json.dumps({"format": fmt, "path": str(path), "check": str(check_file),
+                       "batch_sizes": list(batch_sizes), "threads": threads,
+                       "provider": provider, "seconds": seconds})
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    proc = subprocess.run([sys.executable, "-m", "edgel2.benchmark", spec], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+        return {"reason": lines[-1][:300] if lines else f"exit code {proc.returncode}"}
+    return {"status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+# --- the child process ------------------------------------------------------------------
+
+def _runner(fmt: str, path: Path, threads: int, provider: str) -> Callable[[np.ndarray], np.ndarray]:
+    if fmt == "keras":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        from edgel2.export.source import as_float32
+        from edgel2.evaluate import load_model
+
+        model = as_float32(load_model(path))
+        return lambda batch: np.asarray(model.predict_on_batch(batch))
+    from edgel2.runtime.engines import open_engine
+
+    engine = open_engine(path, providers=provider, threads=threads)
+    return engine.run
+
+
+def time_cells(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+               batch_sizes: Sequence[int], seconds: float) -> dict:
+    """Batch-1 latency percentiles (ms) and throughput (images/s) per batch size."""
+    def batch_of(n: int) -> np.ndarray:
+        return np.ascontiguousarray(np.resize(images, (n, *images.shape[1:])))
+
+    one = batch_of(1)
+    for _ in range(5):
+        run(one)
+    latencies, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds or len(latencies) < 10:
+        t = time.perf_counter()
+        run(one)
+        latencies.append(1000 * (time.perf_counter() - t))
+    throughput = {}
+    for n in batch_sizes:
+        batch = batch_of(n)
+        for _ in range(2):
+            run(batch)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or count < 3 * n:
+            run(batch)
+            count += n
+        throughput[str(n)] = count / (time.perf_counter() - start)
+    p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
+    return {"latency_ms": {"p50": float(p50), "p90": float(p90), "p99": float(p99)},
+            "throughput": throughput}
+
+
+def _child(spec: dict) -> dict:
+    path = Path(spec["path"])
+    run = _runner(spec["format"], path, spec["threads"], spec["provider"])
+    check = np.load(spec["check"])
+    images, labels = check["images"], check["labels"]
+    logits = np.concatenate([run(images[i:i + 100]) for i in range(0, len(images), 100)])
+    return {"size_mb": path.stat().st_size / 2**20,
+            "accuracy": float(np.mean(logits.argmax(1) == labels)),
+            **time_cells(run, images, spec["batch_sizes"], spec["seconds"])}
+
+
+def machine(load: float | None = None) -> dict:
+    """CPU model, cores, clock, load and library versions."""
+    from edgel2.backend import library_versions
+
+    cpu, mhz = platform.processor() or platform.machine(), None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("cpu MHz") and mhz is None:
+                mhz = float(line.split(":", 1)[1])
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "mhz": mhz, "load_1min_at_start": load,
+            "platform": platform.platform(), "versions": library_versions()}
+
+
+def format_table(report: dict) -> str:
+    """The report as a table read at a glance; speed-ups are against Keras fp32 in this run."""
+    sizes = report["batch_sizes"]
+    head = (f"{'runtime':<13} {'prec':<7} {'size MB':>7} {'top-1 %':>7} {'p50 ms':>7} {'p90 ms':>7} "
+            f"{'p99 ms':>7} " + " ".join(f"{'img/s b' + str(b):>10}" for b in sizes) +
+            f" {'x Keras':>8}  status")
+    lines = [head, "-" * len(head)]
+    for r in report["rows"]:
+        name = {"keras": "Keras (TF)", "onnx": "ONNX Runtime", "tflite": "LiteRT"}[r["format"]]
+        if "throughput" not in r:
+            lines.append(f"{name:<13} {r['precision']:<7} {'-':>7} {'-':>7} {'-':>7} {'-':>7} {'-':>7} "
+                         + " ".join(f"{'-':>10}" for _ in sizes) + f" {'-':>8}  failed: {r['reason']}")
+            continue
+        lat = r["latency_ms"]
+        speed = r.get("speedup", {}).get(str(sizes[-1]))
+        lines.append(
+            f"{name:<13} {r['precision']:<7} {r['size_mb']:>7.2f} {100 * r['accuracy']:>7.2f} "
+            f"{lat['p50']:>7.2f} {lat['p90']:>7.2f} {lat['p99']:>7.2f} "
+            + " ".join(f"{r['throughput'][str(b)]:>10.1f}" for b in sizes)
+            + f" {'-' if speed is None else format(speed, '.2f') + 'x':>8}  {r['status']}"
+            + (f": {r['reason']}" if r["reason"] else ""))
+    m = report["machine"]
+    lines.append(f"{m['cpu']}, {m['cores']} cores, {report['threads']} threads, load {m['load_1min_at_start']}; "
+                 f"top-1 on {report['check_images']} test images; x Keras at batch {sizes[-1]}")
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, path: str | os.PathLike) -> Path:
+    """Accuracy against batch-1 latency, one point per measured row."""
+    from edgel2.plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in report["rows"]:
+        if "latency_ms" in r:
+            ax.scatter(r["latency_ms"]["p50"], 100 * r["accuracy"], s=40)
+            ax.annotate(f"{r['format']} {r['precision']}", (r["latency_ms"]["p50"], 100 * r["accuracy"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set(xlabel="batch-1 latency p50 (ms)", ylabel="top-1 accuracy (%)", xscale="log",
+           title=f"{report['machine']['cpu']}, {report['threads']} threads")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+if __name__ == "__main__":
+    print(json.dumps(_child(json.loads(sys.argv[1]))))
