@@ -1,0 +1,78 @@
+"""edgel2 benchmark: every row carries every cell or a stated reason, and --min-accuracy is a
+gate that fails on a low-accuracy file."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgel2.benchmark import benchmark, format_table
+from edgel2.cli import cli
+
+pytestmark = pytest.mark.slow
+CELLS = {"size_mb", "accuracy", "latency_ms", "throughput"}
+
+
+def test_tiny_model_measures_every_cell_in_seconds(small_model, cifar, tmp_path):
+    model = tmp_path / "model.keras"
+    shutil.copy(small_model, model)
+    report = benchmark(model, formats=("keras", "onnx"), batch_sizes=(1, 4), seconds=0.05,
+                       check=50, dataset=cifar)
+    assert [(r["format"], r["precision"]) for r in report["rows"]] == [
+        ("keras", "fp32"), ("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"), ("onnx", "dynamic")]
+    for row in report["rows"]:
+        assert row["status"] == "ok", row
+        assert CELLS <= row.keys()
+        assert set(row["latency_ms"]) == {"p50", "p90", "p99"}
+        assert row["latency_ms"]["p50"] <= row["latency_ms"]["p90"] <= row["latency_ms"]["p99"]
+        assert set(row["throughput"]) == {"1", "4"} and min(row["throughput"].values()) > 0
+        assert set(row["speedup"]) == {"1", "4"}
+    keras_row = report["rows"][0]
+    assert keras_row["speedup"] == {"1": 1.0, "4": 1.0}
+    assert report["rows"][1]["accuracy"] == keras_row["accuracy"]  # fp32 ONNX = Keras
+    assert report["machine"]["cores"] >= 1 and "numpy" in report["machine"]["versions"]
+    assert (tmp_path / "export" / "model-int8.onnx").is_file()  # exported what was missing
+    table = format_table(report)
+    assert len(table.splitlines()) == 2 + 5 + 1 and "x Keras" in table
+
+
+def _planted_always_class_zero(small_model, out):
+    """An int8-named ONNX file that predicts class 0 for every image."""
+    from edgel2.evaluate import load_model
+    from edgel2.export import export_model
+
+    model = load_model(small_model)
+    kernel, bias = model.get_layer("logits").get_weights()
+    model.get_layer("logits").set_weights([kernel * 0, np.eye(len(bias))[0] * 100])
+    planted = out / "planted" / "model.keras"
+    planted.parent.mkdir()
+    model.save(planted)
+    export_model(planted, ["onnx"], ["none"], check=0, out=planted.parent)
+    shutil.copy(planted.parent / "model-fp32.onnx", out / "model-int8.onnx")
+
+
+def test_min_accuracy_fails_on_a_planted_low_accuracy_file(small_model, exported, data_dir,
+                                                           tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    shutil.copy(exported["model-fp32.onnx"], folder / "model-fp32.onnx")
+    _planted_always_class_zero(small_model, folder)
+    result = CliRunner().invoke(cli, [
+        "benchmark", str(folder), "--data", str(data_dir), "--formats", "onnx", "--check", "50",
+        "--seconds", "0.05", "--batch-sizes", "1,2", "--min-accuracy", "0.11",
+        "--json", str(tmp_path / "bench.json")])
+    assert result.exit_code == 1, result.output
+    report = json.loads((tmp_path / "bench.json").read_text())
+    rows = {r["precision"]: r for r in report["rows"]}
+    assert rows["int8"]["accuracy"] == 0.1  # 50 balanced images, all called class 0
+    assert rows["int8"]["status"] == "low accuracy"
+    assert rows["int8"]["reason"] == "top-1 10.00 % < --min-accuracy 11 %"
+    assert rows["fp32"]["status"] == ("ok" if rows["fp32"]["accuracy"] >= 0.11 else "low accuracy")
+    # files that are not there are rows with a reason, not gaps
+    assert rows["fp16"]["status"] == "failed" and rows["fp16"]["reason"] == "no such file"
+    assert "int8: top-1 10.00 % < --min-accuracy 11 %" in result.stderr
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
