@@ -73,7 +73,7 @@ class Normalize(layers.Layer):
 
     Example:
         >>> import numpy as np
-        >>> Normalize([100.0], [50.0])(np.array([[200]], "uint8")).tolist()
+        >>> keras.ops.convert_to_numpy(Normalize([100.0], [50.0])(np.array([[200]], "uint8"))).tolist()
         [[2.0]]
     """
 
