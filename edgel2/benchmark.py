@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from edgel2.data import load_dataset, test_images
 from edgel2.errors import EdgeL2Error
 
 ROWS = [("keras", "fp32"), ("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"),
@@ -47,7 +48,7 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
         raise EdgeL2Error(f"no known format in {', '.join(formats)}; choose from keras, onnx, tflite")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     ds = dataset if dataset is not None else _load_data(data)
-    images, labels = _check_images(ds, check)
+    images, labels = test_images(ds, check)
 
     if keras_path is not None:
         _export_missing(keras_path, export_dir, rows, ds, progress)
@@ -118,17 +119,7 @@ def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress) -> N
 
 
 def _load_data(data):
-    from edgel2.data import load_dataset
-
     return load_dataset(data)
-
-
-def _check_images(ds, count: int | None) -> tuple[np.ndarray, np.ndarray]:
-    from edgel2.data import balanced_subset
-
-    if count is None:
-        return ds.x_test, ds.y_test
-    return balanced_subset(ds.x_test, ds.y_test, count, seed=0)
 
 
 def _measure_in_child(fmt, path, check_file, batch_sizes, threads, provider, seconds) -> dict:

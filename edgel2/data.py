@@ -118,6 +118,14 @@ def balanced_subset(x: np.ndarray, y: np.ndarray, n: int, seed: int = 0
     return x[index], y[index]
 
 
+def test_images(ds: Dataset, count: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out images for checks: the whole test split (``count=None``) or a seeded,
+    class-balanced subset of ``count``."""
+    if count is None:
+        return ds.x_test, ds.y_test
+    return balanced_subset(ds.x_test, ds.y_test, count, seed)
+
+
 # --- image folders ---------------------------------------------------------------------------
 
 def _class_dirs(split_dir: Path) -> list[Path]:

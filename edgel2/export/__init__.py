@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from edgel2.data import balanced_subset, load_dataset, test_images
 from edgel2.errors import EdgeL2Error
 from edgel2.utils import atomic_path, write_json
 
@@ -61,7 +62,7 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
 
     images = labels = reference = None
     if check != 0:
-        images, labels = _check_split(ds, check)
+        images, labels = test_images(ds, check)
         progress(f"Keras reference on {len(labels)} test images")
         reference = model.predict(images, batch_size=256, verbose=0).astype(np.float64)
 
@@ -162,24 +163,12 @@ def _check_writable(out_dir: Path) -> None:
 
 
 def _load_data(data, model):
-    from edgel2.data import load_dataset
-
     size = model.input.shape[1]
     return load_dataset(data, image_size=size if size != 32 else None)
 
 
 def _calibration_images(ds, count: int) -> np.ndarray:
-    from edgel2.data import balanced_subset
-
     return balanced_subset(ds.x_train, ds.y_train, count, seed=0)[0]
-
-
-def _check_split(ds, count: int | None) -> tuple[np.ndarray, np.ndarray]:
-    from edgel2.data import balanced_subset
-
-    if count is None:
-        return ds.x_test, ds.y_test
-    return balanced_subset(ds.x_test, ds.y_test, count, seed=0)
 
 
 def format_table(report: dict) -> str:
