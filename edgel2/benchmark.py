@@ -244,11 +244,14 @@ def plot_report(report: dict, path: str | os.PathLike) -> Path:
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {"keras": "black", "onnx": "tab:blue", "tflite": "tab:orange"}
+    markers = {"fp32": "o", "fp16": "s", "dynamic": "^", "int8": "*"}
     for r in report["rows"]:
         if "latency_ms" in r:
-            ax.scatter(r["latency_ms"]["p50"], 100 * r["accuracy"], s=40)
-            ax.annotate(f"{r['format']} {r['precision']}", (r["latency_ms"]["p50"], 100 * r["accuracy"]),
-                        textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.scatter(r["latency_ms"]["p50"], 100 * r["accuracy"], s=90 if r["precision"] == "int8" else 50,
+                       color=colors[r["format"]], marker=markers[r["precision"]],
+                       label=f"{RUNTIME[r['format']].split(' (')[0].replace(' predict_on_batch', '')} {r['precision']}")
+    ax.legend(fontsize=8, loc="best")
     ax.set(xlabel="batch-1 latency p50 (ms)", ylabel="top-1 accuracy (%)", xscale="log",
            title=f"{report['machine']['cpu']}, {report['threads']} threads")
     ax.grid(alpha=0.3)
