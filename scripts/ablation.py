@@ -61,6 +61,9 @@ def main() -> None:
     parser.add_argument("--eval-subset", type=int, default=2000,
                         help="test images watched per epoch; the table uses all 10,000")
     parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("--feature-l2-sweep", default="",
+                        help="extra rows 'feature L2 = X' (comma-separated X), weight L2 off")
+    parser.add_argument("--only-sweep", action="store_true", help="run the sweep rows alone")
     args = parser.parse_args()
 
     import keras
@@ -71,12 +74,15 @@ def main() -> None:
     base = TrainConfig(data=args.data, width=args.width, subset=args.subset, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, test_subset=args.eval_subset)
     full = load_dataset(args.data)
+    rows = {} if args.only_sweep else dict(ROWS)
+    for value in filter(None, args.feature_l2_sweep.split(",")):
+        rows[f"feature L2 = {float(value):g}"] = dict(weight_l2=0.0, feature_l2=float(value))
     results: dict[str, list[dict]] = {}
     for seed in map(int, args.seeds.split(",")):
-        for name, change in ROWS.items():
+        for name, change in rows.items():
             config = replace(base, seed=seed, **change)
             ds = prepare_data(config, replace(full))
-            run_dir = Path(args.out) / f"{name.replace(' ', '_').replace('+', 'and')}-seed{seed}"
+            run_dir = Path(args.out) / f"{name.replace(' ', '_').replace('+', 'and').replace('=', 'eq')}-seed{seed}"
             start = time.perf_counter()
             train(config, run_dir, dataset=replace(ds), verbose=0)
             row = measure(run_dir, ds, full)
