@@ -1,0 +1,51 @@
+"""The models shipped in models/: they load with the light runtime, carry their metadata, and
+classify real CIFAR-10-JPEG test images at the accuracy their card states."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgel2.cli import cli, default_model
+from edgel2.data import balanced_subset
+from edgel2.runtime import Classifier
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+SHIPPED = sorted(MODELS.glob("*.onnx")) + sorted(MODELS.glob("*.tflite"))
+CARD = (MODELS / "README.md").read_text()
+
+
+def test_models_folder_ships_int8_onnx_and_tflite_and_stays_small():
+    assert {p.suffix for p in SHIPPED} == {".onnx", ".tflite"}
+    assert all("int8" in p.name for p in SHIPPED)
+    assert sum(p.stat().st_size for p in MODELS.iterdir()) < 5 * 2**20
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_file_carries_metadata_and_matches_its_card(path, cifar):
+    clf = Classifier(path)
+    meta = clf.metadata
+    assert clf.class_names == cifar.class_names
+    assert meta["quantization"] == "int8" and meta["input"]["dtype"] == "uint8"
+    stated = meta["accuracy"]["top1"]
+    assert meta["accuracy"]["images"] == 10000  # measured on the full test split
+    # the card states the same figure, to two decimals
+    assert re.search(rf"\| `{re.escape(path.name)}` \|[^\n]*\| {100 * stated:.2f} % \|", CARD), \
+        f"models/README.md does not state {100 * stated:.2f} % for {path.name}"
+    images, labels = balanced_subset(cifar.x_test, cifar.y_test, 500, seed=1)
+    predicted = [clf.class_names.index(p[0][0]) for p in clf.predict(images)]
+    accuracy = float(np.mean(np.array(predicted) == labels))
+    sampling_error = math.sqrt(stated * (1 - stated) / len(labels))
+    assert abs(accuracy - stated) <= 3 * sampling_error + 1e-9
+
+
+def test_infer_uses_the_shipped_int8_onnx_by_default(data_dir):
+    assert default_model().suffix == ".onnx" and "int8" in default_model().name
+    image = next((data_dir / "test" / "ship").iterdir())
+    result = CliRunner().invoke(cli, ["infer", str(image), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1].split(",")[1] in Classifier(default_model()).class_names
