@@ -284,7 +284,7 @@ def benchmark(source, data, formats, batch_sizes, threads, provider, seconds, ch
                            threads=threads, provider=provider, seconds=seconds, check=check,
                            min_accuracy=min_accuracy, progress=lambda line: click.echo(line, err=True))
     click.echo(format_table(report))
-    json_path = Path(json_path) if json_path else Path(report["rows"][-1]["file"] or source).parent / "benchmark.json"
+    json_path = Path(json_path) if json_path else Path(report["export_dir"]) / "benchmark.json"
     write_json(json_path, report)
     plot_report(report, json_path.with_suffix(".png"))
     click.echo(f"report: {json_path}  chart: {json_path.with_suffix('.png')}")
