@@ -56,9 +56,8 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     model, base_metadata = load_source(model_path)
     needs_data = "int8" in precisions or check != 0
     ds = dataset if dataset is not None or not needs_data else _load_data(data, model)
-    calibration = _calibration_images(ds, calib) if ds is not None else None
-    if "int8" in precisions and calibration is None:
-        raise EdgeL2Error("int8 needs images to calibrate on: pass --data PATH")
+    # Data is loaded whenever int8 is asked for; a missing source already raised, saying --data.
+    calibration = _calibration_images(ds, calib) if "int8" in precisions else None
 
     images = labels = reference = None
     if check != 0:
@@ -88,7 +87,7 @@ def _export_one(model, fmt, precision, target, opset, calibration, calib_method,
     start = time.perf_counter()
     try:
         with atomic_path(target) as tmp:
-            _write(fmt, model, tmp, precision, opset, lambda: calibration, calib_method)
+            _write(fmt, model, tmp, precision, opset, calibration, calib_method)
             result = None
             if images is not None:
                 try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -118,7 +117,7 @@ def set_metadata(path: Path, metadata: dict[str, str]) -> None:
 
 
 def write_onnx(model, path: Path, precision: str, opset: int,
-               calibration: Callable[[], np.ndarray] | None, calib_method: str) -> None:
+               calibration: np.ndarray | None, calib_method: str) -> None:
     """Write ``model`` as ONNX at ``precision`` (none, fp16, dynamic, int8) to ``path``."""
     import onnx
 
@@ -134,5 +133,5 @@ def write_onnx(model, path: Path, precision: str, opset: int,
             if precision == "dynamic":
                 quantize_dynamic(fp32, path)
             else:
-                quantize_int8(fp32, path, calibration(), calib_method)
+                quantize_int8(fp32, path, calibration, calib_method)
     os.chmod(path, 0o644)

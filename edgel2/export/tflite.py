@@ -18,7 +18,6 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -26,7 +25,7 @@ from edgel2.errors import EdgeL2Error
 
 
 def write_tflite(model, path: Path, precision: str,
-                 calibration: Callable[[], np.ndarray] | None) -> None:
+                 calibration: np.ndarray | None) -> None:
     """Write ``model`` as TFLite at ``precision`` (none, fp16, dynamic, int8) to ``path``.
 
     Every variant takes uint8 NHWC pixels and returns float32 logits. For int8 the network
@@ -44,7 +43,7 @@ def write_tflite(model, path: Path, precision: str,
         source.export(str(saved), format="tf_saved_model", input_signature=[spec], verbose=False)
         args = [sys.executable, "-m", "edgel2.export.tflite", str(saved), str(path), precision]
         if precision == "int8":
-            np.save(Path(tmp) / "calib.npy", calibration().astype(np.float32))
+            np.save(Path(tmp) / "calib.npy", calibration.astype(np.float32))
             args.append(str(Path(tmp) / "calib.npy"))
         proc = subprocess.run(args, capture_output=True, text=True,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
