@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgel2.data import load_dataset, test_images
+from edgel2.data import held_out_images, load_dataset
 from edgel2.errors import EdgeL2Error
 
 ROWS = [("keras", "fp32"), ("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"),
@@ -48,7 +48,7 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
         raise EdgeL2Error(f"no known format in {', '.join(formats)}; choose from keras, onnx, tflite")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     ds = dataset if dataset is not None else _load_data(data)
-    images, labels = test_images(ds, check)
+    images, labels = held_out_images(ds, check)
 
     if keras_path is not None:
         _export_missing(keras_path, export_dir, rows, ds, progress)

@@ -26,13 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from edgel2.errors import DataError
+from edgel2.runtime.preprocess import IMAGE_SUFFIXES, ImageError, load_image
 
 DATA_ENV = "EDGEL2_DATA"
 CACHE_ENV = "EDGEL2_CACHE"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
-# Pillow opens more than these; the list only decides which files in a class folder count.
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 TEST_SPLIT_NAMES = ("test", "val")
 
 
@@ -118,7 +117,7 @@ def balanced_subset(x: np.ndarray, y: np.ndarray, n: int, seed: int = 0
     return x[index], y[index]
 
 
-def test_images(ds: Dataset, count: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def held_out_images(ds: Dataset, count: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Held-out images for checks: the whole test split (``count=None``) or a seeded,
     class-balanced subset of ``count``."""
     if count is None:
@@ -204,8 +203,6 @@ def _read_all(files: list[Path]) -> list[bytes]:
 
 
 def _decode_all(files: list[Path], blobs: list[bytes], image_size: int | None) -> np.ndarray:
-    from edgel2.runtime.preprocess import ImageError, load_image
-
     size = None if image_size is None else (image_size, image_size)
 
     def decode(item: tuple[Path, bytes]) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgel2.data import balanced_subset, load_dataset, test_images
+from edgel2.data import balanced_subset, held_out_images, load_dataset
 from edgel2.errors import EdgeL2Error
 from edgel2.utils import atomic_path, write_json
 
@@ -61,7 +61,7 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
 
     images = labels = reference = None
     if check != 0:
-        images, labels = test_images(ds, check)
+        images, labels = held_out_images(ds, check)
         progress(f"Keras reference on {len(labels)} test images")
         reference = model.predict(images, batch_size=256, verbose=0).astype(np.float64)
 

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Iterable
 
 from edgel2.runtime.classifier import FileResult
+from edgel2.runtime.preprocess import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
-                  ".pgm", ".pbm", ".ico", ".jfif"}
 
 
 def expand_paths(patterns: Iterable[str]) -> list[str]:

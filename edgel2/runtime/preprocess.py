@@ -26,7 +26,10 @@ from PIL import Image, ImageOps
 
 BACKGROUND = (255, 255, 255)
 RESAMPLE = Image.Resampling.BILINEAR
-MAX_PIXELS = 64 * 1024 * 1024  # 64 Mpx: far above any camera frame we classify
+MAX_PIXELS = 64 * 1024 * 1024
+# The file suffixes counted as images when a folder is searched (training data and infer).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
+                            ".tiff", ".ppm", ".pgm", ".pbm", ".ico"})  # 64 Mpx: far above any camera frame we classify
 
 ImageLike = Union[str, os.PathLike, bytes, "Image.Image", np.ndarray]
 
