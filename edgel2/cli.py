@@ -117,8 +117,11 @@ def _backend_option(f):
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
               help="Continue the run in this directory from its last finished epoch "
                    "(its saved config is used; other options are ignored).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Write best.keras, last.keras and curves.png every N epochs (and after "
+                   "the last): on a GPU an epoch can be shorter than the writes.")
 @click.option("--quiet", is_flag=True, help="No per-step progress bar.")
-def train(backend, out, resume, quiet, **options) -> None:
+def train(backend, out, resume, checkpoint_every, quiet, **options) -> None:
     """Train the L2-regularized CIFAR ResNet-18 and fill a run directory.
 
     \b
@@ -133,7 +136,8 @@ def train(backend, out, resume, quiet, **options) -> None:
         config.validate()
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    result = run_training(config, out, resume=resume, verbose=2 if quiet else 1)
+    result = run_training(config, out, resume=resume, checkpoint_every=checkpoint_every,
+                          verbose=2 if quiet else 1)
     click.echo(f"best test top-1 {100 * result.best_acc:.2f} %, final {100 * result.final_acc:.2f} %"
                f" after {result.history[-1]['epoch']} epochs")
     click.echo(f"run directory: {result.run_dir}")

@@ -61,12 +61,15 @@ def prepare_data(config: TrainConfig, dataset: Dataset | None = None) -> Dataset
 
 def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
           dataset: Dataset | None = None, resume: str | os.PathLike | None = None,
-          verbose: int = 1) -> TrainResult:
+          checkpoint_every: int = 1, verbose: int = 1) -> TrainResult:
     """Train a ResNet-18 as ``config`` says and fill a run directory.
 
     ``out`` defaults to ``runs/train/exp`` (``exp2``, ``exp3``... if taken). ``resume`` names
     an earlier run directory: its config and checkpoint are used and training continues after
     the last finished epoch. ``dataset`` skips loading (tests, notebooks).
+    ``checkpoint_every`` writes best.keras, last.keras and curves.png every N epochs (and
+    after the last) instead of every epoch: on a GPU an epoch can take less time than the
+    writes.
 
     Example:
         >>> result = train(TrainConfig(width=8, epochs=2, subset=1000), "runs/train/tiny")  # doctest: +SKIP
@@ -107,13 +110,14 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
 
     train_batches = ShuffledBatches(ds.x_train, _one_hot(ds.y_train, ds.num_classes),
                                     batch_size, seed=config.seed, epoch=start_epoch)
-    logger = RunLogger(run_dir, model, len(train_batches) * batch_size, best_acc)
+    logger = RunLogger(run_dir, model, len(train_batches) * batch_size, best_acc,
+                       checkpoint_every=checkpoint_every, last_epoch=config.epochs)
     trainer.fit(train_batches, epochs=config.epochs, initial_epoch=start_epoch,
                 validation_data=(ds.x_test, _one_hot(ds.y_test, ds.num_classes)),
-                validation_batch_size=max(batch_size, 256), callbacks=[logger], verbose=verbose)
+                validation_batch_size=even_batch_size(len(ds.y_test), max(batch_size, 256)),
+                callbacks=[logger], verbose=verbose)
     if logger.nan_at is not None:
-        epoch, step = logger.nan_at
-        raise TrainingError(f"loss became NaN at epoch {epoch + 1}, step {step + 1}; "
+        raise TrainingError(f"loss became NaN in epoch {logger.nan_at + 1}; "
                             f"lower --lr (now {config.lr}) or the L2 weights. The last good "
                             f"checkpoint is in {run_dir}")
     _save_model(model, run_dir / "model.keras")
@@ -147,6 +151,18 @@ def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int,
 
 
 # --- pieces -------------------------------------------------------------------------------
+
+def even_batch_size(count: int, target: int) -> int:
+    """A batch size near ``target`` that divides ``count``, so evaluation has no partial last
+    batch (on JAX each new batch shape is another compile); ``target`` if none is near.
+
+    Example:
+        >>> even_batch_size(10_000, 512), even_batch_size(10_007, 512)
+        (500, 512)
+    """
+    near = [b for b in range(target // 2, 2 * target + 1) if count % b == 0]
+    return min(near, key=lambda b: abs(b - target)) if near else target
+
 
 def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.eye(num_classes, dtype=np.float32)[labels]
@@ -260,34 +276,37 @@ class ShuffledBatches(keras.utils.PyDataset):
 
 
 class RunLogger(keras.callbacks.Callback):
-    """Per epoch: a metrics.csv row, curves.png, best.keras, and the resumable checkpoint
-    (last.keras + state.json), each written atomically. Stops the run on a NaN loss."""
+    """Per epoch: a metrics.csv row; every ``checkpoint_every`` epochs and after the last:
+    curves.png, best.keras (the best of those epochs) and the resumable checkpoint
+    (last.keras + state.json), each written atomically. Stops the run on a NaN loss.
 
-    def __init__(self, run_dir: Path, model, images_per_epoch: int, best_acc: float = -1.0):
+    It reads the logs only at epoch ends: a per-step hook would make JAX wait for every
+    step to finish before queueing the next.
+    """
+
+    def __init__(self, run_dir: Path, model, images_per_epoch: int, best_acc: float = -1.0,
+                 checkpoint_every: int = 1, last_epoch: int | None = None):
         super().__init__()
         self.run_dir, self.inner, self.images_per_epoch = run_dir, model, images_per_epoch
         self.best_acc = best_acc
-        self.nan_at: tuple[int, int] | None = None
-        self._epoch = 0
+        self.checkpoint_every, self.last_epoch = max(1, checkpoint_every), last_epoch
+        self.nan_at: int | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch, self._start = epoch, time.perf_counter()
+        self._start = time.perf_counter()
         self._train_end = None
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.nan_at = (self._epoch, batch)
-            self.model.stop_training = True
 
     def on_test_begin(self, logs=None):
         self._train_end = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.nan_at is not None:
-            return  # keep the last good checkpoint
         logs = logs or {}
         end = time.perf_counter()
+        # The epoch's loss is the mean over its steps, so one NaN step makes it NaN.
+        if not math.isfinite(float(logs.get("loss", 0.0))):
+            self.nan_at = epoch
+            self.model.stop_training = True
+            return  # keep the last good checkpoint
         train_seconds = (self._train_end or end) - self._start
         row = {"epoch": epoch + 1, "train_loss": logs.get("loss", float("nan")),
                "train_acc": logs.get("acc", float("nan")),
@@ -297,6 +316,8 @@ class RunLogger(keras.callbacks.Callback):
                "seconds": end - self._start,
                "images_per_s": self.images_per_epoch / max(train_seconds, 1e-9)}
         self._append_metrics(row)
+        if (epoch + 1) % self.checkpoint_every and epoch + 1 != self.last_epoch:
+            return
         if row["test_acc"] > self.best_acc:
             self.best_acc = row["test_acc"]
             _save_model(self.inner, self.run_dir / "best.keras")

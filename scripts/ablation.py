@@ -64,12 +64,16 @@ def main() -> None:
     parser.add_argument("--feature-l2-sweep", default="",
                         help="extra rows 'feature L2 = X' (comma-separated X), weight L2 off")
     parser.add_argument("--only-sweep", action="store_true", help="run the sweep rows alone")
+    parser.add_argument("--stop-after", type=float, default=None,
+                        help="start no new row after this many seconds (a device time limit); "
+                             "the table then holds the rows that finished")
     args = parser.parse_args()
+    started = time.perf_counter()
 
     import keras
 
     from edgel2.data import load_dataset
-    from edgel2.train import prepare_data, train
+    from edgel2.train import prepare_data, read_metrics, train
 
     base = TrainConfig(data=args.data, width=args.width, subset=args.subset, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, test_subset=args.eval_subset)
@@ -78,22 +82,38 @@ def main() -> None:
     for value in filter(None, args.feature_l2_sweep.split(",")):
         rows[f"feature L2 = {float(value):g}"] = dict(weight_l2=0.0, feature_l2=float(value))
     results: dict[str, list[dict]] = {}
-    for seed in map(int, args.seeds.split(",")):
-        for name, change in rows.items():
-            config = replace(base, seed=seed, **change)
-            ds = prepare_data(config, replace(full))
-            run_dir = Path(args.out) / f"{name.replace(' ', '_').replace('+', 'and').replace('=', 'eq')}-seed{seed}"
-            start = time.perf_counter()
-            train(config, run_dir, dataset=replace(ds), verbose=0)
-            row = measure(run_dir, ds, full)
-            row["seconds"] = time.perf_counter() - start
-            results.setdefault(name, []).append(row)
-            keras.backend.clear_session()
-            print(f"seed {seed} {name:<22} test {100 * row['test']:.2f} %  train "
-                  f"{100 * row['train']:.2f} %  |u| {row['feature_norm']:.2f}  "
-                  f"({row['seconds']:.0f} s)", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = [(seed, name, change) for seed in map(int, args.seeds.split(","))
+            for name, change in rows.items()]
+    for done, (seed, name, change) in enumerate(plan):
+        if args.stop_after is not None and time.perf_counter() - started > args.stop_after:
+            print(f"stopping: --stop-after {args.stop_after:g} s passed; "
+                  f"{len(plan) - done} of {len(plan)} rows not run", flush=True)
+            break
+        config = replace(base, seed=seed, **change)
+        ds = prepare_data(config, replace(full))
+        run_dir = Path(args.out) / f"{name.replace(' ', '_').replace('+', 'and').replace('=', 'eq')}-seed{seed}"
+        start = time.perf_counter()
+        train(config, run_dir, dataset=replace(ds), checkpoint_every=args.epochs, verbose=0)
+        row = measure(run_dir, ds, full)
+        row["seconds"] = time.perf_counter() - start
+        row["seed"] = seed
+        seconds = [r["seconds"] for r in read_metrics(run_dir / "metrics.csv")]
+        row["first_epoch_seconds"], row["epoch_seconds"] = seconds[0], float(np.median(seconds[1:] or seconds))
+        results.setdefault(name, []).append(row)
+        # Written after every row, so a run cut short still leaves what it measured.
+        (out / "ablation.json").write_text(json.dumps({"args": vars(args), "rows": results},
+                                                      indent=1))
+        keras.backend.clear_session()
+        print(f"seed {seed} {name:<22} test {100 * row['test']:.2f} %  train "
+              f"{100 * row['train']:.2f} %  |u| {row['feature_norm']:.2f}  "
+              f"({row['seconds']:.0f} s; first epoch {row['first_epoch_seconds']:.1f} s, then "
+              f"{row['epoch_seconds']:.2f} s/epoch)", flush=True)
 
-    seeds = len(next(iter(results.values())))
+    if not results:
+        sys.exit("no row finished")
+    seeds = max(len(r) for r in results.values())
     print(f"\nResNet-18 width {args.width}, {args.subset} training images, {args.epochs} epochs, "
           f"batch {args.batch_size}, lr {args.lr}, {seeds} seed(s); CIFAR-10-JPEG test split "
           f"(10,000 images); mean ± std over seeds\n")
@@ -103,9 +123,6 @@ def main() -> None:
         cell = lambda k, scale=100: (f"{scale * np.mean([r[k] for r in rows]):.2f} ± "
                                      f"{scale * np.std([r[k] for r in rows]):.2f}")
         print(f"| {name} | {cell('test')} | {cell('train')} | {cell('gap')} | {cell('feature_norm', 1)} |")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "ablation.json").write_text(json.dumps(
-        {"args": vars(args), "rows": results}, indent=1))
 
 
 if __name__ == "__main__":
