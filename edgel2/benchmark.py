@@ -254,6 +254,12 @@ def plot_report(report: dict, path: str | os.PathLike) -> Path:
     ax.legend(fontsize=8, loc="best")
     ax.set(xlabel="batch-1 latency p50 (ms)", ylabel="top-1 accuracy (%)", xscale="log",
            title=f"{report['machine']['cpu']}, {report['threads']} threads")
+    # plain millisecond ticks ("2", "5", "10") rather than matplotlib's "2x10^0"
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, plt, path)

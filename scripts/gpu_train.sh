@@ -13,8 +13,9 @@
 #
 # Leaves under $OUT (default ./gpu-out), within the device tool's 8 files of 16 MiB:
 # summary.txt, device.txt, results.tar.gz (train.log, metrics.csv, config.json, eval.json,
-# curves.png), model.keras split into parts under 16 MiB (`cat model.keras.part-* > model.keras`),
-# ablation.log (a line per finished row, written as it goes) and ablation.json.
+# curves.png), model.keras split into parts under 16 MiB, ablation.log (a line per finished row,
+# written as it goes) and ablation.json. Back here, rebuild the run directory with
+#   mkdir run && cat model.keras.part-* > run/model.keras && tar -xzf results.tar.gz -C run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

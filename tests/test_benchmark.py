@@ -75,3 +75,19 @@ def test_min_accuracy_fails_on_a_planted_low_accuracy_file(small_model, exported
     assert rows["fp16"]["status"] == "failed" and rows["fp16"]["reason"] == "no such file"
     assert "int8: top-1 10.00 % < --min-accuracy 11 %" in result.stderr
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_profile_script_attributes_the_int8_run_to_its_fused_integer_kernels(exported):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "profile_onnx.py"
+    spec = importlib.util.spec_from_file_location("profile_onnx", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    by_op, by_node = module.profile(str(exported["model-int8.onnx"]), batch=2, runs=3, threads=1)
+    counts = {op: nodes for op, nodes, _ in by_op}
+    assert counts["QLinearConv"] == 20  # every convolution of the ResNet-18, fused
+    assert "Conv" not in counts and "ConvInteger" not in counts
+    assert sum(nodes for _, nodes, _ in by_op) == len(by_node)
+    assert [us for _, _, us in by_op] == sorted((us for _, _, us in by_op), reverse=True)

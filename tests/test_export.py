@@ -3,6 +3,7 @@ checked against Keras, and is written atomically; bad input gets one clear line.
 from __future__ import annotations
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -140,6 +141,19 @@ def test_bf16_trained_model_exports_as_float32(small_model, cifar, tmp_path):
     engine = open_engine(tmp_path / "out" / "mixed-fp32.onnx")
     assert engine.session.get_inputs()[0].type == "tensor(uint8)"
     assert engine.session.get_outputs()[0].type == "tensor(float)"
+
+
+def test_model_without_its_run_config_takes_class_names_from_the_data(small_model, cifar,
+                                                                      tmp_path):
+    # A checkpoint carried back from a GPU machine often arrives without its config.json.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(small_model, alone / "model.keras")
+    lines = []
+    export_model(alone / "model.keras", ["onnx"], ["none"], dataset=cifar, check=0,
+                 out=tmp_path / "out", progress=lines.append)
+    assert read_metadata(tmp_path / "out" / "model-fp32.onnx")["class_names"] == cifar.class_names
+    assert "no config.json beside model.keras: class names taken from the data" in lines
 
 
 def _export_cli(*args: str):

@@ -58,6 +58,8 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     ds = dataset if dataset is not None or not needs_data else _load_data(data, model)
     # Data is loaded whenever int8 is asked for; a missing source already raised, saying --data.
     calibration = _calibration_images(ds, calib) if "int8" in precisions else None
+    if base_metadata["class_names"] is None:
+        base_metadata["class_names"] = _class_names(model_path, model.output.shape[-1], ds, progress)
 
     images = labels = reference = None
     if check != 0:
@@ -159,6 +161,16 @@ def _check_writable(out_dir: Path) -> None:
         raise EdgeL2Error(f"cannot create output folder {out_dir}: {e.strerror}") from None
     if not os.access(out_dir, os.W_OK):
         raise EdgeL2Error(f"output folder is not writable: {out_dir}")
+
+
+def _class_names(model_path: Path, count: int, ds, progress) -> list[str]:
+    """Names for a model whose run config.json (which holds them) is not beside it."""
+    if ds is not None and len(ds.class_names) == count:
+        progress(f"no config.json beside {model_path.name}: class names taken from the data")
+        return list(ds.class_names)
+    progress(f"warning: no config.json beside {model_path.name} and no data to name the "
+             f"classes: the files will say class_0 .. class_{count - 1}")
+    return [f"class_{i}" for i in range(count)]
 
 
 def _load_data(data, model):

@@ -68,8 +68,7 @@ def describe(model: keras.Model, path: Path) -> dict:
     """Metadata written into every exported file (before quantization and accuracy)."""
     run_config = path.parent / "config.json"
     run = json.loads(run_config.read_text()) if run_config.is_file() else {}
-    classes = run.get("model", {}).get("class_names") or [
-        f"class_{i}" for i in range(model.output.shape[-1])]
+    classes = run.get("model", {}).get("class_names")  # None: export names them from its data
     norm = next((layer for layer in model.layers if isinstance(layer, Normalize)), None)
     if norm is None:
         raise EdgeL2Error(f"{path} has no edgel2 Normalize layer: not an edgel2 image classifier")
@@ -80,7 +79,7 @@ def describe(model: keras.Model, path: Path) -> dict:
         "class_names": classes,
         "input": {"name": "images", "layout": "NHWC", "dtype": "uint8",
                   "shape": [None, *model.input.shape[1:]]},
-        "output": {"name": "logits", "dtype": "float32", "shape": [None, len(classes)]},
+        "output": {"name": "logits", "dtype": "float32", "shape": [None, model.output.shape[-1]]},
         "normalization": {"applied": "inside the model", "formula": "(pixel - mean) / std",
                           "mean": mean, "std": std},
         "config_hash": run.get("config_hash") or config_hash(model.get_config()),

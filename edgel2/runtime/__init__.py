@@ -3,7 +3,7 @@
 
 Example:
     >>> from edgel2.runtime import Classifier, Batcher                    # doctest: +SKIP
-    >>> clf = Classifier("models/resnet18-w16-int8.onnx")                 # doctest: +SKIP
+    >>> clf = Classifier("models/resnet18-int8.onnx")                 # doctest: +SKIP
     >>> clf.predict(["cat.png", "ship.jpg"], top_k=3)                     # doctest: +SKIP
 """
 

@@ -45,7 +45,7 @@ class Classifier:
     Thread-safe: one instance can serve many threads.
 
     Example:
-        >>> clf = Classifier("models/resnet18-w16-int8.onnx")           # doctest: +SKIP
+        >>> clf = Classifier("models/resnet18-int8.onnx")           # doctest: +SKIP
         >>> clf.predict("cat.png", top_k=2)                              # doctest: +SKIP
         [[('cat', 0.91), ('dog', 0.05)]]
     """
