@@ -33,7 +33,7 @@ fi
 
 OUT=${OUT:-$ROOT/gpu-out}
 mkdir -p "$OUT"
-if ! python3 -c "import keras" 2>/dev/null; then
+if ! KERAS_BACKEND=jax python3 -c "import keras" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl
   export PYTHONPATH="$ROOT/.site"
 fi
