@@ -228,13 +228,30 @@ def export(model, formats, precisions, data, calib, calib_method, opset, out, ch
     report = export_model(model, formats, precisions, data=data, calib=calib,
                           calib_method=calib_method, opset=opset, out=out, check=check,
                           force=force, allow_drop=allow_drop,
-                          progress=lambda line: click.echo(line, err=True))
+                          progress=lambda line: click.echo(line, err=True),
+                          check_progress=_ProgressBars("  checking"))
     click.echo(format_table(report))
     click.echo(f"report: {Path(report['out']) / 'export_report.json'}")
     failed = [r for r in report["rows"] if r["status"] != "ok"]
     if failed:
         raise EdgeL2Error(f"{len(failed)} of {len(report['rows'])} exports failed: "
                           + "; ".join(f"{r['file']}: {r['reason']}" for r in failed))
+
+
+class _ProgressBars:
+    """A ``(done, total)`` callback that draws one click progress bar per pass, on stderr."""
+
+    def __init__(self, label: str):
+        self.label, self.bar = label, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(done - self.bar.pos)
+        if done >= total:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
 class _IntList(click.ParamType):

@@ -166,6 +166,16 @@ def test_cli_exports_and_prints_the_table(small_model, data_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "model-fp32.onnx" in result.stdout and "ok" in result.stdout
     assert (tmp_path / "model-fp32.onnx").is_file()
+    # a progress bar for each pass over the check images (Keras, then the file), on stderr
+    assert result.stderr.count("checking") >= 2 and "checking" not in result.stdout
+
+
+def test_check_progress_counts_every_image_of_every_pass(small_model, cifar, tmp_path):
+    calls = []
+    export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=300, out=tmp_path,
+                 check_progress=lambda done, total: calls.append((done, total)))
+    # the Keras reference in batches of 256, then the file in batches of 100
+    assert calls == [(256, 300), (300, 300), (100, 300), (200, 300), (300, 300)]
 
 
 @pytest.mark.parametrize("setup, args, code, message", [

@@ -20,6 +20,7 @@ import numpy as np
 
 from edgel2.data import balanced_subset, held_out_images, load_dataset
 from edgel2.errors import EdgeL2Error
+from edgel2.export.check import run_batches
 from edgel2.utils import atomic_path, write_json
 
 FORMATS = ("onnx", "tflite")
@@ -33,10 +34,15 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
                  calib: int = 512, calib_method: str = "minmax", opset: int = 17,
                  out: str | os.PathLike | None = None, check: int | None = 1000,
                  force: bool = False, max_drop: float = 2.0, allow_drop: bool = False,
-                 dataset=None, progress: Callable[[str], None] = lambda _: None) -> dict:
+                 dataset=None, progress: Callable[[str], None] = lambda _: None,
+                 check_progress: Callable[[int, int], None] | None = None) -> dict:
     """Export ``model_path`` to every format x precision, check each file, write
     ``export_report.json``; return the report. ``check=None`` checks on the whole test split,
-    ``check=0`` skips checking. Files that fail their check are not kept."""
+    ``check=0`` skips checking. Files that fail their check are not kept.
+
+    ``progress`` gets a line per step; ``check_progress(done, total)`` is called after each
+    batch of check images (the Keras reference, then each file), for a progress bar.
+    """
     from edgel2.export.source import load_source
 
     formats, precisions = _validated(formats, FORMATS, "format"), _validated(precisions, PRECISIONS, "precision")
@@ -65,13 +71,15 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     if check != 0:
         images, labels = held_out_images(ds, check)
         progress(f"Keras reference on {len(labels)} test images")
-        reference = model.predict(images, batch_size=256, verbose=0).astype(np.float64)
+        reference = run_batches(lambda b: model.predict_on_batch(b), images, 256,
+                                check_progress).astype(np.float64)
 
     rows = []
     for fmt, precision, target in targets:
         progress(f"{fmt} {PRECISION_NAME[precision]} -> {target}")
         rows.append(_export_one(model, fmt, precision, target, opset, calibration, calib_method,
-                                images, labels, reference, base_metadata, max_drop, allow_drop))
+                                images, labels, reference, base_metadata, max_drop, allow_drop,
+                                check_progress))
     report = {"model": str(model_path), "out": str(out_dir), "check_images": 0 if images is None else int(len(labels)),
               "keras_accuracy": None if reference is None else float(np.mean(reference.argmax(1) == labels)),
               "rows": rows}
@@ -80,7 +88,7 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
 
 
 def _export_one(model, fmt, precision, target, opset, calibration, calib_method, images, labels,
-                reference, base_metadata, max_drop, allow_drop) -> dict:
+                reference, base_metadata, max_drop, allow_drop, check_progress) -> dict:
     from edgel2.export import check as checks
 
     row = {"format": fmt, "precision": PRECISION_NAME[precision], "file": target.name,
@@ -93,7 +101,7 @@ def _export_one(model, fmt, precision, target, opset, calibration, calib_method,
             result = None
             if images is not None:
                 try:
-                    logits = checks.run_file(tmp, images)
+                    logits = checks.run_file(tmp, images, on_batch=check_progress)
                 except Exception as e:  # e.g. ConvInteger kernels missing in this ORT build
                     raise EdgeL2Error(f"the file does not run in its runtime: "
                                       f"{str(e).strip().splitlines()[0][:200]}") from None

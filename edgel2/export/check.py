@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -11,11 +12,29 @@ from edgel2.runtime.engines import open_engine
 FP32_TOLERANCE = 1e-3
 
 
-def run_file(path: Path, images: np.ndarray, batch_size: int = 100) -> np.ndarray:
-    """Logits of the exported file at ``path`` on uint8 ``images``."""
-    engine = open_engine(path)
-    return np.concatenate([engine.run(images[i:i + batch_size])
-                           for i in range(0, len(images), batch_size)])
+def run_file(path: Path, images: np.ndarray, batch_size: int = 100,
+             on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Logits of the exported file at ``path`` on uint8 ``images``; ``on_batch(done, total)``
+    after every batch (a progress bar)."""
+    return run_batches(open_engine(path).run, images, batch_size, on_batch)
+
+
+def run_batches(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+                batch_size: int = 100, on_batch: Callable[[int, int], None] | None = None
+                ) -> np.ndarray:
+    """``run`` over ``images`` in batches, concatenated; reports ``(done, total)`` as it goes.
+
+    Example:
+        >>> seen = []
+        >>> run_batches(lambda b: b * 2, np.arange(5), 2, lambda d, t: seen.append(d)), seen
+        (array([0, 2, 4, 6, 8]), [2, 4, 5])
+    """
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        outputs.append(run(images[start:start + batch_size]))
+        if on_batch:
+            on_batch(min(start + batch_size, len(images)), len(images))
+    return np.concatenate(outputs)
 
 
 def compare(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict:
