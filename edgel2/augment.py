@@ -1,4 +1,5 @@
-"""Training-only augmentation: random crop with padding and horizontal flip, per image.
+"""Training-only augmentation: random crop with padding, horizontal flip and (optionally)
+cutout, per image.
 
 Written as two vectorised gathers over the padded batch so that it compiles into the train
 step on every backend. Keras' own ``RandomCrop``/``RandomFlip`` layers run about 70x slower
@@ -43,41 +44,75 @@ def random_crop_flip(images, seed, padding: int = 4, flip: bool = True,
     return ops.take_along_axis(cropped, cols, axis=2)                         # (B, H, W, C)
 
 
+def cutout(images, seed, size: int, fill=0):
+    """Fill one ``size`` x ``size`` square per NHWC image with ``fill`` (a scalar or one value
+    per channel). The square's centre is uniform over the image, so it may be clipped at the
+    border (DeVries & Taylor, 2017).
+
+    Example:
+        >>> import numpy as np
+        >>> out = cutout(np.full((1, 8, 8, 1), 9, "uint8"), seed=0, size=2)
+        >>> 1 <= int((np.asarray(out) == 0).sum()) <= 4
+        True
+    """
+    batch, height, width = ops.shape(images)[0], images.shape[1], images.shape[2]
+    top = keras.random.randint((batch, 1, 1), 0, height, seed=seed) - size // 2
+    left = keras.random.randint((batch, 1, 1), 0, width, seed=seed) - size // 2
+    rows = ops.arange(height, dtype="int32")[None, :, None]
+    cols = ops.arange(width, dtype="int32")[None, None, :]
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    fill = ops.cast(ops.convert_to_tensor(fill), images.dtype)
+    return ops.where(inside[..., None], fill, images)
+
+
 @keras.saving.register_keras_serializable(package="edgel2")
 class RandomCropFlip(layers.Layer):
-    """:func:`random_crop_flip` as a layer that is active only when ``training`` is true.
+    """:func:`random_crop_flip`, then :func:`cutout` if ``cutout`` > 0, as a layer that is
+    active only when ``training`` is true.
 
     It lives in the training wrapper (:func:`with_augmentation`), never in the saved model.
     """
 
     def __init__(self, padding: int = 4, flip: bool = True, pad_mode: str = "reflect",
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, cutout: int = 0, cutout_fill=0, **kwargs):
         super().__init__(**kwargs)
         self.padding, self.flip, self.pad_mode, self.seed = padding, flip, pad_mode, seed
+        self.cutout, self.cutout_fill = cutout, cutout_fill
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, images, training=None):
         if not training:
             return images
-        return random_crop_flip(images, self.seed_generator, self.padding, self.flip,
-                                self.pad_mode)
+        images = random_crop_flip(images, self.seed_generator, self.padding, self.flip,
+                                  self.pad_mode)
+        if self.cutout:
+            images = cutout(images, self.seed_generator, self.cutout, self.cutout_fill)
+        return images
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         return {**super().get_config(), "padding": self.padding, "flip": self.flip,
-                "pad_mode": self.pad_mode, "seed": self.seed}
+                "pad_mode": self.pad_mode, "seed": self.seed, "cutout": self.cutout,
+                "cutout_fill": self.cutout_fill}
 
 
 def with_augmentation(model: keras.Model, seed: int | None = None, padding: int = 4,
-                      flip: bool = True) -> keras.Model:
-    """Wrap ``model`` so that training batches are cropped and flipped first.
+                      flip: bool = True, cutout: int = 0) -> keras.Model:
+    """Wrap ``model`` so that training batches are cropped and flipped first (and get a
+    ``cutout`` square filled with the mean pixel of the model's normalization, i.e. zero
+    after it, as in the cutout paper).
 
     Example:
         >>> from edgel2.model import resnet18
         >>> trainer = with_augmentation(resnet18(width=4), seed=0)   # fit this, save ``model``
     """
+    from edgel2.model import Normalize
+
+    norm = next((layer for layer in model.layers if isinstance(layer, Normalize)), None)
+    fill = [int(round(m)) for m in norm.mean] if norm is not None else 0
     images = keras.Input(shape=model.input.shape[1:], dtype=model.input.dtype, name="images")
-    augmented = RandomCropFlip(padding, flip, seed=seed, name="crop_flip")(images)
+    augmented = RandomCropFlip(padding, flip, seed=seed, cutout=cutout, cutout_fill=fill,
+                               name="crop_flip")(images)
     return keras.Model(images, model(augmented), name=f"{model.name}_train")

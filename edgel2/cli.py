@@ -104,6 +104,13 @@ def _backend_option(f):
               show_default=True, help="Dropout before the classifier (for comparisons).")
 @click.option("--augment/--no-augment", default=DEFAULTS.augment, show_default=True,
               help="Random crop (4-pixel padding) and horizontal flip while training.")
+@click.option("--cutout", type=click.IntRange(min=0), default=DEFAULTS.cutout, show_default=True,
+              help="Side of a square filled with the mean pixel in each training image (0: off).")
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.ema,
+              show_default=True,
+              help="Keep an exponential moving average of the weights with this momentum "
+                   "(e.g. 0.99) and save it as model.keras; per-epoch test figures are of the "
+                   "raw weights. 0: off.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]),
               default=DEFAULTS.precision, show_default=True,
               help="auto: mixed bf16 on a GPU, fp32 on the CPU.")

@@ -41,6 +41,8 @@ class TrainConfig:
     l1: float = 0.0
     dropout: float = 0.0
     augment: bool = True
+    cutout: int = 0                    # side of the square cut out of each training image
+    ema: float = 0.0                   # momentum of an EMA of the weights (0: off)
     precision: str = "auto"            # auto: bf16 on a GPU, fp32 on the CPU
     seed: int = 0
 
@@ -58,6 +60,8 @@ class TrainConfig:
             (self.feature_l2 >= 0, f"feature L2 must be >= 0, got {self.feature_l2}"),
             (self.l1 >= 0, f"L1 must be >= 0, got {self.l1}"),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.cutout >= 0, f"cutout must be >= 0, got {self.cutout}"),
+            (0 <= self.ema < 1, f"EMA momentum must be in [0, 1), got {self.ema}"),
             (self.schedule in ("onecycle", "cosine"), f"unknown schedule {self.schedule!r}"),
             (self.precision in ("auto", "fp32", "bf16"), f"unknown precision {self.precision!r}"),
             (self.subset is None or self.subset >= 1, f"subset must be >= 1, got {self.subset}"),

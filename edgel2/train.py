@@ -138,12 +138,16 @@ def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int,
     model = resnet18(num_classes, config.width, weight_l2=config.weight_l2,
                      feature_l2=config.feature_l2, l1=config.l1, dropout=config.dropout,
                      input_shape=input_shape)
-    trainer = with_augmentation(model, seed=config.seed) if config.augment else model
+    trainer = (with_augmentation(model, seed=config.seed, cutout=config.cutout)
+               if config.augment else model)
     total = steps_per_epoch * config.epochs
     schedule = OneCycle(config.lr, total, int(config.warmup * total), config.schedule)
+    # With an EMA, fit() ends by writing the averaged weights into the model (Keras'
+    # finalize_variable_values), so model.keras holds them.
     trainer.compile(
         optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum,
-                                       nesterov=config.nesterov),
+                                       nesterov=config.nesterov, use_ema=config.ema > 0,
+                                       ema_momentum=config.ema or 0.99),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True,
                                                   label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="acc")])

@@ -7,8 +7,8 @@
 #               carry [".whl", ".data/cifar10-jpeg.npz", ".data/cifar10_jpeg.py"], timeout_s 580
 #   EPOCHS=1 WIDTH=4 SUBSET=512 ABLATION_EPOCHS=1 bash scripts/gpu_train.sh   # a tiny CPU try
 #
-# Knobs (environment): EPOCHS BATCH LR WEIGHT_L2 FEATURE_L2 SMOOTHING SEED WIDTH SUBSET EXTRA
-# for the main run; ABLATION_EPOCHS (0 skips it), ABLATION_SEEDS; BUDGET_S, the seconds after
+# Knobs (environment): EPOCHS BATCH LR WEIGHT_L2 FEATURE_L2 SMOOTHING CUTOUT EMA SEED WIDTH
+# SUBSET EXTRA for the main run; ABLATION_EPOCHS (0 skips it), ABLATION_SEEDS; BUDGET_S, the seconds after
 # which the ablation starts no new row (keep it under the device call's timeout).
 #
 # Leaves under $OUT (default ./gpu-out), within the device tool's 8 files of 16 MiB:
@@ -60,7 +60,8 @@ t0=$SECONDS
 python3 -m edgel2 train --backend jax --data "$EDGEL2_DATA" --out "$run" --quiet \
   --width "$WIDTH" --epochs "$EPOCHS" --batch-size "$BATCH" --lr "$LR" \
   --weight-l2 "${WEIGHT_L2:-2.5e-4}" --feature-l2 "${FEATURE_L2:-1e-4}" \
-  --label-smoothing "${SMOOTHING:-0.1}" --seed "${SEED:-0}" ${SUBSET:+--subset $SUBSET} \
+  --label-smoothing "${SMOOTHING:-0.1}" --cutout "${CUTOUT:-0}" --ema "${EMA:-0}" \
+  --seed "${SEED:-0}" ${SUBSET:+--subset $SUBSET} \
   --checkpoint-every "$EPOCHS" ${EXTRA:-} 2>&1 | tee "$run.log"
 wall=$((SECONDS - t0))
 python3 -m edgel2 eval "$run/model.keras" --data "$EDGEL2_DATA" --json --out "$run/eval" > "$run/eval.json"

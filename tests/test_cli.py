@@ -17,6 +17,8 @@ def _run(*args: str):
     (["--epochs", "0"], "Invalid value for '--epochs': 0 is not in the range x>=1"),
     (["--backend", "torch"], "Invalid value for '--backend': 'torch' is not one of"),
     (["--width", "0"], "Invalid value for '--width': 0 is not in the range x>=1"),
+    (["--ema", "1"], "Invalid value for '--ema': 1.0 is not in the range 0<=x<1"),
+    (["--cutout", "-2"], "Invalid value for '--cutout': -2 is not in the range x>=0"),
     (["--no-such-option"], "No such option '--no-such-option'"),
 ])
 def test_bad_train_options_exit_2_with_one_line(args, message):

@@ -11,7 +11,7 @@ import pytest
 
 from edgel2.config import TrainConfig
 from edgel2.errors import TrainingError
-from edgel2.train import RunLogger, read_metrics, train
+from edgel2.train import RunLogger, build_trainer, read_metrics, train
 
 pytestmark = pytest.mark.slow
 QUICK = dict(width=8, batch_size=128, lr=0.2, subset=2000, test_subset=500)
@@ -87,6 +87,25 @@ def test_nan_loss_stops_the_run_with_a_clear_message(cifar, tmp_path):
                                       "lr": 1e30, "warmup": 0.0})
     with pytest.raises(TrainingError, match=r"loss became NaN in epoch 1; lower --lr"):
         train(config, tmp_path / "nan", dataset=_copy(cifar), verbose=0)
+
+
+def test_ema_option_saves_the_averaged_weights(cifar, tmp_path):
+    import keras
+
+    from edgel2.evaluate import load_model
+
+    config = TrainConfig(epochs=1, ema=0.9, **{**QUICK, "width": 4, "subset": 512})
+    trainer, model = build_trainer(config, 10, (32, 32, 3), 4)
+    assert trainer.optimizer.use_ema and trainer.optimizer.ema_momentum == pytest.approx(0.9)
+    result = train(config, tmp_path / "ema", dataset=_copy(cifar), verbose=0)
+    # what fit() ends with: the averaged weights overwrite the raw ones, then model.keras is saved
+    saved = load_model(result.run_dir / "model.keras").trainable_weights
+    last = keras.saving.load_model(result.run_dir / "last.keras")
+    averages = last.optimizer._model_variables_moving_average
+    assert len(saved) == len(averages)
+    for weight, average in zip(saved, averages):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(weight),
+                                   keras.ops.convert_to_numpy(average), rtol=1e-6, atol=1e-6)
 
 
 def test_jax_backend_trains_where_tensorflow_cannot_be_imported(data_dir, tmp_path):
