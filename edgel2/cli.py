@@ -147,6 +147,9 @@ def train(backend, out, resume, checkpoint_every, quiet, **options) -> None:
                           verbose=2 if quiet else 1)
     click.echo(f"best test top-1 {100 * result.best_acc:.2f} %, final {100 * result.final_acc:.2f} %"
                f" after {result.history[-1]['epoch']} epochs")
+    if config.ema:
+        click.echo("model.keras holds the EMA of the weights; the figures above are of the raw "
+                   "weights: `edgel2 eval` gives its own")
     click.echo(f"run directory: {result.run_dir}")
 
 
