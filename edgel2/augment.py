@@ -108,9 +108,9 @@ def with_augmentation(model: keras.Model, seed: int | None = None, padding: int 
         >>> from edgel2.model import resnet18
         >>> trainer = with_augmentation(resnet18(width=4), seed=0)   # fit this, save ``model``
     """
-    from edgel2.model import Normalize
+    from edgel2.model import find_normalize
 
-    norm = next((layer for layer in model.layers if isinstance(layer, Normalize)), None)
+    norm = find_normalize(model)
     fill = [int(round(m)) for m in norm.mean] if norm is not None else 0
     images = keras.Input(shape=model.input.shape[1:], dtype=model.input.dtype, name="images")
     augmented = RandomCropFlip(padding, flip, seed=seed, cutout=cutout, cutout_fill=fill,

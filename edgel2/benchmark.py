@@ -25,12 +25,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgel2.data import held_out_images, load_dataset
-from edgel2.errors import EdgeL2Error
+from edgel2.errors import EdgeL2Error, last_error_line
+from edgel2.export import PRECISION_NAME, exported_file
+from edgel2.export.check import run_batches
 
 ROWS = [("keras", "fp32"), ("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"),
         ("onnx", "dynamic"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "dynamic"),
         ("tflite", "int8")]
-PRECISION_FLAG = {"fp32": "none", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
+PRECISION_FLAG = {name: flag for flag, name in PRECISION_NAME.items()}  # fp32 -> none
 RUNTIME = {"keras": "Keras (TF) predict_on_batch", "onnx": "ONNX Runtime", "tflite": "LiteRT"}
 
 
@@ -57,7 +59,8 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "check.npz", images=images, labels=labels)
         for fmt, precision in rows:
-            path = keras_path if fmt == "keras" else export_dir / f"{_stem(keras_path, export_dir)}-{precision}.{fmt}"
+            path = keras_path if fmt == "keras" else exported_file(
+                export_dir, _stem(keras_path, export_dir), fmt, precision)
             progress(f"{RUNTIME[fmt]} {precision}: {path}")
             row = {"format": fmt, "precision": precision, "runtime": RUNTIME[fmt],
                    "file": None if path is None else str(path), "status": "failed", "reason": None}
@@ -112,7 +115,7 @@ def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress) -> N
 
     for fmt in ("onnx", "tflite"):
         missing = [PRECISION_FLAG[p] for f, p in rows if f == fmt and not
-                   (export_dir / f"{keras_path.stem}-{p}.{fmt}").is_file()]
+                   exported_file(export_dir, keras_path.stem, fmt, p).is_file()]
         if missing:
             progress(f"exporting {fmt} {', '.join(missing)}")
             export_model(keras_path, [fmt], missing, dataset=ds, check=0, out=export_dir)
@@ -130,8 +133,7 @@ def _measure_in_child(fmt, path, check_file, batch_sizes, threads, provider, sec
     proc = subprocess.run([sys.executable, "-m", "edgel2.benchmark", spec], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-        return {"reason": lines[-1][:300] if lines else f"exit code {proc.returncode}"}
+        return {"reason": last_error_line(proc.stderr, proc.returncode)[:300]}
     return {"status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
@@ -188,7 +190,7 @@ def _child(spec: dict) -> dict:
     run = _runner(spec["format"], path, spec["threads"], spec["provider"])
     check = np.load(spec["check"])
     images, labels = check["images"], check["labels"]
-    logits = np.concatenate([run(images[i:i + 100]) for i in range(0, len(images), 100)])
+    logits = run_batches(run, images, 100)
     return {"size_mb": path.stat().st_size / 2**20,
             "accuracy": float(np.mean(logits.argmax(1) == labels)),
             **time_cells(run, images, spec["batch_sizes"], spec["seconds"])}

@@ -95,6 +95,16 @@ class Normalize(layers.Layer):
         return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
+def find_normalize(model: keras.Model) -> Normalize | None:
+    """The model's :class:`Normalize` layer (its pixel statistics), or None.
+
+    Example:
+        >>> find_normalize(resnet18(width=4)).mean == [float(m) for m in CIFAR10_MEAN]
+        True
+    """
+    return next((layer for layer in model.layers if isinstance(layer, Normalize)), None)
+
+
 def _regularizer(l2: float, l1: float):
     if l1 and l2:
         return keras.regularizers.L1L2(l1=l1, l2=l2)

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgel2.data import balanced_subset, held_out_images, load_dataset
-from edgel2.errors import EdgeL2Error
+from edgel2.errors import EdgeL2Error, first_line
 from edgel2.export.check import run_batches
 from edgel2.utils import atomic_path, write_json
 
@@ -27,6 +27,16 @@ FORMATS = ("onnx", "tflite")
 PRECISIONS = ("none", "fp16", "dynamic", "int8")
 SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
 PRECISION_NAME = {"none": "fp32", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
+
+
+def exported_file(out_dir: Path, stem: str, fmt: str, precision_name: str) -> Path:
+    """Where ``export_model`` writes ``fmt`` at ``precision_name`` (fp32, fp16, dynamic, int8).
+
+    Example:
+        >>> exported_file(Path("export"), "model", "tflite", "int8").as_posix()
+        'export/model-int8.tflite'
+    """
+    return out_dir / f"{stem}-{precision_name}{SUFFIX[fmt]}"
 
 
 def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx",),
@@ -52,7 +62,7 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
         check_opset(opset)
     model_path = Path(model_path)
     out_dir = Path(out) if out else model_path.parent / "export"
-    targets = [(f, p, out_dir / f"{model_path.stem}-{PRECISION_NAME[p]}{SUFFIX[f]}")
+    targets = [(f, p, exported_file(out_dir, model_path.stem, f, PRECISION_NAME[p]))
                for f in formats for p in precisions]
     existing = [str(t) for _, _, t in targets if t.exists()]
     if existing and not force:
@@ -104,7 +114,7 @@ def _export_one(model, fmt, precision, target, opset, calibration, calib_method,
                     logits = checks.run_file(tmp, images, on_batch=check_progress)
                 except Exception as e:  # e.g. ConvInteger kernels missing in this ORT build
                     raise EdgeL2Error(f"the file does not run in its runtime: "
-                                      f"{str(e).strip().splitlines()[0][:200]}") from None
+                                      f"{first_line(e)}") from None
                 result = checks.compare(reference, logits, labels)
                 row.update(accuracy=result["accuracy"], agreement=result["agreement"],
                            max_abs_diff=result["max_abs_diff"],

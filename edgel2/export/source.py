@@ -10,7 +10,7 @@ import numpy as np
 from edgel2 import __version__
 from edgel2.errors import EdgeL2Error
 from edgel2.evaluate import load_model
-from edgel2.model import Normalize
+from edgel2.model import find_normalize
 from edgel2.utils import config_hash
 
 
@@ -69,7 +69,7 @@ def describe(model: keras.Model, path: Path) -> dict:
     run_config = path.parent / "config.json"
     run = json.loads(run_config.read_text()) if run_config.is_file() else {}
     classes = run.get("model", {}).get("class_names")  # None: export names them from its data
-    norm = next((layer for layer in model.layers if isinstance(layer, Normalize)), None)
+    norm = find_normalize(model)
     if norm is None:
         raise EdgeL2Error(f"{path} has no edgel2 Normalize layer: not an edgel2 image classifier")
     mean, std = norm.mean, norm.std

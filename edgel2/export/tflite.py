@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgel2.errors import EdgeL2Error
+from edgel2.errors import EdgeL2Error, last_error_line
 
 
 def write_tflite(model, path: Path, precision: str,
@@ -48,9 +48,8 @@ def write_tflite(model, path: Path, precision: str,
         proc = subprocess.run(args, capture_output=True, text=True,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if proc.returncode != 0:
-        lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
         raise EdgeL2Error(f"TFLite conversion ({precision}) failed: "
-                          f"{lines[-1] if lines else 'exit code ' + str(proc.returncode)}")
+                          f"{last_error_line(proc.stderr, proc.returncode)}")
 
 
 def pack_metadata(path: Path, metadata: dict) -> None:

@@ -10,6 +10,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from edgel2.errors import first_line
 from edgel2.runtime.engines import Engine, EngineError, open_engine
 from edgel2.runtime.preprocess import ImageError, ImageLike, load_image
 
@@ -60,7 +61,7 @@ class Classifier:
         except EngineError:
             raise
         except Exception as e:  # onnxruntime / LiteRT refuse files that are not models
-            raise ModelError(f"cannot load {path}: {str(e).strip().splitlines()[0][:200]}") from None
+            raise ModelError(f"cannot load {path}: {first_line(e)}") from None
         meta = self.engine.metadata
         if "class_names" not in meta or "input" not in meta:
             raise ModelError(f"{path} is not an edgel2 model (no edgel2 metadata inside); "
