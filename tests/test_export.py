@@ -44,6 +44,83 @@ def test_onnx_int8_runs_every_convolution_as_an_integer_kernel(full_matrix):
     assert row["integer_convs"] == "20/20"
 
 
+def test_onnx_int8_stem_reads_the_uint8_pixels(full_matrix):
+    """No float pre-processing is left before the first integer kernel: the pixels, padded to 4
+    channels for MLAS's symmetric kernel, are the stem's quantized input."""
+    import onnx
+
+    out, _ = full_matrix
+    graph = onnx.load(str(out / "model-int8.onnx")).graph
+    assert path_to_first_conv(graph) == ["Pad", "DequantizeLinear", "Transpose", "QuantizeLinear",
+                                         "DequantizeLinear", "Conv"]
+    assert not {"Cast", "Sub", "Mul"} & {n.op_type for n in graph.node}
+    stem = next(i for i in graph.initializer if i.name == "edgel2_input_fold/w")
+    assert list(stem.dims) == [4, 4, 3, 3]  # width-4 stem: 4 filters over 3 + 1 zero channels
+
+
+def path_to_first_conv(graph) -> list[str]:
+    """Op types from the graph input to the first Conv, following the data."""
+    ops, tensor = [], graph.input[0].name
+    while not ops or ops[-1] != "Conv":
+        node = next(n for n in graph.node if tensor in n.input)
+        ops.append(node.op_type)
+        tensor = node.output[0]
+    return ops
+
+
+@pytest.fixture(scope="module")
+def unfolded_int8(full_matrix, cifar, tmp_path_factory):
+    """The same calibration as the exported int8 file, without the input folding."""
+    from edgel2.export import _calibration_images
+    from edgel2.export.onnx import quantize_int8
+
+    out, _ = full_matrix
+    path = tmp_path_factory.mktemp("unfolded") / "int8.onnx"
+    quantize_int8(out / "model-fp32.onnx", path, _calibration_images(cifar, 64), fold_input=False)
+    return path
+
+
+def test_folding_the_input_tracks_the_float_model_as_closely_as_before(full_matrix, unfolded_int8,
+                                                                       cifar):
+    out, _ = full_matrix
+    images = cifar.x_test[:500]
+    reference = open_engine(out / "model-fp32.onnx").run(images)
+
+    def against_float(path):
+        logits = open_engine(path).run(images)
+        return np.mean(logits.argmax(1) == reference.argmax(1)), np.abs(logits - reference).mean()
+
+    agree, error = against_float(out / "model-int8.onnx")
+    agree_before, error_before = against_float(unfolded_int8)
+    assert agree >= agree_before - 0.02 and error <= 1.1 * error_before
+
+
+def test_the_channel_padding_changes_no_logit(unfolded_int8, cifar):
+    """The 4th input channel is the zero point times zero weights: the same integer sums."""
+    import onnx
+
+    from edgel2.export.qdq import fold_input_normalization
+
+    logits = []
+    for multiple in (4, 1):
+        proto = fold_input_normalization(onnx.load(str(unfolded_int8)), channel_multiple=multiple)
+        path = unfolded_int8.with_name(f"folded-{multiple}.onnx")
+        onnx.save(proto, str(path))
+        logits.append(open_engine(path).run(cifar.x_test[:200]))
+    assert path_to_first_conv(onnx.load(str(path)).graph)[:2] == ["DequantizeLinear", "Transpose"]
+    np.testing.assert_array_equal(logits[0], logits[1])
+
+
+def test_a_graph_without_the_expected_front_is_not_folded(full_matrix):
+    import onnx
+
+    from edgel2.export.qdq import NotFoldable, fold_input_normalization
+
+    out, _ = full_matrix
+    with pytest.raises(NotFoldable, match="the graph starts"):
+        fold_input_normalization(onnx.load(str(out / "model-fp32.onnx")))
+
+
 def test_fp32_files_match_keras_to_float_rounding(full_matrix):
     _, report = full_matrix
     for row in report["rows"]:

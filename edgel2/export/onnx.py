@@ -56,10 +56,12 @@ def quantize_dynamic(src: Path, dst: Path) -> None:
     ort_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
 
 
-def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax") -> None:
+def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax",
+                  fold_input: bool = True) -> None:
     """Static QDQ int8: int8 per-channel weights, uint8 activations (the variant whose
     convolutions fuse into integer kernels on x86), after ``quant_pre_process``, calibrated
-    on ``calibration`` (uint8 NHWC images)."""
+    on ``calibration`` (uint8 NHWC images). ``fold_input`` then lets the stem convolution read
+    the uint8 pixels directly (:mod:`edgel2.export.qdq`), where the graph allows it."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -85,6 +87,15 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "
                               "entropy": CalibrationMethod.Entropy,
                               "percentile": CalibrationMethod.Percentile}[method],
             extra_options={"CalibTensorRangeSymmetric": False})
+    if fold_input:
+        import onnx
+
+        from edgel2.export.qdq import NotFoldable, fold_input_normalization
+
+        try:
+            onnx.save(fold_input_normalization(onnx.load(str(dst))), str(dst))
+        except NotFoldable:
+            pass  # a graph edgel2 did not build (no Normalize layer): keep it as quantized
 
 
 def integer_conv_share(path: Path) -> tuple[int, int]:

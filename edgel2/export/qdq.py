@@ -1,0 +1,201 @@
+"""Rewrite the front of a static-int8 QDQ graph so the stem convolution reads the uint8 pixels.
+
+After ``quantize_static`` the graph starts ``Cast -> Sub(mean) -> Q -> DQ -> Mul(1/std) -> Q ->
+DQ -> Transpose -> Q -> DQ -> Conv``: float pre-processing that ONNX Runtime runs on every pixel
+before the first integer kernel (about 3 % of the run time at batch 64), and a stem convolution
+with 3 input channels, which MLAS's symmetric (indirect, VNNI) kernel refuses because it wants a
+multiple of 4, so the stem falls back to im2col and a generic GEMM.
+
+:func:`fold_input_normalization` turns that into ``Pad(channel 4, value z) -> DQ(1/s, z) ->
+Transpose -> Q -> DQ -> Conv``: the pixels *are* the stem's quantized input, with one scalar zero
+point ``z`` (the rounded mean pixel) and scale ``1/s`` (``s`` the mean std), and the per-channel
+``(x - mean_c) / std_c`` is folded into the stem's weights and bias (:func:`fold_stem`). That is
+exact wherever the 3x3 window lies inside the image; on the one-pixel border the zero padding of
+the original graph stood for ``x = mean_c`` and now stands for ``x = z``, an error of
+``|z - mean_c| / std_c`` (at most 0.11 for the CIFAR-10 statistics) on the padded taps only. In
+exchange the input is no longer rounded to an activation grid at all. The export check measures
+the whole effect against Keras, like every other file.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgel2.errors import EdgeL2Error
+
+# The op types from the graph input to the stem convolution that quantize_static writes for
+# edgel2's Normalize layer followed by tf2onnx's NHWC -> NCHW transpose.
+FRONT = ["Cast", "Sub", "QuantizeLinear", "DequantizeLinear", "Mul", "QuantizeLinear",
+         "DequantizeLinear", "Transpose", "QuantizeLinear", "DequantizeLinear", "Conv"]
+PREFIX = "edgel2_input_fold/"
+
+
+class NotFoldable(EdgeL2Error):
+    """The graph does not start the way :data:`FRONT` says; it is left as it is."""
+
+
+def fold_stem(weights: np.ndarray, bias: np.ndarray, mean: np.ndarray, std: np.ndarray,
+              channel_multiple: int = 4) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """Fold ``(x - mean_c) / std_c`` into a convolution's float ``weights`` [O, C, kh, kw] and
+    ``bias`` [O]; return ``(weights, bias, zero_point, scale)`` for input ``(x - zero_point) *
+    scale``, the weights zero-padded to a multiple of ``channel_multiple`` input channels.
+
+    From ``(x_c - m_c) / s_c = (x_c - z) / s * (s / s_c) + (z - m_c) / s_c``: input channel ``c``
+    of the weights scales by ``s / s_c`` and the constant second term moves into the bias.
+
+    Example:
+        >>> w, b, z, scale = fold_stem(np.ones((1, 3, 1, 1)), np.zeros(1),
+        ...                            np.array([100.0, 120, 140]), np.array([50.0, 50, 50]))
+        >>> w.shape, b.round(6).tolist(), z, scale
+        ((1, 4, 1, 1), [0.0], 120, 0.02)
+    """
+    zero_point = int(np.clip(np.round(mean.mean()), 0, 255))
+    bias = bias + np.einsum("ochw,c->o", weights, (zero_point - mean) / std)
+    weights = weights * (std.mean() / std).reshape(1, -1, 1, 1)
+    channels = weights.shape[1]
+    padded = -(-channels // channel_multiple) * channel_multiple
+    weights = np.pad(weights, ((0, 0), (0, padded - channels), (0, 0), (0, 0)))
+    return weights, bias, zero_point, float(1.0 / std.mean())
+
+
+def fold_input_normalization(proto, channel_multiple: int = 4):
+    """``proto`` (an int8 QDQ ``onnx.ModelProto`` from ``quantize_static``) with its float input
+    normalization folded into the stem convolution, as the module says; changed in place.
+    Raises :class:`NotFoldable` when the graph does not start as expected.
+
+    Example:
+        >>> folded = fold_input_normalization(onnx.load("model-int8.onnx"))  # doctest: +SKIP
+        >>> [n.op_type for n in folded.graph.node][:3]                         # doctest: +SKIP
+        ['Pad', 'DequantizeLinear', 'Transpose']
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    image = graph.input[0].name
+    const = _Constants(graph)
+    chain = _front(graph)
+    sub, mul, transpose, conv = chain[1], chain[4], chain[7], chain[10]
+    mean = const(_operand_off(sub, chain)).reshape(-1)
+    std = 1.0 / const(_operand_off(mul, chain)).reshape(-1)
+    if len(conv.input) < 3:
+        raise NotFoldable("the stem convolution has no bias")
+    w_dq, b_dq = const.producer[conv.input[1]], const.producer[conv.input[2]]
+    w_q, w_scale, w_zero = (const.raw(name) for name in w_dq.input)
+    if w_q.dtype != np.int8 or np.any(w_zero != 0):
+        raise NotFoldable("the stem's weights are not symmetric int8")
+    bias = const(conv.input[2])
+    weights = w_q.astype(np.float64) * w_scale.reshape(-1, 1, 1, 1)
+    weights, bias, zero_point, scale = fold_stem(weights, bias, mean, std, channel_multiple)
+
+    # Requantize as quantize_static does: symmetric int8 per output channel, int32 bias.
+    w_scale = np.maximum(np.abs(weights).reshape(len(weights), -1).max(1), 1e-12) / 127.0
+    w_q = np.clip(np.round(weights / w_scale.reshape(-1, 1, 1, 1)), -127, 127).astype(np.int8)
+    b_scale = scale * w_scale
+    values = {"scale": np.array(scale, np.float32), "zero_point": np.array(zero_point, np.uint8),
+              "w": w_q, "w_scale": w_scale.astype(np.float32), "w_zero": np.zeros(len(w_q), np.int8),
+              "b": np.round(bias / b_scale).astype(np.int32), "b_scale": b_scale.astype(np.float32),
+              "b_zero": np.zeros(len(w_q), np.int32)}
+    extra = w_q.shape[1] - len(mean)
+    if extra:
+        rank = len(graph.input[0].type.tensor_type.shape.dim)
+        values["pads"] = np.zeros(2 * rank, np.int64)
+        values["pads"][-1] = extra                  # at the end of the last (channel) axis
+    graph.initializer.extend(numpy_helper.from_array(v, PREFIX + k) for k, v in values.items())
+
+    def name(key: str) -> str:
+        return PREFIX + key
+
+    q_params = [name("scale"), name("zero_point")]
+    front = [helper.make_node("DequantizeLinear", [name("pad") if extra else image, *q_params],
+                              [name("pixels")], name=name("DequantizeLinear"))]
+    if extra:
+        front.insert(0, helper.make_node("Pad", [image, name("pads"), name("zero_point")],
+                                         [name("pad")], name=name("Pad"), mode="constant"))
+    transpose.input[0] = name("pixels")
+    for qdq in chain[8:10]:                         # the Q/DQ pair between Transpose and Conv
+        qdq.input[1:3] = q_params
+    w_dq.input[:] = [name("w"), name("w_scale"), name("w_zero")]
+    b_dq.input[:] = [name("b"), name("b_scale"), name("b_zero")]
+
+    # Shapes recorded for the old tensors no longer hold (3 channels became 4).
+    stale = {o for n in chain for o in n.output}
+    kept_info = [v for v in graph.value_info if v.name not in stale]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
+    nodes = front + [n for n in graph.node if n not in chain[:7]]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _drop_dead_code(graph)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+class _Constants:
+    """Constant tensors of a graph: initializers, or DequantizeLinear of initializers."""
+
+    def __init__(self, graph):
+        self.inits = {i.name: i for i in graph.initializer}
+        self.producer = {o: n for n in graph.node for o in n.output}
+
+    def raw(self, name: str) -> np.ndarray:
+        from onnx import numpy_helper
+
+        if name not in self.inits:
+            raise NotFoldable(f"{name!r} is not an initializer")
+        return numpy_helper.to_array(self.inits[name])
+
+    def __call__(self, name: str) -> np.ndarray:
+        """The float value of ``name``."""
+        if name in self.inits:
+            return self.raw(name).astype(np.float64)
+        dq = self.producer.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            raise NotFoldable(f"{name!r} is not a constant")
+        q, scale, zero = (self.raw(i) for i in dq.input)
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        if scale.ndim:                              # per-axis: broadcast along `axis`
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        return (q.astype(np.float64) - zero) * scale
+
+
+def _front(graph) -> list:
+    """The nodes from the graph input to the first Conv, checked against :data:`FRONT`."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    chain, tensor = [], graph.input[0].name
+    while len(chain) < len(FRONT) and (not chain or chain[-1].op_type != "Conv"):
+        nodes = consumers.get(tensor, [])
+        if len(nodes) != 1:
+            raise NotFoldable(f"{tensor!r} feeds {len(nodes)} nodes, expected one")
+        chain.append(nodes[0])
+        tensor = nodes[0].output[0]
+    if [n.op_type for n in chain] != FRONT:
+        raise NotFoldable(f"the graph starts {', '.join(n.op_type for n in chain)}, not "
+                          f"{', '.join(FRONT)}")
+    return chain
+
+
+def _operand_off(node, chain) -> str:
+    """The operand of a binary node (Sub, Mul) that does not come along ``chain``."""
+    along = {o for n in chain for o in n.output}
+    return next(name for name in node.input if name not in along)
+
+
+def _drop_dead_code(graph) -> None:
+    """Remove nodes whose outputs nothing reads (the old constants' DequantizeLinear), then
+    initializers that no node reads."""
+    while True:
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        alive = [n for n in graph.node if n not in dead]
+        del graph.node[:]
+        graph.node.extend(alive)
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
