@@ -4,7 +4,11 @@ For a ``.keras`` model (exporting what is missing) or an export folder, each row
 the baseline; ONNX Runtime fp32/fp16/int8/dynamic; LiteRT fp32/fp16/dynamic/int8) is measured
 in its own process, so one runtime cannot slow another: file size, top-1 on held-out test
 images, batch-1 latency p50/p90/p99, and throughput at each batch size after a warm-up, over a
-fixed time per cell. Results: a table, JSON (with a machine description) and a PNG chart.
+fixed time per cell. With ``repeat`` > 1 every row is measured again in each of several rounds,
+one row after another, and each cell reports its median over the rounds: a virtual machine's
+speed drifts by tens of percent over minutes, and interleaving spreads that drift over every
+row instead of charging it to whichever row ran in the slow minute. Results: a table, JSON (with
+a machine description and each round's figures) and a PNG chart.
 
 Example:
     >>> report = benchmark("runs/train/exp/model.keras", seconds=1.0)   # doctest: +SKIP
@@ -40,7 +44,7 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
               formats: Sequence[str] = ("keras", "onnx", "tflite"),
               batch_sizes: Sequence[int] = (1, 8, 64), threads: int | None = None,
               provider: str = "auto", seconds: float = 2.0, check: int | None = 1000,
-              min_accuracy: float | None = None, dataset=None,
+              min_accuracy: float | None = None, repeat: int = 1, dataset=None,
               progress: Callable[[str], None] = lambda _: None) -> dict:
     """Measure every row; return the report (see the module docstring)."""
     source = Path(source)
@@ -55,21 +59,36 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
     if keras_path is not None:
         _export_missing(keras_path, export_dir, rows, ds, progress)
     threads = threads or os.cpu_count() or 1
-    results = []
+    results, paths = [], []
+    for fmt, precision in rows:
+        path = keras_path if fmt == "keras" else exported_file(
+            export_dir, _stem(keras_path, export_dir), fmt, precision)
+        row = {"format": fmt, "precision": precision, "runtime": RUNTIME[fmt],
+               "file": None if path is None else str(path), "status": "failed", "reason": None}
+        if path is None or not path.is_file():
+            row["reason"] = "no such file" if path else "no .keras model to measure"
+        results.append(row)
+        paths.append(path)
+    rounds: list[list[dict]] = [[] for _ in rows]
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "check.npz", images=images, labels=labels)
-        for fmt, precision in rows:
-            path = keras_path if fmt == "keras" else exported_file(
-                export_dir, _stem(keras_path, export_dir), fmt, precision)
-            progress(f"{RUNTIME[fmt]} {precision}: {path}")
-            row = {"format": fmt, "precision": precision, "runtime": RUNTIME[fmt],
-                   "file": None if path is None else str(path), "status": "failed", "reason": None}
-            if path is None or not path.is_file():
-                row["reason"] = "no such file" if path else "no .keras model to measure"
-            else:
-                row.update(_measure_in_child(fmt, path, Path(tmp) / "check.npz", batch_sizes,
-                                             threads, provider, seconds))
-            results.append(row)
+        for round_index in range(repeat):
+            for row, path, measured in zip(results, paths, rounds):
+                if row["reason"]:                   # missing, or failed in an earlier round
+                    continue
+                progress(f"{row['runtime']} {row['precision']}: {path}"
+                         + (f" (round {round_index + 1} of {repeat})" if repeat > 1 else ""))
+                cells = _measure_in_child(row["format"], path, Path(tmp) / "check.npz", batch_sizes,
+                                          threads, provider, seconds, accuracy=round_index == 0)
+                if "reason" in cells:
+                    row["reason"] = cells["reason"]
+                else:
+                    measured.append(cells)
+    for row, measured in zip(results, rounds):
+        if not row["reason"]:
+            row.update(status="ok", **_median_cells(measured))
+            if repeat > 1:
+                row["rounds"] = [{k: m[k] for k in ("latency_ms", "throughput")} for m in measured]
 
     baseline = next((r for r in results if r["format"] == "keras" and r["status"] == "ok"), None)
     for row in results:
@@ -84,7 +103,7 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
             row["accuracy_delta"] = row["accuracy"] - baseline["accuracy"]
     return {"source": str(source), "export_dir": str(export_dir), "check_images": int(len(labels)),
             "batch_sizes": list(batch_sizes), "threads": threads, "seconds_per_cell": seconds,
-            "provider": provider, "machine": machine(load), "rows": results}
+            "repeat": repeat, "provider": provider, "machine": machine(load), "rows": results}
 
 
 def _locate(source: Path) -> tuple[Path | None, Path]:
@@ -125,16 +144,34 @@ def _load_data(data):
     return load_dataset(data)
 
 
-def _measure_in_child(fmt, path, check_file, batch_sizes, threads, provider, seconds) -> dict:
+def _measure_in_child(fmt, path, check_file, batch_sizes, threads, provider, seconds,
+                      accuracy: bool = True) -> dict:
     spec = json.dumps({"format": fmt, "path": str(path), "check": str(check_file),
                        "batch_sizes": list(batch_sizes), "threads": threads,
-                       "provider": provider, "seconds": seconds})
+                       "provider": provider, "seconds": seconds, "accuracy": accuracy})
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
     proc = subprocess.run([sys.executable, "-m", "edgel2.benchmark", spec], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         return {"reason": last_error_line(proc.stderr, proc.returncode)[:300]}
-    return {"status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _median_cells(measured: list[dict]) -> dict:
+    """One row from its rounds: size and accuracy from the first, each speed cell the median.
+
+    Example:
+        >>> rounds = [{"size_mb": 1.0, "accuracy": 0.9, "latency_ms": {"p50": 2.0},
+        ...            "throughput": {"64": 100.0}},
+        ...           {"latency_ms": {"p50": 4.0}, "throughput": {"64": 300.0}},
+        ...           {"latency_ms": {"p50": 3.0}, "throughput": {"64": 200.0}}]
+        >>> _median_cells(rounds)["latency_ms"], _median_cells(rounds)["throughput"]
+        ({'p50': 3.0}, {'64': 200.0})
+    """
+    first = measured[0]
+    return {"size_mb": first["size_mb"], "accuracy": first["accuracy"],
+            **{group: {key: float(np.median([m[group][key] for m in measured]))
+                       for key in first[group]} for group in ("latency_ms", "throughput")}}
 
 
 # --- the child process ------------------------------------------------------------------
@@ -190,10 +227,10 @@ def _child(spec: dict) -> dict:
     run = _runner(spec["format"], path, spec["threads"], spec["provider"])
     check = np.load(spec["check"])
     images, labels = check["images"], check["labels"]
-    logits = run_batches(run, images, 100)
-    return {"size_mb": path.stat().st_size / 2**20,
-            "accuracy": float(np.mean(logits.argmax(1) == labels)),
-            **time_cells(run, images, spec["batch_sizes"], spec["seconds"])}
+    result = {"size_mb": path.stat().st_size / 2**20}
+    if spec.get("accuracy", True):              # later rounds measure speed only
+        result["accuracy"] = float(np.mean(run_batches(run, images, 100).argmax(1) == labels))
+    return {**result, **time_cells(run, images, spec["batch_sizes"], spec["seconds"])}
 
 
 def machine(load: float | None = None) -> dict:

@@ -296,11 +296,14 @@ class _IntList(click.ParamType):
               help="Test images for top-1; 'all' for the whole split.")
 @click.option("--min-accuracy", type=click.FloatRange(0, 1), default=None,
               help="Exit 1 if any row's top-1 (a fraction, e.g. 0.9) is below: a CI gate.")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Rounds over all rows, interleaved; each cell is the median (steadier "
+                   "ratios on a machine whose speed drifts).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Where the JSON report goes (default: benchmark.json in the export folder); "
                    "the chart goes beside it as .png.")
 def benchmark(source, data, formats, batch_sizes, threads, provider, seconds, check, min_accuracy,
-              json_path) -> None:
+              repeat, json_path) -> None:
     """Size, top-1, batch-1 latency and throughput of every format and precision of SOURCE
     (a .keras model, exporting what is missing, or an export folder) on this machine.
 
@@ -313,7 +316,8 @@ def benchmark(source, data, formats, batch_sizes, threads, provider, seconds, ch
 
     report = run_benchmark(source, data=data, formats=formats, batch_sizes=batch_sizes,
                            threads=threads, provider=provider, seconds=seconds, check=check,
-                           min_accuracy=min_accuracy, progress=lambda line: click.echo(line, err=True))
+                           min_accuracy=min_accuracy, repeat=repeat,
+                           progress=lambda line: click.echo(line, err=True))
     click.echo(format_table(report))
     json_path = Path(json_path) if json_path else Path(report["export_dir"]) / "benchmark.json"
     write_json(json_path, report)

@@ -39,6 +39,21 @@ def test_tiny_model_measures_every_cell_in_seconds(small_model, cifar, tmp_path)
     assert len(table.splitlines()) == 2 + 5 + 1 and "x Keras" in table
 
 
+def test_repeat_measures_every_row_once_per_round_and_reports_the_median(exported, cifar,
+                                                                          tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    shutil.copy(exported["model-int8.onnx"], folder / "model-int8.onnx")
+    lines = []
+    report = benchmark(folder, formats=("onnx",), batch_sizes=(2,), seconds=0.02, check=20,
+                       repeat=3, dataset=cifar, progress=lines.append)
+    (row,) = [r for r in report["rows"] if r["status"] == "ok"]
+    assert report["repeat"] == 3 and len(row["rounds"]) == 3
+    assert row["throughput"]["2"] == np.median([r["throughput"]["2"] for r in row["rounds"]])
+    assert row["latency_ms"]["p50"] == np.median([r["latency_ms"]["p50"] for r in row["rounds"]])
+    assert [line.endswith(f"(round {i} of 3)") for i, line in enumerate(lines, 1)] == [True] * 3
+
+
 def _planted_always_class_zero(small_model, out):
     """An int8-named ONNX file that predicts class 0 for every image."""
     from edgel2.evaluate import load_model
