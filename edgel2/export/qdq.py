@@ -64,8 +64,8 @@ def fold_input_normalization(proto, channel_multiple: int = 4):
 
     Example:
         >>> folded = fold_input_normalization(onnx.load("model-int8.onnx"))  # doctest: +SKIP
-        >>> [n.op_type for n in folded.graph.node][:3]                         # doctest: +SKIP
-        ['Pad', 'DequantizeLinear', 'Transpose']
+        >>> [n.op_type for n in folded.graph.node][:2]                         # doctest: +SKIP
+        ['Pad', 'DequantizeLinear']
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -100,11 +100,11 @@ def fold_input_normalization(proto, channel_multiple: int = 4):
         rank = len(graph.input[0].type.tensor_type.shape.dim)
         values["pads"] = np.zeros(2 * rank, np.int64)
         values["pads"][-1] = extra                  # at the end of the last (channel) axis
-    graph.initializer.extend(numpy_helper.from_array(v, PREFIX + k) for k, v in values.items())
 
     def name(key: str) -> str:
         return PREFIX + key
 
+    graph.initializer.extend(numpy_helper.from_array(v, name(k)) for k, v in values.items())
     q_params = [name("scale"), name("zero_point")]
     front = [helper.make_node("DequantizeLinear", [name("pad") if extra else image, *q_params],
                               [name("pixels")], name=name("DequantizeLinear"))]
