@@ -6,7 +6,6 @@ is chosen, so ``edgel2 --help`` is instant and ``--backend`` takes effect.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -55,9 +54,6 @@ def cli() -> None:
       edgel2 export runs/train/exp/model.keras --format all --quantize all
       edgel2 infer photos/ --model runs/train/exp/export/model-int8.onnx
     """
-    # Whatever command imports TensorFlow first (the CIFAR-10 download path, export, benchmark):
-    # no start-up chatter on stderr unless the user asked for it.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _data_options(f):
