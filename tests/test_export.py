@@ -135,6 +135,24 @@ def test_report_json_carries_every_row(full_matrix):
     assert saved["check_images"] == 200 and 0 <= saved["keras_accuracy"] <= 1
 
 
+def test_report_json_keeps_earlier_exports_into_the_same_folder(small_model, cifar, tmp_path):
+    """Exporting ONNX, then TFLite, then ONNX again into one folder: the file lists every file
+    there once, each row with the check it had; the return value is that call's rows only."""
+    export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=40, out=tmp_path)
+    export_model(small_model, ["tflite"], ["none"], dataset=cifar, check=0, out=tmp_path)
+    saved = json.loads((tmp_path / "export_report.json").read_text())
+    assert [(r["file"], r["check_images"]) for r in saved["rows"]] == [
+        ("model-fp32.onnx", 40), ("model-fp32.tflite", 0)]
+    assert saved["rows"][0]["accuracy"] is not None and saved["rows"][1]["accuracy"] is None
+
+    (tmp_path / "model-fp32.tflite").unlink()      # a file deleted since: its row goes
+    again = export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=20, out=tmp_path,
+                         force=True)
+    saved = json.loads((tmp_path / "export_report.json").read_text())
+    assert [(r["file"], r["check_images"]) for r in saved["rows"]] == [("model-fp32.onnx", 20)]
+    assert saved == json.loads(json.dumps(again))
+
+
 def test_metadata_round_trips_in_both_formats(full_matrix, small_model):
     out, report = full_matrix
     run_config = json.loads((small_model.parent / "config.json").read_text())

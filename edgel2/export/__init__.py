@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from itertools import product
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -47,8 +48,12 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
                  dataset=None, progress: Callable[[str], None] = lambda _: None,
                  check_progress: Callable[[int, int], None] | None = None) -> dict:
     """Export ``model_path`` to every format x precision, check each file, write
-    ``export_report.json``; return the report. ``check=None`` checks on the whole test split,
-    ``check=0`` skips checking. Files that fail their check are not kept.
+    ``export_report.json``; return this call's report. ``check=None`` checks on the whole test
+    split, ``check=0`` skips checking. Files that fail their check are not kept.
+
+    The report file keeps the rows of earlier exports of the same model into the same folder
+    whose files are still there (``edgel2 export --format onnx`` then ``--format tflite``, or
+    ``edgel2 benchmark`` exporting what is missing), each row with the check it had.
 
     ``progress`` gets a line per step; ``check_progress(done, total)`` is called after each
     batch of check images (the Keras reference, then each file), for a progress bar.
@@ -84,17 +89,36 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
         reference = run_batches(lambda b: model.predict_on_batch(b), images, 256,
                                 check_progress).astype(np.float64)
 
+    checked = {"check_images": 0 if images is None else int(len(labels)),
+               "keras_accuracy": None if reference is None
+               else float(np.mean(reference.argmax(1) == labels))}
     rows = []
     for fmt, precision, target in targets:
         progress(f"{fmt} {PRECISION_NAME[precision]} -> {target}")
-        rows.append(_export_one(model, fmt, precision, target, opset, calibration, calib_method,
-                                images, labels, reference, base_metadata, max_drop, allow_drop,
-                                check_progress))
-    report = {"model": str(model_path), "out": str(out_dir), "check_images": 0 if images is None else int(len(labels)),
-              "keras_accuracy": None if reference is None else float(np.mean(reference.argmax(1) == labels)),
-              "rows": rows}
-    write_json(out_dir / "export_report.json", report)
+        rows.append({**_export_one(model, fmt, precision, target, opset, calibration,
+                                   calib_method, images, labels, reference, base_metadata,
+                                   max_drop, allow_drop, check_progress), **checked})
+    report = {"model": str(model_path), "out": str(out_dir), **checked, "rows": rows}
+    report_path = out_dir / "export_report.json"
+    write_json(report_path, _with_earlier_rows(report_path, report))
     return report
+
+
+def _with_earlier_rows(path: Path, report: dict) -> dict:
+    """``report`` plus the ok rows of the report already at ``path`` (same model) for files
+    this call did not write and that are still there, in format x precision order."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return report
+    if earlier.get("model") != report["model"]:
+        return report
+    written = {r["file"] for r in report["rows"]}
+    kept = [r for r in earlier.get("rows", []) if r.get("status") == "ok"
+            and r.get("file") not in written and (path.parent / r["file"]).is_file()]
+    rank = {(f, PRECISION_NAME[p]): i for i, (f, p) in enumerate(product(FORMATS, PRECISIONS))}
+    rows = sorted(kept + report["rows"], key=lambda r: rank.get((r["format"], r["precision"]), -1))
+    return {**report, "rows": rows}
 
 
 def _export_one(model, fmt, precision, target, opset, calibration, calib_method, images, labels,
