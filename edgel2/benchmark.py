@@ -101,7 +101,8 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
             row["speedup"] = {str(b): row["throughput"][str(b)] / baseline["throughput"][str(b)]
                               for b in batch_sizes}
             row["accuracy_delta"] = row["accuracy"] - baseline["accuracy"]
-    return {"source": str(source), "export_dir": str(export_dir), "check_images": int(len(labels)),
+    return {"source": str(source), "export_dir": str(export_dir), "data": ds.name or "held-out",
+            "check_images": int(len(labels)),
             "batch_sizes": list(batch_sizes), "threads": threads, "seconds_per_cell": seconds,
             "repeat": repeat, "provider": provider, "machine": machine(load), "rows": results}
 
@@ -272,9 +273,15 @@ def format_table(report: dict) -> str:
             + f" {'-' if speed is None else format(speed, '.2f') + 'x':>8}  {r['status']}"
             + (f": {r['reason']}" if r["reason"] else ""))
     m = report["machine"]
-    lines.append(f"{m['cpu']}, {m['cores']} cores, {report['threads']} threads, load {m['load_1min_at_start']}; "
-                 f"top-1 on {report['check_images']} test images; x Keras at batch {sizes[-1]}")
+    lines.append(f"{m['cpu']}, {m['cores']} cores, {report['threads']} threads, load {_load_text(m)}; "
+                 f"top-1 on {report['check_images']} {report['data']} test images; "
+                 f"x Keras at batch {sizes[-1]}")
     return "\n".join(lines)
+
+
+def _load_text(machine_info: dict) -> str:
+    load = machine_info["load_1min_at_start"]
+    return "unknown" if load is None else f"{load:.2f}"
 
 
 def plot_report(report: dict, path: str | os.PathLike) -> Path:
@@ -291,7 +298,8 @@ def plot_report(report: dict, path: str | os.PathLike) -> Path:
                        color=colors[r["format"]], marker=markers[r["precision"]],
                        label=f"{RUNTIME[r['format']].split(' (')[0].replace(' predict_on_batch', '')} {r['precision']}")
     ax.legend(fontsize=8, loc="best")
-    ax.set(xlabel="batch-1 latency p50 (ms)", ylabel="top-1 accuracy (%)", xscale="log",
+    ax.set(xlabel="batch-1 latency p50 (ms)", ylabel=f"top-1 on {report['data']} test images (%)",
+           xscale="log",
            title=f"{report['machine']['cpu']}, {report['threads']} threads")
     # plain millisecond ticks ("2", "5", "10") rather than matplotlib's "2x10^0"
     from matplotlib.ticker import LogLocator, ScalarFormatter

@@ -52,6 +52,7 @@ class Dataset:
     y_test: np.ndarray
     class_names: list[str]
     source: str = ""
+    name: str = ""      # what accuracy is "on" in reports: CIFAR-10, CIFAR-10-JPEG, a folder name
     fingerprint: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -189,8 +190,17 @@ def _load_image_folder(root: Path, *, val_split: float, image_size: int | None, 
     if "x_all" in arrays:
         arrays = _split_stratified(arrays["x_all"], arrays["y_all"], val_split, seed)
     return Dataset(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
-                   class_names, source=str(root), fingerprint=fingerprint,
+                   class_names, source=str(root), name=_folder_name(root, class_names, all_files),
+                   fingerprint=fingerprint,
                    extra={"val_split": val_split} if "train" not in splits else {})
+
+
+def _folder_name(root: Path, class_names: list[str], files: list[Path]) -> str:
+    """CIFAR-10-JPEG for CIFAR-10's classes in JPEG files (edgel2's shared pack, unpacked):
+    accuracy on re-encoded images is not CIFAR-10 accuracy. Else the folder's name."""
+    if class_names == CIFAR10_CLASSES and all(f.suffix.lower() in (".jpg", ".jpeg") for f in files):
+        return "CIFAR-10-JPEG"
+    return root.name
 
 
 def _read_all(files: list[Path]) -> list[bytes]:
@@ -282,7 +292,7 @@ def _load_cifar_batches(root: Path) -> Dataset:
     digest = hashlib.sha256()
     for n in train_names + ["test_batch"]:
         digest.update((root / n).read_bytes())
-    return Dataset(x_train, y_train, x_test, y_test, names, source=str(root),
+    return Dataset(x_train, y_train, x_test, y_test, names, source=str(root), name="CIFAR-10",
                    fingerprint=digest.hexdigest()[:16])
 
 
@@ -296,4 +306,4 @@ def _load_keras_cifar10() -> Dataset:
                         f"or set ${DATA_ENV} to an image folder or cifar-10-batches-py/") from None
     return Dataset(x_train, y_train.reshape(-1).astype(np.int32), x_test,
                    y_test.reshape(-1).astype(np.int32), list(CIFAR10_CLASSES),
-                   source="keras.datasets.cifar10", fingerprint="keras-cifar10")
+                   source="keras.datasets.cifar10", name="CIFAR-10", fingerprint="keras-cifar10")

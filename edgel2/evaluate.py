@@ -63,7 +63,7 @@ def evaluate(model: keras.Model, dataset: Dataset, batch_size: int = 256,
         "per_class": {name: float(acc) for name, acc in zip(dataset.class_names, per_class)},
         "confusion": matrix.tolist(),
         "class_names": list(dataset.class_names),
-        "data": {"source": dataset.source, "fingerprint": dataset.fingerprint},
+        "data": {"name": dataset.name, "source": dataset.source, "fingerprint": dataset.fingerprint},
     }
 
 
@@ -73,5 +73,6 @@ def save_report(report: dict, out_dir: str | os.PathLike, title: str = "") -> di
     paths = {"json": write_json(out_dir / "eval.json", report),
              "png": plot_confusion(np.array(report["confusion"]), report["class_names"],
                                    out_dir / "confusion.png",
-                                   title=title or f"top-1 {100 * report['accuracy']:.2f} %")}
+                                   title=title or f"{report['data'].get('name', '')} top-1 "
+                                                  f"{100 * report['accuracy']:.2f} %".lstrip())}
     return paths

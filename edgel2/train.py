@@ -46,6 +46,7 @@ class TrainResult:
     history: list[dict]
     best_acc: float
     final_acc: float
+    data_name: str = ""     # what the test accuracy is on (Dataset.name)
 
 
 def prepare_data(config: TrainConfig, dataset: Dataset | None = None) -> Dataset:
@@ -111,7 +112,8 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
     train_batches = ShuffledBatches(ds.x_train, _one_hot(ds.y_train, ds.num_classes),
                                     batch_size, seed=config.seed, epoch=start_epoch)
     logger = RunLogger(run_dir, model, len(train_batches) * batch_size, best_acc,
-                       checkpoint_every=checkpoint_every, last_epoch=config.epochs)
+                       checkpoint_every=checkpoint_every, last_epoch=config.epochs,
+                       data_name=ds.name)
     trainer.fit(train_batches, epochs=config.epochs, initial_epoch=start_epoch,
                 validation_data=(ds.x_test, _one_hot(ds.y_test, ds.num_classes)),
                 validation_batch_size=even_batch_size(len(ds.y_test), max(batch_size, 256)),
@@ -123,7 +125,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
     _save_model(model, run_dir / "model.keras")
     history = read_metrics(run_dir / "metrics.csv")
     return TrainResult(run_dir, history, max(r["test_acc"] for r in history),
-                       history[-1]["test_acc"])
+                       history[-1]["test_acc"], ds.name)
 
 
 def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int, int, int],
@@ -180,7 +182,7 @@ def _describe_run(config: TrainConfig, ds: Dataset, model, device: str | None,
         "config_hash": config_hash({"config": hyper, "data": ds.fingerprint}),
         "model": {"name": model.name, "parameters": count_params(model),
                   "input_shape": list(ds.image_shape), "class_names": ds.class_names},
-        "data": {"source": ds.source, "fingerprint": ds.fingerprint,
+        "data": {"name": ds.name, "source": ds.source, "fingerprint": ds.fingerprint,
                  "train_images": int(len(ds.y_train)), "test_images": int(len(ds.y_test)),
                  **ds.extra},
         "backend": keras.backend.backend(),
@@ -289,8 +291,9 @@ class RunLogger(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir: Path, model, images_per_epoch: int, best_acc: float = -1.0,
-                 checkpoint_every: int = 1, last_epoch: int | None = None):
+                 checkpoint_every: int = 1, last_epoch: int | None = None, data_name: str = ""):
         super().__init__()
+        self.title = f"{run_dir.name}: {data_name} test split" if data_name else run_dir.name
         self.run_dir, self.inner, self.images_per_epoch = run_dir, model, images_per_epoch
         self.best_acc = best_acc
         self.checkpoint_every, self.last_epoch = max(1, checkpoint_every), last_epoch
@@ -329,7 +332,7 @@ class RunLogger(keras.callbacks.Callback):
         # state.json is written last: it only ever points at a complete checkpoint.
         write_json(self.run_dir / "state.json", {"epoch": epoch + 1, "best_acc": self.best_acc})
         plot_curves(read_metrics(self.run_dir / "metrics.csv"), self.run_dir / "curves.png",
-                    title=self.run_dir.name)
+                    title=self.title)
 
     def _append_metrics(self, row: dict) -> None:
         path = self.run_dir / "metrics.csv"

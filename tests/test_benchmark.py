@@ -37,6 +37,7 @@ def test_tiny_model_measures_every_cell_in_seconds(small_model, cifar, tmp_path)
     assert (tmp_path / "export" / "model-int8.onnx").is_file()  # exported what was missing
     table = format_table(report)
     assert len(table.splitlines()) == 2 + 5 + 1 and "x Keras" in table
+    assert report["data"] == "CIFAR-10-JPEG" and "top-1 on 50 CIFAR-10-JPEG test images" in table
 
 
 def test_repeat_measures_every_row_once_per_round_and_reports_the_median(exported, cifar,

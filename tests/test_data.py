@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import write_images
-from edgel2.data import balanced_subset, load_dataset
+from edgel2.data import CIFAR10_CLASSES, balanced_subset, load_dataset
 from edgel2.errors import DataError
 
 
@@ -57,10 +57,23 @@ def test_cifar10_python_batches_are_read_as_nhwc(tmp_path):
     with open(root / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [b"a", b"b", b"c", b"d"]}, f)
     ds = load_dataset(tmp_path)
+    assert ds.name == "CIFAR-10"
     assert ds.x_train.shape == (8, 32, 32, 3) and ds.x_test.shape == (4, 32, 32, 3)
     assert ds.class_names == ["a", "b", "c", "d"]
     # pixel (row 0, col 1) of image 0 in channel 2 is element 2*1024 + 1 of the planar row
     assert ds.x_train[0, 0, 1, 2] == planar[0, 2 * 1024 + 1]
+
+
+@pytest.mark.parametrize("classes, fmt, name", [
+    (CIFAR10_CLASSES, "JPEG", "CIFAR-10-JPEG"),   # the shared pack, unpacked
+    (CIFAR10_CLASSES, "PNG", "pets"),             # lossless copies: not the JPEG pack
+    (["cat", "dog"], "JPEG", "pets"),
+])
+def test_a_folder_is_named_for_reports_by_its_classes_and_format(tmp_path, classes, fmt, name):
+    for c, cls in enumerate(classes):
+        write_images(tmp_path / "pets" / "train" / cls, 1, seed=c, fmt=fmt)
+        write_images(tmp_path / "pets" / "test" / cls, 1, seed=50 + c, fmt=fmt)
+    assert load_dataset(tmp_path / "pets", cache_dir=tmp_path / "cache").name == name
 
 
 def test_data_env_variable_is_used_when_no_path_is_given(tiny_folder, tmp_path, monkeypatch):
@@ -123,6 +136,7 @@ def test_balanced_subset_takes_equal_counts_per_class_reproducibly():
 
 
 def test_shared_cifar10_jpeg_has_the_standard_split(cifar):
+    assert cifar.name == "CIFAR-10-JPEG"
     assert cifar.x_train.shape == (50000, 32, 32, 3) and cifar.x_test.shape == (10000, 32, 32, 3)
     assert cifar.class_names[:3] == ["airplane", "automobile", "bird"]
     assert np.bincount(cifar.y_train).tolist() == [5000] * 10

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from edgel2.cli import cli
 from edgel2.errors import EdgeL2Error
-from edgel2.export import export_model
+from edgel2.export import export_model, format_table
 from edgel2.runtime import open_engine, read_metadata
 
 pytestmark = pytest.mark.slow
@@ -133,6 +133,7 @@ def test_report_json_carries_every_row(full_matrix):
     saved = json.loads((out / "export_report.json").read_text())
     assert saved == json.loads(json.dumps(report))
     assert saved["check_images"] == 200 and 0 <= saved["keras_accuracy"] <= 1
+    assert saved["data"] == "CIFAR-10-JPEG" and "on 200 CIFAR-10-JPEG test images" in format_table(report)
 
 
 def test_report_json_keeps_earlier_exports_into_the_same_folder(small_model, cifar, tmp_path):
@@ -165,6 +166,7 @@ def test_metadata_round_trips_in_both_formats(full_matrix, small_model):
         assert meta["config_hash"] == run_config["config_hash"]
         assert meta["quantization"] == row["precision"] and meta["format"] == row["format"]
         assert meta["accuracy"]["top1"] == row["accuracy"]
+        assert meta["accuracy"]["data"] == "CIFAR-10-JPEG test split"
         assert meta["model_name"] == "resnet18_w4"
 
 

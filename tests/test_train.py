@@ -44,6 +44,7 @@ def test_run_directory_holds_models_config_metrics_and_curves(trained_run):
     described = json.loads((run / "config.json").read_text())
     assert described["config"]["width"] == 8 and described["config"]["subset"] == 2000
     assert described["model"]["parameters"] > 0 and described["data"]["fingerprint"]
+    assert described["data"]["name"] == trained_run.data_name == "CIFAR-10-JPEG"
     assert described["backend"] == "tensorflow" and described["precision"] == "fp32"
     assert {"keras", "numpy"} <= described["versions"].keys()
     assert list(read_metrics(run / "metrics.csv")[0]) == [
@@ -141,6 +142,7 @@ def test_eval_reports_accuracy_per_class_and_confusion(trained_run, data_dir, tm
     report = json.loads(result.stdout)
     matrix = np.array(report["confusion"])
     assert report["images"] == 10000 and matrix.sum() == 10000
+    assert report["data"]["name"] == "CIFAR-10-JPEG"
     assert matrix.sum(axis=1).tolist() == [1000] * 10
     assert report["accuracy"] == pytest.approx(np.trace(matrix) / 10000)
     assert set(report["per_class"]) == set(report["class_names"])

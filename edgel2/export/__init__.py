@@ -89,7 +89,8 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
         reference = run_batches(lambda b: model.predict_on_batch(b), images, 256,
                                 check_progress).astype(np.float64)
 
-    checked = {"check_images": 0 if images is None else int(len(labels)),
+    checked = {"data": None if images is None else ds.name or "held-out",
+               "check_images": 0 if images is None else int(len(labels)),
                "keras_accuracy": None if reference is None
                else float(np.mean(reference.argmax(1) == labels))}
     rows = []
@@ -97,7 +98,8 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
         progress(f"{fmt} {PRECISION_NAME[precision]} -> {target}")
         rows.append({**_export_one(model, fmt, precision, target, opset, calibration,
                                    calib_method, images, labels, reference, base_metadata,
-                                   max_drop, allow_drop, check_progress), **checked})
+                                   max_drop, allow_drop, check_progress, checked["data"]),
+                     **checked})
     report = {"model": str(model_path), "out": str(out_dir), **checked, "rows": rows}
     report_path = out_dir / "export_report.json"
     write_json(report_path, _with_earlier_rows(report_path, report))
@@ -122,7 +124,8 @@ def _with_earlier_rows(path: Path, report: dict) -> dict:
 
 
 def _export_one(model, fmt, precision, target, opset, calibration, calib_method, images, labels,
-                reference, base_metadata, max_drop, allow_drop, check_progress) -> dict:
+                reference, base_metadata, max_drop, allow_drop, check_progress,
+                data_name: str | None) -> dict:
     from edgel2.export import check as checks
 
     row = {"format": fmt, "precision": PRECISION_NAME[precision], "file": target.name,
@@ -155,8 +158,7 @@ def _export_one(model, fmt, precision, target, opset, calibration, calib_method,
             metadata = {**base_metadata, "format": fmt, "quantization": PRECISION_NAME[precision],
                         "accuracy": None if result is None else {
                             "top1": result["accuracy"], "keras_top1": result["reference_accuracy"],
-                            "images": result["images"], "data": "CIFAR-10-JPEG test split"
-                            if len(base_metadata["class_names"]) == 10 else "test split"}}
+                            "images": result["images"], "data": f"{data_name} test split"}}
             _embed(fmt, tmp, metadata)
         row.update(status="ok", size_mb=target.stat().st_size / 2**20)
     except EdgeL2Error as e:
@@ -239,5 +241,5 @@ def format_table(report: dict) -> str:
             f"{r['export_s']:>8.1f}  {r['status']}" + (f": {r['reason']}" if r["reason"] else ""))
     if report["keras_accuracy"] is not None:
         lines.append(f"Keras fp32 top-1 {100 * report['keras_accuracy']:.2f} % on "
-                     f"{report['check_images']} test images")
+                     f"{report['check_images']} {report['data']} test images")
     return "\n".join(lines)
