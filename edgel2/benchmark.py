@@ -101,7 +101,7 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
             row["speedup"] = {str(b): row["throughput"][str(b)] / baseline["throughput"][str(b)]
                               for b in batch_sizes}
             row["accuracy_delta"] = row["accuracy"] - baseline["accuracy"]
-    return {"source": str(source), "export_dir": str(export_dir), "data": ds.name or "held-out",
+    return {"source": str(source), "export_dir": str(export_dir), "data": ds.name,
             "check_images": int(len(labels)),
             "batch_sizes": list(batch_sizes), "threads": threads, "seconds_per_cell": seconds,
             "repeat": repeat, "provider": provider, "machine": machine(load), "rows": results}

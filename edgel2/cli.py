@@ -145,8 +145,8 @@ def train(backend, out, resume, checkpoint_every, quiet, **options) -> None:
         raise click.UsageError(str(e)) from None
     result = run_training(config, out, resume=resume, checkpoint_every=checkpoint_every,
                           verbose=2 if quiet else 1)
-    on = f" ({result.data_name})" if result.data_name else ""
-    click.echo(f"best test top-1{on} {100 * result.best_acc:.2f} %, final {100 * result.final_acc:.2f} %"
+    click.echo(f"best test top-1 ({result.data_name}) {100 * result.best_acc:.2f} %, "
+               f"final {100 * result.final_acc:.2f} %"
                f" after {result.history[-1]['epoch']} epochs")
     if config.ema:
         click.echo("model.keras holds the EMA of the weights; the figures above are of the raw "
@@ -180,9 +180,8 @@ def evaluate(model, data, val_split, image_size, backend, batch_size, out, as_js
     click.echo(f"{'class':<14}{'top-1':>8}")
     for name, acc in report["per_class"].items():
         click.echo(f"{name:<14}{100 * acc:>7.2f}%")
-    images = " ".join(filter(None, [str(report["images"]), report["data"]["name"], "test images"]))
-    click.echo(f"{'all':<14}{100 * report['accuracy']:>7.2f}%  ({images} from "
-               f"{report['data']['source']})")
+    click.echo(f"{'all':<14}{100 * report['accuracy']:>7.2f}%  ({report['images']} "
+               f"{report['data']['name']} test images from {report['data']['source']})")
     click.echo(f"report: {paths['json']}  confusion matrix: {paths['png']}")
 
 

@@ -42,8 +42,8 @@ class Dataset:
     Example:
         >>> x = np.zeros((4, 32, 32, 3), np.uint8)
         >>> ds = Dataset(x, np.arange(4) % 2, x[:2], np.arange(2), ["cat", "dog"])
-        >>> ds.image_shape, ds.num_classes
-        ((32, 32, 3), 2)
+        >>> ds.image_shape, ds.num_classes, ds.name
+        ((32, 32, 3), 2, 'unnamed')
     """
 
     x_train: np.ndarray
@@ -55,6 +55,10 @@ class Dataset:
     name: str = ""      # what accuracy is "on" in reports: CIFAR-10, CIFAR-10-JPEG, a folder name
     fingerprint: str = ""
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        # Every report names the data its accuracy is on, also for a Dataset built by hand.
+        self.name = self.name or "unnamed"
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

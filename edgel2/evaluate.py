@@ -73,6 +73,6 @@ def save_report(report: dict, out_dir: str | os.PathLike, title: str = "") -> di
     paths = {"json": write_json(out_dir / "eval.json", report),
              "png": plot_confusion(np.array(report["confusion"]), report["class_names"],
                                    out_dir / "confusion.png",
-                                   title=title or f"{report['data'].get('name', '')} top-1 "
-                                                  f"{100 * report['accuracy']:.2f} %".lstrip())}
+                                   title=title or f"{report['data']['name']} top-1 "
+                                                  f"{100 * report['accuracy']:.2f} %")}
     return paths

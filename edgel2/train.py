@@ -46,7 +46,7 @@ class TrainResult:
     history: list[dict]
     best_acc: float
     final_acc: float
-    data_name: str = ""     # what the test accuracy is on (Dataset.name)
+    data_name: str          # what the test accuracy is on (Dataset.name)
 
 
 def prepare_data(config: TrainConfig, dataset: Dataset | None = None) -> Dataset:

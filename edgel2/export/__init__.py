@@ -82,15 +82,14 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     if base_metadata["class_names"] is None:
         base_metadata["class_names"] = _class_names(model_path, model.output.shape[-1], ds, progress)
 
-    images = labels = reference = data_name = None
+    images = labels = reference = None
     if check != 0:
         images, labels = held_out_images(ds, check)
-        data_name = ds.name or "held-out"
-        progress(f"Keras reference on {len(labels)} {data_name} test images")
+        progress(f"Keras reference on {len(labels)} {ds.name} test images")
         reference = run_batches(lambda b: model.predict_on_batch(b), images, 256,
                                 check_progress).astype(np.float64)
 
-    checked = {"data": data_name,
+    checked = {"data": None if images is None else ds.name,
                "check_images": 0 if images is None else int(len(labels)),
                "keras_accuracy": None if reference is None
                else float(np.mean(reference.argmax(1) == labels))}
