@@ -1,4 +1,10 @@
-"""Errors that reach the user as one clear line instead of a traceback."""
+"""Errors that reach the user as one clear line instead of a traceback.
+
+Every expected failure is an :class:`EdgeL2Error`; the CLI turns it into
+``edgel2: error: <message>`` and exits with its :attr:`~EdgeL2Error.exit_code` (one place:
+``edgel2.cli``). Runtime errors keep a built-in second base (``ValueError``, ``RuntimeError``,
+``ImportError``) so that code written against those still catches them.
+"""
 from __future__ import annotations
 
 
@@ -9,8 +15,11 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     Example:
         >>> first_line(ValueError("  bad header\n  at byte 12  "))
         'bad header'
+        >>> first_line(TypeError())
+        'TypeError'
     """
-    return str(error).strip().splitlines()[0][:limit]
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__
 
 
 def last_error_line(stderr: str, returncode: int) -> str:
@@ -40,3 +49,60 @@ class DataError(EdgeL2Error):
 
 class TrainingError(EdgeL2Error):
     """Training cannot go on (NaN loss, a run directory that cannot be resumed...)."""
+
+
+class ModelError(EdgeL2Error, ValueError):
+    """The model file is missing, is not an exported edgel2 model, or its metadata disagrees
+    with its graph."""
+
+
+class EngineError(EdgeL2Error, RuntimeError):
+    """The model file cannot be run as asked (strict provider checks, an engine that failed)."""
+
+
+class ImageError(EdgeL2Error, ValueError):
+    """An input that is not a usable image; the message is a short reason for reports."""
+
+
+class PredictionError(EdgeL2Error, RuntimeError):
+    """The model ran but its answer for an image is unusable (non-finite logits)."""
+
+
+class BusyError(EdgeL2Error, RuntimeError):
+    """A bounded queue is full: the caller should retry later (HTTP 503)."""
+
+
+class OptionError(EdgeL2Error, ValueError):
+    """An argument out of its range, found by the Python API (the CLI's own checks say it
+    first); exit code 2, as for bad command-line options."""
+
+    exit_code = 2
+
+
+class MissingExtraError(EdgeL2Error, ImportError):
+    """An optional dependency is not installed; the message names what to install."""
+
+
+# Which install brings each optional top-level module: the one place that names the extras.
+EXTRAS = {
+    **dict.fromkeys(("keras", "tensorflow", "tf2onnx", "onnx", "matplotlib", "tf_keras"),
+                    'pip install "edgel2[train]"'),
+    "ai_edge_litert": 'pip install "edgel2[litert]" (the ai-edge-litert package)',
+    "jax": 'pip install "jax[cpu]" (or "jax[cuda12]" on an NVIDIA GPU)',
+}
+
+
+def missing_extra(error: ImportError, needed_for: str = "") -> MissingExtraError | None:
+    """The one-line error for a missing optional module, or None if ``error`` is about a
+    module that no extra provides (a real bug, to be shown as it is).
+
+    Example:
+        >>> print(missing_extra(ModuleNotFoundError("No module named 'keras'", name="keras")))
+        keras is not installed: pip install "edgel2[train]"
+        >>> missing_extra(ModuleNotFoundError("x", name="not_ours")) is None
+        True
+    """
+    module = (getattr(error, "name", None) or "").split(".")[0]
+    if module not in EXTRAS:
+        return None
+    return MissingExtraError(f"{needed_for or module} is not installed: {EXTRAS[module]}")

@@ -1,44 +1,144 @@
 """Inputs and outputs of ``edgel2 infer``: expanding paths, and writing results as a table,
-JSON or CSV. Part of the runtime: numpy/pillow-free even."""
+JSON or CSV. Part of the runtime: numpy/pillow-free even.
+
+The walk is safe on hostile trees: symbolic links to folders are followed but a loop is not,
+each real file is listed once however many links reach it, a folder that cannot be read is
+reported instead of skipped silently, and entries that are not regular files (a FIFO, a
+broken link) are listed so that classifying them reports why they failed.
+"""
 from __future__ import annotations
 
 import csv
+import fnmatch
 import glob
 import io
 import json
 import os
-from pathlib import Path
-from typing import Iterable
+import stat
+from typing import Iterable, Union
 
 from edgel2.runtime.classifier import FileResult
 from edgel2.runtime.preprocess import IMAGE_SUFFIXES
 
+Entry = Union[str, FileResult]  # a path to classify, or a folder the walk could not read
 
 
-def expand_paths(patterns: Iterable[str]) -> list[str]:
+def expand_paths(patterns: Iterable[str]) -> list[Entry]:
     """Files as given; folders searched recursively for image files; globs expanded (``**``
-    included). A pattern that matches nothing is kept as is, to be reported as missing."""
-    out: list[str] = []
+    included). Hidden names (a leading dot) are left out of folder walks and of globs, as
+    shells do. A pattern that matches nothing is kept as is, to be reported as missing; a
+    folder that cannot be read becomes a :class:`FileResult` carrying the reason.
+
+    Example:
+        >>> expand_paths(["no/such/*.png"])
+        ['no/such/*.png']
+    """
+    out: list[Entry] = []
     for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            out += sorted(str(p) for p in path.rglob("*")
-                          if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif not path.exists() and glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern, recursive=True))
-            out += [m for m in matches if not os.path.isdir(m)] or [pattern]
+        if os.path.isdir(pattern):
+            out += _walk(pattern, ["**", "*"], images_only=True)
+        elif not os.path.lexists(pattern) and glob.has_magic(pattern):
+            root, segments = _split_glob(pattern)
+            out += _walk(root, segments, images_only=False) or [pattern]
         else:
             out.append(pattern)
     return out
 
 
+def _split_glob(pattern: str) -> tuple[str, list[str]]:
+    """``a/b/**/*.png`` -> (``a/b``, [``**``, ``*.png``]): the literal folder to start from."""
+    parts = pattern.split(os.sep)
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root = os.sep.join(parts[:first]) or (os.sep if pattern.startswith(os.sep) else "")
+    return root, [p for p in parts[first:] if p]
+
+
+def _walk(root: str, segments: list[str], images_only: bool) -> list[Entry]:
+    files: dict[tuple, str] = {}  # (device, inode) of the real file -> the first path to it
+    unreadable: list[FileResult] = []
+    visited: set[tuple] = set()
+
+    def join(folder: str, name: str) -> str:
+        return os.path.join(folder, name) if folder else name
+
+    def walk(folder: str, segments: list[str]) -> None:
+        try:
+            info = os.stat(folder or ".")
+            key = (info.st_dev, info.st_ino, len(segments))
+            if key in visited:  # a symbolic-link loop, or a folder reached twice
+                return
+            visited.add(key)
+            with os.scandir(folder or ".") as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):  # nothing there to match
+            return
+        except OSError as e:
+            unreadable.append(FileResult(folder, error=f"cannot read folder: {e.strerror or e}"))
+            return
+        head, rest = segments[0], segments[1:]
+        if head == "**":
+            walk(folder, rest)
+            for entry in entries:
+                if not entry.name.startswith(".") and _is_dir(entry):
+                    walk(join(folder, entry.name), segments)
+            return
+        for entry in entries:
+            if entry.name.startswith(".") and not head.startswith("."):
+                continue
+            if not fnmatch.fnmatchcase(entry.name, head):
+                continue
+            path = join(folder, entry.name)
+            if rest:
+                if _is_dir(entry):
+                    walk(path, rest)
+            elif not images_only or os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                add_file(path)
+
+    def add_file(path: str) -> None:
+        try:
+            info = os.stat(path)
+        except OSError:  # a broken link: listed, so that it is reported
+            files.setdefault(("missing", path), path)
+            return
+        if not stat.S_ISDIR(info.st_mode):
+            files.setdefault((info.st_dev, info.st_ino), path)
+
+    if segments:
+        walk(root, segments)
+    return sorted(files.values()) + unreadable
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows symbolic links; loops are cut by the visited set
+    except OSError:
+        return False
+
+
+def printable(name: str) -> str:
+    r"""A file name as text that any UTF-8 writer accepts: bytes that are not UTF-8 (which
+    Python carries as lone surrogates) become ``\xNN`` escapes.
+
+    Example:
+        >>> import os
+        >>> printable(os.fsdecode(b"caf\xe9.png")), printable("café.png")
+        ('caf\\xe9.png', 'café.png')
+    """
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that did not come from undecodable bytes
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def render(results: list[FileResult], fmt: str, top_k: int) -> str:
-    """Results as ``table`` (for people), ``json`` (a list of records) or ``csv``."""
+    """Results as ``table`` (for people), ``json`` (a list of records; always strict JSON) or
+    ``csv``. File names that are not valid UTF-8 are written with ``\\xNN`` escapes."""
     if fmt == "json":
-        return json.dumps([{"path": r.source,
+        return json.dumps([{"path": printable(r.source),
                             "predictions": None if r.prediction is None else
                             [{"label": l, "probability": round(p, 6)} for l, p in r.prediction],
-                            "error": r.error} for r in results], indent=1) + "\n"
+                            "error": r.error} for r in results], indent=1, allow_nan=False) + "\n"
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
@@ -46,11 +146,13 @@ def render(results: list[FileResult], fmt: str, top_k: int) -> str:
                                     for c in ("label", "probability")] + ["error"])
         for r in results:
             cells = [v for l, p in (r.prediction or []) for v in (l, f"{p:.6f}")]
-            writer.writerow([r.source] + cells + [""] * (2 * top_k - len(cells)) + [r.error or ""])
+            writer.writerow([printable(r.source)] + cells + [""] * (2 * top_k - len(cells))
+                            + [r.error or ""])
         return buffer.getvalue()
-    width = max([len(r.source) for r in results] + [4])
+    names = [printable(r.source) for r in results]
+    width = max([len(n) for n in names] + [4])
     lines = [f"{'path':<{width}}  prediction"]
-    for r in results:
+    for name, r in zip(names, results):
         shown = r.error and f"ERROR: {r.error}" or ", ".join(f"{l} {100 * p:.1f}%" for l, p in r.prediction)
-        lines.append(f"{r.source:<{width}}  {shown}")
+        lines.append(f"{name:<{width}}  {shown}")
     return "\n".join(lines) + "\n"

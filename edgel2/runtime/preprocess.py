@@ -18,68 +18,94 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
+import stat
 from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from edgel2.errors import ImageError, first_line
+
 BACKGROUND = (255, 255, 255)
 RESAMPLE = Image.Resampling.BILINEAR
-MAX_PIXELS = 64 * 1024 * 1024
+MAX_PIXELS = 64 * 1024 * 1024  # 64 Mpx: far above any camera frame we classify
 # The file suffixes counted as images when a folder is searched (training data and infer).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
-                            ".tiff", ".ppm", ".pgm", ".pbm", ".ico"})  # 64 Mpx: far above any camera frame we classify
+                            ".tiff", ".ppm", ".pgm", ".pbm", ".ico"})
 
 ImageLike = Union[str, os.PathLike, bytes, "Image.Image", np.ndarray]
 
-
-class ImageError(ValueError):
-    """An input that is not a usable image; the message is a short reason for reports."""
+# Non-regular files are refused by what they are, before any read: reading a FIFO would block.
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
 def open_image(source: ImageLike) -> Image.Image:
-    """A decoded PIL image (first frame) from any accepted source."""
+    """A decoded PIL image (first frame) from any accepted source; :class:`ImageError` with a
+    short reason for anything else, whatever the decoder raised."""
     if isinstance(source, Image.Image):
         return source
-    if isinstance(source, np.ndarray):
-        return _from_array(source)
     try:
+        if isinstance(source, np.ndarray):
+            return _from_array(source)
         if isinstance(source, (bytes, bytearray, memoryview)):
             if len(source) == 0:
                 raise ImageError("empty data")
-            image = Image.open(io.BytesIO(bytes(source)))
-        else:
-            path = Path(source)
-            if path.is_file() and path.stat().st_size == 0:
-                raise ImageError("empty file")
-            image = Image.open(path)
-        if image.width * image.height > MAX_PIXELS:
-            raise ImageError(f"image too large ({image.width}x{image.height}): "
-                             "refused as a possible decompression bomb")
-        image.seek(0)
-        image.load()
-        return image
+            return _decode(io.BytesIO(bytes(source)))
+        with _open_regular_file(source) as file:
+            return _decode(file)
     except ImageError:
         raise
     except Image.DecompressionBombError:
         raise ImageError("refused as a decompression bomb") from None
     except FileNotFoundError:
-        raise ImageError("no such file") from None
+        broken = isinstance(source, (str, os.PathLike)) and os.path.islink(source)
+        raise ImageError("broken symbolic link" if broken else "no such file") from None
     except IsADirectoryError:
         raise ImageError("is a directory") from None
     except PermissionError:
         raise ImageError("permission denied") from None
     except Image.UnidentifiedImageError:
         raise ImageError("not an image (unidentified format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"cannot decode: {str(e).splitlines()[0][:120]}") from None
+    except Exception as e:  # noqa: BLE001 - Pillow's plugins raise TypeError, IndexError,
+        # struct.error... on hostile files: each is that one file's problem, never the run's
+        raise ImageError(f"cannot decode: {first_line(e, 120)}") from None
+
+
+def _open_regular_file(path: str | os.PathLike):
+    """Open ``path`` for reading only if it is a non-empty regular file. O_NONBLOCK makes
+    opening a FIFO return at once, and fstat on the open descriptor leaves no window in which
+    the path could be swapped for something else."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd)
+        if stat.S_ISDIR(mode.st_mode):
+            raise ImageError("is a directory")
+        kind = next((name for test, name in _SPECIAL_FILES if test(mode.st_mode)), None)
+        if kind or not stat.S_ISREG(mode.st_mode):
+            raise ImageError(f"not a regular file ({kind or 'special file'})")
+        if mode.st_size == 0:
+            raise ImageError("empty file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _decode(file) -> Image.Image:
+    image = Image.open(file)
+    if image.width * image.height > MAX_PIXELS:
+        raise ImageError(f"image too large ({image.width}x{image.height}): "
+                         "refused as a possible decompression bomb")
+    image.seek(0)
+    image.load()
+    return image
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
     if array.ndim == 2:
         array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or 0 in array.shape:
         raise ImageError(f"array of shape {array.shape} is not an HWC image")
     if array.dtype != np.uint8:
         raise ImageError(f"array dtype {array.dtype} is not uint8")
@@ -112,7 +138,11 @@ def load_image(source: ImageLike, size: tuple[int, int] | None = None) -> np.nda
         >>> load_image(np.zeros((64, 48, 4), np.uint8), size=(32, 32)).shape
         (32, 32, 3)
     """
-    image = to_rgb(open_image(source))
-    if size is not None and image.size != tuple(size):
-        image = image.resize(tuple(size), RESAMPLE)
-    return np.asarray(image, dtype=np.uint8)
+    image = open_image(source)
+    try:
+        image = to_rgb(image)
+        if size is not None and image.size != tuple(size):
+            image = image.resize(tuple(size), RESAMPLE)
+        return np.asarray(image, dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001 - a mode Pillow cannot convert (LAB, odd TIFFs...)
+        raise ImageError(f"cannot convert a {image.mode} image to RGB: {first_line(e, 120)}") from None
