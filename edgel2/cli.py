@@ -14,16 +14,17 @@ import click
 from edgel2 import __version__
 from edgel2.backend import BACKENDS, use_backend
 from edgel2.config import TrainConfig
-from edgel2.errors import EdgeL2Error
+from edgel2.errors import EdgeL2Error, missing_extra
 
 DEFAULTS = TrainConfig()
 NON_NEGATIVE = click.FloatRange(min=0)
 
 
 class _Cli(click.Group):
-    """Turns every expected failure into one line on stderr and a documented exit code:
-    2 for bad options (as argparse and click do), 1 for bad input or a failed run,
-    130 for Ctrl-C."""
+    """The one place where every expected failure becomes one line on stderr and a documented
+    exit code: 2 for bad options (as argparse and click do), 1 for bad input, a failed run or
+    a missing optional dependency (the line names what to install), 3 when ``infer`` could
+    not classify some images, 130 for Ctrl-C."""
 
     def main(self, args=None, prog_name=None, **kwargs):
         kwargs["standalone_mode"] = False
@@ -32,6 +33,12 @@ class _Cli(click.Group):
         except click.UsageError as e:
             click.echo(f"edgel2: error: {e.format_message()}", err=True)
             sys.exit(2)
+        except ModuleNotFoundError as e:  # a command's heavy import, on an install without it
+            error = missing_extra(e)
+            if error is None:
+                raise
+            click.echo(f"edgel2: error: {error}", err=True)
+            sys.exit(error.exit_code)
         except EdgeL2Error as e:
             click.echo(f"edgel2: error: {e}", err=True)
             sys.exit(e.exit_code)
@@ -333,21 +340,12 @@ def benchmark(source, data, formats, batch_sizes, threads, provider, seconds, ch
 SOME_IMAGES_FAILED = 3
 
 
-def default_model() -> Path:
-    """The model ``edgel2 infer`` uses without ``--model``: the int8 ONNX shipped in models/."""
-    models = Path(__file__).resolve().parent.parent / "models"
-    candidates = sorted(models.glob("*int8.onnx")) + sorted(models.glob("*.onnx"))
-    if not candidates:
-        raise EdgeL2Error("no default model in models/ yet: pass --model FILE (make one with "
-                          "`edgel2 train` then `edgel2 export MODEL.keras --quantize int8`)")
-    return candidates[0]
-
-
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--model", type=click.Path(dir_okay=False), default=None,
-              help="Exported .onnx or .tflite (default: the int8 ONNX in models/).")
-@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True)
+              help="Exported .onnx or .tflite (default: the int8 ONNX shipped with edgel2).")
+@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Labels per image (at most the model's class count).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
               show_default=True, help="auto: TensorRT, then CUDA, then CPU.")
@@ -361,38 +359,38 @@ def infer(paths, model, top_k, batch_size, provider, threads, fmt, output) -> No
     """Classify images: files, folders (recursive) and globs.
 
     \b
-    Bad files (empty, truncated, not an image, too large, unreadable) are reported in the
-    output with a reason; every other file is still classified. Exit code 0 when all
-    succeeded, 3 when some images failed, 1 for a missing or non-edgel2 model.
+    Bad files (empty, truncated, not an image, too large, not a regular file, unreadable)
+    and folders that cannot be read are reported in the output with a reason; every other
+    file is still classified. Exit code 0 when all succeeded, 3 when some images failed,
+    1 for a missing or non-edgel2 model, 2 for bad options.
     """
     import warnings
 
-    from edgel2.runtime import Classifier, ModelError, ProviderFallbackWarning
+    from edgel2.runtime import Classifier, FileResult, ProviderFallbackWarning
     from edgel2.runtime.io import expand_paths, render
+    from edgel2.runtime.shipped import shipped_model
     from edgel2.utils import atomic_path
 
-    files = expand_paths(paths)
+    entries = expand_paths(paths)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProviderFallbackWarning)
-        try:
-            classifier = Classifier(model or default_model(), providers=provider, threads=threads,
-                                    batch_size=batch_size)
-        except ModelError as e:
-            raise EdgeL2Error(str(e)) from None
+        classifier = Classifier(model or shipped_model(), providers=provider, threads=threads,
+                                batch_size=batch_size)
     for w in caught:
         if issubclass(w.category, ProviderFallbackWarning):
             click.echo(f"edgel2: warning: {w.message}", err=True)
-    stream = classifier.predict_files(files, top_k=top_k)
-    if len(files) > batch_size:
-        with click.progressbar(stream, length=len(files), label="classifying",
-                               file=sys.stderr) as bar:
-            results = list(bar)
-    else:
-        results = list(stream)
+    top_k = min(top_k, len(classifier.class_names))
+    files = [e for e in entries if not isinstance(e, FileResult)]
+    with click.progressbar(classifier.predict_files(files, top_k=top_k), length=len(files),
+                           label="classifying", file=sys.stderr,
+                           hidden=len(files) <= batch_size) as bar:
+        classified = iter(list(bar))
+    # walk failures (unreadable folders) keep their place among the classified files
+    results = [e if isinstance(e, FileResult) else next(classified) for e in entries]
     text = render(results, fmt, top_k)
     if output:
         with atomic_path(output) as tmp:
-            tmp.write_text(text)
+            tmp.write_text(text, encoding="utf-8")
     else:
         click.echo(text, nl=False)
     failed = sum(r.error is not None for r in results)

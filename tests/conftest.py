@@ -75,3 +75,56 @@ def exported(small_model, cifar, tmp_path_factory):
                  out=out)
     export_model(small_model, ["tflite"], ["none"], dataset=cifar, check=0, out=out)
     return {p.name: p for p in out.glob("model-*")}
+
+
+TINY_CLASSES = ["ant", "bee", "cat"]
+
+
+def tiny_metadata(classes=TINY_CLASSES, size: int = 8) -> dict:
+    """The metadata edgel2 export writes, for a tiny model (only what the runtime reads)."""
+    return {"producer": "edgel2 test", "class_names": list(classes),
+            "input": {"name": "images", "layout": "NHWC", "dtype": "uint8",
+                      "shape": [None, size, size, 3]}}
+
+
+def make_tiny_onnx(path: Path, metadata: dict | None = None, classes: int = 3,
+                   size: int = 8) -> Path:
+    """A few-hundred-byte ONNX classifier, made in the test: uint8 ``[N, size, size, 3]`` in,
+    logits ``[N, classes]`` out = mean colour x W + log(sum of the mean colour), so that a black
+    image gives -inf logits (the non-finite case). ``metadata`` values are stored as JSON, as
+    edgel2 export stores them (a str is stored as it is)."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.arange(3 * classes, dtype=np.float32).reshape(3, classes) / 100
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["images"], ["pixels"], to=TensorProto.FLOAT),
+         helper.make_node("ReduceMean", ["pixels", "hw"], ["mean"], keepdims=0),
+         helper.make_node("ReduceSum", ["mean", "c"], ["total"], keepdims=1),
+         helper.make_node("Log", ["total"], ["log_total"]),
+         helper.make_node("MatMul", ["mean", "w"], ["scores"]),
+         helper.make_node("Add", ["scores", "log_total"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", size, size, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        [numpy_helper.from_array(np.array([1, 2], np.int64), "hw"),
+         numpy_helper.from_array(np.array([1], np.int64), "c"),
+         numpy_helper.from_array(weights, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    meta = tiny_metadata(TINY_CLASSES[:classes] if classes <= 3 else
+                         [f"c{i}" for i in range(classes)], size) if metadata is None else metadata
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def tiny_onnx(tmp_path) -> Path:
+    """A valid tiny edgel2 ONNX model (3 classes, 8x8 input)."""
+    return make_tiny_onnx(tmp_path / "tiny.onnx")

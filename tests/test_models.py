@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgel2.cli import cli, default_model
+from edgel2.cli import cli
 from edgel2.data import balanced_subset
 from edgel2.runtime import Classifier
+from edgel2.runtime.shipped import shipped_model
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SHIPPED = sorted(MODELS.glob("*.onnx")) + sorted(MODELS.glob("*.tflite"))
@@ -45,8 +46,8 @@ def test_shipped_file_carries_metadata_and_matches_its_card(path, cifar):
 
 
 def test_infer_uses_the_shipped_int8_onnx_by_default(data_dir):
-    assert default_model().suffix == ".onnx" and "int8" in default_model().name
+    assert shipped_model().suffix == ".onnx" and "int8" in shipped_model().name
     image = next((data_dir / "test" / "ship").iterdir())
     result = CliRunner().invoke(cli, ["infer", str(image), "--format", "csv"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[1].split(",")[1] in Classifier(default_model()).class_names
+    assert result.stdout.splitlines()[1].split(",")[1] in Classifier(shipped_model()).class_names

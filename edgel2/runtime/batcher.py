@@ -1,97 +1,153 @@
 """A dynamic micro-batcher for apps that get images one at a time (web handlers, camera loops).
 
-Callers ``submit`` single images from any thread and get a future; one worker thread
-gathers what arrives within ``max_delay_ms`` (up to ``max_batch``) into one model call.
-Decoding runs in the caller's thread, so callers decode in parallel.
+Callers ``submit`` single images from any thread (or ``await submit_async`` from an event
+loop) and get a future; one worker thread gathers what arrives within ``max_delay_ms`` (up to
+``max_batch``) into one model call. Decoding runs in the caller's thread (or the event loop's
+executor), so callers decode in parallel.
+
+It holds up under real clients: a cancelled or timed-out request is dropped without touching
+any other; an error in one batch fails only that batch's futures; the worker never dies while
+the batcher is open; and the queue is bounded (``max_queue``), so a flood of callers gets
+:class:`BusyError` at once instead of unbounded memory.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
 import queue
 import threading
 import time
 from concurrent.futures import Future
+from numbers import Real
 
 import numpy as np
 
-from edgel2.runtime.classifier import Classifier, Prediction
+from edgel2.errors import BusyError, EngineError, OptionError, PredictionError
+from edgel2.runtime.classifier import NON_FINITE, Classifier, Prediction
 from edgel2.runtime.preprocess import ImageLike
 
 _STOP = object()
+log = logging.getLogger(__name__)
 
 
 class Batcher:
     """Gather concurrent single-image requests into batches for one :class:`Classifier`.
 
-    Results are the same as ``classifier.predict(image, top_k)[0]``.
+    Results are the same as ``classifier.predict(image, top_k)[0]``. ``max_queue`` bounds the
+    requests waiting for the model; past it, ``submit`` raises :class:`BusyError`.
 
     Example:
         >>> with Batcher(Classifier("model-int8.onnx"), max_batch=32, max_delay_ms=2) as b:  # doctest: +SKIP
         ...     future = b.submit("cat.png")
         ...     future.result()
         [('cat', 0.91)]
+        >>> await batcher.submit_async(png_bytes)     # in an async handler    # doctest: +SKIP
+        [('cat', 0.91)]
     """
 
     def __init__(self, classifier: Classifier, max_batch: int = 32, max_delay_ms: float = 2.0,
-                 top_k: int = 1):
-        if max_batch < 1 or max_delay_ms < 0:
-            raise ValueError("max_batch must be >= 1 and max_delay_ms >= 0")
+                 top_k: int = 1, max_queue: int = 1024):
+        for name, value in (("max_batch", max_batch), ("top_k", top_k), ("max_queue", max_queue)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise OptionError(f"{name} must be a whole number >= 1, got {value!r}")
+        if isinstance(max_delay_ms, bool) or not isinstance(max_delay_ms, Real) \
+                or not math.isfinite(max_delay_ms) or max_delay_ms < 0:
+            raise OptionError(f"max_delay_ms must be a finite number >= 0, got {max_delay_ms!r}")
         self.classifier, self.max_batch, self.top_k = classifier, max_batch, top_k
         self.max_delay = max_delay_ms / 1000.0
-        self._queue: queue.Queue = queue.Queue()
+        self.max_queue = max_queue
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._closed = False
         self._lock = threading.Lock()  # no request may slip in behind the stop marker
         self.batches_run = 0  # for tests and monitoring: how many model calls were made
         self._worker = threading.Thread(target=self._loop, name="edgel2-batcher", daemon=True)
         self._worker.start()
 
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for the model now (for metrics)."""
+        return self._queue.qsize()
+
     def submit(self, image: ImageLike) -> "Future[Prediction]":
-        """Queue one image; the future holds its top-k or the exception its decoding raised."""
+        """Queue one image; the future holds its top-k, or the :class:`ImageError` its decoding
+        raised, or the error its batch raised. Cancelling the future drops the request.
+        Raises :class:`BusyError` when ``max_queue`` requests are waiting already."""
         future: Future = Future()
         try:
             pixels = self.classifier.preprocess(image)
-        except Exception as e:  # report per request, like predict would raise
+        except Exception as e:  # noqa: BLE001 - reported per request, as predict would raise
             future.set_exception(e)
             return future
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the batcher is closed")
-            self._queue.put((pixels, future))
+        self._enqueue(pixels, future)
         return future
 
+    async def submit_async(self, image: ImageLike) -> Prediction:
+        """:meth:`submit` for an event loop: decodes in the loop's default executor, never
+        blocks the loop, and cancelling the awaiting task (a client timeout, a disconnect)
+        drops the request."""
+        loop = asyncio.get_running_loop()
+        pixels = await loop.run_in_executor(None, self.classifier.preprocess, image)
+        future: Future = Future()
+        self._enqueue(pixels, future)
+        return await asyncio.wrap_future(future)
+
+    def _enqueue(self, pixels: np.ndarray, future: Future) -> None:
+        with self._lock:
+            if self._closed:
+                raise EngineError("the batcher is closed")
+            try:
+                self._queue.put_nowait((pixels, future))
+            except queue.Full:
+                raise BusyError(f"busy: {self.max_queue} requests are waiting; retry later") from None
+
     def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            items = [first]
-            deadline = time.perf_counter() + self.max_delay
-            stop = False
-            while len(items) < self.max_batch:
-                remaining = deadline - time.perf_counter()
-                try:
-                    item = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 \
-                        else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                items.append(item)
-            self._run(items)
-            if stop:
-                return
+        stop = False
+        while not stop:
+            items, stop = self._gather()
+            try:
+                self._run(items)
+            except Exception:  # noqa: BLE001 - _run already failed its futures; stay alive
+                log.exception("edgel2 batcher: a batch failed outside the model call")
+
+    def _gather(self) -> tuple[list, bool]:
+        """The next batch: what arrives within max_delay of the first request, up to max_batch;
+        and whether the stop marker came."""
+        first = self._queue.get()
+        if first is _STOP:
+            return [], True
+        items = [first]
+        deadline = time.monotonic() + self.max_delay
+        while len(items) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return items, True
+            items.append(item)
+        return items, False
 
     def _run(self, items: list) -> None:
+        # A future cancelled while queued is dropped here; once running it can no longer be
+        # cancelled, so setting its result below cannot fail.
+        live = [(pixels, future) for pixels, future in items if future.set_running_or_notify_cancel()]
+        if not live:
+            return
         try:
-            probabilities = self.classifier.probabilities(np.stack([p for p, _ in items]))
-            predictions = self.classifier.top_k(probabilities, self.top_k)
-        except Exception as e:
-            for _, future in items:
+            probabilities = self.classifier.probabilities(np.stack([p for p, _ in live]))
+            predictions = self.classifier.ranked(probabilities, self.top_k)
+        except Exception as e:  # noqa: BLE001 - fails this batch only
+            for _, future in live:
                 future.set_exception(e)
             return
         self.batches_run += 1
-        for (_, future), prediction in zip(items, predictions):
-            future.set_result(prediction)
+        for (_, future), prediction in zip(live, predictions):
+            if prediction is None:
+                future.set_exception(PredictionError(NON_FINITE))
+            else:
+                future.set_result(prediction)
 
     def close(self) -> None:
         """Finish what was submitted, then stop the worker."""
@@ -99,7 +155,7 @@ class Batcher:
             if self._closed:
                 return
             self._closed = True
-            self._queue.put(_STOP)
+        self._queue.put(_STOP)  # blocks only while a full queue drains
         self._worker.join()
 
     def __enter__(self) -> "Batcher":

@@ -10,15 +10,13 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from edgel2.errors import first_line
-from edgel2.runtime.engines import Engine, EngineError, open_engine
-from edgel2.runtime.preprocess import ImageError, ImageLike, load_image
+from edgel2.errors import ImageError, ModelError, OptionError, PredictionError
+from edgel2.runtime.engines import Engine, open_engine
+from edgel2.runtime.modelfile import check_metadata
+from edgel2.runtime.preprocess import ImageLike, load_image
 
 Prediction = list[tuple[str, float]]  # top-k (label, probability), best first
-
-
-class ModelError(ValueError):
-    """The model file is missing or is not an exported edgel2 model."""
+NON_FINITE = "the model produced non-finite logits"
 
 
 @dataclass
@@ -31,6 +29,14 @@ class FileResult:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities per row; a row with any NaN or infinite logit becomes all NaN, so that no
+    label is ever read off it.
+
+    Example:
+        >>> softmax(np.array([[0.0, 0.0], [np.inf, 0.0]], np.float32)).tolist()
+        [[0.5, 0.5], [nan, nan]]
+    """
+    logits = np.where(np.isfinite(logits).all(axis=-1, keepdims=True), logits, np.nan)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=-1, keepdims=True)
@@ -53,40 +59,51 @@ class Classifier:
 
     def __init__(self, path: str | os.PathLike, providers: str | Sequence[str] | None = "auto",
                  threads: int | None = None, batch_size: int = 64, strict: bool = False):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise OptionError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         path = Path(path)
-        if not path.is_file():
-            raise ModelError(f"model file does not exist: {path}")
-        try:
-            self.engine: Engine = open_engine(path, providers, threads, strict)
-        except EngineError:
-            raise
-        except Exception as e:  # onnxruntime / LiteRT refuse files that are not models
-            raise ModelError(f"cannot load {path}: {first_line(e)}") from None
-        meta = self.engine.metadata
-        if "class_names" not in meta or "input" not in meta:
-            raise ModelError(f"{path} is not an edgel2 model (no edgel2 metadata inside); "
-                             "export it with `edgel2 export`")
+        self.engine: Engine = open_engine(path, providers, threads, strict)
+        info = check_metadata(self.engine.metadata, path, self.engine.input_shape,
+                              self.engine.input_dtype, self.engine.output_shape)
         self.path = path
-        self.metadata = meta
-        self.class_names: list[str] = list(meta["class_names"])
-        _, height, width, _ = meta["input"]["shape"]
-        self.input_size = (int(width), int(height))
+        self.metadata = self.engine.metadata
+        self.class_names: list[str] = info.class_names
+        self.input_size = info.input_size
         self.batch_size = batch_size
         self.providers = self.engine.providers
 
     # --- arrays in, probabilities out ---------------------------------------------------
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities for a uint8 NHWC batch already at the model's input size."""
-        outs = [softmax(self.engine.run(batch[i:i + self.batch_size]))
+        """Class probabilities for a uint8 NHWC batch already at the model's input size; all
+        NaN in the rows whose logits were not finite."""
+        outs = [self._run(batch[i:i + self.batch_size])
                 for i in range(0, len(batch), self.batch_size)]
         return np.concatenate(outs) if outs else np.zeros((0, len(self.class_names)), np.float32)
 
-    def top_k(self, probabilities: np.ndarray, k: int = 1) -> list[Prediction]:
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        logits = self.engine.run(batch)
+        if logits.shape != (len(batch), len(self.class_names)):
+            raise ModelError(f"{self.path.name} returned logits of shape {list(logits.shape)} "
+                             f"for {len(batch)} images of {len(self.class_names)} classes")
+        return softmax(logits)
+
+    def ranked(self, probabilities: np.ndarray, k: int = 1) -> list[Prediction | None]:
+        """Top-k (label, probability) per row, best first; None for a row that is not finite
+        (see :data:`NON_FINITE`). ``k`` is clamped to the class count."""
         k = max(1, min(k, len(self.class_names)))
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-        return [[(self.class_names[j], float(p[j])) for j in row]
-                for row, p in zip(order, probabilities)]
+        return [[(self.class_names[j], float(p[j])) for j in row] if np.isfinite(p).all()
+                else None for row, p in zip(order, probabilities)]
+
+    def top_k(self, probabilities: np.ndarray, k: int = 1) -> list[Prediction]:
+        """Like :meth:`ranked`, but raises :class:`PredictionError` for a non-finite row."""
+        predictions = self.ranked(probabilities, k)
+        bad = [i for i, p in enumerate(predictions) if p is None]
+        if bad:
+            raise PredictionError(f"{NON_FINITE} for image {bad[0]}"
+                                  + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
+        return predictions  # type: ignore[return-value]
 
     # --- anything in ------------------------------------------------------------------------
 
@@ -98,7 +115,8 @@ class Classifier:
         """Top-k (label, probability) per image.
 
         ``images``: a path, bytes, PIL image or HWC uint8 array; an NHWC uint8 batch; or a list
-        of any of these. Raises :class:`ImageError` for an unusable image.
+        of any of these. Raises :class:`ImageError` for an unusable image and
+        :class:`PredictionError` when the model's logits for one are not finite.
         """
         if isinstance(images, np.ndarray) and images.ndim == 4:
             batch = images if images.shape[1:3] == self.input_size[::-1] else \
@@ -112,8 +130,8 @@ class Classifier:
     def predict_files(self, sources: Iterable[ImageLike], top_k: int = 1,
                       workers: int | None = None, prefetch: int = 4) -> Iterator[FileResult]:
         """Stream results over many inputs, in order. Decoding and resizing run on a thread pool
-        ``prefetch`` batches ahead of the model; a bad file yields a result with ``error`` and
-        the others go on."""
+        ``prefetch`` batches ahead of the model; a bad file (or one whose logits are not
+        finite) yields a result with ``error`` and the others go on."""
         workers = workers or os.cpu_count() or 1
         chunks = _chunks(sources, self.batch_size)
 
@@ -138,11 +156,13 @@ class Classifier:
                 submit_next()
                 decoded = [f.result() for f in futures]
                 good = [i for i, (pixels, _) in enumerate(decoded) if pixels is not None]
-                predictions = self.top_k(
+                predictions = self.ranked(
                     self.probabilities(np.stack([decoded[i][0] for i in good])), top_k) if good else []
                 by_index = dict(zip(good, predictions))
                 for i, source in enumerate(chunk):
-                    yield FileResult(_name(source), by_index.get(i), decoded[i][1])
+                    prediction = by_index.get(i)
+                    error = decoded[i][1] or (NON_FINITE if prediction is None else None)
+                    yield FileResult(_name(source), prediction, error)
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:

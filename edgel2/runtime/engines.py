@@ -2,15 +2,17 @@
 float32 logits out, plus the metadata that edgel2 packed into the file."""
 from __future__ import annotations
 
-import json
 import os
 import threading
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from edgel2.errors import EdgeL2Error, EngineError, ModelError, first_line, missing_extra
+from edgel2.runtime.modelfile import (ONNX, TFLITE, decode_onnx_metadata, read_metadata,
+                                      sniff_format)
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
@@ -25,10 +27,6 @@ PROVIDER_OPTIONS = {
 
 class ProviderFallbackWarning(RuntimeWarning):
     """A GPU provider was asked for, but the session runs on fewer (often only the CPU)."""
-
-
-class EngineError(RuntimeError):
-    """The model file cannot be run as asked (strict provider checks, unknown format)."""
 
 
 def resolve_providers(requested: str | Sequence[str] | None, available: Sequence[str]) -> list[str]:
@@ -53,11 +51,15 @@ def resolve_providers(requested: str | Sequence[str] | None, available: Sequence
 
 class Engine:
     """A loaded model file. ``run(batch)`` maps uint8 ``[N, H, W, C]`` to logits ``[N, classes]``;
-    safe to call from several threads."""
+    safe to call from several threads. The graph's own input and output (static shapes, None
+    where dynamic) are there to check the metadata against."""
 
     path: Path
     metadata: dict
     providers: list[str]
+    input_shape: tuple
+    input_dtype: str
+    output_shape: tuple
 
     def run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -87,10 +89,16 @@ class OnnxEngine(Engine):
             if strict:
                 raise EngineError(message)
             warnings.warn(message, ProviderFallbackWarning, stacklevel=4)  # at the caller
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(f"{path.name}: the model has {len(inputs)} inputs and "
+                             f"{len(outputs)} outputs, not one image input and one logits output")
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        self.input_shape = _static(inputs[0].shape)
+        self.input_dtype = inputs[0].type.removeprefix("tensor(").removesuffix(")")
+        self.output_shape = _static(outputs[0].shape)
         self.on_gpu = self.providers[0] in (CUDA, TENSORRT)
-        self.metadata = _decode(self.session.get_modelmeta().custom_metadata_map)
+        self.metadata = decode_onnx_metadata(self.session.get_modelmeta().custom_metadata_map)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if not self.on_gpu:
@@ -105,13 +113,23 @@ class OnnxEngine(Engine):
 
 class TFLiteEngine(Engine):
     def __init__(self, path: Path, threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as e:
+            raise missing_extra(e, "LiteRT, which runs .tflite files,") or e from None
 
         self.path = path
         self.providers = ["LiteRT (CPU)"]
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count())
-        self.input_index = self.interpreter.get_input_details()[0]["index"]
-        self.output_index = self.interpreter.get_output_details()[0]["index"]
+        inputs = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(f"{path.name}: the model has {len(inputs)} inputs and "
+                             f"{len(outputs)} outputs, not one image input and one logits output")
+        self.input_index, self.output_index = inputs[0]["index"], outputs[0]["index"]
+        self.input_shape = _static(inputs[0]["shape_signature"])
+        self.input_dtype = np.dtype(inputs[0]["dtype"]).name
+        self.output_shape = _static(outputs[0]["shape_signature"])
         self._batch = None
         self._lock = threading.Lock()  # an interpreter is not thread-safe
         self.metadata = read_metadata(path)
@@ -129,7 +147,8 @@ class TFLiteEngine(Engine):
 
 def open_engine(path: str | os.PathLike, providers: str | Sequence[str] | None = "auto",
                 threads: int | None = None, strict: bool = False) -> Engine:
-    """Open an ``.onnx`` or ``.tflite`` file.
+    """Open an ONNX or TFLite file, whatever its suffix (the format is sniffed from its first
+    bytes). A file the engine refuses raises :class:`ModelError`.
 
     Example:
         >>> engine = open_engine("models/resnet18-int8.onnx")     # doctest: +SKIP
@@ -137,40 +156,19 @@ def open_engine(path: str | os.PathLike, providers: str | Sequence[str] | None =
         (1, 10)
     """
     path = Path(path)
-    if path.suffix == ".onnx":
-        return OnnxEngine(path, providers, threads, strict)
-    if path.suffix == ".tflite":
-        if providers not in (None, "auto", "cpu") and strict:
-            raise EngineError(f"{path.name}: LiteRT runs on the CPU here, not {providers}")
+    fmt = sniff_format(path)
+    if fmt == TFLITE and providers not in (None, "auto", "cpu") and strict:
+        raise EngineError(f"{path.name}: LiteRT runs on the CPU here, not {providers}")
+    try:
+        if fmt == ONNX:
+            return OnnxEngine(path, providers, threads, strict)
         return TFLiteEngine(path, threads)
-    raise EngineError(f"unknown model format {path.suffix!r} (want .onnx or .tflite)")
+    except EdgeL2Error:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime / LiteRT refuse files that are not models
+        raise ModelError(f"cannot load {path}: {first_line(e)}") from None
 
 
-def read_metadata(path: str | os.PathLike) -> dict:
-    """The metadata edgel2 wrote into an exported file ({} if there is none).
-
-    ONNX keeps it in ``metadata_props`` (JSON values); TFLite in a zip appended to the
-    flatbuffer (``edgel2.json``).
-    """
-    path = Path(path)
-    if path.suffix == ".tflite":
-        if not zipfile.is_zipfile(path):
-            return {}
-        with zipfile.ZipFile(path) as z:
-            return json.loads(z.read("edgel2.json")) if "edgel2.json" in z.namelist() else {}
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=[CPU])
-    return _decode(session.get_modelmeta().custom_metadata_map)
-
-
-def _decode(props: dict[str, str]) -> dict:
-    """edgel2 stores JSON values; other tools (the ORT quantizer) add plain strings."""
-    def value(text: str):
-        try:
-            return json.loads(text)
-        except ValueError:
-            return text
-    return {key: value(text) for key, text in props.items()}
+def _static(shape) -> tuple:
+    """A graph's shape with every dynamic dimension (a name, None, -1) as None."""
+    return tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape)

@@ -1,0 +1,194 @@
+"""What a model file is and what it says about itself: its format, sniffed from its first
+bytes; the metadata edgel2 packed into it, read within fixed bounds; and that metadata checked
+against the graph, so a file that lies about itself is refused when it is opened instead of
+giving wrong labels later.
+
+Numpy and the standard library only (onnxruntime for the ONNX metadata).
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgel2.errors import ModelError, first_line
+
+ONNX, TFLITE = "onnx", "tflite"
+# A TFLite flatbuffer carries its file identifier at bytes 4-8; an ONNX ModelProto starts with
+# field 1 (ir_version, a varint), whose tag byte is 0x08.
+TFLITE_IDENTIFIER = b"TFL3"
+ONNX_FIRST_BYTE = b"\x08"
+# Bounds on the zip appended to a .tflite: edgel2.json is a few KB, labels.txt smaller still.
+MAX_METADATA_BYTES = 1 << 20
+MAX_ZIP_UNCOMPRESSED = 16 << 20
+METADATA_NAME = "edgel2.json"
+
+
+def sniff_format(path: str | os.PathLike) -> str:
+    """``"onnx"`` or ``"tflite"``, from the file's first bytes (any suffix, any case);
+    :class:`ModelError` for a missing, special or unrecognised file.
+
+    Example:
+        >>> sniff_format("models/resnet18-int8.tflite")   # doctest: +SKIP
+        'tflite'
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise ModelError(f"model path is a folder, not a file: {path}")
+        if not stat.S_ISREG(mode):
+            raise ModelError(f"model path is not a regular file: {path}")
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise ModelError(f"model file does not exist: {path}") from None
+    except OSError as e:
+        raise ModelError(f"cannot read model file {path}: {e.strerror or e}") from None
+    if head[4:8] == TFLITE_IDENTIFIER:
+        return TFLITE
+    if head[:1] == ONNX_FIRST_BYTE or path.suffix.lower() == ".onnx":
+        return ONNX
+    raise ModelError(f"{path} is neither an ONNX nor a TFLite model (its first bytes are "
+                     f"{head[:8]!r})")
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata edgel2 wrote into an exported file ({} if there is none).
+
+    ONNX keeps it in ``metadata_props`` (JSON values); TFLite in a zip appended to the
+    flatbuffer (``edgel2.json``), read within :data:`MAX_METADATA_BYTES` and
+    :data:`MAX_ZIP_UNCOMPRESSED`.
+
+    Example:
+        >>> read_metadata("models/resnet18-int8.onnx")["class_names"][:2]   # doctest: +SKIP
+        ['airplane', 'automobile']
+    """
+    path = Path(path)
+    if sniff_format(path) == TFLITE:
+        return _tflite_metadata(path)
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types
+        raise ModelError(f"cannot load {path}: {first_line(e)}") from None
+    return decode_onnx_metadata(session.get_modelmeta().custom_metadata_map)
+
+
+def decode_onnx_metadata(props: dict[str, str]) -> dict:
+    """edgel2 stores JSON values; other tools (the ORT quantizer) add plain strings."""
+    def value(text: str):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    return {key: value(text) for key, text in props.items()}
+
+
+def _tflite_metadata(path: Path) -> dict:
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            total = sum(i.file_size for i in infos)
+            if total > MAX_ZIP_UNCOMPRESSED:
+                raise ModelError(f"{path}: the metadata zip would unpack to {total:,} bytes "
+                                 f"(limit {MAX_ZIP_UNCOMPRESSED:,}): refused")
+            info = next((i for i in infos if i.filename == METADATA_NAME), None)
+            if info is None:
+                return {}
+            if info.file_size > MAX_METADATA_BYTES:
+                raise ModelError(f"{path}: {METADATA_NAME} is {info.file_size:,} bytes "
+                                 f"(limit {MAX_METADATA_BYTES:,}): refused")
+            with z.open(info) as f:
+                # zipfile inflates no more than the size the header states, then checks the
+                # CRC: a bomb whose header lies fails there, having used the stated size only
+                text = f.read(MAX_METADATA_BYTES)
+    except zipfile.BadZipFile as e:
+        if "File is not a zip file" in str(e):
+            return {}  # a plain .tflite without edgel2's zip
+        raise ModelError(f"{path}: unreadable metadata zip: {first_line(e)}") from None
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - encrypted entries, bad compression, CRC errors
+        raise ModelError(f"{path}: unreadable metadata zip: {first_line(e)}") from None
+    try:
+        metadata = json.loads(text)
+    except ValueError as e:
+        raise ModelError(f"{path}: {METADATA_NAME} is not valid JSON: {first_line(e)}") from None
+    if not isinstance(metadata, dict):
+        raise ModelError(f"{path}: {METADATA_NAME} is not a JSON object")
+    return metadata
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a classifier needs from a model file, checked against its graph."""
+
+    class_names: list[str]
+    input_size: tuple[int, int]  # (width, height), as Pillow counts
+
+
+def check_metadata(metadata: dict, path: str | os.PathLike, input_shape: tuple,
+                   input_dtype: str, output_shape: tuple) -> ModelInfo:
+    """The class names and input size, after checking that the metadata is well-formed and
+    agrees with the graph: one ``[N, H, W, 3]`` uint8 input, ``[N, classes]`` output (the
+    graph's shapes hold ints, and None where a dimension is dynamic).
+
+    Example:
+        >>> meta = {"class_names": ["cat", "dog"],
+        ...         "input": {"layout": "NHWC", "dtype": "uint8", "shape": [None, 32, 32, 3]}}
+        >>> check_metadata(meta, "m.onnx", (None, 32, 32, 3), "uint8", (None, 2))
+        ModelInfo(class_names=['cat', 'dog'], input_size=(32, 32))
+        >>> check_metadata(meta, "m.onnx", (None, 32, 32, 3), "uint8", (None, 10))
+        Traceback (most recent call last):
+        ...
+        edgel2.errors.ModelError: m.onnx: its metadata names 2 classes but the model outputs 10 logits
+    """
+    name = Path(path).name
+    if "class_names" not in metadata or "input" not in metadata:
+        raise ModelError(f"{path} is not an edgel2 model (no edgel2 metadata inside); "
+                         "export it with `edgel2 export`")
+
+    def bad(what: str) -> ModelError:
+        return ModelError(f"{name}: {what}")
+
+    classes = metadata["class_names"]
+    if not isinstance(classes, list) or not classes \
+            or not all(isinstance(c, str) and c for c in classes):
+        raise bad("metadata class_names is not a list of non-empty strings")
+    if len(set(classes)) != len(classes):
+        raise bad("metadata class_names repeats a name")
+    if len(output_shape) != 2:
+        raise bad(f"the model's output has shape {list(output_shape)}, not [batch, classes]")
+    if output_shape[1] is not None and output_shape[1] != len(classes):
+        raise bad(f"its metadata names {len(classes)} classes but the model outputs "
+                  f"{output_shape[1]} logits")
+
+    spec = metadata["input"]
+    shape = spec.get("shape") if isinstance(spec, dict) else None
+    if not isinstance(shape, list) or len(shape) != 4:
+        raise bad(f"metadata input.shape is {shape!r}, not [batch, height, width, 3]")
+    batch, *hwc = shape
+    if not all(_positive_int(d) for d in hwc) or not (batch is None or _positive_int(batch)):
+        raise bad(f"metadata input.shape {shape!r} needs positive whole numbers")
+    if hwc[2] != 3 or spec.get("layout", "NHWC") != "NHWC" or spec.get("dtype", "uint8") != "uint8":
+        raise bad(f"metadata input is {spec.get('layout')} {spec.get('dtype')} {shape}; "
+                  "edgel2 models take NHWC uint8 RGB")
+    if len(input_shape) != 4 or input_dtype != "uint8":
+        raise bad(f"the model's input is {input_dtype} {list(input_shape)}, not uint8 [N, H, W, 3]")
+    disagree = [(m, g) for m, g in zip(shape[1:], input_shape[1:]) if g is not None and m != g]
+    if disagree:
+        raise bad(f"metadata input.shape {shape} disagrees with the model's input "
+                  f"{list(input_shape)}")
+    height, width, _ = hwc
+    return ModelInfo(list(classes), (width, height))
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

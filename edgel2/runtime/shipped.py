@@ -1,0 +1,29 @@
+"""The models that ship with edgel2: one copy in git (``models/``), carried by the wheel as the
+package data ``edgel2/models/``."""
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+from edgel2.errors import ModelError
+
+DEFAULT_MODEL = "resnet18-int8.onnx"  # the full-width ResNet-18, int8 ONNX (models/README.md)
+SOURCE_CHECKOUT_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def shipped_model(name: str = DEFAULT_MODEL) -> Path:
+    """The path of a model shipped with edgel2: inside the installed package, or in the
+    ``models/`` folder of a source checkout (an editable install).
+
+    Example:
+        >>> shipped_model().name
+        'resnet18-int8.onnx'
+        >>> shipped_model("resnet18-int8.tflite").is_file()
+        True
+    """
+    packaged = Path(str(importlib.resources.files("edgel2") / "models" / name))
+    for candidate in (packaged, SOURCE_CHECKOUT_MODELS / name):
+        if candidate.is_file():
+            return candidate
+    raise ModelError(f"the shipped model {name} is not in this install of edgel2 (looked in "
+                     f"{packaged.parent}); pass --model FILE")

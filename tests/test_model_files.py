@@ -1,0 +1,202 @@
+"""Hostile model files: a file is recognised by its bytes, not its name; metadata that lies
+about the graph, or is malformed, is refused when the model is opened with one line saying
+what is wrong; the metadata zip of a .tflite is read within fixed bounds."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import make_tiny_onnx, tiny_metadata
+from PIL import Image
+
+from edgel2.cli import cli
+from edgel2.errors import EdgeL2Error
+from edgel2.runtime import (Batcher, Classifier, ModelError, PredictionError, read_metadata,
+                            sniff_format)
+from edgel2.runtime.modelfile import MAX_METADATA_BYTES
+from edgel2.runtime.shipped import shipped_model
+
+GOOD = tiny_metadata()
+
+
+def _with_input(**changes) -> dict:
+    return {**GOOD, "input": {**GOOD["input"], **changes}}
+
+
+# Each case: metadata written into a valid 3-class, 8x8 ONNX graph -> the one line it gets.
+BAD_METADATA = {
+    "2 names for 3 logits": ({**GOOD, "class_names": ["ant", "bee"]},
+                             "tiny.onnx: its metadata names 2 classes but the model outputs 3 logits"),
+    "20 names for 3 logits": ({**GOOD, "class_names": [f"c{i}" for i in range(20)]},
+                              "tiny.onnx: its metadata names 20 classes but the model outputs 3 logits"),
+    "names not a JSON list": ({**GOOD, "class_names": "abc"},
+                              "tiny.onnx: metadata class_names is not a list of non-empty strings"),
+    "a name not a string": ({**GOOD, "class_names": ["ant", 2, "cat"]},
+                            "tiny.onnx: metadata class_names is not a list of non-empty strings"),
+    "a repeated name": ({**GOOD, "class_names": ["ant", "ant", "cat"]},
+                        "tiny.onnx: metadata class_names repeats a name"),
+    "input not JSON": ({**GOOD, "input": "{oops"},
+                       "tiny.onnx: metadata input.shape is None, not [batch, height, width, 3]"),
+    "two dimensions": (_with_input(shape=[8, 8]),
+                       "tiny.onnx: metadata input.shape is [8, 8], not [batch, height, width, 3]"),
+    "a zero size": (_with_input(shape=[None, 0, 8, 3]),
+                    "tiny.onnx: metadata input.shape [None, 0, 8, 3] needs positive whole numbers"),
+    "a negative size": (_with_input(shape=[None, 8, -8, 3]),
+                        "tiny.onnx: metadata input.shape [None, 8, -8, 3] needs positive whole numbers"),
+    "string sizes": (_with_input(shape=[None, "8", "8", 3]),
+                     "tiny.onnx: metadata input.shape [None, '8', '8', 3] needs positive whole numbers"),
+    "a shape the graph disagrees with": (
+        _with_input(shape=[None, 16, 16, 3]),
+        "tiny.onnx: metadata input.shape [None, 16, 16, 3] disagrees with the model's input "
+        "[None, 8, 8, 3]"),
+    "float input": (_with_input(dtype="float32"),
+                    "tiny.onnx: metadata input is NHWC float32 [None, 8, 8, 3]; edgel2 models "
+                    "take NHWC uint8 RGB"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_METADATA))
+def test_metadata_that_disagrees_with_the_graph_is_refused_in_one_line(case, tmp_path):
+    metadata, message = BAD_METADATA[case]
+    model = make_tiny_onnx(tmp_path / "tiny.onnx", metadata)
+    with pytest.raises(ModelError) as error:
+        Classifier(model)
+    assert str(error.value) == message
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8), (90, 90, 90)).save(image)
+    result = CliRunner().invoke(cli, ["infer", str(image), "--model", str(model)])
+    assert (result.exit_code, result.stderr) == (1, f"edgel2: error: {message}\n")
+
+
+def test_a_file_without_edgel2_metadata_is_refused(tmp_path):
+    model = make_tiny_onnx(tmp_path / "tiny.onnx", {})
+    with pytest.raises(ModelError, match=r"tiny.onnx is not an edgel2 model \(no edgel2 metadata"):
+        Classifier(model)
+
+
+@pytest.mark.parametrize("name", ["model.bin", "MODEL.ONNX", "model"])
+def test_the_format_is_sniffed_from_the_bytes_whatever_the_name(name, tiny_onnx, tmp_path):
+    renamed = shutil.copy(tiny_onnx, tmp_path / name)
+    assert sniff_format(renamed) == "onnx"
+    assert Classifier(renamed).class_names == ["ant", "bee", "cat"]
+    tflite = shutil.copy(shipped_model("resnet18-int8.tflite"), tmp_path / f"{name}.bin")
+    assert sniff_format(tflite) == "tflite"
+
+
+@pytest.mark.parametrize("make, message, code", [
+    (lambda d: d / "README.md", "is neither an ONNX nor a TFLite model (its first bytes are b'# readme'", 1),
+    (lambda d: d / "junk.onnx", "cannot load", 1),
+    (lambda d: d / "fifo.onnx", "model path is not a regular file", 1),
+    (lambda d: d / "missing.onnx", "model file does not exist", 1),
+    (lambda d: d, "model path is a folder, not a file", 2),  # click refuses it as an option
+])
+def test_what_is_not_a_model_file_gets_one_line_and_an_exit_code(make, message, code, tmp_path):
+    (tmp_path / "README.md").write_text("# readme\n")
+    (tmp_path / "junk.onnx").write_bytes(b"\x08junk")
+    os.mkfifo(tmp_path / "fifo.onnx")
+    with pytest.raises(ModelError, match=message.replace("(", r"\(")):
+        Classifier(make(tmp_path))
+    result = CliRunner().invoke(cli, ["infer", "x.png", "--model", str(make(tmp_path))])
+    assert result.exit_code == code and result.stderr.startswith("edgel2: error: ")
+    assert result.stderr.count("\n") == 1
+    assert message in result.stderr if code == 1 else "is a directory" in result.stderr
+
+
+def _tflite_with_zip(tmp_path: Path, zip_bytes: bytes) -> Path:
+    """The shipped .tflite followed by another zip: readers take the last one in the file."""
+    path = tmp_path / "hostile.tflite"
+    path.write_bytes(shipped_model("resnet18-int8.tflite").read_bytes() + zip_bytes)
+    return path
+
+
+def _zip(name: str, content: bytes, claimed_size: int | None = None) -> bytes:
+    """A one-entry deflated zip; ``claimed_size`` rewrites the uncompressed size its headers
+    state (a zip bomb's lie)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(name, content)
+    data = bytearray(buffer.getvalue())
+    if claimed_size is not None:
+        real = len(content).to_bytes(4, "little")
+        for header, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+            at = data.index(header) + offset
+            assert data[at:at + 4] == real
+            data[at:at + 4] = claimed_size.to_bytes(4, "little")
+    return bytes(data)
+
+
+def test_a_metadata_zip_bomb_with_lying_headers_is_refused_in_bounded_memory(tmp_path):
+    bomb = _tflite_with_zip(tmp_path, _zip("edgel2.json", b" " * (64 << 20), claimed_size=100))
+    assert bomb.stat().st_size < 12 << 20  # 64 MB of spaces deflate to about 64 KB
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelError, match="unreadable metadata zip: Bad CRC-32 for file "
+                                             "'edgel2.json'"):
+            read_metadata(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MAX_METADATA_BYTES
+
+
+@pytest.mark.parametrize("zip_bytes, message", [
+    (_zip("edgel2.json", b"{}", claimed_size=2 << 30), "would unpack to 2,147,483,648 bytes"),
+    (_zip("edgel2.json", b" " * (MAX_METADATA_BYTES + 1)), "edgel2.json is 1,048,577 bytes"),
+    (_zip("edgel2.json", b"{not json"), "edgel2.json is not valid JSON"),
+    (_zip("edgel2.json", b"[1, 2]"), "edgel2.json is not a JSON object"),
+])
+def test_tflite_metadata_is_read_within_bounds_and_checked(zip_bytes, message, tmp_path):
+    with pytest.raises(ModelError, match=message):
+        read_metadata(_tflite_with_zip(tmp_path, zip_bytes))
+
+
+def test_non_finite_logits_never_become_a_label(tiny_onnx):
+    clf = Classifier(tiny_onnx)
+    black, grey = np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 90, np.uint8)
+    with pytest.raises(PredictionError, match="the model produced non-finite logits for image 1"):
+        clf.predict([grey, black])
+    assert [r.error for r in clf.predict_files([grey, black])] == \
+        [None, "the model produced non-finite logits"]
+    with Batcher(clf) as batcher:
+        with pytest.raises(PredictionError, match="non-finite logits"):
+            batcher.submit(black).result(timeout=60)
+        assert batcher.submit(grey).result(timeout=60) == clf.predict(grey)[0]
+
+
+def test_runtime_errors_are_one_family_with_their_builtin_bases():
+    from edgel2.errors import BusyError, EngineError, ImageError, OptionError
+    for error, base in ((ModelError, ValueError), (ImageError, ValueError),
+                        (EngineError, RuntimeError), (PredictionError, RuntimeError),
+                        (BusyError, RuntimeError), (OptionError, ValueError)):
+        assert issubclass(error, EdgeL2Error) and issubclass(error, base)
+
+
+def _blocked(tmp_path: Path, *modules: str) -> dict:
+    """An environment in which ``modules`` are not installed, as on a base install."""
+    blocker = tmp_path / "blocked"
+    for module in modules:
+        (blocker / module).mkdir(parents=True)
+        (blocker / module / "__init__.py").write_text(
+            f"raise ModuleNotFoundError({f'No module named {module!r}'!r}, name={module!r})\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), os.getcwd()])}
+
+
+def test_a_tflite_model_without_litert_says_what_to_install(tmp_path):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32)).save(image)
+    proc = subprocess.run([sys.executable, "-m", "edgel2", "infer", str(image), "--model",
+                           str(shipped_model("resnet18-int8.tflite"))],
+                          env=_blocked(tmp_path, "ai_edge_litert"), capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr == ('edgel2: error: LiteRT, which runs .tflite files, is not installed: '
+                           'pip install "edgel2[litert]" (the ai-edge-litert package)\n')
