@@ -371,6 +371,9 @@ def infer(paths, model, top_k, batch_size, provider, threads, fmt, output) -> No
     from edgel2.runtime.shipped import shipped_model
     from edgel2.utils import atomic_path
 
+    # Pillow warns about odd files it still decodes (bad TIFF tags, ICO sizes): the results
+    # report real failures, so these would only be noise between them
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     entries = expand_paths(paths)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProviderFallbackWarning)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from edgel2.errors import DataError
-from edgel2.runtime.preprocess import IMAGE_SUFFIXES, ImageError, load_image
+from edgel2.runtime.preprocess import IMAGE_SUFFIXES, ImageError, load_image, open_regular_file
 
 DATA_ENV = "EDGEL2_DATA"
 CACHE_ENV = "EDGEL2_CACHE"
@@ -210,7 +210,10 @@ def _folder_name(root: Path, class_names: list[str], files: list[Path]) -> str:
 def _read_all(files: list[Path]) -> list[bytes]:
     def read(f: Path) -> bytes:
         try:
-            return f.read_bytes()
+            with open_regular_file(f) as file:  # a FIFO named like an image must not block
+                return file.read()
+        except ImageError as e:
+            raise DataError(f"cannot read {f}: {e}") from None
         except OSError as e:
             raise DataError(f"cannot read {f}: {e.strerror or e}") from None
     return [read(f) for f in files]  # a thread pool costs more than it saves on small files

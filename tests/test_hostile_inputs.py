@@ -96,6 +96,13 @@ def test_a_hostile_tiff_in_training_data_stops_with_one_line_naming_it(tiny_fold
         load_dataset(tiny_folder, cache_dir=tmp_path / "cache")
 
 
+def test_a_fifo_in_training_data_stops_with_one_line_instead_of_blocking(tiny_folder, tmp_path):
+    fifo = tiny_folder / "train" / "ant" / "x.png"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match=rf"^cannot read {fifo}: not a regular file \(a FIFO\)$"):
+        load_dataset(tiny_folder, cache_dir=tmp_path / "cache")
+
+
 def test_a_fifo_or_device_named_like_an_image_is_refused_without_blocking(tiny_onnx, tmp_path):
     folder = tmp_path / "images"
     _png(folder / "good.png")

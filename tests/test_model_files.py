@@ -21,8 +21,8 @@ from PIL import Image
 
 from edgel2.cli import cli
 from edgel2.errors import EdgeL2Error
-from edgel2.runtime import (Batcher, Classifier, ModelError, PredictionError, read_metadata,
-                            sniff_format)
+from edgel2.runtime import (Batcher, Classifier, ImageError, ModelError, PredictionError,
+                            read_metadata, sniff_format)
 from edgel2.runtime.modelfile import MAX_METADATA_BYTES
 from edgel2.runtime.shipped import shipped_model
 
@@ -173,8 +173,16 @@ def test_non_finite_logits_never_become_a_label(tiny_onnx):
         assert batcher.submit(grey).result(timeout=60) == clf.predict(grey)[0]
 
 
+def test_a_batch_of_the_wrong_type_or_size_is_an_image_error_not_an_engine_crash(tiny_onnx):
+    clf = Classifier(tiny_onnx)
+    with pytest.raises(ImageError, match=r"a batch must be uint8 \[N, 8, 8, 3\], got float32 \[2, 8, 8, 3\]"):
+        clf.probabilities(np.zeros((2, 8, 8, 3), np.float32))
+    with pytest.raises(ImageError, match=r"got uint8 \[2, 8, 8, 4\]"):
+        clf.probabilities(np.zeros((2, 8, 8, 4), np.uint8))
+
+
 def test_runtime_errors_are_one_family_with_their_builtin_bases():
-    from edgel2.errors import BusyError, EngineError, ImageError, OptionError
+    from edgel2.errors import BusyError, EngineError, OptionError
     for error, base in ((ModelError, ValueError), (ImageError, ValueError),
                         (EngineError, RuntimeError), (PredictionError, RuntimeError),
                         (BusyError, RuntimeError), (OptionError, ValueError)):

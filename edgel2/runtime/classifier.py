@@ -77,6 +77,10 @@ class Classifier:
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for a uint8 NHWC batch already at the model's input size; all
         NaN in the rows whose logits were not finite."""
+        width, height = self.input_size
+        if batch.dtype != np.uint8 or batch.shape[1:] != (height, width, 3):
+            raise ImageError(f"a batch must be uint8 [N, {height}, {width}, 3], got "
+                             f"{batch.dtype} {list(batch.shape)}")
         outs = [self._run(batch[i:i + self.batch_size])
                 for i in range(0, len(batch), self.batch_size)]
         return np.concatenate(outs) if outs else np.zeros((0, len(self.class_names)), np.float32)

@@ -72,14 +72,23 @@ class OnnxEngine(Engine):
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # errors reach the user as exceptions, in one line
         if threads:
             options.intra_op_num_threads = threads
         wanted = resolve_providers(providers, ort.get_available_providers())
         self.path = path
-        self.session = ort.InferenceSession(
-            str(path), options, providers=wanted,
-            provider_options=[PROVIDER_OPTIONS.get(p, {}) for p in wanted])
+
+        def session(names: list[str]):
+            # enable_fallback=0: onnxruntime's own retry prints a banner on stdout; the CPU
+            # retry below goes through ProviderFallbackWarning instead
+            return ort.InferenceSession(str(path), options, providers=names, enable_fallback=0,
+                                        provider_options=[PROVIDER_OPTIONS.get(p, {}) for p in names])
+        try:
+            self.session = session(wanted)
+        except Exception:
+            if wanted == [CPU]:
+                raise
+            self.session = session([CPU])  # a GPU provider that failed to start
         self.providers = self.session.get_providers()
         missing = [p for p in wanted if p not in self.providers]
         if missing:
@@ -89,10 +98,7 @@ class OnnxEngine(Engine):
             if strict:
                 raise EngineError(message)
             warnings.warn(message, ProviderFallbackWarning, stacklevel=4)  # at the caller
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelError(f"{path.name}: the model has {len(inputs)} inputs and "
-                             f"{len(outputs)} outputs, not one image input and one logits output")
+        inputs, outputs = _one_each(path, self.session.get_inputs(), self.session.get_outputs())
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         self.input_shape = _static(inputs[0].shape)
         self.input_dtype = inputs[0].type.removeprefix("tensor(").removesuffix(")")
@@ -121,11 +127,8 @@ class TFLiteEngine(Engine):
         self.path = path
         self.providers = ["LiteRT (CPU)"]
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count())
-        inputs = self.interpreter.get_input_details()
-        outputs = self.interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelError(f"{path.name}: the model has {len(inputs)} inputs and "
-                             f"{len(outputs)} outputs, not one image input and one logits output")
+        inputs, outputs = _one_each(path, self.interpreter.get_input_details(),
+                                    self.interpreter.get_output_details())
         self.input_index, self.output_index = inputs[0]["index"], outputs[0]["index"]
         self.input_shape = _static(inputs[0]["shape_signature"])
         self.input_dtype = np.dtype(inputs[0]["dtype"]).name
@@ -167,6 +170,14 @@ def open_engine(path: str | os.PathLike, providers: str | Sequence[str] | None =
         raise
     except Exception as e:  # noqa: BLE001 - onnxruntime / LiteRT refuse files that are not models
         raise ModelError(f"cannot load {path}: {first_line(e)}") from None
+
+
+def _one_each(path: Path, inputs: list, outputs: list) -> tuple[list, list]:
+    """The graph's inputs and outputs, if it has one of each (an image classifier)."""
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelError(f"{path.name}: the model has {len(inputs)} inputs and {len(outputs)} "
+                         "outputs, not one image input and one logits output")
+    return inputs, outputs
 
 
 def _static(shape) -> tuple:

@@ -74,8 +74,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4  # errors reach the user as exceptions, in one line
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                       enable_fallback=0)
     except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types
         raise ModelError(f"cannot load {path}: {first_line(e)}") from None
     return decode_onnx_metadata(session.get_modelmeta().custom_metadata_map)

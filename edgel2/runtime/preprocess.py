@@ -16,6 +16,7 @@ is shown match. Images larger than :data:`MAX_PIXELS` are refused as decompressi
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -52,7 +53,7 @@ def open_image(source: ImageLike) -> Image.Image:
             if len(source) == 0:
                 raise ImageError("empty data")
             return _decode(io.BytesIO(bytes(source)))
-        with _open_regular_file(source) as file:
+        with open_regular_file(source) as file:
             return _decode(file)
     except ImageError:
         raise
@@ -72,24 +73,34 @@ def open_image(source: ImageLike) -> Image.Image:
         raise ImageError(f"cannot decode: {first_line(e, 120)}") from None
 
 
-def _open_regular_file(path: str | os.PathLike):
-    """Open ``path`` for reading only if it is a non-empty regular file. O_NONBLOCK makes
+def open_regular_file(path: str | os.PathLike):
+    """Open ``path`` for reading (binary) only if it is a non-empty regular file, else raise
+    :class:`ImageError` saying what it is. O_NONBLOCK makes
     opening a FIFO return at once, and fstat on the open descriptor leaves no window in which
     the path could be swapped for something else."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        mode = os.fstat(fd)
-        if stat.S_ISDIR(mode.st_mode):
-            raise ImageError("is a directory")
-        kind = next((name for test, name in _SPECIAL_FILES if test(mode.st_mode)), None)
-        if kind or not stat.S_ISREG(mode.st_mode):
-            raise ImageError(f"not a regular file ({kind or 'special file'})")
-        if mode.st_size == 0:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # a socket cannot be opened at all
+            _refuse_special(os.stat(path).st_mode)
+        raise
+    try:
+        info = os.fstat(fd)
+        _refuse_special(info.st_mode)
+        if info.st_size == 0:
             raise ImageError("empty file")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def _refuse_special(mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise ImageError("is a directory")
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "special file")
+        raise ImageError(f"not a regular file ({kind})")
 
 
 def _decode(file) -> Image.Image:
