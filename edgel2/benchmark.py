@@ -33,15 +33,49 @@ from edgel2.errors import EdgeL2Error, last_error_line
 from edgel2.export import PRECISION_NAME, exported_file
 from edgel2.export.check import run_batches
 
+# A row is (runtime, precision). "openvino" runs the ONNX file of that precision through
+# OpenVINO; its bf16 row is the fp32 file with bfloat16 inference, on CPUs that have it.
 ROWS = [("keras", "fp32"), ("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"),
         ("onnx", "dynamic"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "dynamic"),
-        ("tflite", "int8")]
+        ("tflite", "int8"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
 PRECISION_FLAG = {name: flag for flag, name in PRECISION_NAME.items()}  # fp32 -> none
-RUNTIME = {"keras": "Keras (TF) predict_on_batch", "onnx": "ONNX Runtime", "tflite": "LiteRT"}
+RUNTIME = {"keras": "Keras (TF) predict_on_batch", "onnx": "ONNX Runtime", "tflite": "LiteRT",
+           "openvino": "OpenVINO"}
+ENGINE = {"onnx": "onnxruntime", "tflite": "litert", "openvino": "openvino"}
+SHORT_NAME = {"keras": "Keras (TF)", "onnx": "ONNX Runtime", "tflite": "LiteRT", "openvino": "OpenVINO"}
+FORMATS = tuple(RUNTIME)
+
+
+def file_of(fmt: str, precision: str) -> tuple[str, str]:
+    """The exported file a row runs, as (format, precision).
+
+    Example:
+        >>> file_of("openvino", "bf16"), file_of("tflite", "int8")
+        (('onnx', 'fp32'), ('tflite', 'int8'))
+    """
+    if fmt == "openvino":
+        return "onnx", "fp32" if precision == "bf16" else precision
+    return fmt, precision
+
+
+def default_formats() -> tuple[str, ...]:
+    """Every runtime that can run here: OpenVINO only when it is installed."""
+    import importlib.util
+
+    return tuple(f for f in FORMATS if f != "openvino" or importlib.util.find_spec("openvino"))
+
+
+def has_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 (AVX512_BF16 or AMX), read from /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def benchmark(source: str | os.PathLike, *, data: str | None = None,
-              formats: Sequence[str] = ("keras", "onnx", "tflite"),
+              formats: Sequence[str] | None = None,
               batch_sizes: Sequence[int] = (1, 8, 64), threads: int | None = None,
               provider: str = "auto", seconds: float = 2.0, check: int | None = 1000,
               min_accuracy: float | None = None, repeat: int = 1, dataset=None,
@@ -49,9 +83,10 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
     """Measure every row; return the report (see the module docstring)."""
     source = Path(source)
     keras_path, export_dir = _locate(source)
-    rows = [(f, p) for f, p in ROWS if f in formats]
+    formats = default_formats() if formats is None else formats
+    rows = [(f, p) for f, p in ROWS if f in formats and (p != "bf16" or has_bf16())]
     if not rows:
-        raise EdgeL2Error(f"no known format in {', '.join(formats)}; choose from keras, onnx, tflite")
+        raise EdgeL2Error(f"no known format in {', '.join(formats)}; choose from {', '.join(FORMATS)}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     ds = dataset if dataset is not None else _load_data(data)
     images, labels = held_out_images(ds, check)
@@ -62,7 +97,7 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
     results, paths = [], []
     for fmt, precision in rows:
         path = keras_path if fmt == "keras" else exported_file(
-            export_dir, _stem(keras_path, export_dir), fmt, precision)
+            export_dir, _stem(keras_path, export_dir), *file_of(fmt, precision))
         row = {"format": fmt, "precision": precision, "runtime": RUNTIME[fmt],
                "file": None if path is None else str(path), "status": "failed", "reason": None}
         if path is None or not path.is_file():
@@ -78,8 +113,9 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
                     continue
                 progress(f"{row['runtime']} {row['precision']}: {path}"
                          + (f" (round {round_index + 1} of {repeat})" if repeat > 1 else ""))
-                cells = _measure_in_child(row["format"], path, Path(tmp) / "check.npz", batch_sizes,
-                                          threads, provider, seconds, accuracy=round_index == 0)
+                cells = _measure_in_child(row["format"], row["precision"], path,
+                                          Path(tmp) / "check.npz", batch_sizes, threads, provider,
+                                          seconds, accuracy=round_index == 0)
                 if "reason" in cells:
                     row["reason"] = cells["reason"]
                 else:
@@ -133,9 +169,10 @@ def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress) -> N
     use_backend("tensorflow")
     from edgel2.export import export_model
 
+    files = {file_of(f, p) for f, p in rows if f != "keras"}
     for fmt in ("onnx", "tflite"):
-        missing = [PRECISION_FLAG[p] for f, p in rows if f == fmt and not
-                   exported_file(export_dir, keras_path.stem, fmt, p).is_file()]
+        missing = sorted(PRECISION_FLAG[p] for f, p in files if f == fmt and not
+                         exported_file(export_dir, keras_path.stem, fmt, p).is_file())
         if missing:
             progress(f"exporting {fmt} {', '.join(missing)}")
             export_model(keras_path, [fmt], missing, dataset=ds, check=0, out=export_dir)
@@ -145,9 +182,10 @@ def _load_data(data):
     return load_dataset(data)
 
 
-def _measure_in_child(fmt, path, check_file, batch_sizes, threads, provider, seconds,
+def _measure_in_child(fmt, precision, path, check_file, batch_sizes, threads, provider, seconds,
                       accuracy: bool = True) -> dict:
-    spec = json.dumps({"format": fmt, "path": str(path), "check": str(check_file),
+    spec = json.dumps({"format": fmt, "precision": precision, "path": str(path),
+                       "check": str(check_file),
                        "batch_sizes": list(batch_sizes), "threads": threads,
                        "provider": provider, "seconds": seconds, "accuracy": accuracy})
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
@@ -177,7 +215,9 @@ def _median_cells(measured: list[dict]) -> dict:
 
 # --- the child process ------------------------------------------------------------------
 
-def _runner(fmt: str, path: Path, threads: int, provider: str) -> Callable[[np.ndarray], np.ndarray]:
+def _runner(fmt: str, precision: str, path: Path, threads: int, provider: str
+            ) -> tuple[Callable[[np.ndarray], np.ndarray], Callable | None]:
+    """The row's ``run(batch)``, and its engine's ``run_stream`` (None for Keras)."""
     if fmt == "keras":
         import tensorflow as tf
 
@@ -187,16 +227,19 @@ def _runner(fmt: str, path: Path, threads: int, provider: str) -> Callable[[np.n
         from edgel2.evaluate import load_model
 
         model = as_float32(load_model(path))
-        return lambda batch: np.asarray(model.predict_on_batch(batch))
+        return (lambda batch: np.asarray(model.predict_on_batch(batch))), None
     from edgel2.runtime.engines import open_engine
 
-    engine = open_engine(path, providers=provider, threads=threads)
-    return engine.run
+    engine = open_engine(path, providers=provider, threads=threads, engine=ENGINE[fmt],
+                         precision="bf16" if precision == "bf16" else "f32")
+    return engine.run, engine.run_stream
 
 
 def time_cells(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
-               batch_sizes: Sequence[int], seconds: float) -> dict:
-    """Batch-1 latency percentiles (ms) and throughput (images/s) per batch size."""
+               batch_sizes: Sequence[int], seconds: float, stream: Callable | None = None) -> dict:
+    """Batch-1 latency percentiles (ms) of ``run``, and throughput (images/s) per batch size
+    through ``stream`` (an engine's ``run_stream``, which may keep several batches in flight,
+    as ``Classifier.predict_files`` does) or, without it, ``run`` in a loop."""
     def batch_of(n: int) -> np.ndarray:
         return np.ascontiguousarray(np.resize(images, (n, *images.shape[1:])))
 
@@ -208,14 +251,19 @@ def time_cells(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
         t = time.perf_counter()
         run(one)
         latencies.append(1000 * (time.perf_counter() - t))
+    stream = stream or (lambda items: ((tag, run(batch)) for tag, batch in items))
     throughput = {}
     for n in batch_sizes:
         batch = batch_of(n)
-        for _ in range(2):
-            run(batch)
+        for _ in stream((None, batch) for _ in range(2)):
+            pass
         count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or count < 3 * n:
-            run(batch)
+
+        def batches():
+            while time.perf_counter() - start < seconds or count < 3 * n:
+                yield None, batch
+
+        for _ in stream(batches()):
             count += n
         throughput[str(n)] = count / (time.perf_counter() - start)
     p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
@@ -225,13 +273,13 @@ def time_cells(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
 
 def _child(spec: dict) -> dict:
     path = Path(spec["path"])
-    run = _runner(spec["format"], path, spec["threads"], spec["provider"])
+    run, stream = _runner(spec["format"], spec["precision"], path, spec["threads"], spec["provider"])
     check = np.load(spec["check"])
     images, labels = check["images"], check["labels"]
     result = {"size_mb": path.stat().st_size / 2**20}
     if spec.get("accuracy", True):              # later rounds measure speed only
         result["accuracy"] = float(np.mean(run_batches(run, images, 100).argmax(1) == labels))
-    return {**result, **time_cells(run, images, spec["batch_sizes"], spec["seconds"])}
+    return {**result, **time_cells(run, images, spec["batch_sizes"], spec["seconds"], stream)}
 
 
 def machine(load: float | None = None) -> dict:
@@ -259,7 +307,7 @@ def format_table(report: dict) -> str:
             f" {'x Keras':>8}  status")
     lines = [head, "-" * len(head)]
     for r in report["rows"]:
-        name = {"keras": "Keras (TF)", "onnx": "ONNX Runtime", "tflite": "LiteRT"}[r["format"]]
+        name = SHORT_NAME[r["format"]]
         if "throughput" not in r:
             lines.append(f"{name:<13} {r['precision']:<7} {'-':>7} {'-':>7} {'-':>7} {'-':>7} {'-':>7} "
                          + " ".join(f"{'-':>10}" for _ in sizes) + f" {'-':>8}  failed: {r['reason']}")
@@ -272,11 +320,42 @@ def format_table(report: dict) -> str:
             + " ".join(f"{r['throughput'][str(b)]:>10.1f}" for b in sizes)
             + f" {'-' if speed is None else format(speed, '.2f') + 'x':>8}  {r['status']}"
             + (f": {r['reason']}" if r["reason"] else ""))
+    lines.append(fastest_line(report))
     m = report["machine"]
     lines.append(f"{m['cpu']}, {m['cores']} cores, {report['threads']} threads, load {_load_text(m)}; "
                  f"top-1 on {report['check_images']} {report['data']} test images; "
                  f"x Keras at batch {sizes[-1]}")
     return "\n".join(lines)
+
+
+def fastest_line(report: dict) -> str:
+    """Which exported row is fastest at batch-1 latency and at each batch size.
+
+    Example:
+        >>> rows = [{"format": "onnx", "precision": "int8", "status": "ok",
+        ...          "latency_ms": {"p50": 1.3}, "throughput": {"64": 1100.0}},
+        ...         {"format": "openvino", "precision": "int8", "status": "ok",
+        ...          "latency_ms": {"p50": 1.2}, "throughput": {"64": 1250.0}}]
+        >>> fastest_line({"batch_sizes": [64], "rows": rows})
+        'fastest: batch-1 p50 OpenVINO int8 1.20 ms; b64 OpenVINO int8 1250.0 img/s (1.14x the next engine)'
+    """
+    rows = [r for r in report["rows"] if r["status"] == "ok" and r["format"] != "keras"]
+    if not rows:
+        return "fastest: no exported file was measured"
+
+    def name(r):
+        return f"{SHORT_NAME[r['format']]} {r['precision']}"
+
+    quickest = min(rows, key=lambda r: r["latency_ms"]["p50"])
+    parts = [f"batch-1 p50 {name(quickest)} {quickest['latency_ms']['p50']:.2f} ms"]
+    for b in report["batch_sizes"]:
+        ranked = sorted(rows, key=lambda r: -r["throughput"][str(b)])
+        best = ranked[0]
+        other = next((r for r in ranked if r["format"] != best["format"]), None)
+        parts.append(f"b{b} {name(best)} {best['throughput'][str(b)]:.1f} img/s" + (
+            f" ({best['throughput'][str(b)] / other['throughput'][str(b)]:.2f}x the next engine)"
+            if other else ""))
+    return "fastest: " + "; ".join(parts)
 
 
 def _load_text(machine_info: dict) -> str:
@@ -290,13 +369,13 @@ def plot_report(report: dict, path: str | os.PathLike) -> Path:
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = {"keras": "black", "onnx": "tab:blue", "tflite": "tab:orange"}
-    markers = {"fp32": "o", "fp16": "s", "dynamic": "^", "int8": "*"}
+    colors = {"keras": "black", "onnx": "tab:blue", "tflite": "tab:orange", "openvino": "tab:purple"}
+    markers = {"fp32": "o", "fp16": "s", "dynamic": "^", "int8": "*", "bf16": "D"}
     for r in report["rows"]:
         if "latency_ms" in r:
             ax.scatter(r["latency_ms"]["p50"], 100 * r["accuracy"], s=90 if r["precision"] == "int8" else 50,
                        color=colors[r["format"]], marker=markers[r["precision"]],
-                       label=f"{RUNTIME[r['format']].split(' (')[0].replace(' predict_on_batch', '')} {r['precision']}")
+                       label=f"{SHORT_NAME[r['format']]} {r['precision']}")
     ax.legend(fontsize=8, loc="best")
     ax.set(xlabel="batch-1 latency p50 (ms)", ylabel=f"top-1 on {report['data']} test images (%)",
            xscale="log",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -15,6 +16,7 @@ from edgel2 import __version__
 from edgel2.backend import BACKENDS, use_backend
 from edgel2.config import TrainConfig
 from edgel2.errors import EdgeL2Error, missing_extra
+from edgel2.runtime.engines import ENGINES
 
 DEFAULTS = TrainConfig()
 NON_NEGATIVE = click.FloatRange(min=0)
@@ -291,8 +293,9 @@ class _IntList(click.ParamType):
 @click.argument("source", type=click.Path(exists=False))
 @click.option("--data", type=str, default=None,
               help="Test images for top-1 (default: $EDGEL2_DATA, else CIFAR-10).")
-@click.option("--formats", type=click.Choice(["keras", "onnx", "tflite"]), multiple=True,
-              default=["keras", "onnx", "tflite"], show_default=True, help="Repeat to pick several.")
+@click.option("--formats", type=click.Choice(["keras", "onnx", "tflite", "openvino"]), multiple=True,
+              default=None, help="Runtimes to measure; repeat to pick several (default: all "
+                                 "installed; openvino runs the ONNX files).")
 @click.option("--batch-sizes", type=_IntList(), default="1,8,64", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads per runtime (default: all cores).")
@@ -322,7 +325,7 @@ def benchmark(source, data, formats, batch_sizes, threads, provider, seconds, ch
     from edgel2.benchmark import format_table, plot_report
     from edgel2.utils import write_json
 
-    report = run_benchmark(source, data=data, formats=formats, batch_sizes=batch_sizes,
+    report = run_benchmark(source, data=data, formats=formats or None, batch_sizes=batch_sizes,
                            threads=threads, provider=provider, seconds=seconds, check=check,
                            min_accuracy=min_accuracy, repeat=repeat,
                            progress=lambda line: click.echo(line, err=True))
@@ -351,11 +354,18 @@ SOME_IMAGES_FAILED = 3
               show_default=True, help="auto: TensorRT, then CUDA, then CPU.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Intra-op threads (default: all cores).")
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+              help="auto: LiteRT for .tflite; for ONNX, ONNX Runtime on a GPU, else OpenVINO "
+                   "when installed (pip install \"edgel2[openvino]\"), else ONNX Runtime.")
+@click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
+              help="OpenVINO: compute floating-point layers in bfloat16 (CPUs with AVX512_BF16/AMX).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Write the results here (atomically) instead of stdout.")
-def infer(paths, model, top_k, batch_size, provider, threads, fmt, output) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Say why `auto` skipped an engine.")
+def infer(paths, model, top_k, batch_size, provider, threads, engine, precision, fmt, output,
+          verbose) -> None:
     """Classify images: files, folders (recursive) and globs.
 
     \b
@@ -378,11 +388,14 @@ def infer(paths, model, top_k, batch_size, provider, threads, fmt, output) -> No
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProviderFallbackWarning)
         classifier = Classifier(model or shipped_model(), providers=provider, threads=threads,
-                                batch_size=batch_size)
+                                batch_size=batch_size, engine=engine, precision=precision)
     for w in caught:
         if issubclass(w.category, ProviderFallbackWarning):
             click.echo(f"edgel2: warning: {w.message}", err=True)
+    if verbose and classifier.engine.fallback:
+        click.echo(f"edgel2: auto skipped {classifier.engine.fallback}", err=True)
     top_k = min(top_k, len(classifier.class_names))
+    start = time.perf_counter()
     files = [e for e in entries if not isinstance(e, FileResult)]
     with click.progressbar(classifier.predict_files(files, top_k=top_k), length=len(files),
                            label="classifying", file=sys.stderr,
@@ -396,6 +409,9 @@ def infer(paths, model, top_k, batch_size, provider, threads, fmt, output) -> No
             tmp.write_text(text, encoding="utf-8")
     else:
         click.echo(text, nl=False)
+    seconds = time.perf_counter() - start
+    click.echo(f"edgel2: {len(files)} images in {seconds:.2f} s ({len(files) / max(seconds, 1e-9):.1f} "
+               f"img/s) with {classifier.engine.name} on {', '.join(classifier.providers)}", err=True)
     failed = sum(r.error is not None for r in results)
     if failed:
         click.echo(f"edgel2: {failed} of {len(results)} images failed", err=True)

@@ -88,6 +88,7 @@ EXTRAS = {
     **dict.fromkeys(("keras", "tensorflow", "tf2onnx", "onnx", "matplotlib", "tf_keras"),
                     'pip install "edgel2[train]"'),
     "ai_edge_litert": 'pip install "edgel2[litert]" (the ai-edge-litert package)',
+    "openvino": 'pip install "edgel2[openvino]"',
     "jax": 'pip install "jax[cpu]" (or "jax[cuda12]" on an NVIDIA GPU)',
 }
 

@@ -36,7 +36,8 @@ def test_tiny_model_measures_every_cell_in_seconds(small_model, cifar, tmp_path)
     assert report["machine"]["cores"] >= 1 and "numpy" in report["machine"]["versions"]
     assert (tmp_path / "export" / "model-int8.onnx").is_file()  # exported what was missing
     table = format_table(report)
-    assert len(table.splitlines()) == 2 + 5 + 1 and "x Keras" in table
+    assert len(table.splitlines()) == 2 + 5 + 2 and "x Keras" in table
+    assert table.splitlines()[-2].startswith("fastest: batch-1 p50 ONNX Runtime ")
     assert report["data"] == "CIFAR-10-JPEG" and "top-1 on 50 CIFAR-10-JPEG test images" in table
 
 
@@ -53,6 +54,28 @@ def test_repeat_measures_every_row_once_per_round_and_reports_the_median(exporte
     assert row["throughput"]["2"] == np.median([r["throughput"]["2"] for r in row["rounds"]])
     assert row["latency_ms"]["p50"] == np.median([r["latency_ms"]["p50"] for r in row["rounds"]])
     assert [line.endswith(f"(round {i} of 3)") for i, line in enumerate(lines, 1)] == [True] * 3
+
+
+def test_openvino_rows_run_the_onnx_files_in_their_own_process(exported, cifar, tmp_path):
+    pytest.importorskip("openvino")
+    from edgel2.benchmark import has_bf16
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for name in ("model-int8.onnx", "model-fp32.onnx"):
+        shutil.copy(exported[name], folder / name)
+    report = benchmark(folder, formats=("onnx", "openvino"), batch_sizes=(1, 8), seconds=0.05,
+                       check=100, dataset=cifar)
+    rows = {(r["format"], r["precision"]): r for r in report["rows"]}
+    openvino = [("openvino", "fp32")] + [("openvino", "bf16")] * has_bf16() + [("openvino", "int8")]
+    assert [k for k in rows if k[0] == "openvino"] == openvino
+    for key in openvino:
+        assert rows[key]["status"] == "ok" and CELLS <= rows[key].keys()
+        assert rows[key]["file"] == rows["onnx", "int8" if key[1] == "int8" else "fp32"]["file"]
+    # f32 inference precision: the fp32 file scores exactly what ONNX Runtime scores
+    assert rows["openvino", "fp32"]["accuracy"] == rows["onnx", "fp32"]["accuracy"]
+    assert abs(rows["openvino", "int8"]["accuracy"] - rows["onnx", "int8"]["accuracy"]) <= 0.03
+    assert "fastest: batch-1 p50 " in format_table(report)
 
 
 def _planted_always_class_zero(small_model, out):

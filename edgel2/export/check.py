@@ -6,7 +6,8 @@ from typing import Callable
 
 import numpy as np
 
-from edgel2.runtime.engines import open_engine
+from edgel2.runtime.engines import REFERENCE_ENGINE, open_engine
+from edgel2.runtime.modelfile import sniff_format
 
 # fp32 exports must match Keras to float rounding: logits within this fraction of their scale.
 FP32_TOLERANCE = 1e-3
@@ -16,7 +17,8 @@ def run_file(path: Path, images: np.ndarray, batch_size: int = 100,
              on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Logits of the exported file at ``path`` on uint8 ``images``; ``on_batch(done, total)``
     after every batch (a progress bar)."""
-    return run_batches(open_engine(path).run, images, batch_size, on_batch)
+    engine = open_engine(path, engine=REFERENCE_ENGINE[sniff_format(path)])
+    return run_batches(engine.run, images, batch_size, on_batch)
 
 
 def run_batches(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,

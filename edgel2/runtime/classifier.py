@@ -49,6 +49,8 @@ class Classifier:
     ``"auto"`` (TensorRT, then CUDA, then CPU), a name (``cpu``, ``cuda``, ``tensorrt``) or a
     list; ``self.providers`` says what the session really uses, and asking for a GPU that is
     not there warns (:class:`ProviderFallbackWarning`) or, with ``strict=True``, raises.
+    ``engine`` is ``auto`` (see :func:`~edgel2.runtime.engines.engine_candidates`),
+    ``onnxruntime``, ``openvino`` or ``litert``; ``self.engine.name`` says which one runs.
     Thread-safe: one instance can serve many threads.
 
     Example:
@@ -58,11 +60,12 @@ class Classifier:
     """
 
     def __init__(self, path: str | os.PathLike, providers: str | Sequence[str] | None = "auto",
-                 threads: int | None = None, batch_size: int = 64, strict: bool = False):
+                 threads: int | None = None, batch_size: int = 64, strict: bool = False,
+                 engine: str = "auto", precision: str = "f32"):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise OptionError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         path = Path(path)
-        self.engine: Engine = open_engine(path, providers, threads, strict)
+        self.engine: Engine = open_engine(path, providers, threads, strict, engine, precision)
         info = check_metadata(self.engine.metadata, path, self.engine.input_shape,
                               self.engine.input_dtype, self.engine.output_shape)
         self.path = path
@@ -86,10 +89,12 @@ class Classifier:
         return np.concatenate(outs) if outs else np.zeros((0, len(self.class_names)), np.float32)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        logits = self.engine.run(batch)
-        if logits.shape != (len(batch), len(self.class_names)):
+        return self._softmax(self.engine.run(batch), len(batch))
+
+    def _softmax(self, logits: np.ndarray, images: int) -> np.ndarray:
+        if logits.shape != (images, len(self.class_names)):
             raise ModelError(f"{self.path.name} returned logits of shape {list(logits.shape)} "
-                             f"for {len(batch)} images of {len(self.class_names)} classes")
+                             f"for {images} images of {len(self.class_names)} classes")
         return softmax(logits)
 
     def ranked(self, probabilities: np.ndarray, k: int = 1) -> list[Prediction | None]:
@@ -153,15 +158,21 @@ class Classifier:
                 if chunk is not None:
                     pending.append((chunk, [pool.submit(decode, s) for s in chunk]))
 
-            for _ in range(prefetch):
-                submit_next()
-            while pending:
-                chunk, futures = pending.popleft()
-                submit_next()
-                decoded = [f.result() for f in futures]
-                good = [i for i, (pixels, _) in enumerate(decoded) if pixels is not None]
-                predictions = self.ranked(
-                    self.probabilities(np.stack([decoded[i][0] for i in good])), top_k) if good else []
+            def decoded_batches():  # (chunk, decoded, indices of good images), their batch
+                for _ in range(prefetch):
+                    submit_next()
+                while pending:
+                    chunk, futures = pending.popleft()
+                    submit_next()
+                    decoded = [f.result() for f in futures]
+                    good = [i for i, (pixels, _) in enumerate(decoded) if pixels is not None]
+                    batch = np.stack([decoded[i][0] for i in good]) if good else None
+                    yield (chunk, decoded, good), batch
+
+            # the engine may keep several batches in flight (OpenVINO's streams)
+            for (chunk, decoded, good), logits in self.engine.run_stream(decoded_batches()):
+                predictions = [] if logits is None else \
+                    self.ranked(self._softmax(logits, len(good)), top_k)
                 by_index = dict(zip(good, predictions))
                 for i, source in enumerate(chunk):
                     prediction = by_index.get(i)

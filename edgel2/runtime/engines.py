@@ -3,14 +3,16 @@ float32 logits out, plus the metadata that edgel2 packed into the file."""
 from __future__ import annotations
 
 import os
+import platform
 import threading
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from edgel2.errors import EdgeL2Error, EngineError, ModelError, first_line, missing_extra
+from edgel2.errors import (EdgeL2Error, EngineError, ModelError, OptionError, first_line,
+                           missing_extra)
 from edgel2.runtime.modelfile import (ONNX, TFLITE, decode_onnx_metadata, read_metadata,
                                       sniff_format)
 
@@ -54,9 +56,11 @@ class Engine:
     safe to call from several threads. The graph's own input and output (static shapes, None
     where dynamic) are there to check the metadata against."""
 
+    name: str  # onnxruntime, openvino or litert
     path: Path
     metadata: dict
     providers: list[str]
+    fallback: str | None = None  # why `auto` skipped the engines before this one
     input_shape: tuple
     input_dtype: str
     output_shape: tuple
@@ -64,8 +68,17 @@ class Engine:
     def run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def run_stream(self, items: Iterable[tuple[object, np.ndarray | None]]
+                   ) -> Iterator[tuple[object, np.ndarray | None]]:
+        """``(tag, logits)`` for each ``(tag, batch)`` in order (None for a None batch). Engines
+        that can keep several batches in flight (OpenVINO's streams) override it."""
+        for tag, batch in items:
+            yield tag, None if batch is None else self.run(batch)
+
 
 class OnnxEngine(Engine):
+    name = "onnxruntime"
+
     def __init__(self, path: Path, providers: str | Sequence[str] | None = "auto",
                  threads: int | None = None, strict: bool = False):
         import onnxruntime as ort
@@ -118,6 +131,8 @@ class OnnxEngine(Engine):
 
 
 class TFLiteEngine(Engine):
+    name = "litert"
+
     def __init__(self, path: Path, threads: int | None = None):
         try:
             from ai_edge_litert.interpreter import Interpreter
@@ -148,28 +163,161 @@ class TFLiteEngine(Engine):
             return self.interpreter.get_tensor(self.output_index).copy()
 
 
+class OpenVinoEngine(Engine):
+    """An ONNX file compiled by OpenVINO for the CPU. Floating-point layers run in f32 unless
+    ``precision="bf16"`` is asked for (OpenVINO would otherwise pick bf16 by itself on CPUs
+    that have it). ``run`` uses a model compiled for latency (one stream, all threads);
+    :meth:`run_stream` one compiled for throughput, with an async queue that keeps a batch
+    in flight per stream. Each calling thread gets its own infer request."""
+
+    name = "openvino"
+
+    def __init__(self, path: Path, threads: int | None = None, precision: str = "f32"):
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise missing_extra(e, "OpenVINO") or e from None
+        self.path, self.precision, self.threads = path, precision, threads
+        self.core = ov.Core()
+        self.model = self.core.read_model(str(path))
+        self._compiled: dict = {}
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.providers = [f"OpenVINO CPU ({precision})"]
+        inputs, outputs = _one_each(path, self.model.inputs, self.model.outputs)
+        self.input_shape = _static(d.get_length() if d.is_static else None
+                                   for d in inputs[0].get_partial_shape())
+        self.input_dtype = np.dtype(inputs[0].get_element_type().to_dtype()).name
+        self.output_shape = _static(d.get_length() if d.is_static else None
+                                    for d in outputs[0].get_partial_shape())
+        # OpenVINO keeps an ONNX file's metadata_props as rt_info["framework"]
+        props = self.model.get_rt_info(["framework"]).value \
+            if self.model.has_rt_info(["framework"]) else {}
+        self.metadata = decode_onnx_metadata({k: str(v) for k, v in props.items()})
+        self.compiled("LATENCY")  # compile errors surface when the file is opened
+
+    def compiled(self, hint: str):
+        """The model compiled with PERFORMANCE_HINT ``hint`` (LATENCY or THROUGHPUT), once."""
+        with self._lock:
+            if hint not in self._compiled:
+                config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": self.precision}
+                if self.threads:
+                    config["INFERENCE_NUM_THREADS"] = self.threads
+                self._compiled[hint] = self.core.compile_model(self.model, "CPU", config)
+            return self._compiled[hint]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled("LATENCY").create_infer_request()
+        return request.infer({0: np.ascontiguousarray(batch)})[0]
+
+    def run_stream(self, items):
+        import openvino as ov
+
+        compiled = self.compiled("THROUGHPUT")
+        queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        done: dict[int, np.ndarray] = {}
+        queue.set_callback(lambda request, index: done.__setitem__(
+            index, request.get_output_tensor(0).data.copy()))
+        tags, next_out = [], 0
+        for index, (tag, batch) in enumerate(items):
+            tags.append(tag)
+            if batch is None:
+                done[index] = None
+            else:
+                queue.start_async({0: np.ascontiguousarray(batch)}, index)  # waits for a free request
+            while next_out in done:  # results leave in order, as soon as they are ready
+                yield tags[next_out], done.pop(next_out)
+                next_out += 1
+        queue.wait_all()
+        while next_out in done:
+            yield tags[next_out], done.pop(next_out)
+            next_out += 1
+
+
+ENGINES = ("auto", "onnxruntime", "openvino", "litert")
+ENGINE_FORMATS = {"onnxruntime": ONNX, "openvino": ONNX, "litert": TFLITE}
+# The engine each format is checked with against Keras: the one its exporter targets.
+REFERENCE_ENGINE = {ONNX: "onnxruntime", TFLITE: "litert"}
+# What `auto` tries for an ONNX file on a CPU, fastest first, from `edgel2 benchmark` on this
+# project's machines (README, "Which engine"): OpenVINO when it is installed, else ONNX Runtime.
+AUTO_ONNX_ON_CPU = ("openvino", "onnxruntime")
+
+
+def engine_candidates(fmt: str, engine: str = "auto",
+                      providers: str | Sequence[str] | None = "auto") -> tuple[str, ...]:
+    """The engines to try for a file of format ``fmt``, in order: the one asked for, or for
+    ``auto`` LiteRT for TFLite, ONNX Runtime for ONNX when it will run on a GPU, else
+    :data:`AUTO_ONNX_ON_CPU` on x86 (OpenVINO's ARM plugin is not what we ship for ARM).
+
+    Example:
+        >>> engine_candidates("tflite"), engine_candidates("onnx", "onnxruntime")
+        (('litert',), ('onnxruntime',))
+    """
+    if engine not in ENGINES:
+        raise OptionError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine != "auto":
+        if ENGINE_FORMATS[engine] != fmt:
+            raise EngineError(f"{engine} runs {ENGINE_FORMATS[engine].upper()} files, not {fmt.upper()}")
+        return (engine,)
+    if fmt == TFLITE:
+        return ("litert",)
+    import onnxruntime as ort
+
+    on_gpu = resolve_providers(providers, ort.get_available_providers())[0] != CPU
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    return ("onnxruntime",) if on_gpu or not x86 else AUTO_ONNX_ON_CPU
+
+
 def open_engine(path: str | os.PathLike, providers: str | Sequence[str] | None = "auto",
-                threads: int | None = None, strict: bool = False) -> Engine:
+                threads: int | None = None, strict: bool = False, engine: str = "auto",
+                precision: str = "f32") -> Engine:
     """Open an ONNX or TFLite file, whatever its suffix (the format is sniffed from its first
-    bytes). A file the engine refuses raises :class:`ModelError`.
+    bytes), with ``engine`` (``auto``, ``onnxruntime``, ``openvino`` or ``litert``). ``auto``
+    falls back to the next candidate when one is not installed or cannot compile the file,
+    and says why in ``engine.fallback``. A file no engine accepts raises :class:`ModelError`.
+    ``precision="bf16"`` lets OpenVINO run floating-point layers in bfloat16.
 
     Example:
         >>> engine = open_engine("models/resnet18-int8.onnx")     # doctest: +SKIP
-        >>> engine.run(np.zeros((1, 32, 32, 3), np.uint8)).shape  # doctest: +SKIP
-        (1, 10)
+        >>> engine.name, engine.run(np.zeros((1, 32, 32, 3), np.uint8)).shape  # doctest: +SKIP
+        ('openvino', (1, 10))
     """
     path = Path(path)
     fmt = sniff_format(path)
     if fmt == TFLITE and providers not in (None, "auto", "cpu") and strict:
         raise EngineError(f"{path.name}: LiteRT runs on the CPU here, not {providers}")
+    if precision not in ("f32", "bf16"):
+        raise OptionError(f"precision must be f32 or bf16, got {precision!r}")
+    candidates = engine_candidates(fmt, engine, providers)
+    skipped: list[str] = []
+    for i, name in enumerate(candidates):
+        try:
+            opened = _open_one(name, path, providers, threads, strict, precision)
+        except EdgeL2Error as e:
+            if i + 1 == len(candidates):
+                raise
+            skipped.append(f"{name}: {e}")
+            continue
+        opened.fallback = "; ".join(skipped) or None
+        return opened
+    raise AssertionError("unreachable: the last candidate raises")  # pragma: no cover
+
+
+def _open_one(name: str, path: Path, providers, threads, strict, precision) -> Engine:
     try:
-        if fmt == ONNX:
+        if name == "onnxruntime":
             return OnnxEngine(path, providers, threads, strict)
+        if name == "openvino":
+            return OpenVinoEngine(path, threads, precision)
         return TFLiteEngine(path, threads)
     except EdgeL2Error:
         raise
-    except Exception as e:  # noqa: BLE001 - onnxruntime / LiteRT refuse files that are not models
-        raise ModelError(f"cannot load {path}: {first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - the engines refuse files that are not models
+        raise ModelError(f"cannot load {path}"
+                         + (" with OpenVINO" if name == "openvino" else "")
+                         + f": {first_line(e)}") from None
 
 
 def _one_each(path: Path, inputs: list, outputs: list) -> tuple[list, list]:
