@@ -78,6 +78,28 @@ def test_openvino_rows_run_the_onnx_files_in_their_own_process(exported, cifar, 
     assert "fastest: batch-1 p50 " in format_table(report)
 
 
+def test_the_chart_names_the_model_keeps_every_point_visible_and_an_honest_axis():
+    from edgel2.benchmark import benchmark_figure
+
+    def row(fmt, precision, p50, accuracy):
+        return {"format": fmt, "precision": precision, "file": f"/x/resnet18-{precision}.onnx",
+                "latency_ms": {"p50": p50}, "accuracy": accuracy}
+
+    report = {"rows": [row("keras", "fp32", 12.0, 0.9258), row("onnx", "fp32", 6.9, 0.9258),
+                       row("tflite", "fp32", 6.9, 0.9258), row("onnx", "int8", 1.9, 0.9255),
+                       row("tflite", "int8", 1.75, 0.9264)],
+              "source": "/x", "check_images": 10000, "data": "CIFAR-10-JPEG", "repeat": 7,
+              "threads": 2, "machine": {"cpu": "Some CPU"}}
+    (ax,) = benchmark_figure(report).axes
+    assert ax.get_title() == ("resnet18: accuracy against batch-1 latency\n"
+                              "Some CPU, 2 threads, median of 7 rounds")
+    low, high = ax.get_ylim()
+    assert high - low >= 2.0 and low < 92.55 and high > 92.64  # 0.1 point is not the whole axis
+    sizes = [c.get_sizes()[0] for c in ax.collections]
+    assert sizes[1] != sizes[2]  # ONNX Runtime and LiteRT fp32 at one spot: two rings
+    assert ax.get_legend().get_bbox_to_anchor().x0 > ax.bbox.x1  # legend beside, not over, points
+
+
 def _planted_always_class_zero(small_model, out):
     """An int8-named ONNX file that predicts class 0 for every image."""
     from edgel2.evaluate import load_model
