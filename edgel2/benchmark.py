@@ -130,13 +130,14 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
     for row in results:
         if row["status"] != "ok":
             continue
-        if min_accuracy is not None and row["accuracy"] < min_accuracy:
+        if min_accuracy is not None and (row["accuracy"] or 0.0) < min_accuracy:
             row["status"] = "low accuracy"
             row["reason"] = f"top-1 {100 * row['accuracy']:.2f} % < --min-accuracy {100 * min_accuracy:g} %"
         if baseline is not None:
             row["speedup"] = {str(b): row["throughput"][str(b)] / baseline["throughput"][str(b)]
                               for b in batch_sizes}
-            row["accuracy_delta"] = row["accuracy"] - baseline["accuracy"]
+            if row["accuracy"] is not None:  # None with --check 0
+                row["accuracy_delta"] = row["accuracy"] - baseline["accuracy"]
     return {"source": str(source), "export_dir": str(export_dir), "data": ds.name,
             "check_images": int(len(labels)),
             "batch_sizes": list(batch_sizes), "threads": threads, "seconds_per_cell": seconds,
@@ -277,7 +278,9 @@ def _child(spec: dict) -> dict:
     check = np.load(spec["check"])
     images, labels = check["images"], check["labels"]
     result = {"size_mb": path.stat().st_size / 2**20}
-    if spec.get("accuracy", True):              # later rounds measure speed only
+    if not len(images):                          # --check 0: speed only, on zero images
+        result["accuracy"], images = None, np.zeros((1, *images.shape[1:]), np.uint8)
+    elif spec.get("accuracy", True):             # later rounds measure speed only
         result["accuracy"] = float(np.mean(run_batches(run, images, 100).argmax(1) == labels))
     return {**result, **time_cells(run, images, spec["batch_sizes"], spec["seconds"], stream)}
 
@@ -315,7 +318,8 @@ def format_table(report: dict) -> str:
         lat = r["latency_ms"]
         speed = r.get("speedup", {}).get(str(sizes[-1]))
         lines.append(
-            f"{name:<13} {r['precision']:<7} {r['size_mb']:>7.2f} {100 * r['accuracy']:>7.2f} "
+            f"{name:<13} {r['precision']:<7} {r['size_mb']:>7.2f} "
+            f"{'-' if r['accuracy'] is None else format(100 * r['accuracy'], '.2f'):>7} "
             f"{lat['p50']:>7.2f} {lat['p90']:>7.2f} {lat['p99']:>7.2f} "
             + " ".join(f"{r['throughput'][str(b)]:>10.1f}" for b in sizes)
             + f" {'-' if speed is None else format(speed, '.2f') + 'x':>8}  {r['status']}"
@@ -388,7 +392,7 @@ def benchmark_figure(report: dict):
     fig, ax = plt.subplots(figsize=(9, 4.8))
     colors = {"keras": "black", "onnx": "tab:blue", "tflite": "tab:orange", "openvino": "tab:purple"}
     markers = {"fp32": "o", "fp16": "s", "dynamic": "^", "int8": "*", "bf16": "D"}
-    measured = [r for r in report["rows"] if "latency_ms" in r]
+    measured = [r for r in report["rows"] if "latency_ms" in r and r["accuracy"] is not None]
     for r in measured:
         ax.scatter(r["latency_ms"]["p50"], 100 * r["accuracy"], s=RING_SIZE[r["format"]],
                    facecolors="none", edgecolors=colors[r["format"]], linewidths=1.6,
@@ -398,7 +402,7 @@ def benchmark_figure(report: dict):
         middle = (max(accuracies) + min(accuracies)) / 2
         half = max(MIN_ACCURACY_SPAN / 2, (max(accuracies) - min(accuracies)) / 2 + 0.25)
         ax.set_ylim(middle - half, middle + half)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     model = Path(next((r["file"] for r in measured if r.get("file")), report["source"])).stem
     rounds = f", median of {report['repeat']} rounds" if report.get("repeat", 1) > 1 else ""
     ax.set(xlabel="batch-1 latency p50 (ms, log scale)",

@@ -100,6 +100,17 @@ def test_the_chart_names_the_model_keeps_every_point_visible_and_an_honest_axis(
     assert ax.get_legend().get_bbox_to_anchor().x0 > ax.bbox.x1  # legend beside, not over, points
 
 
+def test_check_0_measures_speed_only(exported, cifar, tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    shutil.copy(exported["model-int8.onnx"], folder / "model-int8.onnx")
+    report = benchmark(folder, formats=("onnx",), batch_sizes=(2,), seconds=0.02, check=0,
+                       dataset=cifar)
+    (row,) = [r for r in report["rows"] if r["precision"] == "int8"]
+    assert row["status"] == "ok" and row["accuracy"] is None and row["throughput"]["2"] > 0
+    assert "ONNX Runtime  int8      " in format_table(report)
+
+
 def _planted_always_class_zero(small_model, out):
     """An int8-named ONNX file that predicts class 0 for every image."""
     from edgel2.evaluate import load_model
