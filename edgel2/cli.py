@@ -296,6 +296,9 @@ class _IntList(click.ParamType):
 @click.option("--formats", type=click.Choice(["keras", "onnx", "tflite", "openvino"]), multiple=True,
               default=None, help="Runtimes to measure; repeat to pick several (default: all "
                                  "installed; openvino runs the ONNX files).")
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+              help="Measure the exported files on this engine only, beside Keras "
+                   "(auto: every installed engine).")
 @click.option("--batch-sizes", type=_IntList(), default="1,8,64", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads per runtime (default: all cores).")
@@ -313,18 +316,23 @@ class _IntList(click.ParamType):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Where the JSON report goes (default: benchmark.json in the export folder); "
                    "the chart goes beside it as .png.")
-def benchmark(source, data, formats, batch_sizes, threads, provider, seconds, check, min_accuracy,
-              repeat, json_path) -> None:
+def benchmark(source, data, formats, engine, batch_sizes, threads, provider, seconds, check,
+              min_accuracy, repeat, json_path) -> None:
     """Size, top-1, batch-1 latency and throughput of every format and precision of SOURCE
     (a .keras model, exporting what is missing, or an export folder) on this machine.
 
     \b
     Each runtime runs in its own process; speed-ups are against Keras fp32 in the same run.
     """
+    from edgel2.benchmark import ENGINE, default_formats
     from edgel2.benchmark import benchmark as run_benchmark
     from edgel2.benchmark import format_table, plot_report
     from edgel2.utils import write_json
 
+    if engine != "auto":  # Keras stays as the baseline
+        formats = [f for f in formats or default_formats() if ENGINE.get(f, engine) == engine]
+        if formats == ["keras"] or not formats:
+            raise click.UsageError(f"--engine {engine} runs none of the formats asked for")
     report = run_benchmark(source, data=data, formats=formats or None, batch_sizes=batch_sizes,
                            threads=threads, provider=provider, seconds=seconds, check=check,
                            min_accuracy=min_accuracy, repeat=repeat,

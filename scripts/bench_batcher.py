@@ -3,7 +3,7 @@
 at a time through one ``Batcher``; in the cancelling runs each request is cancelled right
 after it is submitted with probability P (a client timeout or disconnect).
 
-    python scripts/bench_batcher.py [--model FILE] [--callers 64] [--requests 40] [--cancel 0.1]
+    python scripts/bench_batcher.py [--model FILE] [--engine E] [--callers 64] [--requests 40] [--cancel 0.1]
 
 Rounds with and without cancels alternate (medians over ``--rounds``; this VM's speed drifts).
 Every request that was not cancelled must resolve, with the same labels as single-threaded
@@ -69,6 +69,7 @@ def one_round(batcher: Batcher, images: np.ndarray, callers: int, requests: int,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="default: the shipped int8 ONNX")
+    parser.add_argument("--engine", default="auto", help="auto, onnxruntime, openvino or litert")
     parser.add_argument("--callers", type=int, default=64)
     parser.add_argument("--requests", type=int, default=40, help="per caller per round")
     parser.add_argument("--cancel", type=float, default=0.1)
@@ -77,10 +78,10 @@ def main() -> int:
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
     args = parser.parse_args()
 
-    clf = Classifier(args.model or shipped_model())
+    clf = Classifier(args.model or shipped_model(), engine=args.engine)
     images = test_images(clf, 512)
     expected = [clf.predict(image, top_k=3)[0] for image in images]  # single-threaded, batch 1
-    print(f"# {clf.path.name}, {os.cpu_count()} cores, {args.callers} callers x {args.requests} "
+    print(f"# {clf.path.name} on {clf.engine.name}, {os.cpu_count()} cores, {args.callers} callers x {args.requests} "
           f"requests per round, Batcher(max_batch={args.max_batch}, "
           f"max_delay_ms={args.max_delay_ms}), {args.rounds} interleaved rounds")
     rates: dict[float, list[float]] = {0.0: [], args.cancel: []}

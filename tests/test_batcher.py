@@ -38,7 +38,8 @@ class Gate:
 
 @pytest.fixture
 def classifier(tiny_onnx):
-    return Classifier(tiny_onnx)
+    """On ONNX Runtime, whose batches run in the worker thread: the gates below can hold them."""
+    return Classifier(tiny_onnx, engine="onnxruntime")
 
 
 def _gated(classifier, **kwargs) -> Gate:
@@ -149,3 +150,14 @@ def test_64_threads_with_random_cancels_get_the_same_answers_as_predict(classifi
     assert len(outcomes) == 64 * 16
     answered = [(i, r) for i, r in outcomes if r != "cancelled"]
     assert answered and all(r == expected[i] for i, r in answered)
+
+
+def test_with_openvino_streams_batches_overlap_and_answers_stay_the_same(tiny_onnx):
+    pytest.importorskip("openvino")
+    clf = Classifier(tiny_onnx, engine="openvino")
+    expected = clf.predict(IMAGES, top_k=2)
+    with Batcher(clf, max_batch=4, max_delay_ms=0, top_k=2) as batcher:
+        futures = [batcher.submit(image) for image in IMAGES]  # submitted via the async queue
+        answers = [f.result(60) for f in futures]
+    assert answers == expected
+    assert batcher.batches_run >= len(IMAGES) // 4

@@ -100,6 +100,22 @@ def test_the_chart_names_the_model_keeps_every_point_visible_and_an_honest_axis(
     assert ax.get_legend().get_bbox_to_anchor().x0 > ax.bbox.x1  # legend beside, not over, points
 
 
+def test_engine_option_measures_one_engine_beside_keras(exported, data_dir, tmp_path):
+    pytest.importorskip("openvino")
+    folder = tmp_path / "export"
+    folder.mkdir()
+    shutil.copy(exported["model-int8.onnx"], folder / "model-int8.onnx")
+    common = ["benchmark", str(folder), "--data", str(data_dir), "--check", "20", "--seconds",
+              "0.02", "--batch-sizes", "1", "--json", str(tmp_path / "bench.json")]
+    CliRunner().invoke(cli, common + ["--engine", "openvino"])
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert {r["format"] for r in rows} == {"keras", "openvino"}
+    assert [r["status"] for r in rows if r["precision"] == "int8"] == ["ok"]
+    refused = CliRunner().invoke(cli, common + ["--engine", "litert", "--formats", "onnx"])
+    assert refused.exit_code == 2
+    assert refused.stderr == "edgel2: error: --engine litert runs none of the formats asked for\n"
+
+
 def test_check_0_measures_speed_only(exported, cifar, tmp_path):
     folder = tmp_path / "export"
     folder.mkdir()

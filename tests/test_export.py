@@ -13,9 +13,16 @@ from click.testing import CliRunner
 from edgel2.cli import cli
 from edgel2.errors import EdgeL2Error
 from edgel2.export import export_model, format_table
-from edgel2.runtime import open_engine, read_metadata
+from edgel2.runtime import read_metadata
+from edgel2.runtime.engines import REFERENCE_ENGINE, open_engine
+from edgel2.runtime.modelfile import sniff_format
 
 pytestmark = pytest.mark.slow
+
+
+def _reference(path):
+    """The file on the engine its exporter targets (the one export checks it with)."""
+    return open_engine(path, engine=REFERENCE_ENGINE[sniff_format(path)])
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +39,7 @@ def test_every_format_and_precision_exports_and_runs_in_its_runtime(full_matrix,
         (f, p) for f in ("onnx", "tflite") for p in ("fp32", "fp16", "dynamic", "int8")]
     for row in report["rows"]:
         assert row["status"] == "ok", row
-        logits = open_engine(out / row["file"]).run(cifar.x_test[:3])
+        logits = _reference(out / row["file"]).run(cifar.x_test[:3])
         assert logits.shape == (3, 10) and logits.dtype == np.float32
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [r["file"] for r in report["rows"]] + ["export_report.json"])
@@ -84,10 +91,10 @@ def test_folding_the_input_tracks_the_float_model_as_closely_as_before(full_matr
                                                                        cifar):
     out, _ = full_matrix
     images = cifar.x_test[:500]
-    reference = open_engine(out / "model-fp32.onnx").run(images)
+    reference = _reference(out / "model-fp32.onnx").run(images)
 
     def against_float(path):
-        logits = open_engine(path).run(images)
+        logits = _reference(path).run(images)
         return np.mean(logits.argmax(1) == reference.argmax(1)), np.abs(logits - reference).mean()
 
     agree, error = against_float(out / "model-int8.onnx")
@@ -106,7 +113,7 @@ def test_the_channel_padding_changes_no_logit(unfolded_int8, cifar):
         proto = fold_input_normalization(onnx.load(str(unfolded_int8)), channel_multiple=multiple)
         path = unfolded_int8.with_name(f"folded-{multiple}.onnx")
         onnx.save(proto, str(path))
-        logits.append(open_engine(path).run(cifar.x_test[:200]))
+        logits.append(_reference(path).run(cifar.x_test[:200]))
     assert path_to_first_conv(onnx.load(str(path)).graph)[:2] == ["DequantizeLinear", "Transpose"]
     np.testing.assert_array_equal(logits[0], logits[1])
 
@@ -235,7 +242,7 @@ def test_bf16_trained_model_exports_as_float32(small_model, cifar, tmp_path):
     report = export_model(tmp_path / "mixed.keras", ["onnx"], ["none"], dataset=cifar, check=50,
                           out=tmp_path / "out")
     assert report["rows"][0]["status"] == "ok"
-    engine = open_engine(tmp_path / "out" / "mixed-fp32.onnx")
+    engine = _reference(tmp_path / "out" / "mixed-fp32.onnx")
     assert engine.session.get_inputs()[0].type == "tensor(uint8)"
     assert engine.session.get_outputs()[0].type == "tensor(float)"
 

@@ -131,12 +131,23 @@ class Batcher:
 
     def _run(self, items: list) -> None:
         # A future cancelled while queued is dropped here; once running it can no longer be
-        # cancelled, so setting its result below cannot fail.
+        # cancelled, so setting its result later cannot fail.
         live = [(pixels, future) for pixels, future in items if future.set_running_or_notify_cancel()]
         if not live:
             return
         try:
-            probabilities = self.classifier.probabilities(np.stack([p for p, _ in live]))
+            # an engine with several streams (OpenVINO) returns once one is free, so the next
+            # batch is gathered while this one runs; the others call back at once
+            self.classifier.engine.submit(np.stack([p for p, _ in live]),
+                                          lambda logits: self._finish(live, logits))
+        except Exception as e:  # noqa: BLE001 - fails this batch only
+            self._finish(live, e)
+
+    def _finish(self, live: list, logits: np.ndarray | Exception) -> None:
+        try:
+            if isinstance(logits, Exception):
+                raise logits
+            probabilities = self.classifier.to_probabilities(logits, len(live))
             predictions = self.classifier.ranked(probabilities, self.top_k)
         except Exception as e:  # noqa: BLE001 - fails this batch only
             for _, future in live:
@@ -157,6 +168,7 @@ class Batcher:
             self._closed = True
         self._queue.put(_STOP)  # blocks only while a full queue drains
         self._worker.join()
+        self.classifier.engine.wait()  # batches still running on other streams
 
     def __enter__(self) -> "Batcher":
         return self

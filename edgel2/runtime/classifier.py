@@ -89,9 +89,10 @@ class Classifier:
         return np.concatenate(outs) if outs else np.zeros((0, len(self.class_names)), np.float32)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self._softmax(self.engine.run(batch), len(batch))
+        return self.to_probabilities(self.engine.run(batch), len(batch))
 
-    def _softmax(self, logits: np.ndarray, images: int) -> np.ndarray:
+    def to_probabilities(self, logits: np.ndarray, images: int) -> np.ndarray:
+        """Softmax of the engine's logits for ``images`` images, after checking their shape."""
         if logits.shape != (images, len(self.class_names)):
             raise ModelError(f"{self.path.name} returned logits of shape {list(logits.shape)} "
                              f"for {images} images of {len(self.class_names)} classes")
@@ -172,7 +173,7 @@ class Classifier:
             # the engine may keep several batches in flight (OpenVINO's streams)
             for (chunk, decoded, good), logits in self.engine.run_stream(decoded_batches()):
                 predictions = [] if logits is None else \
-                    self.ranked(self._softmax(logits, len(good)), top_k)
+                    self.ranked(self.to_probabilities(logits, len(good)), top_k)
                 by_index = dict(zip(good, predictions))
                 for i, source in enumerate(chunk):
                     prediction = by_index.get(i)

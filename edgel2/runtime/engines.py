@@ -7,7 +7,7 @@ import platform
 import threading
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -67,6 +67,20 @@ class Engine:
 
     def run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def submit(self, batch: np.ndarray, done: Callable[[np.ndarray | Exception], None]) -> None:
+        """Run ``batch`` and call ``done`` with its logits (or the exception). Here ``done`` runs
+        before ``submit`` returns; engines with several streams (OpenVINO) return as soon as a
+        stream is free and call back from their own thread. One caller thread at a time."""
+        try:
+            logits = self.run(batch)
+        except Exception as e:  # noqa: BLE001 - handed to the caller's callback
+            done(e)
+            return
+        done(logits)
+
+    def wait(self) -> None:
+        """Return when every batch passed to :meth:`submit` has called back."""
 
     def run_stream(self, items: Iterable[tuple[object, np.ndarray | None]]
                    ) -> Iterator[tuple[object, np.ndarray | None]]:
@@ -181,6 +195,7 @@ class OpenVinoEngine(Engine):
         self.core = ov.Core()
         self.model = self.core.read_model(str(path))
         self._compiled: dict = {}
+        self._submitted = None  # the async queue behind submit(), made on first use
         self._local = threading.local()
         self._lock = threading.Lock()
         self.providers = [f"OpenVINO CPU ({precision})"]
@@ -212,6 +227,20 @@ class OpenVinoEngine(Engine):
             request = self._local.request = self.compiled("LATENCY").create_infer_request()
         return request.infer({0: np.ascontiguousarray(batch)})[0]
 
+    def submit(self, batch: np.ndarray, done: Callable[[np.ndarray | Exception], None]) -> None:
+        import openvino as ov
+
+        if self._submitted is None:
+            compiled = self.compiled("THROUGHPUT")
+            self._submitted = ov.AsyncInferQueue(
+                compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self._submitted.set_callback(_call_back)
+        self._submitted.start_async({0: np.ascontiguousarray(batch)}, done)  # waits for a stream
+
+    def wait(self) -> None:
+        if self._submitted is not None:
+            self._submitted.wait_all()
+
     def run_stream(self, items):
         import openvino as ov
 
@@ -234,6 +263,9 @@ class OpenVinoEngine(Engine):
         while next_out in done:
             yield tags[next_out], done.pop(next_out)
             next_out += 1
+        if next_out < len(tags):  # a request that failed never called back: never skip silently
+            raise EngineError(f"{self.path.name}: OpenVINO returned {next_out} of {len(tags)} "
+                              "batches")
 
 
 ENGINES = ("auto", "onnxruntime", "openvino", "litert")
@@ -318,6 +350,16 @@ def _open_one(name: str, path: Path, providers, threads, strict, precision) -> E
         raise ModelError(f"cannot load {path}"
                          + (" with OpenVINO" if name == "openvino" else "")
                          + f": {first_line(e)}") from None
+
+
+def _call_back(request, done: Callable[[np.ndarray | Exception], None]) -> None:
+    """OpenVINO's completion callback for :meth:`OpenVinoEngine.submit`."""
+    try:
+        logits = request.get_output_tensor(0).data.copy()
+    except Exception as e:  # noqa: BLE001 - handed to the caller's callback
+        done(e)
+        return
+    done(logits)
 
 
 def _one_each(path: Path, inputs: list, outputs: list) -> tuple[list, list]:
