@@ -2,6 +2,7 @@
 float32 logits out, plus the metadata that edgel2 packed into the file."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import threading
@@ -84,10 +85,33 @@ class Engine:
 
     def run_stream(self, items: Iterable[tuple[object, np.ndarray | None]]
                    ) -> Iterator[tuple[object, np.ndarray | None]]:
-        """``(tag, logits)`` for each ``(tag, batch)`` in order (None for a None batch). Engines
-        that can keep several batches in flight (OpenVINO's streams) override it."""
-        for tag, batch in items:
-            yield tag, None if batch is None else self.run(batch)
+        """``(tag, logits)`` for each ``(tag, batch)``, in order (None for a None batch), built
+        on :meth:`submit`: engines with several streams keep a batch in flight on each."""
+        done: dict[int, object] = {}  # filled by the callbacks, maybe from another thread
+        tags: list = []
+        position = 0  # the next result to leave
+
+        def leave():  # the results that are ready, in order
+            nonlocal position
+            while position in done:
+                out = done.pop(position)
+                if isinstance(out, Exception):
+                    raise out
+                yield tags[position], out
+                position += 1
+
+        for index, (tag, batch) in enumerate(items):
+            tags.append(tag)
+            if batch is None:
+                done[index] = None
+            else:
+                self.submit(batch, functools.partial(done.__setitem__, index))
+            yield from leave()
+        self.wait()
+        yield from leave()
+        if position < len(tags):  # a batch that never called back: never skip it silently
+            raise EngineError(f"{self.path.name}: the engine returned {position} of "
+                              f"{len(tags)} batches")
 
 
 class OnnxEngine(Engine):
@@ -180,9 +204,10 @@ class TFLiteEngine(Engine):
 class OpenVinoEngine(Engine):
     """An ONNX file compiled by OpenVINO for the CPU. Floating-point layers run in f32 unless
     ``precision="bf16"`` is asked for (OpenVINO would otherwise pick bf16 by itself on CPUs
-    that have it). ``run`` uses a model compiled for latency (one stream, all threads);
-    :meth:`run_stream` one compiled for throughput, with an async queue that keeps a batch
-    in flight per stream. Each calling thread gets its own infer request."""
+    that have it). ``run`` uses a model compiled for latency (one stream, all threads; each
+    calling thread gets its own infer request); :meth:`submit` (and so ``run_stream`` and the
+    Batcher) one compiled for throughput, behind an async queue that keeps a batch in flight
+    per stream."""
 
     name = "openvino"
 
@@ -197,7 +222,8 @@ class OpenVinoEngine(Engine):
         self._compiled: dict = {}
         self._submitted = None  # the async queue behind submit(), made on first use
         self._local = threading.local()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # compiling
+        self._submit_lock = threading.Lock()  # one thread at a time starts requests
         self.providers = [f"OpenVINO CPU ({precision})"]
         inputs, outputs = _one_each(path, self.model.inputs, self.model.outputs)
         self.input_shape = _static(d.get_length() if d.is_static else None
@@ -230,42 +256,17 @@ class OpenVinoEngine(Engine):
     def submit(self, batch: np.ndarray, done: Callable[[np.ndarray | Exception], None]) -> None:
         import openvino as ov
 
-        if self._submitted is None:
-            compiled = self.compiled("THROUGHPUT")
-            self._submitted = ov.AsyncInferQueue(
-                compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-            self._submitted.set_callback(_call_back)
-        self._submitted.start_async({0: np.ascontiguousarray(batch)}, done)  # waits for a stream
+        with self._submit_lock:
+            if self._submitted is None:
+                compiled = self.compiled("THROUGHPUT")
+                self._submitted = ov.AsyncInferQueue(
+                    compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+                self._submitted.set_callback(_call_back)
+            self._submitted.start_async({0: np.ascontiguousarray(batch)}, done)  # waits for a stream
 
     def wait(self) -> None:
         if self._submitted is not None:
             self._submitted.wait_all()
-
-    def run_stream(self, items):
-        import openvino as ov
-
-        compiled = self.compiled("THROUGHPUT")
-        queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        done: dict[int, np.ndarray] = {}
-        queue.set_callback(lambda request, index: done.__setitem__(
-            index, request.get_output_tensor(0).data.copy()))
-        tags, next_out = [], 0
-        for index, (tag, batch) in enumerate(items):
-            tags.append(tag)
-            if batch is None:
-                done[index] = None
-            else:
-                queue.start_async({0: np.ascontiguousarray(batch)}, index)  # waits for a free request
-            while next_out in done:  # results leave in order, as soon as they are ready
-                yield tags[next_out], done.pop(next_out)
-                next_out += 1
-        queue.wait_all()
-        while next_out in done:
-            yield tags[next_out], done.pop(next_out)
-            next_out += 1
-        if next_out < len(tags):  # a request that failed never called back: never skip silently
-            raise EngineError(f"{self.path.name}: OpenVINO returned {next_out} of {len(tags)} "
-                              "batches")
 
 
 ENGINES = ("auto", "onnxruntime", "openvino", "litert")
