@@ -79,6 +79,23 @@ class OptionError(EdgeL2Error, ValueError):
     exit_code = 2
 
 
+def require_whole(name: str, value, minimum: int = 1) -> int:
+    """``value`` if it is a whole number (not a bool) of at least ``minimum``, else
+    :class:`OptionError` naming the argument: the API's one check of such arguments.
+
+    Example:
+        >>> require_whole("max_batch", 32)
+        32
+        >>> require_whole("top_k", 2.5)
+        Traceback (most recent call last):
+        ...
+        edgel2.errors.OptionError: top_k must be a whole number >= 1, got 2.5
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OptionError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
 class MissingExtraError(EdgeL2Error, ImportError):
     """An optional dependency is not installed; the message names what to install."""
 

@@ -4,7 +4,6 @@ what is wrong; the metadata zip of a .tflite is read within fixed bounds."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import subprocess

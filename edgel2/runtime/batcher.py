@@ -23,7 +23,7 @@ from numbers import Real
 
 import numpy as np
 
-from edgel2.errors import BusyError, EngineError, OptionError, PredictionError
+from edgel2.errors import BusyError, EngineError, OptionError, PredictionError, require_whole
 from edgel2.runtime.classifier import NON_FINITE, Classifier, Prediction
 from edgel2.runtime.preprocess import ImageLike
 
@@ -49,8 +49,7 @@ class Batcher:
     def __init__(self, classifier: Classifier, max_batch: int = 32, max_delay_ms: float = 2.0,
                  top_k: int = 1, max_queue: int = 1024):
         for name, value in (("max_batch", max_batch), ("top_k", top_k), ("max_queue", max_queue)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise OptionError(f"{name} must be a whole number >= 1, got {value!r}")
+            require_whole(name, value)
         if isinstance(max_delay_ms, bool) or not isinstance(max_delay_ms, Real) \
                 or not math.isfinite(max_delay_ms) or max_delay_ms < 0:
             raise OptionError(f"max_delay_ms must be a finite number >= 0, got {max_delay_ms!r}")

@@ -10,7 +10,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from edgel2.errors import ImageError, ModelError, OptionError, PredictionError
+from edgel2.errors import ImageError, ModelError, PredictionError, require_whole
 from edgel2.runtime.engines import Engine, open_engine
 from edgel2.runtime.modelfile import check_metadata
 from edgel2.runtime.preprocess import ImageLike, load_image
@@ -62,8 +62,7 @@ class Classifier:
     def __init__(self, path: str | os.PathLike, providers: str | Sequence[str] | None = "auto",
                  threads: int | None = None, batch_size: int = 64, strict: bool = False,
                  engine: str = "auto", precision: str = "f32"):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise OptionError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        require_whole("batch_size", batch_size)
         path = Path(path)
         self.engine: Engine = open_engine(path, providers, threads, strict, engine, precision)
         info = check_metadata(self.engine.metadata, path, self.engine.input_shape,
