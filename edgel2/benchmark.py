@@ -30,7 +30,7 @@ import numpy as np
 
 from edgel2.data import held_out_images, load_dataset
 from edgel2.errors import EdgeL2Error, last_error_line
-from edgel2.export import PRECISION_NAME, exported_file
+from edgel2.export import PRECISION_NAME, exported_file, report_model
 from edgel2.export.check import run_batches
 
 # A row is (runtime, precision). "openvino" runs the ONNX file of that precision through
@@ -100,8 +100,9 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
             export_dir, _stem(keras_path, export_dir), *file_of(fmt, precision))
         row = {"format": fmt, "precision": precision, "runtime": RUNTIME[fmt],
                "file": None if path is None else str(path), "status": "failed", "reason": None}
-        if path is None or not path.is_file():
-            row["reason"] = "no such file" if path else "no .keras model to measure"
+        if path is None or not path.is_file():  # not there to measure: listed, not a failure
+            row.update(status="skipped",
+                       reason="no such file" if path else "no .keras model to measure")
         results.append(row)
         paths.append(path)
     rounds: list[list[dict]] = [[] for _ in rows]
@@ -146,8 +147,7 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
 
 def _locate(source: Path) -> tuple[Path | None, Path]:
     if source.is_dir():
-        report = source / "export_report.json"
-        model = Path(json.loads(report.read_text())["model"]) if report.is_file() else None
+        model = report_model(source / "export_report.json")
         return (model if model and model.is_file() else None), source
     if source.suffix == ".keras" and source.is_file():
         return source, source.parent / "export"
@@ -313,7 +313,7 @@ def format_table(report: dict) -> str:
         name = SHORT_NAME[r["format"]]
         if "throughput" not in r:
             lines.append(f"{name:<13} {r['precision']:<7} {'-':>7} {'-':>7} {'-':>7} {'-':>7} {'-':>7} "
-                         + " ".join(f"{'-':>10}" for _ in sizes) + f" {'-':>8}  failed: {r['reason']}")
+                         + " ".join(f"{'-':>10}" for _ in sizes) + f" {'-':>8}  {r['status']}: {r['reason']}")
             continue
         lat = r["latency_ms"]
         speed = r.get("speedup", {}).get(str(sizes[-1]))

@@ -342,9 +342,9 @@ def benchmark(source, data, formats, engine, batch_sizes, threads, provider, sec
     write_json(json_path, report)
     plot_report(report, json_path.with_suffix(".png"))
     click.echo(f"report: {json_path}  chart: {json_path.with_suffix('.png')}")
-    bad = [r for r in report["rows"] if r["status"] != "ok"]
+    bad = [r for r in report["rows"] if r["status"] not in ("ok", "skipped")]
     if bad:
-        raise EdgeL2Error(f"{len(bad)} of {len(report['rows'])} rows not ok: " + "; ".join(
+        raise EdgeL2Error(f"{len(bad)} of {len(report['rows'])} rows failed: " + "; ".join(
             f"{r['format']} {r['precision']}: {r['reason']}" for r in bad))
 
 

@@ -116,6 +116,36 @@ def test_engine_option_measures_one_engine_beside_keras(exported, data_dir, tmp_
     assert refused.stderr == "edgel2: error: --engine litert runs none of the formats asked for\n"
 
 
+def test_from_another_directory_the_report_finds_its_model_and_missing_files_are_skipped(
+        small_model, exported, data_dir, tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "exp"
+    (run / "export").mkdir(parents=True)
+    shutil.copy(small_model, run / "model.keras")
+    shutil.copy(exported["model-int8.onnx"], run / "export" / "model-int8.onnx")
+    # a report as export wrote it before: the model relative to where export ran
+    (run / "export" / "export_report.json").write_text(json.dumps(
+        {"model": "runs/exp/model.keras", "out": "runs/exp/export", "rows": []}))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    common = ["benchmark", "../runs/exp/export", "--data", str(data_dir), "--check", "20",
+              "--seconds", "0.02", "--batch-sizes", "1", "--json", str(tmp_path / "bench.json")]
+    result = CliRunner().invoke(cli, common + ["--formats", "keras"])
+    assert result.exit_code == 0, result.output
+    (keras_row,) = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert keras_row["status"] == "ok" and keras_row["file"] == str(run / "model.keras")
+
+    (run / "export" / "export_report.json").unlink()  # no model: its rows are skipped, listed
+    result = CliRunner().invoke(cli, common + ["--formats", "keras", "--formats", "onnx"])
+    assert result.exit_code == 0, result.output
+    rows = {r["precision"] if r["format"] == "onnx" else "keras": r
+            for r in json.loads((tmp_path / "bench.json").read_text())["rows"]}
+    assert rows["int8"]["status"] == "ok"
+    assert {k: (r["status"], r["reason"]) for k, r in rows.items() if k != "int8"} == {
+        "keras": ("skipped", "no .keras model to measure"), "fp32": ("skipped", "no such file"),
+        "fp16": ("skipped", "no such file"), "dynamic": ("skipped", "no such file")}
+    assert "skipped: no such file" in result.stdout
+
+
 def test_check_0_measures_speed_only(exported, cifar, tmp_path):
     folder = tmp_path / "export"
     folder.mkdir()
@@ -160,7 +190,7 @@ def test_min_accuracy_fails_on_a_planted_low_accuracy_file(small_model, exported
     assert rows["int8"]["reason"] == "top-1 10.00 % < --min-accuracy 11 %"
     assert rows["fp32"]["status"] == ("ok" if rows["fp32"]["accuracy"] >= 0.11 else "low accuracy")
     # files that are not there are rows with a reason, not gaps
-    assert rows["fp16"]["status"] == "failed" and rows["fp16"]["reason"] == "no such file"
+    assert rows["fp16"]["status"] == "skipped" and rows["fp16"]["reason"] == "no such file"
     assert "int8: top-1 10.00 % < --min-accuracy 11 %" in result.stderr
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -3,7 +3,9 @@ checked against Keras, and is written atomically; bad input gets one clear line.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -152,6 +154,8 @@ def test_report_json_keeps_earlier_exports_into_the_same_folder(small_model, cif
     assert [(r["file"], r["check_images"]) for r in saved["rows"]] == [
         ("model-fp32.onnx", 40), ("model-fp32.tflite", 0)]
     assert saved["rows"][0]["accuracy"] is not None and saved["rows"][1]["accuracy"] is None
+    # the model as seen from the report's folder, so the report works from any directory
+    assert saved["model"] == Path(os.path.relpath(small_model.resolve(), tmp_path.resolve())).as_posix()
 
     (tmp_path / "model-fp32.tflite").unlink()      # a file deleted since: its row goes
     again = export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=20, out=tmp_path,

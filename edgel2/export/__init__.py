@@ -100,10 +100,39 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
                                    calib_method, images, labels, reference, base_metadata,
                                    max_drop, allow_drop, check_progress, checked["data"]),
                      **checked})
-    report = {"model": str(model_path), "out": str(out_dir), **checked, "rows": rows}
+    # the model as seen from the report's folder: valid from any directory, and after the
+    # run directory is moved as a whole
+    report = {"model": Path(os.path.relpath(Path(model_path).resolve(), out_dir.resolve())).as_posix(),
+              "out": str(out_dir), **checked, "rows": rows}
     report_path = out_dir / "export_report.json"
     write_json(report_path, _with_earlier_rows(report_path, report))
     return report
+
+
+def report_model(report_path: Path, report: dict | None = None) -> Path | None:
+    """The ``.keras`` model an ``export_report.json`` belongs to (None if it names none):
+    its ``model`` entry, relative to the report's folder; reports written before that held
+    it relative to the directory ``export`` ran in, which their ``out`` entry tells.
+
+    Example:
+        >>> report_model(Path("/runs/exp/export/export_report.json"), {"model": "../model.keras"})
+        PosixPath('/runs/exp/model.keras')
+    """
+    if report is None:
+        try:
+            report = json.loads(Path(report_path).read_text())
+        except (OSError, ValueError):
+            return None
+    stored = report.get("model")
+    if not stored:
+        return None
+    folder = Path(report_path).parent.resolve()
+    candidates = [Path(stored)] if Path(stored).is_absolute() else [folder / stored]
+    out = Path(report.get("out") or ".")
+    if not Path(stored).is_absolute() and not out.is_absolute() and len(out.parts) > 0:
+        candidates.append(folder.parents[len(out.parts) - 1] / stored)  # the older layout
+    return next((Path(os.path.normpath(c)) for c in candidates if c.is_file()),
+                Path(os.path.normpath(candidates[0])))
 
 
 def _with_earlier_rows(path: Path, report: dict) -> dict:
@@ -113,7 +142,7 @@ def _with_earlier_rows(path: Path, report: dict) -> dict:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError):
         return report
-    if earlier.get("model") != report["model"]:
+    if report_model(path, earlier) != report_model(path, report):
         return report
     written = {r["file"] for r in report["rows"]}
     kept = [r for r in earlier.get("rows", []) if r.get("status") == "ok"
