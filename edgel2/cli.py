@@ -16,6 +16,7 @@ from edgel2 import __version__
 from edgel2.backend import BACKENDS, use_backend
 from edgel2.config import TrainConfig
 from edgel2.errors import EdgeL2Error, missing_extra
+from edgel2.export.onnx import MAX_OPSET, MIN_OPSET
 from edgel2.runtime.engines import ENGINES
 
 DEFAULTS = TrainConfig()
@@ -224,7 +225,8 @@ class _CheckCount(click.ParamType):
               help="Class-balanced training images for int8 calibration.")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]),
               default="minmax", show_default=True, help="ONNX int8 calibration.")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=MIN_OPSET,
+              show_default=True, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: export/ beside MODEL).")
 @click.option("--check", type=_CheckCount(), default="1000", show_default=True,

@@ -120,3 +120,13 @@ def test_the_shipped_int8_model_agrees_across_engines_and_streams(cifar):
     assert streamed == batched
     agreement = np.mean([a[0][0] == b[0][0] for a, b in zip(onnxruntime, batched)])
     assert agreement >= 0.99  # 99.5 % over the full test split (README), 500 images here
+
+
+def test_a_gpu_provider_with_a_tflite_model_is_said_not_ignored(tmp_path):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(image)
+    result = CliRunner().invoke(cli, ["infer", str(image), "--model",
+                                      str(shipped_model("resnet18-int8.tflite")), "--provider", "cuda"])
+    assert result.exit_code == 0
+    assert result.stderr.splitlines()[0] == ("edgel2: warning: resnet18-int8.tflite: LiteRT runs on "
+                                             "the CPU here, not cuda (providers are for ONNX Runtime)")

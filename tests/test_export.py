@@ -292,7 +292,7 @@ def test_check_progress_counts_every_image_of_every_pass(small_model, cifar, tmp
     ("dense", [], 1, "is not an image classifier"),
     ("model", ["--format", "coreml"], 2, "Invalid value for '--format'"),
     ("model", ["--quantize", "int4"], 2, "Invalid value for '--quantize'"),
-    ("model", ["--opset", "9"], 1, "opset 9 is not supported"),
+    ("model", ["--opset", "9"], 2, "Invalid value for '--opset': 9 is not in the range 17<=x<=18"),
     ("model", ["--out", "FILE/sub"], 1, "cannot create output folder"),
 ])
 def test_bad_export_input_gets_one_line(small_model, tmp_path, setup, args, code, message):

@@ -15,6 +15,7 @@ import numpy as np
 from edgel2.errors import EdgeL2Error
 
 MIN_OPSET = 17
+MAX_OPSET = 18  # the newest opset tf2onnx 1.17 writes (pyproject pins tf2onnx < 1.18)
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 

@@ -319,8 +319,12 @@ def open_engine(path: str | os.PathLike, providers: str | Sequence[str] | None =
     """
     path = Path(path)
     fmt = sniff_format(path)
-    if fmt == TFLITE and providers not in (None, "auto", "cpu") and strict:
-        raise EngineError(f"{path.name}: LiteRT runs on the CPU here, not {providers}")
+    if fmt == TFLITE and providers not in (None, "auto", "cpu"):
+        message = f"{path.name}: LiteRT runs on the CPU here, not {providers}"
+        if strict:
+            raise EngineError(message)
+        warnings.warn(f"{message} (providers are for ONNX Runtime)", ProviderFallbackWarning,
+                      stacklevel=3)
     if precision not in ("f32", "bf16"):
         raise OptionError(f"precision must be f32 or bf16, got {precision!r}")
     candidates = engine_candidates(fmt, engine, providers)
