@@ -14,8 +14,8 @@ import numpy as np
 
 from edgel2.errors import (EdgeL2Error, EngineError, ModelError, OptionError, first_line,
                            missing_extra)
-from edgel2.runtime.modelfile import (ONNX, TFLITE, decode_onnx_metadata, read_metadata,
-                                      sniff_format)
+from edgel2.runtime.modelfile import (ONNX, TFLITE, decode_onnx_metadata, sniff_format,
+                                      tflite_metadata)
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
@@ -188,7 +188,7 @@ class TFLiteEngine(Engine):
         self.output_shape = _static(outputs[0]["shape_signature"])
         self._batch = None
         self._lock = threading.Lock()  # an interpreter is not thread-safe
-        self.metadata = read_metadata(path)
+        self.metadata = tflite_metadata(path)  # the format is known: no second sniff
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:
@@ -226,11 +226,9 @@ class OpenVinoEngine(Engine):
         self._submit_lock = threading.Lock()  # one thread at a time starts requests
         self.providers = [f"OpenVINO CPU ({precision})"]
         inputs, outputs = _one_each(path, self.model.inputs, self.model.outputs)
-        self.input_shape = _static(d.get_length() if d.is_static else None
-                                   for d in inputs[0].get_partial_shape())
+        self.input_shape = _static(_ov_dims(inputs[0]))
         self.input_dtype = np.dtype(inputs[0].get_element_type().to_dtype()).name
-        self.output_shape = _static(d.get_length() if d.is_static else None
-                                    for d in outputs[0].get_partial_shape())
+        self.output_shape = _static(_ov_dims(outputs[0]))
         # OpenVINO keeps an ONNX file's metadata_props as rt_info["framework"]
         props = self.model.get_rt_info(["framework"]).value \
             if self.model.has_rt_info(["framework"]) else {}
@@ -373,6 +371,11 @@ def _one_each(path: Path, inputs: list, outputs: list) -> tuple[list, list]:
         raise ModelError(f"{path.name}: the model has {len(inputs)} inputs and {len(outputs)} "
                          "outputs, not one image input and one logits output")
     return inputs, outputs
+
+
+def _ov_dims(port) -> list:
+    """An OpenVINO port's dimensions: their length, or None where dynamic."""
+    return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
 
 
 def _static(shape) -> tuple:

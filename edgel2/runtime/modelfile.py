@@ -69,7 +69,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
     """
     path = Path(path)
     if sniff_format(path) == TFLITE:
-        return _tflite_metadata(path)
+        return tflite_metadata(path)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -93,7 +93,8 @@ def decode_onnx_metadata(props: dict[str, str]) -> dict:
     return {key: value(text) for key, text in props.items()}
 
 
-def _tflite_metadata(path: Path) -> dict:
+def tflite_metadata(path: Path) -> dict:
+    """The ``edgel2.json`` packed into a .tflite file ({} if there is none), within bounds."""
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
