@@ -117,19 +117,25 @@ def report_model(report_path: Path, report: dict | None = None) -> Path | None:
     Example:
         >>> report_model(Path("/runs/exp/export/export_report.json"), {"model": "../model.keras"})
         PosixPath('/runs/exp/model.keras')
+        >>> report_model(Path("/runs/export_report.json"), [1, 2]) is None  # not edgel2's
+        True
+        >>> report_model(Path("/r/export_report.json"), {"model": "m.keras", "out": "a/b/c/d"})
+        PosixPath('/r/m.keras')
     """
     if report is None:
         try:
             report = json.loads(Path(report_path).read_text())
         except (OSError, ValueError):
             return None
-    stored = report.get("model")
-    if not stored:
-        return None
+    stored = report.get("model") if isinstance(report, dict) else None
+    if not isinstance(stored, str) or not stored:
+        return None  # not a report edgel2 wrote
     folder = Path(report_path).parent.resolve()
     candidates = [Path(stored)] if Path(stored).is_absolute() else [folder / stored]
-    out = Path(report.get("out") or ".")
-    if not Path(stored).is_absolute() and not out.is_absolute() and len(out.parts) > 0:
+    out = report.get("out")
+    out = Path(out) if isinstance(out, str) else Path(".")
+    if not Path(stored).is_absolute() and not out.is_absolute() \
+            and 0 < len(out.parts) <= len(folder.parents):
         candidates.append(folder.parents[len(out.parts) - 1] / stored)  # the older layout
     return next((Path(os.path.normpath(c)) for c in candidates if c.is_file()),
                 Path(os.path.normpath(candidates[0])))
