@@ -15,41 +15,59 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_gpu_script_trains_evaluates_ablates_and_leaves_what_the_device_tool_returns(
-        data_dir, tmp_path):
-    # The GPU machine has no TensorFlow: block it, as there.
+def _run_script(tmp_path, data_dir, **knobs) -> Path:
+    """Run gpu_train.sh with TensorFlow blocked (the GPU machine has none); its $OUT."""
     blocker = tmp_path / "blocked"
-    (blocker / "tensorflow").mkdir(parents=True)
+    (blocker / "tensorflow").mkdir(parents=True, exist_ok=True)
     (blocker / "tensorflow" / "__init__.py").write_text("raise ImportError('no tensorflow')\n")
-    out = tmp_path / "out"
+    out = tmp_path / f"out-{knobs['SET']}"
     env = {**os.environ, "OUT": str(out), "EDGEL2_DATA": str(data_dir),
            "PYTHONPATH": str(blocker), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "EPOCHS": "2", "WIDTH": "2", "SUBSET": "256", "BATCH": "64",
-           "CUTOUT": "8", "EMA": "0.9",  # the recipe knobs to try next for 93 %, on JAX too
-           "ABLATION_EPOCHS": "1", "ABLATION_SEEDS": "0", "BUDGET_S": "100000"}
+           "WIDTH": "2", "SUBSET": "256", "BUDGET_S": "100000", "RUN_S": "1", **knobs}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train.sh")], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len(list(out.iterdir())) <= 8  # the device tool brings back at most 8 files
+    return out
 
-    returned = sorted(p.name for p in out.iterdir())
-    assert len(returned) <= 8  # the device tool brings back at most 8 files
-    assert {"summary.txt", "device.txt", "results.tar.gz", "model.keras.part-aa",
-            "ablation.log", "ablation.json"} <= set(returned)
+
+def test_gpu_script_runs_its_list_measures_each_run_and_returns_the_best_model(
+        data_dir, tmp_path):
+    out = _run_script(tmp_path, data_dir, SET="published", LONG="2", SHORT="1")
+
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    names = [r["name"] for r in runs]
+    assert names[:3] == ["published-long", "published-long-featl2", "published-short"]
+    # the second seed is the better of the two long runs, again
+    better = max(runs[:2], key=lambda r: r["eval_top1"])["name"]
+    assert names[3] == f"{better}-seed1"
+    assert [r["epochs"] for r in runs] == [2, 2, 1, 2]
+    assert all("--batch-size 500 --lr 0.2" in " ".join(r["options"].split()) for r in runs)
     summary = (out / "summary.txt").read_text()
-    assert "epochs 2; first epoch" in summary and "CIFAR-10-JPEG test top-1" in summary
-    with tarfile.open(out / "results.tar.gz") as tar:
-        assert sorted(tar.getnames()) == ["config.json", "curves.png", "eval.json",
-                                          "metrics.csv", "train.log"]
-        config = json.load(tar.extractfile("config.json"))
-    assert config["backend"] == "jax"
-    assert (config["config"]["cutout"], config["config"]["ema"]) == (8, 0.9)
-    ablation = json.loads((out / "ablation.json").read_text())["rows"]
-    assert list(ablation) == ["no L2", "weight L2 only", "feature L2 only",
-                              "weight + feature L2", "L1 instead", "dropout 0.3 instead"]
+    assert "published-short: 1 epochs, training" in summary and "edgel2 eval top-1" in summary
 
-    # the parts rebuild the checkpoint, as the README says
+    with tarfile.open(out / "results.tar.gz") as tar:
+        assert sorted(tar.getnames()) == sorted(
+            f"{name}/{file}" for name in names
+            for file in ["config.json", "curves.png", "eval.json", "metrics.csv", "train.log"])
+        config = json.load(tar.extractfile("published-long-featl2/config.json"))
+    assert config["backend"] == "jax"
+    assert (config["config"]["cutout"], config["config"]["label_smoothing"],
+            config["config"]["feature_l2"]) == (12, 0.0, 1e-4)
+
+    # the parts rebuild the best run's checkpoint, as the README says
+    best = max(runs, key=lambda r: r["eval_top1"])["name"]
+    assert f"model.keras parts are from {best}" in summary
     model = tmp_path / "model.keras"
     model.write_bytes(b"".join(p.read_bytes() for p in sorted(out.glob("model.keras.part-*"))))
     from edgel2.evaluate import load_model
 
     assert load_model(model).name == "resnet18_w2"
+
+
+def test_gpu_script_ablation_set_leaves_the_ablation_table(data_dir, tmp_path):
+    out = _run_script(tmp_path, data_dir, SET="ablation", ABLATION_EPOCHS="1", ABLATION_SEEDS="0")
+
+    ablation = json.loads((out / "ablation.json").read_text())["rows"]
+    assert list(ablation) == ["no L2", "weight L2 only", "feature L2 only",
+                              "weight + feature L2", "L1 instead", "dropout 0.3 instead"]
