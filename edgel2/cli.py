@@ -233,9 +233,12 @@ class _CheckCount(click.ParamType):
               help="Held-out test images to compare each file with Keras on; 'all' or 0.")
 @click.option("--allow-drop", is_flag=True,
               help="Keep quantized files that lose more than 2 points of top-1.")
+@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
+              help="Fit a calibration on half of the test split and record it in every file, "
+                   "so that probabilities match accuracy (see `edgel2 calibrate`).")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def export(model, formats, precisions, data, calib, calib_method, opset, out, check, allow_drop,
-           force) -> None:
+           calibrate, force) -> None:
     """Export MODEL (.keras, trained on any backend) to ONNX and/or TFLite, in fp32, fp16,
     dynamic-range or int8, and check every file against the Keras model.
 
@@ -249,7 +252,7 @@ def export(model, formats, precisions, data, calib, calib_method, opset, out, ch
 
     report = export_model(model, formats, precisions, data=data, calib=calib,
                           calib_method=calib_method, opset=opset, out=out, check=check,
-                          force=force, allow_drop=allow_drop,
+                          force=force, allow_drop=allow_drop, calibrate=calibrate,
                           progress=lambda line: click.echo(line, err=True),
                           check_progress=_ProgressBars("  checking"))
     click.echo(format_table(report))
@@ -258,6 +261,40 @@ def export(model, formats, precisions, data, calib, calib_method, opset, out, ch
     if failed:
         raise EdgeL2Error(f"{len(failed)} of {len(report['rows'])} exports failed: "
                           + "; ".join(f"{r['file']}: {r['reason']}" for r in failed))
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", type=str, default=None,
+              help="Labelled images whose test split to fit and report on (default: "
+                   "$EDGEL2_DATA, else CIFAR-10).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Reliability diagram PNG (default: beside MODEL, e.g. "
+                   "model-int8-onnx-reliability.png).")
+@click.option("--dry-run", is_flag=True, help="Measure and plot; leave the file as it is.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
+def calibrate(model, data, plot, dry_run, as_json) -> None:
+    """Make MODEL's (.onnx or .tflite) probabilities match its accuracy: fit a one-parameter
+    calibration (a temperature, or the inverse of label smoothing, whichever fits better) to
+    its logits on one half of the test split, report top-1, ECE and NLL before and after on
+    the other half, and record it in the file's metadata.
+
+    \b
+    The graph is not touched: the edgel2 runtime applies the calibration to the logits,
+    and it never changes the order of the classes. `edgel2 export` does this by default.
+    """
+    from edgel2.export.calibrate import calibrate_file, describe, format_calibration
+
+    path = Path(model)
+    plot = plot or path.with_name(f"{path.stem}-{path.suffix.lstrip('.')}-reliability.png")
+    result = calibrate_file(path, data=data, write=not dry_run, plot=plot,
+                            on_batch=_ProgressBars("  logits"))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(format_calibration(result))
+    click.echo(f"reliability diagram: {plot}" + ("" if dry_run else
+               f"\ncalibration ({describe(result)}) written into {path}"))
 
 
 class _ProgressBars:

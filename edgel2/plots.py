@@ -62,3 +62,31 @@ def _save(fig, plt, path: str | os.PathLike) -> Path:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def plot_reliability(curves: dict[str, Sequence[dict]], path: str | os.PathLike,
+                     title: str = "") -> Path:
+    """A reliability diagram: accuracy against confidence per bin (from
+    :func:`edgel2.calibration.reliability_bins`), one line per entry of ``curves`` (e.g.
+    before and after calibration, its ECE in the label), with the diagonal a perfectly
+    calibrated model would follow and a bar of how many images fall in each bin."""
+    plt = _pyplot()
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True,
+                                       gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    for i, (label, bins) in enumerate(curves.items()):
+        filled = [b for b in bins if b["count"]]
+        ax.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], "o-",
+                label=label)
+        width = (bins[0]["high"] - bins[0]["low"]) / (len(curves) + 1)
+        ax_count.bar([b["low"] + (i + 0.5) * width for b in bins], [b["count"] for b in bins],
+                     width=width, align="edge", label=label)
+    ax.set(ylabel="accuracy in the bin", xlim=(0, 1), ylim=(0, 1))
+    ax.set_title(title or "reliability diagram", fontsize=9)
+    ax_count.set(xlabel="confidence (top-1 probability)", ylabel="images")
+    ax_count.set_yscale("log")
+    for a in (ax, ax_count):
+        a.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, plt, path)

@@ -179,6 +179,30 @@ def test_metadata_round_trips_in_both_formats(full_matrix, small_model):
         assert meta["accuracy"]["top1"] == row["accuracy"]
         assert meta["accuracy"]["data"] == "CIFAR-10-JPEG test split"
         assert meta["model_name"] == "resnet18_w4"
+        # one calibration, fitted on the Keras logits, in every file
+        calibration = report["calibration"]
+        assert (meta["temperature"], meta["unsmooth"]) == (calibration["temperature"],
+                                                           calibration["unsmooth"])
+        assert meta["calibration"]["method"] == calibration["method"]
+
+
+def test_export_calibrates_on_half_the_test_split_and_reports_on_the_other(full_matrix, cifar):
+    _, report = full_matrix
+    calibration = report["calibration"]
+    assert calibration["fitted_on"] == {"images": 5000, "seed": 0,
+                                        "data": "CIFAR-10-JPEG test split, class-balanced half 1 of 2"}
+    assert calibration["before"]["images"] == calibration["after"]["images"] == 5000
+    assert calibration["after"]["top1"] == calibration["before"]["top1"]
+    assert calibration["after"]["nll"] <= calibration["before"]["nll"]
+    assert "calibrated (" in format_table(report)
+
+
+def test_no_calibrate_leaves_the_files_uncalibrated(small_model, cifar, tmp_path):
+    report = export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=0,
+                          calibrate=False, out=tmp_path)
+    assert report["calibration"] is None
+    meta = read_metadata(tmp_path / "model-fp32.onnx")
+    assert "temperature" not in meta and "calibration" not in meta
 
 
 def test_parity_check_catches_a_wrong_normalization(small_model, cifar, tmp_path, monkeypatch):
@@ -215,7 +239,7 @@ def test_quantized_file_below_the_accuracy_limit_fails_unless_allowed(small_mode
 def test_interrupted_export_leaves_no_file_behind(small_model, cifar, tmp_path, monkeypatch):
     import edgel2.export.onnx as onnx_export
 
-    def interrupted(path, metadata):
+    def interrupted(path, metadata, keep_others=False):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(onnx_export, "set_metadata", interrupted)
@@ -281,7 +305,7 @@ def test_cli_exports_and_prints_the_table(small_model, data_dir, tmp_path):
 def test_check_progress_counts_every_image_of_every_pass(small_model, cifar, tmp_path):
     calls = []
     export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=300, out=tmp_path,
-                 check_progress=lambda done, total: calls.append((done, total)))
+                 calibrate=False, check_progress=lambda done, total: calls.append((done, total)))
     # the Keras reference in batches of 256, then the file in batches of 100
     assert calls == [(256, 300), (300, 300), (100, 300), (200, 300), (300, 300)]
 

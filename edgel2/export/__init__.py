@@ -45,11 +45,16 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
                  calib: int = 512, calib_method: str = "minmax", opset: int = 17,
                  out: str | os.PathLike | None = None, check: int | None = 1000,
                  force: bool = False, max_drop: float = 2.0, allow_drop: bool = False,
-                 dataset=None, progress: Callable[[str], None] = lambda _: None,
+                 calibrate: bool = True, dataset=None, progress: Callable[[str], None] = lambda _: None,
                  check_progress: Callable[[int, int], None] | None = None) -> dict:
     """Export ``model_path`` to every format x precision, check each file, write
     ``export_report.json``; return this call's report. ``check=None`` checks on the whole test
     split, ``check=0`` skips checking. Files that fail their check are not kept.
+
+    ``calibrate`` fits a calibration to the Keras model's logits on half of the test split
+    (:mod:`edgel2.export.calibrate`) and records it in every file's metadata, so that the
+    runtime's probabilities match its accuracy; the report's ``calibration`` entry has the
+    figures before and after, on the other half.
 
     The report file keeps the rows of earlier exports of the same model into the same folder
     whose files are still there (``edgel2 export --format onnx`` then ``--format tflite``, or
@@ -75,12 +80,20 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     _check_writable(out_dir)
 
     model, base_metadata = load_source(model_path)
-    needs_data = "int8" in precisions or check != 0
+    needs_data = "int8" in precisions or check != 0 or calibrate
     ds = dataset if dataset is not None or not needs_data else _load_data(data, model)
     # Data is loaded whenever int8 is asked for; a missing source already raised, saying --data.
     calibration = _calibration_images(ds, calib) if "int8" in precisions else None
     if base_metadata["class_names"] is None:
         base_metadata["class_names"] = _class_names(model_path, model.output.shape[-1], ds, progress)
+
+    calibration_result = None
+    if calibrate:
+        from edgel2.export.calibrate import keras_calibration, metadata_record
+
+        progress(f"calibrating: Keras logits on the {len(ds.y_test)} {ds.name} test images")
+        calibration_result = keras_calibration(model, ds, check_progress)
+        base_metadata.update(metadata_record(calibration_result))
 
     images = labels = reference = None
     if check != 0:
@@ -103,7 +116,7 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     # the model as seen from the report's folder: valid from any directory, and after the
     # run directory is moved as a whole
     report = {"model": Path(os.path.relpath(Path(model_path).resolve(), out_dir.resolve())).as_posix(),
-              "out": str(out_dir), **checked, "rows": rows}
+              "out": str(out_dir), **checked, "calibration": calibration_result, "rows": rows}
     report_path = out_dir / "export_report.json"
     write_json(report_path, _with_earlier_rows(report_path, report))
     return report
@@ -194,7 +207,7 @@ def _export_one(model, fmt, precision, target, opset, calibration, calib_method,
                         "accuracy": None if result is None else {
                             "top1": result["accuracy"], "keras_top1": result["reference_accuracy"],
                             "images": result["images"], "data": f"{data_name} test split"}}
-            _embed(fmt, tmp, metadata)
+            embed_metadata(fmt, tmp, metadata)
         row.update(status="ok", size_mb=target.stat().st_size / 2**20)
     except EdgeL2Error as e:
         row["reason"] = str(e)
@@ -213,15 +226,19 @@ def _write(fmt, model, path, precision, opset, calibration, calib_method) -> Non
         write_tflite(model, path, precision, calibration)
 
 
-def _embed(fmt: str, path: Path, metadata: dict) -> None:
+def embed_metadata(fmt: str, path: Path, metadata: dict, update: bool = False) -> None:
+    """Write ``metadata`` into the exported ``fmt`` file at ``path``: ONNX ``metadata_props``
+    (JSON values), or the zip appended to a TFLite flatbuffer. ``update`` changes only the
+    keys in ``metadata`` and keeps the rest; otherwise they replace what was there."""
     if fmt == "onnx":
         from edgel2.export.onnx import set_metadata
 
-        set_metadata(path, {k: json.dumps(v) for k, v in metadata.items()})
+        set_metadata(path, {k: json.dumps(v) for k, v in metadata.items()}, keep_others=update)
     else:
         from edgel2.export.tflite import pack_metadata
+        from edgel2.runtime.modelfile import tflite_metadata
 
-        pack_metadata(path, metadata)
+        pack_metadata(path, {**(tflite_metadata(path) if update else {}), **metadata})
 
 
 def _validated(values: Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
@@ -274,6 +291,15 @@ def format_table(report: dict) -> str:
             f"{pct(r['accuracy']):>8} {pct(r['agreement']):>8} "
             f"{'-' if r['max_abs_diff'] is None else format(r['max_abs_diff'], '.3g'):>11} "
             f"{r['export_s']:>8.1f}  {r['status']}" + (f": {r['reason']}" if r["reason"] else ""))
+    calibration = report.get("calibration")
+    if calibration:
+        before, after = calibration["before"], calibration["after"]
+        from edgel2.export.calibrate import describe
+
+        lines.append(f"calibrated ({describe(calibration)}, in every file's "
+                     f"metadata): Keras ECE {before['ece']:.4f} -> {after['ece']:.4f}, NLL "
+                     f"{before['nll']:.4f} -> {after['nll']:.4f} on the "
+                     f"{calibration['reported_on']}")
     if report["keras_accuracy"] is not None:
         lines.append(f"Keras fp32 top-1 {100 * report['keras_accuracy']:.2f} % on "
                      f"{report['check_images']} {report['data']} test images")

@@ -116,13 +116,16 @@ def integer_conv_share(path: Path) -> tuple[int, int]:
     return integer, integer + sum(op in ("Conv", "FusedConv", "NchwcConv") for op in ops)
 
 
-def set_metadata(path: Path, metadata: dict[str, str]) -> None:
-    """Replace the file's ``metadata_props`` with ``metadata`` (string values)."""
+def set_metadata(path: Path, metadata: dict[str, str], keep_others: bool = False) -> None:
+    """Replace the file's ``metadata_props`` with ``metadata`` (string values); with
+    ``keep_others``, only the keys in ``metadata`` (other tools' entries stay as they are)."""
     import onnx
 
     proto = onnx.load(str(path))
+    kept = [(p.key, p.value) for p in proto.metadata_props
+            if keep_others and p.key not in metadata]
     del proto.metadata_props[:]
-    for key, value in metadata.items():
+    for key, value in [*kept, *metadata.items()]:
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name = "edgel2"
     onnx.save(proto, str(path))

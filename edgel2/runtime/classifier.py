@@ -42,6 +42,33 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+# Probabilities below this fraction of the softmax's are not cut further by the inverse of
+# label smoothing, so that every class keeps a non-zero probability in its original order.
+UNSMOOTH_FLOOR = 0.01
+
+
+def calibrated_probabilities(logits: np.ndarray, temperature: float = 1.0,
+                             unsmooth: float = 0.0) -> np.ndarray:
+    """The probabilities a calibrated model file means: ``q = softmax(logits / temperature)``,
+    then, if ``unsmooth`` (a label-smoothing rate ``a``) is set, the inverse of label
+    smoothing: ``p ~ max(q - a / classes, UNSMOOTH_FLOOR * q)``, renormalized. A model
+    trained with smoothing ``a`` learns to say ``(1 - a) * onehot + a / classes``; this maps
+    that back. Both keep every row's order of classes, so top-k never changes. Rows with a
+    non-finite logit are all NaN (see :func:`softmax`).
+
+    Example:
+        >>> calibrated_probabilities(np.array([[2.0, 0.0]]), temperature=2.0).round(4).tolist()
+        [[0.7311, 0.2689]]
+        >>> calibrated_probabilities(np.log(np.array([[0.9, 0.1]])), unsmooth=0.2).round(4).tolist()
+        [[0.9988, 0.0012]]
+    """
+    q = softmax(np.asarray(logits, np.float64) / temperature)
+    if unsmooth:
+        q = np.maximum(q - unsmooth / q.shape[-1], UNSMOOTH_FLOOR * q)
+        q = q / q.sum(axis=-1, keepdims=True)
+    return q
+
+
 class Classifier:
     """Classify images with an exported edgel2 model (``.onnx``, or ``.tflite`` with LiteRT).
 
@@ -71,6 +98,8 @@ class Classifier:
         self.metadata = self.engine.metadata
         self.class_names: list[str] = info.class_names
         self.input_size = info.input_size
+        # from the file's calibration (edgel2 export --calibrate, edgel2 calibrate)
+        self.temperature, self.unsmooth = info.temperature, info.unsmooth
         self.batch_size = batch_size
         self.providers = self.engine.providers
 
@@ -91,11 +120,13 @@ class Classifier:
         return self.to_probabilities(self.engine.run(batch), len(batch))
 
     def to_probabilities(self, logits: np.ndarray, images: int) -> np.ndarray:
-        """Softmax of the engine's logits for ``images`` images, after checking their shape."""
+        """The calibrated probabilities (:func:`calibrated_probabilities` with the file's
+        temperature and unsmoothing) of the engine's logits for ``images`` images, after
+        checking their shape."""
         if logits.shape != (images, len(self.class_names)):
             raise ModelError(f"{self.path.name} returned logits of shape {list(logits.shape)} "
                              f"for {images} images of {len(self.class_names)} classes")
-        return softmax(logits)
+        return calibrated_probabilities(logits, self.temperature, self.unsmooth).astype(np.float32)
 
     def ranked(self, probabilities: np.ndarray, k: int = 1) -> list[Prediction | None]:
         """Top-k (label, probability) per row, best first; None for a row that is not finite

@@ -8,6 +8,7 @@ Numpy and the standard library only (onnxruntime for the ONNX metadata).
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import zipfile
@@ -135,6 +136,8 @@ class ModelInfo:
 
     class_names: list[str]
     input_size: tuple[int, int]  # (width, height), as Pillow counts
+    temperature: float = 1.0     # calibration: see classifier.calibrated_probabilities
+    unsmooth: float = 0.0
 
 
 def check_metadata(metadata: dict, path: str | os.PathLike, input_shape: tuple,
@@ -147,7 +150,7 @@ def check_metadata(metadata: dict, path: str | os.PathLike, input_shape: tuple,
         >>> meta = {"class_names": ["cat", "dog"],
         ...         "input": {"layout": "NHWC", "dtype": "uint8", "shape": [None, 32, 32, 3]}}
         >>> check_metadata(meta, "m.onnx", (None, 32, 32, 3), "uint8", (None, 2))
-        ModelInfo(class_names=['cat', 'dog'], input_size=(32, 32))
+        ModelInfo(class_names=['cat', 'dog'], input_size=(32, 32), temperature=1.0, unsmooth=0.0)
         >>> check_metadata(meta, "m.onnx", (None, 32, 32, 3), "uint8", (None, 10))
         Traceback (most recent call last):
         ...
@@ -190,7 +193,17 @@ def check_metadata(metadata: dict, path: str | os.PathLike, input_shape: tuple,
         raise bad(f"metadata input.shape {shape} disagrees with the model's input "
                   f"{list(input_shape)}")
     height, width, _ = hwc
-    return ModelInfo(list(classes), (width, height))
+    temperature = metadata.get("temperature", 1.0)
+    if not _number(temperature) or temperature <= 0:
+        raise bad(f"metadata temperature is {temperature!r}, not a positive number")
+    unsmooth = metadata.get("unsmooth", 0.0)
+    if not _number(unsmooth) or not 0 <= unsmooth < 1:
+        raise bad(f"metadata unsmooth is {unsmooth!r}, not a number in [0, 1)")
+    return ModelInfo(list(classes), (width, height), float(temperature), float(unsmooth))
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _positive_int(value) -> bool:
