@@ -168,22 +168,47 @@ def train(backend, out, resume, checkpoint_every, quiet, **options) -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @_data_options
 @_backend_option
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+              help="Engine for an exported file (as edgel2 infer); ignored for .keras.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Engine threads for an exported file (default: the engine's choice).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per batch (default: 256 for .keras, 64 for an exported file).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Where eval.json and confusion.png go (default: beside MODEL, in eval/).")
+              help="Where eval.json and confusion.png go (default: beside MODEL, in eval/ "
+                   "for .keras and eval/FILE-NAME/ for an exported file).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def evaluate(model, data, val_split, image_size, backend, batch_size, out, as_json) -> None:
-    """Top-1 and per-class accuracy of MODEL (.keras) on the test split, and a confusion
-    matrix (PNG and JSON)."""
-    use_backend(backend)
+def evaluate(model, data, val_split, image_size, backend, engine, threads, batch_size, out,
+             as_json) -> None:
+    """Top-1 and per-class accuracy of MODEL on the test split, and a confusion matrix (PNG
+    and JSON). MODEL is a trained .keras file or an exported .onnx/.tflite file (run by the
+    runtime, as edgel2 infer runs it; its report adds the calibration: ECE and NLL)."""
     from edgel2.data import load_dataset
-    from edgel2.evaluate import evaluate as run_eval
-    from edgel2.evaluate import load_model, save_report
+    from edgel2.evaluate import evaluate_file, save_report
+    from edgel2.runtime.modelfile import sniff_format
 
-    keras_model = load_model(model)
+    path = Path(model)
+    if not path.is_file():
+        raise EdgeL2Error(f"model file does not exist: {path}")
+    exported = path.suffix.lower() != ".keras"
+    if exported:
+        sniff_format(path)  # one line for a file that is neither format, before loading data
+    else:
+        use_backend(backend)
     dataset = load_dataset(data, val_split=val_split, image_size=image_size)
-    report = run_eval(keras_model, dataset, batch_size=batch_size, verbose=0 if as_json else 1)
-    paths = save_report(report, out or Path(model).parent / "eval")
+    if exported:
+        report = evaluate_file(path, dataset, engine=engine, threads=threads,
+                               batch_size=batch_size or 64,
+                               on_batch=None if as_json else _ProgressBars("  evaluating"))
+        default_out = path.parent / "eval" / path.name
+    else:
+        from edgel2.evaluate import evaluate as run_eval
+        from edgel2.evaluate import load_model
+
+        report = run_eval(load_model(path), dataset, batch_size=batch_size or 256,
+                          verbose=0 if as_json else 1)
+        default_out = path.parent / "eval"
+    paths = save_report(report, out or default_out)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -192,6 +217,11 @@ def evaluate(model, data, val_split, image_size, backend, batch_size, out, as_js
         click.echo(f"{name:<14}{100 * acc:>7.2f}%")
     click.echo(f"{'all':<14}{100 * report['accuracy']:>7.2f}%  ({report['images']} "
                f"{report['data']['name']} test images from {report['data']['source']})")
+    if "model" in report:
+        calibration = report.get("calibration")
+        click.echo(f"{path.name} on {report['model']['engine']}" + (
+            f"; calibration: mean confidence {calibration['mean_confidence']:.3f}, "
+            f"ECE {calibration['ece']:.4f}, NLL {calibration['nll']:.4f}" if calibration else ""))
     click.echo(f"report: {paths['json']}  confusion matrix: {paths['png']}")
 
 
@@ -236,9 +266,13 @@ class _CheckCount(click.ParamType):
 @click.option("--calibrate/--no-calibrate", default=True, show_default=True,
               help="Fit a calibration on half of the test split and record it in every file, "
                    "so that probabilities match accuracy (see `edgel2 calibrate`).")
+@click.option("--flip-average", is_flag=True,
+              help="Put the left-right mirror image into the graph and average the two logits "
+                   "(test-time augmentation: more accurate, twice the compute). Files go to "
+                   "export-flip/ unless --out.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def export(model, formats, precisions, data, calib, calib_method, opset, out, check, allow_drop,
-           calibrate, force) -> None:
+           calibrate, flip_average, force) -> None:
     """Export MODEL (.keras, trained on any backend) to ONNX and/or TFLite, in fp32, fp16,
     dynamic-range or int8, and check every file against the Keras model.
 
@@ -253,6 +287,7 @@ def export(model, formats, precisions, data, calib, calib_method, opset, out, ch
     report = export_model(model, formats, precisions, data=data, calib=calib,
                           calib_method=calib_method, opset=opset, out=out, check=check,
                           force=force, allow_drop=allow_drop, calibrate=calibrate,
+                          flip_average=flip_average,
                           progress=lambda line: click.echo(line, err=True),
                           check_progress=_ProgressBars("  checking"))
     click.echo(format_table(report))

@@ -186,3 +186,57 @@ def feature_extractor(model: keras.Model) -> keras.Model:
 def count_params(model: keras.Model) -> int:
     """Number of trainable parameters."""
     return int(sum(int(ops.size(w)) for w in model.trainable_weights))
+
+
+@keras.saving.register_keras_serializable(package="edgel2")
+class WithMirror(layers.Layer):
+    """``[images; images flipped left-right]``: the batch, then its mirror images, as one
+    batch twice as long (so the network runs once, on both views).
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.arange(2 * 1 * 2 * 1).reshape(2, 1, 2, 1)
+        >>> keras.ops.convert_to_numpy(WithMirror()(x))[:, 0, :, 0].tolist()
+        [[0, 1], [2, 3], [1, 0], [3, 2]]
+    """
+
+    def call(self, images):
+        return ops.concatenate([images, ops.flip(images, axis=2)], axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="edgel2")
+class MeanOfHalves(layers.Layer):
+    """The mean of a batch's first and second halves: row ``i`` is the mean of rows ``i`` and
+    ``i + n`` of ``2n`` rows (the view and its mirror, from :class:`WithMirror`).
+
+    Example:
+        >>> import numpy as np
+        >>> keras.ops.convert_to_numpy(MeanOfHalves()(np.array([[0., 2.], [4., 6.]]))).tolist()
+        [[2.0, 4.0]]
+    """
+
+    def call(self, logits):
+        pairs = ops.reshape(logits, (2, -1, logits.shape[-1]))
+        return ops.mean(pairs, axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def flip_averaged(model: keras.Model) -> keras.Model:
+    """``model`` with test-time flip averaging inside the graph: the logits of each image and
+    of its left-right mirror image, averaged. Twice the compute of ``model``; same input and
+    output. ``edgel2 export --flip-average`` exports this.
+
+    Example:
+        >>> import numpy as np
+        >>> both = flip_averaged(resnet18(width=4))
+        >>> both.output.shape, both.input.dtype
+        ((None, 10), 'uint8')
+    """
+    images = keras.Input(shape=model.input.shape[1:], dtype=model.input.dtype, name="images")
+    logits = MeanOfHalves(name="flip_average", dtype="float32")(model(WithMirror(name="with_mirror")(images)))
+    return keras.Model(images, logits, name=model.name)

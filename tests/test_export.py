@@ -345,3 +345,80 @@ def test_int8_without_data_says_how_to_get_some(small_model, tmp_path, monkeypat
                          "--out", str(tmp_path))
     assert result.exit_code == 1
     assert "pass --data PATH" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_flip_average_export_averages_each_image_with_its_mirror(small_model, cifar, tmp_path):
+    from edgel2.evaluate import load_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.keras", "config.json"):
+        shutil.copy(small_model.parent / name, run / name)
+    report = export_model(run / "model.keras", ["onnx"], ["none"], dataset=cifar, check=100,
+                          calibrate=False, flip_average=True)
+
+    assert report["out"] == str(run / "export-flip")  # never beside the plain files
+    path = run / "export-flip" / "model-fp32.onnx"
+    assert read_metadata(path)["flip_average"] is True
+    images = cifar.x_test[:8]
+    keras_model = load_model(run / "model.keras")
+    expected = (keras_model.predict_on_batch(images)
+                + keras_model.predict_on_batch(images[:, :, ::-1])) / 2
+    assert np.allclose(_reference(path).run(images), expected, atol=1e-4)
+    assert report["rows"][0]["status"] == "ok"  # checked against the flip-averaged Keras model
+
+
+@pytest.fixture(scope="module")
+def small_test_split(cifar):
+    from dataclasses import replace
+
+    from edgel2.data import balanced_subset
+
+    x, y = balanced_subset(cifar.x_test, cifar.y_test, 400, seed=1)
+    return replace(cifar, x_test=x, y_test=y)
+
+
+def test_eval_on_every_exported_format_agrees_with_the_export_report(small_model,
+                                                                     small_test_split, tmp_path):
+    from edgel2.evaluate import evaluate_file
+
+    report = export_model(small_model, ["all"], ["none", "int8"], dataset=small_test_split,
+                          calib=64, check=None, calibrate=False, allow_drop=True, out=tmp_path)
+    for row in report["rows"]:
+        engine = REFERENCE_ENGINE[row["format"]]  # the engine export checked the file on
+        evaluated = evaluate_file(tmp_path / row["file"], small_test_split, engine=engine)
+        assert evaluated["accuracy"] == row["accuracy"], row["file"]
+        assert evaluated["images"] == 400 and sum(map(sum, evaluated["confusion"])) == 400
+        assert evaluated["model"] == {"file": str(tmp_path / row["file"]), "format": row["format"],
+                                      "quantization": row["precision"], "engine": engine}
+
+
+def test_eval_cli_on_an_exported_file_writes_the_keras_reports_files(full_matrix, tmp_path):
+    out, _ = full_matrix
+    result = CliRunner().invoke(cli, ["eval", str(out / "model-int8.onnx"), "--json",
+                                      "--engine", "onnxruntime", "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report) == {"accuracy", "images", "per_class", "confusion", "class_names",
+                           "data", "model", "calibration"}
+    assert report["calibration"]["top1"] == report["accuracy"]
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text()) == report
+    assert (tmp_path / "ev" / "confusion.png").is_file()
+
+
+@pytest.mark.parametrize("make, message", [
+    ("text", "notes.txt is neither an ONNX nor a TFLite model"),
+    ("tiny", "model predicts 3 classes but the data has 10"),
+])
+def test_eval_of_a_file_that_cannot_be_evaluated_gets_one_line(data_dir, tmp_path, make, message):
+    from tests.conftest import make_tiny_onnx
+
+    if make == "text":
+        path = tmp_path / "notes.txt"
+        path.write_text("not a model")
+    else:
+        path = make_tiny_onnx(tmp_path / "tiny.onnx")
+    result = CliRunner().invoke(cli, ["eval", str(path), "--data", str(data_dir)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("edgel2: error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1

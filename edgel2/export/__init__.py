@@ -45,7 +45,7 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
                  calib: int = 512, calib_method: str = "minmax", opset: int = 17,
                  out: str | os.PathLike | None = None, check: int | None = 1000,
                  force: bool = False, max_drop: float = 2.0, allow_drop: bool = False,
-                 calibrate: bool = True, dataset=None, progress: Callable[[str], None] = lambda _: None,
+                 calibrate: bool = True, flip_average: bool = False, dataset=None, progress: Callable[[str], None] = lambda _: None,
                  check_progress: Callable[[int, int], None] | None = None) -> dict:
     """Export ``model_path`` to every format x precision, check each file, write
     ``export_report.json``; return this call's report. ``check=None`` checks on the whole test
@@ -55,6 +55,10 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     (:mod:`edgel2.export.calibrate`) and records it in every file's metadata, so that the
     runtime's probabilities match its accuracy; the report's ``calibration`` entry has the
     figures before and after, on the other half.
+
+    ``flip_average`` exports :func:`edgel2.model.flip_averaged` (each image and its mirror,
+    logits averaged: twice the compute) into ``export-flip/`` by default, so that its files
+    never mix with the plain ones.
 
     The report file keeps the rows of earlier exports of the same model into the same folder
     whose files are still there (``edgel2 export --format onnx`` then ``--format tflite``, or
@@ -71,7 +75,7 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
 
         check_opset(opset)
     model_path = Path(model_path)
-    out_dir = Path(out) if out else model_path.parent / "export"
+    out_dir = Path(out) if out else model_path.parent / ("export-flip" if flip_average else "export")
     targets = [(f, p, exported_file(out_dir, model_path.stem, f, PRECISION_NAME[p]))
                for f in formats for p in precisions]
     existing = [str(t) for _, _, t in targets if t.exists()]
@@ -80,6 +84,11 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     _check_writable(out_dir)
 
     model, base_metadata = load_source(model_path)
+    base_metadata["flip_average"] = flip_average
+    if flip_average:
+        from edgel2.model import flip_averaged
+
+        model = flip_averaged(model)
     needs_data = "int8" in precisions or check != 0 or calibrate
     ds = dataset if dataset is not None or not needs_data else _load_data(data, model)
     # Data is loaded whenever int8 is asked for; a missing source already raised, saying --data.
@@ -87,20 +96,24 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     if base_metadata["class_names"] is None:
         base_metadata["class_names"] = _class_names(model_path, model.output.shape[-1], ds, progress)
 
-    calibration_result = None
-    if calibrate:
-        from edgel2.export.calibrate import keras_calibration, metadata_record
-
-        progress(f"calibrating: Keras logits on the {len(ds.y_test)} {ds.name} test images")
-        calibration_result = keras_calibration(model, ds, check_progress)
-        base_metadata.update(metadata_record(calibration_result))
-
     images = labels = reference = None
     if check != 0:
         images, labels = held_out_images(ds, check)
         progress(f"Keras reference on {len(labels)} {ds.name} test images")
         reference = run_batches(lambda b: model.predict_on_batch(b), images, 256,
                                 check_progress).astype(np.float64)
+
+    calibration_result = None
+    if calibrate:
+        from edgel2.export.calibrate import keras_calibration, metadata_record
+
+        if check is None:  # the reference already covers the whole test split, in order
+            logits = reference
+        else:
+            progress(f"calibrating: Keras logits on the {len(ds.y_test)} {ds.name} test images")
+            logits = None
+        calibration_result = keras_calibration(model, ds, check_progress, logits=logits)
+        base_metadata.update(metadata_record(calibration_result))
 
     checked = {"data": None if images is None else ds.name,
                "check_images": 0 if images is None else int(len(labels)),

@@ -57,9 +57,12 @@ def fit_on_test_half(logits: np.ndarray, labels: np.ndarray, data_name: str) -> 
     }
 
 
-def keras_calibration(model, ds, on_batch: Callable[[int, int], None] | None = None) -> dict:
-    """:func:`fit_on_test_half` on a Keras model's logits over ``ds``'s test split."""
-    logits = run_batches(lambda b: model.predict_on_batch(b), ds.x_test, 256, on_batch)
+def keras_calibration(model, ds, on_batch: Callable[[int, int], None] | None = None,
+                      logits: np.ndarray | None = None) -> dict:
+    """:func:`fit_on_test_half` on a Keras model's logits over ``ds``'s test split
+    (``logits``, if the caller has them already)."""
+    if logits is None:
+        logits = run_batches(lambda b: model.predict_on_batch(b), ds.x_test, 256, on_batch)
     return fit_on_test_half(np.asarray(logits, np.float64), ds.y_test, ds.name)
 
 
