@@ -422,3 +422,36 @@ def test_eval_of_a_file_that_cannot_be_evaluated_gets_one_line(data_dir, tmp_pat
     assert result.exit_code == 1
     assert result.stderr.startswith("edgel2: error: ") and message in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def _assert_tidy_onnx_header(path):
+    import onnx
+
+    from edgel2 import __version__
+
+    proto = onnx.load(str(path))
+    assert (proto.producer_name, proto.producer_version, proto.model_version) == (
+        "edgel2", __version__, 1)
+    assert proto.doc_string.startswith("edgel2 image classifier: uint8 NHWC images")
+    for value in (proto.graph.input[0], proto.graph.output[0]):
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
+    used = {n.domain or "" for n in proto.graph.node} | {""}
+    assert {o.domain or "" for o in proto.opset_import} == used
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["format"] == "onnx" and props["producer"] == f"edgel2 {__version__}"  # no quotes
+    assert json.loads(props["class_names"])  # structured values stay JSON
+    onnx.checker.check_model(proto, full_check=True)
+
+
+def test_onnx_files_have_the_header_generic_tools_read(full_matrix):
+    out, report = full_matrix
+    for row in report["rows"]:
+        if row["format"] == "onnx":
+            _assert_tidy_onnx_header(out / row["file"])
+            assert read_metadata(out / row["file"])["quantization"] == row["precision"]
+
+
+def test_the_shipped_onnx_has_the_header_generic_tools_read():
+    from edgel2.runtime import shipped_model
+
+    _assert_tidy_onnx_header(shipped_model("resnet18-int8.onnx"))

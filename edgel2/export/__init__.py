@@ -239,6 +239,23 @@ def _write(fmt, model, path, precision, opset, calibration, calib_method) -> Non
         write_tflite(model, path, precision, calibration)
 
 
+def onnx_metadata_value(value) -> str:
+    """A metadata value as ONNX stores it: a string as it is, so that generic readers show
+    it without quotes, unless it would read as JSON; anything else as JSON. So
+    :func:`edgel2.runtime.modelfile.decode_onnx_metadata` gets back exactly what was written.
+
+    Example:
+        >>> [onnx_metadata_value(v) for v in ["edgel2 0.1.0", "1e5", 0.5, ["cat"]]]
+        ['edgel2 0.1.0', '"1e5"', '0.5', '["cat"]']
+    """
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value)
+
+
 def embed_metadata(fmt: str, path: Path, metadata: dict, update: bool = False) -> None:
     """Write ``metadata`` into the exported ``fmt`` file at ``path``: ONNX ``metadata_props``
     (JSON values), or the zip appended to a TFLite flatbuffer. ``update`` changes only the
@@ -246,7 +263,8 @@ def embed_metadata(fmt: str, path: Path, metadata: dict, update: bool = False) -
     if fmt == "onnx":
         from edgel2.export.onnx import set_metadata
 
-        set_metadata(path, {k: json.dumps(v) for k, v in metadata.items()}, keep_others=update)
+        set_metadata(path, {k: onnx_metadata_value(v) for k, v in metadata.items()},
+                     keep_others=update)
     else:
         from edgel2.export.tflite import pack_metadata
         from edgel2.runtime.modelfile import tflite_metadata

@@ -116,9 +116,15 @@ def integer_conv_share(path: Path) -> tuple[int, int]:
     return integer, integer + sum(op in ("Conv", "FusedConv", "NchwcConv") for op in ops)
 
 
+# The version of what edgel2 writes into a file's header and metadata (ONNX model_version).
+FILE_LAYOUT_VERSION = 1
+
+
 def set_metadata(path: Path, metadata: dict[str, str], keep_others: bool = False) -> None:
     """Replace the file's ``metadata_props`` with ``metadata`` (string values); with
-    ``keep_others``, only the keys in ``metadata`` (other tools' entries stay as they are)."""
+    ``keep_others``, only the keys in ``metadata`` (other tools' entries stay as they are).
+    Every ONNX file edgel2 writes passes through here, so this is also where its header is
+    made what generic tools expect (:func:`tidy_header`)."""
     import onnx
 
     proto = onnx.load(str(path))
@@ -127,8 +133,50 @@ def set_metadata(path: Path, metadata: dict[str, str], keep_others: bool = False
     del proto.metadata_props[:]
     for key, value in [*kept, *metadata.items()]:
         proto.metadata_props.add(key=key, value=value)
-    proto.producer_name = "edgel2"
+    tidy_header(proto)
     onnx.save(proto, str(path))
+
+
+def tidy_header(proto) -> None:
+    """What generic ONNX tools read, filled truthfully: producer edgel2 and its version, a
+    doc string, the file layout version; the batch dimension named ``batch`` (tf2onnx names
+    it ``unk__NNN``) everywhere it appears; no opset imports that no node uses (the ORT
+    quantizer declares ``com.microsoft``, ``ai.onnx.training`` and others).
+
+    Example:
+        >>> from onnx import TensorProto, helper
+        >>> graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+        ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["unk__7", 2])],
+        ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["unk__7", 2])])
+        >>> proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+        ...                                                 helper.make_opsetid("com.microsoft", 1)])
+        >>> tidy_header(proto)
+        >>> proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param, [o.domain for o in proto.opset_import]
+        ('batch', [''])
+    """
+    from edgel2 import __version__
+
+    proto.producer_name, proto.producer_version = "edgel2", __version__
+    proto.model_version = FILE_LAYOUT_VERSION
+    proto.doc_string = ("edgel2 image classifier: uint8 NHWC images [batch, height, width, 3] in "
+                        "(normalization inside), float32 logits [batch, classes] out. Class "
+                        "names, input size, calibration and measured accuracy are in "
+                        "metadata_props.")
+    graph = proto.graph
+    batch = {_first_dim(v) for v in [*graph.input, *graph.output]} - {None, "batch"}
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in batch:
+                dim.dim_param = "batch"
+    used = {node.domain or "" for node in graph.node} | {""}
+    kept = [o for o in proto.opset_import if (o.domain or "") in used]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
+
+
+def _first_dim(value) -> str | None:
+    dims = value.type.tensor_type.shape.dim
+    return dims[0].dim_param if dims and dims[0].HasField("dim_param") else None
 
 
 def write_onnx(model, path: Path, precision: str, opset: int,
