@@ -92,7 +92,7 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
     images, labels = held_out_images(ds, check)
 
     if keras_path is not None:
-        _export_missing(keras_path, export_dir, rows, ds, progress)
+        _export_missing(keras_path, export_dir, rows, ds, progress, _flip_averaged(export_dir))
     threads = threads or os.cpu_count() or 1
     results, paths = [], []
     for fmt, precision in rows:
@@ -164,7 +164,19 @@ def _stem(keras_path: Path | None, export_dir: Path) -> str:
     return names[0].rsplit("-", 1)[0]
 
 
-def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress) -> None:
+def _flip_averaged(export_dir: Path) -> bool:
+    """Whether the folder holds ``export --flip-average`` files (its report says so)."""
+    try:
+        report = json.loads((export_dir / "export_report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and report.get("flip_average") is True
+
+
+def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress,
+                    flip_average: bool = False) -> None:
+    """Export the files the rows need that are not in ``export_dir``, the way the files
+    already there were made (flip-averaged or not; TFLite int8 has no flip-averaged file)."""
     from edgel2.backend import use_backend
 
     use_backend("tensorflow")
@@ -173,10 +185,12 @@ def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress) -> N
     files = {file_of(f, p) for f, p in rows if f != "keras"}
     for fmt in ("onnx", "tflite"):
         missing = sorted(PRECISION_FLAG[p] for f, p in files if f == fmt and not
-                         exported_file(export_dir, keras_path.stem, fmt, p).is_file())
+                         exported_file(export_dir, keras_path.stem, fmt, p).is_file()
+                         and not (flip_average and (fmt, p) == ("tflite", "int8")))
         if missing:
             progress(f"exporting {fmt} {', '.join(missing)}")
-            export_model(keras_path, [fmt], missing, dataset=ds, check=0, out=export_dir)
+            export_model(keras_path, [fmt], missing, dataset=ds, check=0, out=export_dir,
+                         flip_average=flip_average)
 
 
 def _load_data(data):

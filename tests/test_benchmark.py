@@ -209,3 +209,20 @@ def test_profile_script_attributes_the_int8_run_to_its_fused_integer_kernels(exp
     assert "Conv" not in counts and "ConvInteger" not in counts
     assert sum(nodes for _, nodes, _ in by_op) == len(by_node)
     assert [us for _, _, us in by_op] == sorted((us for _, _, us in by_op), reverse=True)
+
+
+def test_a_flip_averaged_folder_is_filled_with_flip_averaged_files(small_model, cifar, tmp_path):
+    from edgel2.benchmark import _export_missing, _flip_averaged
+    from edgel2.export import export_model
+    from edgel2.runtime import read_metadata
+
+    folder = tmp_path / "export-flip"
+    export_model(small_model, ["onnx"], ["int8"], dataset=cifar, calib=64, check=0,
+                 calibrate=False, flip_average=True, out=folder)
+    assert _flip_averaged(folder)
+
+    _export_missing(small_model, folder, [("onnx", "fp32"), ("tflite", "int8")], cifar,
+                    lambda _: None, flip_average=True)
+
+    assert read_metadata(folder / "model-fp32.onnx")["flip_average"] is True
+    assert not (folder / "model-int8.tflite").exists()  # no flip-averaged TFLite int8 exists

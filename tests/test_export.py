@@ -455,3 +455,11 @@ def test_the_shipped_onnx_has_the_header_generic_tools_read():
     from edgel2.runtime import shipped_model
 
     _assert_tidy_onnx_header(shipped_model("resnet18-int8.onnx"))
+
+
+def test_flip_average_to_tflite_int8_is_refused_before_any_work(small_model, tmp_path):
+    result = _export_cli(str(small_model), "--format", "all", "--quantize", "int8",
+                         "--flip-average", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("edgel2: error: --flip-average is not exported to TFLite int8")
+    assert not (tmp_path / "o").exists()
