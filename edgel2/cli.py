@@ -500,6 +500,53 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
         sys.exit(SOME_IMAGES_FAILED)
 
 
+@cli.command()
+@click.option("--model", type=click.Path(dir_okay=False), default=None,
+              help="Exported .onnx or .tflite model (default: the shipped int8 ONNX).")
+@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+              help="As for edgel2 infer.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Engine threads (default: the engine's choice).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface; think before you do).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Most images in one model call.")
+@click.option("--max-delay-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="How long the first image of a batch waits for others.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Images waiting for the model before requests get 503 (Retry-After).")
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=16.0,
+              show_default=True, help="Largest request body; larger gets 413.")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Labels per image from /v1/classify (a request may ask ?top_k=N).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Server processes, each with its own model, behind one port.")
+def serve(model, engine, threads, host, port, max_batch, max_delay_ms, max_queue, max_body_mb,
+          top_k, workers) -> None:
+    """Serve the model over HTTP until SIGTERM or Ctrl-C (then finish what is in flight and
+    exit 0). Needs the serve extra: pip install "edgel2[serve]".
+
+    \b
+    GET  /                          a page: drop an image, see the top-k
+    POST /v1/classify               image files (multipart) or one image (raw body) -> top-k JSON
+    GET  /v2/health/live, /v2/health/ready, /v2/models/NAME    KServe v2 (Open Inference Protocol)
+    POST /v2/models/NAME/infer      uint8 NHWC tensors in JSON -> logits
+    GET  /metrics                   Prometheus: requests, latency, batch sizes, queue depth
+    """
+    from edgel2.serve import ServeConfig, run
+
+    config = ServeConfig(model=model, engine=engine, threads=threads, max_batch=max_batch,
+                         max_delay_ms=max_delay_ms, max_queue=max_queue,
+                         max_body_mb=max_body_mb, top_k=top_k)
+    if workers == 1:  # open the model here, so that a bad file is one line before listening
+        from edgel2.runtime import Classifier, shipped_model
+
+        Classifier(model or shipped_model(), engine=engine, threads=threads)
+    click.echo(f"edgel2 serve: http://{host}:{port}/ (Ctrl-C or SIGTERM to stop)", err=True)
+    run(config, host=host, port=port, workers=workers)
+
+
 def main() -> None:  # console-script entry point
     cli()
 

@@ -106,6 +106,8 @@ EXTRAS = {
                     'pip install "edgel2[train]"'),
     "ai_edge_litert": 'pip install "edgel2[litert]" (the ai-edge-litert package)',
     "openvino": 'pip install "edgel2[openvino]"',
+    **dict.fromkeys(("starlette", "uvicorn", "multipart", "python_multipart",
+                     "prometheus_client"), 'pip install "edgel2[serve]"'),
     "jax": 'pip install "jax[cpu]" (or "jax[cuda12]" on an NVIDIA GPU)',
 }
 

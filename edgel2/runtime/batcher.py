@@ -20,6 +20,7 @@ import threading
 import time
 from concurrent.futures import Future
 from numbers import Real
+from typing import Callable
 
 import numpy as np
 
@@ -47,7 +48,8 @@ class Batcher:
     """
 
     def __init__(self, classifier: Classifier, max_batch: int = 32, max_delay_ms: float = 2.0,
-                 top_k: int = 1, max_queue: int = 1024):
+                 top_k: int = 1, max_queue: int = 1024,
+                 on_batch: Callable[[int], None] | None = None):
         for name, value in (("max_batch", max_batch), ("top_k", top_k), ("max_queue", max_queue)):
             require_whole(name, value)
         if isinstance(max_delay_ms, bool) or not isinstance(max_delay_ms, Real) \
@@ -60,6 +62,7 @@ class Batcher:
         self._closed = False
         self._lock = threading.Lock()  # no request may slip in behind the stop marker
         self.batches_run = 0  # for tests and monitoring: how many model calls were made
+        self.on_batch = on_batch  # called with each batch's size (a metrics histogram)
         self._worker = threading.Thread(target=self._loop, name="edgel2-batcher", daemon=True)
         self._worker.start()
 
@@ -91,12 +94,20 @@ class Batcher:
         self._enqueue(pixels, future)
         return await asyncio.wrap_future(future)
 
-    def _enqueue(self, pixels: np.ndarray, future: Future) -> None:
+    async def logits_async(self, pixels: np.ndarray) -> np.ndarray:
+        """The raw logits of one uint8 ``[H, W, 3]`` image already at the model's input size
+        (a tensor API, e.g. KServe v2), batched with everything else; non-finite logits are
+        returned as they are. Cancelling drops the request, as for :meth:`submit_async`."""
+        future: Future = Future()
+        self._enqueue(pixels, future, raw=True)
+        return await asyncio.wrap_future(future)
+
+    def _enqueue(self, pixels: np.ndarray, future: Future, raw: bool = False) -> None:
         with self._lock:
             if self._closed:
                 raise EngineError("the batcher is closed")
             try:
-                self._queue.put_nowait((pixels, future))
+                self._queue.put_nowait((pixels, future, raw))
             except queue.Full:
                 raise BusyError(f"busy: {self.max_queue} requests are waiting; retry later") from None
 
@@ -131,13 +142,15 @@ class Batcher:
     def _run(self, items: list) -> None:
         # A future cancelled while queued is dropped here; once running it can no longer be
         # cancelled, so setting its result later cannot fail.
-        live = [(pixels, future) for pixels, future in items if future.set_running_or_notify_cancel()]
+        live = [item for item in items if item[1].set_running_or_notify_cancel()]
         if not live:
             return
+        if self.on_batch is not None:
+            self.on_batch(len(live))
         try:
             # an engine with several streams (OpenVINO) returns once one is free, so the next
             # batch is gathered while this one runs; the others call back at once
-            self.classifier.engine.submit(np.stack([p for p, _ in live]),
+            self.classifier.engine.submit(np.stack([item[0] for item in live]),
                                           lambda logits: self._finish(live, logits))
         except Exception as e:  # noqa: BLE001 - fails this batch only
             self._finish(live, e)
@@ -149,12 +162,14 @@ class Batcher:
             probabilities = self.classifier.to_probabilities(logits, len(live))
             predictions = self.classifier.ranked(probabilities, self.top_k)
         except Exception as e:  # noqa: BLE001 - fails this batch only
-            for _, future in live:
+            for _, future, _ in live:
                 future.set_exception(e)
             return
         self.batches_run += 1
-        for (_, future), prediction in zip(live, predictions):
-            if prediction is None:
+        for (_, future, raw), row, prediction in zip(live, logits, predictions):
+            if raw:
+                future.set_result(row)
+            elif prediction is None:
                 future.set_exception(PredictionError(NON_FINITE))
             else:
                 future.set_result(prediction)
