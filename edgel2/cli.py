@@ -190,22 +190,23 @@ def evaluate(model, data, val_split, image_size, backend, engine, threads, batch
     path = Path(model)
     if not path.is_file():
         raise EdgeL2Error(f"model file does not exist: {path}")
-    exported = path.suffix.lower() != ".keras"
-    if exported:
-        sniff_format(path)  # one line for a file that is neither format, before loading data
-    else:
-        use_backend(backend)
-    dataset = load_dataset(data, val_split=val_split, image_size=image_size)
-    if exported:
+    # the model is checked before the data loads: a bad file or a missing extra is one line
+    # at once, not after decoding 60,000 images
+    if path.suffix.lower() != ".keras":
+        sniff_format(path)
+        dataset = load_dataset(data, val_split=val_split, image_size=image_size)
         report = evaluate_file(path, dataset, engine=engine, threads=threads,
                                batch_size=batch_size or 64,
                                on_batch=None if as_json else _ProgressBars("  evaluating"))
         default_out = path.parent / "eval" / path.name
     else:
+        use_backend(backend)
         from edgel2.evaluate import evaluate as run_eval
         from edgel2.evaluate import load_model
 
-        report = run_eval(load_model(path), dataset, batch_size=batch_size or 256,
+        keras_model = load_model(path)
+        dataset = load_dataset(data, val_split=val_split, image_size=image_size)
+        report = run_eval(keras_model, dataset, batch_size=batch_size or 256,
                           verbose=0 if as_json else 1)
         default_out = path.parent / "eval"
     paths = save_report(report, out or default_out)
@@ -222,7 +223,9 @@ def evaluate(model, data, val_split, image_size, backend, engine, threads, batch
         click.echo(f"{path.name} on {report['model']['engine']}" + (
             f"; calibration: mean confidence {calibration['mean_confidence']:.3f}, "
             f"ECE {calibration['ece']:.4f}, NLL {calibration['nll']:.4f}" if calibration else ""))
-    click.echo(f"report: {paths['json']}  confusion matrix: {paths['png']}")
+    click.echo(f"report: {paths['json']}  confusion matrix: "
+               + (str(paths["png"]) if paths["png"] else 'none (pip install "edgel2[train]" '
+                  "for the PNG)"))
 
 
 class _CheckCount(click.ParamType):

@@ -124,12 +124,18 @@ def _check_classes(count: int, dataset: Dataset) -> None:
                           f"{dataset.num_classes}")
 
 
-def save_report(report: dict, out_dir: str | os.PathLike, title: str = "") -> dict[str, Path]:
-    """Write ``eval.json`` and ``confusion.png`` into ``out_dir``; return their paths."""
+def save_report(report: dict, out_dir: str | os.PathLike, title: str = "") -> dict[str, Path | None]:
+    """Write ``eval.json`` and ``confusion.png`` into ``out_dir``; return their paths (the PNG
+    is None without matplotlib, as on the runtime-only install that evaluates exported files).
+    """
     out_dir = Path(out_dir)
-    paths = {"json": write_json(out_dir / "eval.json", report),
-             "png": plot_confusion(np.array(report["confusion"]), report["class_names"],
-                                   out_dir / "confusion.png",
-                                   title=title or f"{report['data']['name']} top-1 "
-                                                  f"{100 * report['accuracy']:.2f} %")}
+    paths: dict[str, Path | None] = {"json": write_json(out_dir / "eval.json", report), "png": None}
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return paths
+    paths["png"] = plot_confusion(np.array(report["confusion"]), report["class_names"],
+                                  out_dir / "confusion.png",
+                                  title=title or f"{report['data']['name']} top-1 "
+                                                 f"{100 * report['accuracy']:.2f} %")
     return paths

@@ -21,6 +21,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
 
+# The headless browser the serve page's test drives: Debian's chromium and its driver (browser
+# builds cannot be downloaded here). Installed only where apt-get runs as root (CI, the dev
+# machines); elsewhere that one test skips.
+if ! command -v chromedriver > /dev/null && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+  echo "setup: installing chromium and chromium-driver (apt-get)" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+    > /dev/null 2>&1 || echo "setup: could not install chromium; the browser test will say so" >&2
+fi
+
 if [ -z "${EDGEL2_DATA:-}" ]; then
   pack="${EDGEL2_PACK:-$ROOT/../shared/data/cifar10-jpeg.npz}"
   if [ -f "$pack" ]; then
