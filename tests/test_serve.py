@@ -322,3 +322,15 @@ def test_the_page_classifies_an_uploaded_image_in_a_headless_browser(server, cla
     expected = classifier.predict(image, top_k=5)[0]
     assert labels == [label for label, _ in expected]
     assert shown == [f"{100 * p:.1f} %" for _, p in expected]
+
+
+def test_workers_serve_behind_one_port_and_stop_on_sigterm(classifier, images):
+    pool = Server("--workers", "2")
+    try:
+        for name, data in images[:4]:
+            status, response = pool.json("POST", "/v1/classify?top_k=1", data)
+            assert status == 200
+            assert response["results"][0]["predictions"][0]["label"] == \
+                classifier.predict(data)[0][0][0]
+    finally:
+        assert pool.stop() == 0
