@@ -463,3 +463,28 @@ def test_flip_average_to_tflite_int8_is_refused_before_any_work(small_model, tmp
     assert result.exit_code == 1
     assert result.stderr.startswith("edgel2: error: --flip-average is not exported to TFLite int8")
     assert not (tmp_path / "o").exists()
+
+
+def test_tflite_signature_takes_images_and_returns_logits(full_matrix, cifar):
+    from ai_edge_litert.interpreter import Interpreter
+
+    out, report = full_matrix
+    for row in report["rows"]:
+        if row["format"] != "tflite":
+            continue
+        interpreter = Interpreter(model_path=str(out / row["file"]))
+        assert interpreter.get_signature_list() == {
+            "serving_default": {"inputs": ["images"], "outputs": ["logits"]}}
+        images = cifar.x_test[:4]
+        logits = interpreter.get_signature_runner()(images=images)["logits"]
+        assert np.array_equal(logits, _reference(out / row["file"]).run(images)), row["file"]
+
+
+def test_a_dynamic_onnx_slower_than_fp32_here_says_so_in_the_report(full_matrix):
+    _, report = full_matrix
+    (row,) = [r for r in report["rows"] if (r["format"], r["precision"]) == ("onnx", "dynamic")]
+    assert row["status"] == "ok" and row["slower_than_fp32"] > 0
+    flagged = "slower than fp32 on this machine" in (row["reason"] or "")
+    assert flagged == (row["slower_than_fp32"] > 1.5)
+    assert all("slower_than_fp32" not in r for r in report["rows"] if r["precision"] != "dynamic"
+               or r["format"] != "onnx")

@@ -32,15 +32,12 @@ def write_tflite(model, path: Path, precision: str,
     is rebuilt with a float input, so that the converter quantizes the pixels themselves
     (scale 1, zero point 0: uint8 in) and every op runs as an int8 kernel.
     """
-    import keras
-
     from edgel2.export.source import as_float32
 
     source = as_float32(model, input_dtype="float32") if precision == "int8" else model
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "saved_model"
-        spec = keras.InputSpec(shape=(None, *model.input.shape[1:]), dtype=source.input.dtype)
-        source.export(str(saved), format="tf_saved_model", input_signature=[spec], verbose=False)
+        _save_signature(source, saved)
         args = [sys.executable, "-m", "edgel2.export.tflite", str(saved), str(path), precision]
         if precision == "int8":
             np.save(Path(tmp) / "calib.npy", calibration.astype(np.float32))
@@ -50,6 +47,22 @@ def write_tflite(model, path: Path, precision: str,
     if proc.returncode != 0:
         raise EdgeL2Error(f"TFLite conversion ({precision}) failed: "
                           f"{last_error_line(proc.stderr, proc.returncode)}")
+
+
+def _save_signature(model, saved: Path) -> None:
+    """A SavedModel whose one signature takes ``images`` and returns ``logits``, so that the
+    TFLite file's signature runner reads ``runner(images=x)["logits"]`` (``Model.export``
+    names them ``args_0`` and ``output_0``)."""
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default", lambda images: {"logits": model(images, training=False)},
+        input_signature=[tf.TensorSpec([None, *model.input.shape[1:]],
+                                       tf.as_dtype(model.input.dtype), name="images")])
+    archive.write_out(str(saved), verbose=False)
 
 
 def pack_metadata(path: Path, metadata: dict) -> None:
