@@ -201,7 +201,7 @@ def _export_one(model, fmt, precision, target, opset, calibration, calib_method,
     start = time.perf_counter()
     try:
         with atomic_path(target) as tmp:
-            _write(fmt, model, tmp, precision, opset, calibration, calib_method)
+            slower = _write(fmt, model, tmp, precision, opset, calibration, calib_method)
             result = None
             if images is not None:
                 try:
@@ -217,6 +217,13 @@ def _export_one(model, fmt, precision, target, opset, calibration, calib_method,
                 if failure and not (allow_drop and precision != "none"):
                     raise EdgeL2Error(failure)
                 row["reason"] = failure
+            if slower is not None:
+                from edgel2.export.onnx import SLOW_FACTOR
+
+                row["slower_than_fp32"] = slower
+                if slower > SLOW_FACTOR and not row["reason"]:
+                    row["reason"] = (f"runs {slower:.1f}x slower than fp32 on this machine "
+                                     "(activations quantized at run time): prefer int8 or fp32")
             if fmt == "onnx" and precision == "int8":
                 from edgel2.export.onnx import integer_conv_share
 
@@ -234,15 +241,17 @@ def _export_one(model, fmt, precision, target, opset, calibration, calib_method,
     return row
 
 
-def _write(fmt, model, path, precision, opset, calibration, calib_method) -> None:
+def _write(fmt, model, path, precision, opset, calibration, calib_method) -> float | None:
+    """Write the file; for a dynamic-range ONNX, how much slower than fp32 it runs here."""
     if fmt == "onnx":
         from edgel2.export.onnx import write_onnx
 
-        write_onnx(model, path, precision, opset, calibration, calib_method)
+        return write_onnx(model, path, precision, opset, calibration, calib_method)
     else:
         from edgel2.export.tflite import write_tflite
 
         write_tflite(model, path, precision, calibration)
+        return None
 
 
 def onnx_metadata_value(value) -> str:

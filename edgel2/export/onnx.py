@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,36 @@ def set_metadata(path: Path, metadata: dict[str, str], keep_others: bool = False
     onnx.save(proto, str(path))
 
 
+# A dynamic-range file slower than fp32 by more than this is flagged in the export report.
+SLOW_FACTOR = 1.5
+
+
+def slowdown(path: Path, reference: Path, batch: int = 32, rounds: int = 3) -> float:
+    """Seconds per batch of ``path`` over those of ``reference`` on ONNX Runtime here (the
+    best of ``rounds``, interleaved). Dynamic-range files run ``ConvInteger`` with the
+    activations quantized at run time, which on many CPUs is several times slower than fp32.
+    """
+    import onnxruntime as ort
+
+    images = np.random.default_rng(0).integers(0, 256, (batch, *_input_hwc(reference)), np.uint8)
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                for p in (path, reference)]
+    best = [float("inf"), float("inf")]
+    for _ in range(rounds):
+        for i, session in enumerate(sessions):
+            start = time.perf_counter()
+            session.run(None, {session.get_inputs()[0].name: images})
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best[0] / best[1]
+
+
+def _input_hwc(path: Path) -> list[int]:
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value for d in dims[1:]]
+
+
 def tidy_header(proto) -> None:
     """What generic ONNX tools read, filled truthfully: producer edgel2 and its version, a
     doc string, the file layout version; the batch dimension named ``batch`` (tf2onnx names
@@ -180,8 +211,10 @@ def _first_dim(value) -> str | None:
 
 
 def write_onnx(model, path: Path, precision: str, opset: int,
-               calibration: np.ndarray | None, calib_method: str) -> None:
-    """Write ``model`` as ONNX at ``precision`` (none, fp16, dynamic, int8) to ``path``."""
+               calibration: np.ndarray | None, calib_method: str) -> float | None:
+    """Write ``model`` as ONNX at ``precision`` (none, fp16, dynamic, int8) to ``path``. For
+    ``dynamic``, return how many times slower than the fp32 file it runs here (see
+    :func:`slowdown`)."""
     import onnx
 
     proto = to_onnx(model, opset)
@@ -195,6 +228,7 @@ def write_onnx(model, path: Path, precision: str, opset: int,
             onnx.save(proto, str(fp32))
             if precision == "dynamic":
                 quantize_dynamic(fp32, path)
+                return slowdown(path, fp32)
             else:
                 quantize_int8(fp32, path, calibration, calib_method)
     os.chmod(path, 0o644)
