@@ -228,6 +228,52 @@ def evaluate(model, data, val_split, image_size, backend, engine, threads, batch
                   "for the PNG)"))
 
 
+class _IntList(click.ParamType):
+    """Whole numbers >= 1, comma-separated (the option may also be repeated: see _flat)."""
+
+    name = "N,N,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        try:
+            numbers = [int(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of whole numbers", param, ctx)
+        if not numbers or min(numbers) < 1:
+            self.fail(f"{value!r} needs numbers >= 1", param, ctx)
+        return numbers
+
+
+class _ChoiceList(click.ParamType):
+    """Names from ``choices``, comma-separated. With ``multiple=True`` and ``callback=_flat``
+    the option may also be repeated: every list option of the CLI takes both
+    ``--formats onnx,tflite`` and ``--formats onnx --formats tflite``."""
+
+    def __init__(self, choices):
+        self.choices = list(choices)
+        self.name = "[" + "|".join(self.choices) + "],..."
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return self.name
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        names = [v.strip() for v in str(value).split(",") if v.strip()]
+        unknown = [n for n in names if n not in self.choices]
+        if unknown or not names:
+            self.fail(f"{unknown[0] if unknown else value!r} is not one of "
+                      f"{', '.join(self.choices)}", param, ctx)
+        return names
+
+
+def _flat(ctx, param, value):
+    """A repeated list option (a tuple of lists) as one list, in order, without repeats."""
+    flat = [v for group in value or () for v in (group if isinstance(group, list) else [group])]
+    return list(dict.fromkeys(flat))
+
+
 class _CheckCount(click.ParamType):
     """A number of test images, or ``all`` for the whole test split (None)."""
 
@@ -247,11 +293,13 @@ class _CheckCount(click.ParamType):
 
 @cli.command(name="export")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--format", "formats", type=click.Choice(["onnx", "tflite", "all"]), multiple=True,
-              default=["onnx"], show_default=True, help="Repeat for several, or 'all'.")
-@click.option("--quantize", "precisions", type=click.Choice(["none", "fp16", "dynamic", "int8", "all"]),
-              multiple=True, default=["none"], show_default=True,
-              help="none = fp32; int8 = full integer, calibrated; repeat for several, or 'all'.")
+@click.option("--format", "formats", type=_ChoiceList(["onnx", "tflite", "all"]), multiple=True,
+              default=["onnx"], show_default=True, callback=_flat,
+              help="Several comma-separated or repeated, or 'all'.")
+@click.option("--quantize", "precisions", type=_ChoiceList(["none", "fp16", "dynamic", "int8", "all"]),
+              multiple=True, default=["none"], show_default=True, callback=_flat,
+              help="none = fp32; int8 = full integer, calibrated; several comma-separated or "
+                   "repeated, or 'all'.")
 @click.option("--data", type=str, default=None,
               help="Images to calibrate and check on (default: $EDGEL2_DATA, else CIFAR-10).")
 @click.option("--calib", type=click.IntRange(min=1), default=512, show_default=True,
@@ -351,32 +399,19 @@ class _ProgressBars:
             self.bar = None
 
 
-class _IntList(click.ParamType):
-    name = "N,N,..."
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, (list, tuple)):
-            return list(value)
-        try:
-            numbers = [int(v) for v in str(value).split(",") if v.strip()]
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of whole numbers", param, ctx)
-        if not numbers or min(numbers) < 1:
-            self.fail(f"{value!r} needs numbers >= 1", param, ctx)
-        return numbers
-
-
 @cli.command()
 @click.argument("source", type=click.Path(exists=False))
 @click.option("--data", type=str, default=None,
               help="Test images for top-1 (default: $EDGEL2_DATA, else CIFAR-10).")
-@click.option("--formats", type=click.Choice(["keras", "onnx", "tflite", "openvino"]), multiple=True,
-              default=None, help="Runtimes to measure; repeat to pick several (default: all "
-                                 "installed; openvino runs the ONNX files).")
+@click.option("--formats", type=_ChoiceList(["keras", "onnx", "tflite", "openvino"]), multiple=True,
+              default=None, callback=_flat,
+              help="Runtimes to measure, comma-separated or repeated (default: all "
+                   "installed; openvino runs the ONNX files).")
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
               help="Measure the exported files on this engine only, beside Keras "
                    "(auto: every installed engine).")
-@click.option("--batch-sizes", type=_IntList(), default="1,8,64", show_default=True)
+@click.option("--batch-sizes", type=_IntList(), multiple=True, default=["1,8,64"],
+              show_default=True, callback=_flat, help="Comma-separated or repeated.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads per runtime (default: all cores).")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",

@@ -53,3 +53,33 @@ def test_help_lists_the_commands_and_documents_the_l2_defaults():
     help_text = " ".join(_run("train", "--help").output.split())  # undo line wrapping
     assert "--weight-l2" in help_text and "2.5e-4 equals SGD weight decay 5e-4" in help_text
     assert "--feature-l2" in help_text and "[default: 0.0001" in help_text
+
+
+@pytest.mark.parametrize("args, formats, precisions", [
+    (["--format", "onnx,tflite", "--quantize", "none,int8"], ["onnx", "tflite"], ["none", "int8"]),
+    (["--format", "onnx", "--format", "tflite", "--quantize", "int8"], ["onnx", "tflite"], ["int8"]),
+    (["--format", "tflite,onnx", "--format", "onnx"], ["tflite", "onnx"], ["none"]),
+    ([], ["onnx"], ["none"]),
+])
+def test_list_options_take_commas_and_repetition_alike(monkeypatch, tmp_path, args, formats,
+                                                       precisions):
+    import edgel2.export
+
+    seen = {}
+
+    def fake_export(model, formats, precisions, **kwargs):
+        seen.update(formats=formats, precisions=precisions)
+        return {"rows": [], "out": str(tmp_path), "keras_accuracy": None}
+
+    monkeypatch.setattr(edgel2.export, "export_model", fake_export)
+    monkeypatch.setattr(edgel2.cli, "use_backend", lambda backend: None)
+    result = CliRunner().invoke(cli, ["export", "m.keras", *args])
+    assert result.exit_code == 0, result.output
+    assert seen == {"formats": formats, "precisions": precisions}
+
+
+def test_an_unknown_name_in_a_list_option_is_one_line_and_exit_2():
+    result = CliRunner().invoke(cli, ["benchmark", "x.keras", "--formats", "onnx,coreml"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--formats': 'coreml' is not one of keras, onnx, tflite, openvino" \
+        in result.stderr
