@@ -51,3 +51,29 @@ def test_infer_uses_the_shipped_int8_onnx_by_default(data_dir):
     result = CliRunner().invoke(cli, ["infer", str(image), "--format", "csv"])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[1].split(",")[1] in Classifier(shipped_model()).class_names
+
+
+def test_the_shipped_files_still_answer_their_test_vectors():
+    """models/test-vectors.json (scripts/make_test_vectors.py) is what ports check against:
+    the JPEGs decode to its pixels, and each shipped file gives its logits and top-1."""
+    import base64
+    import json
+
+    from edgel2.runtime import load_image, shipped_model
+    from edgel2.runtime.engines import REFERENCE_ENGINE
+    from edgel2.runtime.modelfile import sniff_format
+
+    vectors = json.loads(shipped_model("test-vectors.json").read_text())
+    pixels = np.array([image["pixels"] for image in vectors["images"]], np.uint8).reshape(-1, 32, 32, 3)
+    for image, expected in zip(vectors["images"], pixels):
+        assert np.array_equal(load_image(base64.b64decode(image["jpeg_base64"]), (32, 32)), expected)
+    assert len(vectors["files"]) == 2
+    for name, answer in vectors["files"].items():
+        path = shipped_model(name)
+        classifier = Classifier(path, engine=REFERENCE_ENGINE[sniff_format(path)])
+        logits = classifier.engine.run(pixels)
+        # integer kernels may round differently on another CPU: well inside 0.05, same top-1
+        assert np.allclose(logits, answer["logits"], atol=0.05), name
+        assert [classifier.class_names[i] for i in logits.argmax(1)] == answer["top1"]
+        assert np.allclose(classifier.to_probabilities(logits, len(pixels)),
+                           answer["probabilities"], atol=0.01)

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Write ``models/test-vectors.json``: a few CIFAR-10-JPEG test images (their JPEG bytes and
+the uint8 pixels Pillow decodes from them) and what each shipped file answers for them (raw
+logits on its reference engine, calibrated probabilities, top-1), so that a port in another
+language checks its decoding and its model call against known numbers.
+
+    python scripts/make_test_vectors.py            # after the shipped models change
+
+``tests/test_models.py`` checks that the shipped files still give these numbers.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FILES = ("resnet18-int8.onnx", "resnet18-int8.tflite")
+PER_CLASS = 1  # the first test image of each class: 10 images, about 160 KB of JSON
+
+
+def main() -> None:
+    from edgel2.data import load_dataset
+    from edgel2.runtime import Classifier, load_image
+    from edgel2.runtime.engines import REFERENCE_ENGINE
+    from edgel2.runtime.modelfile import sniff_format
+
+    test_dir = Path(load_dataset().source) / "test"
+    picked = [sorted((test_dir / c).glob("*.jpg"))[0] for c in sorted(p.name for p in test_dir.iterdir())]
+    jpegs = [p.read_bytes() for p in picked][: 10 * PER_CLASS]
+    pixels = np.stack([load_image(j, (32, 32)) for j in jpegs])
+    vectors = {
+        "about": "edgel2 test vectors: images as JPEG (base64) and as the uint8 HWC RGB pixels "
+                 "Pillow decodes from them; per shipped file, its raw logits on its reference "
+                 "engine, the calibrated probabilities and the top-1 label. Made by "
+                 "scripts/make_test_vectors.py; README, 'Test vectors for ports'.",
+        "images": [{"name": f"{p.parent.name}/{p.name}", "label": p.parent.name,
+                    "jpeg_base64": base64.b64encode(j).decode(), "pixels": x.ravel().tolist()}
+                   for p, j, x in zip(picked, jpegs, pixels)],
+        "files": {},
+    }
+    for name in FILES:
+        path = ROOT / "models" / name
+        classifier = Classifier(path, engine=REFERENCE_ENGINE[sniff_format(path)])
+        logits = classifier.engine.run(pixels)
+        probabilities = classifier.to_probabilities(logits, len(pixels))
+        vectors["files"][name] = {
+            "engine": classifier.engine.name, "temperature": classifier.temperature,
+            "unsmooth": classifier.unsmooth,
+            "logits": np.round(logits, 6).tolist(),
+            "probabilities": np.round(probabilities, 6).tolist(),
+            "top1": [classifier.class_names[i] for i in logits.argmax(axis=1)],
+        }
+    out = ROOT / "models" / "test-vectors.json"
+    out.write_text(json.dumps(vectors, separators=(",", ":")) + "\n")
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB, {len(jpegs)} images)")
+
+
+if __name__ == "__main__":
+    main()
