@@ -58,11 +58,12 @@ def cli() -> None:
     """edgel2: train an L2-regularized ResNet-18 on CIFAR-10, export it, deploy it.
 
     \b
-    Quick start:
-      edgel2 train --width 16 --epochs 5 --subset 10000
-      edgel2 eval runs/train/exp/model.keras
-      edgel2 export runs/train/exp/model.keras --format all --quantize all
-      edgel2 infer photos/ --model runs/train/exp/export/model-int8.onnx
+    Quick start on a CPU (what scripts/quickstart.sh runs; a few minutes on 2 cores):
+      edgel2 train --width 16 --epochs 4 --subset 10000 --batch-size 128 --lr 0.2 --test-subset 2000 --out runs/train/quickstart
+      edgel2 eval runs/train/quickstart/model.keras
+      edgel2 export runs/train/quickstart/model.keras --format all --quantize all --allow-drop
+      edgel2 infer photos/ --model runs/train/quickstart/export/model-int8.onnx --top-k 2
+      edgel2 serve --model runs/train/quickstart/export/model-int8.onnx
     """
 
 

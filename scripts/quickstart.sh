@@ -4,7 +4,8 @@
 # an evaluation of it on the full test split, and every export. Override with e.g. EPOCHS=30 WIDTH=64.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-run="runs/train/quickstart-$(date +%Y%m%d-%H%M%S)"
+run="runs/train/quickstart"
+[ -e "$run" ] && run="$run-$(date +%Y%m%d-%H%M%S)"  # never over an earlier run
 edgel2 train --width "${WIDTH:-16}" --epochs "${EPOCHS:-4}" --subset "${SUBSET:-10000}" \
   --batch-size 128 --lr 0.2 --test-subset 2000 --out "$run"
 edgel2 eval "$run/model.keras"
@@ -13,5 +14,7 @@ edgel2 export "$run/model.keras" --format all --quantize all --allow-drop
 if [ -d "${EDGEL2_DATA:-}/test" ]; then  # classify a few real test images with the int8 ONNX
   edgel2 infer "$EDGEL2_DATA"/test/*/000[0-1].* --model "$run/export/model-int8.onnx" --top-k 2
 fi
+# to try it over HTTP (needs edgel2[serve]; Ctrl-C stops it):
+#   edgel2 serve --model "$run/export/model-int8.onnx"
 echo "quickstart: done; curves in $run/curves.png, confusion matrix in $run/eval/confusion.png,"
 echo "            exported files and export_report.json in $run/export/"

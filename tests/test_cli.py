@@ -83,3 +83,21 @@ def test_an_unknown_name_in_a_list_option_is_one_line_and_exit_2():
     assert result.exit_code == 2
     assert "Invalid value for '--formats': 'coreml' is not one of keras, onnx, tflite, openvino" \
         in result.stderr
+
+
+def test_the_quick_start_in_help_is_what_quickstart_sh_runs():
+    """One source for the quick start: each command `edgel2 --help` shows is a line of
+    scripts/quickstart.sh with its defaults filled in (the script's run directory, images)."""
+    import re
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parent.parent / "scripts" / "quickstart.sh").read_text()
+    script = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", script)            # ${EPOCHS:-4} -> 4
+    script = script.replace('"$run"', "runs/train/quickstart").replace("$run", "runs/train/quickstart")
+    script = re.sub(r"\\\n\s*", "", script).replace('"', "")          # join continued lines
+    shown = CliRunner().invoke(cli, ["--help"]).output
+    commands = [line.strip() for line in shown.splitlines() if line.strip().startswith("edgel2 ")]
+    assert len(commands) == 5
+    for command in commands:
+        tail = command.split("photos/ ")[-1]  # the script infers on test images, not photos/
+        assert tail in script, command
