@@ -92,7 +92,7 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
     images, labels = held_out_images(ds, check)
 
     if keras_path is not None:
-        _export_missing(keras_path, export_dir, rows, ds, progress, _flip_averaged(export_dir))
+        _export_missing(keras_path, export_dir, rows, ds, progress, **_made_as(export_dir))
     threads = threads or os.cpu_count() or 1
     results, paths = [], []
     for fmt, precision in rows:
@@ -164,19 +164,25 @@ def _stem(keras_path: Path | None, export_dir: Path) -> str:
     return names[0].rsplit("-", 1)[0]
 
 
-def _flip_averaged(export_dir: Path) -> bool:
-    """Whether the folder holds ``export --flip-average`` files (its report says so)."""
+def _made_as(export_dir: Path) -> dict:
+    """How the folder's files were exported (flip-averaged, a fixed batch), from its report."""
     try:
         report = json.loads((export_dir / "export_report.json").read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(report, dict) and report.get("flip_average") is True
+        report = None
+    if not isinstance(report, dict):
+        return {"flip_average": False, "batch": None}
+    batch = report.get("batch")
+    return {"flip_average": report.get("flip_average") is True,
+            "batch": batch if isinstance(batch, int) and not isinstance(batch, bool)
+            and batch > 0 else None}
 
 
 def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress,
-                    flip_average: bool = False) -> None:
+                    flip_average: bool = False, batch: int | None = None) -> None:
     """Export the files the rows need that are not in ``export_dir``, the way the files
-    already there were made (flip-averaged or not; TFLite int8 has no flip-averaged file)."""
+    already there were made (flip-averaged or not, a fixed batch or not; TFLite int8 has no
+    flip-averaged file)."""
     from edgel2.backend import use_backend
 
     use_backend("tensorflow")
@@ -190,7 +196,7 @@ def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress,
         if missing:
             progress(f"exporting {fmt} {', '.join(missing)}")
             export_model(keras_path, [fmt], missing, dataset=ds, check=0, out=export_dir,
-                         flip_average=flip_average)
+                         flip_average=flip_average, batch=batch)
 
 
 def _load_data(data):

@@ -322,9 +322,13 @@ class _CheckCount(click.ParamType):
               help="Put the left-right mirror image into the graph and average the two logits "
                    "(test-time augmentation: more accurate, twice the compute). Files go to "
                    "export-flip/ unless --out.")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Fix the batch dimension at N images (NPUs, NNAPI and delegates want static "
+                   "shapes); the file refuses other batches, edgel2's runtime pads to it. "
+                   "Files go to export-bN/ unless --out. Default: any batch.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def export(model, formats, precisions, data, calib, calib_method, opset, out, check, allow_drop,
-           calibrate, flip_average, force) -> None:
+           calibrate, flip_average, batch, force) -> None:
     """Export MODEL (.keras, trained on any backend) to ONNX and/or TFLite, in fp32, fp16,
     dynamic-range or int8, and check every file against the Keras model.
 
@@ -339,7 +343,7 @@ def export(model, formats, precisions, data, calib, calib_method, opset, out, ch
     report = export_model(model, formats, precisions, data=data, calib=calib,
                           calib_method=calib_method, opset=opset, out=out, check=check,
                           force=force, allow_drop=allow_drop, calibrate=calibrate,
-                          flip_average=flip_average,
+                          flip_average=flip_average, batch=batch,
                           progress=lambda line: click.echo(line, err=True),
                           check_progress=_ProgressBars("  checking"))
     click.echo(format_table(report))

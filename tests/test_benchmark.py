@@ -212,14 +212,14 @@ def test_profile_script_attributes_the_int8_run_to_its_fused_integer_kernels(exp
 
 
 def test_a_flip_averaged_folder_is_filled_with_flip_averaged_files(small_model, cifar, tmp_path):
-    from edgel2.benchmark import _export_missing, _flip_averaged
+    from edgel2.benchmark import _export_missing, _made_as
     from edgel2.export import export_model
     from edgel2.runtime import read_metadata
 
     folder = tmp_path / "export-flip"
     export_model(small_model, ["onnx"], ["int8"], dataset=cifar, calib=64, check=0,
                  calibrate=False, flip_average=True, out=folder)
-    assert _flip_averaged(folder)
+    assert _made_as(folder) == {"flip_average": True, "batch": None}
 
     _export_missing(small_model, folder, [("onnx", "fp32"), ("tflite", "int8")], cifar,
                     lambda _: None, flip_average=True)

@@ -347,13 +347,20 @@ def test_int8_without_data_says_how_to_get_some(small_model, tmp_path, monkeypat
     assert "pass --data PATH" in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_flip_average_export_averages_each_image_with_its_mirror(small_model, cifar, tmp_path):
-    from edgel2.evaluate import load_model
-
+@pytest.fixture
+def run(small_model, tmp_path):
+    """A copy of the small model's run directory (model.keras beside config.json), for
+    exports into its default folders."""
     run = tmp_path / "run"
     run.mkdir()
     for name in ("model.keras", "config.json"):
         shutil.copy(small_model.parent / name, run / name)
+    return run
+
+
+def test_flip_average_export_averages_each_image_with_its_mirror(run, cifar):
+    from edgel2.evaluate import load_model
+
     report = export_model(run / "model.keras", ["onnx"], ["none"], dataset=cifar, check=100,
                           calibrate=False, flip_average=True)
 
@@ -488,3 +495,34 @@ def test_a_dynamic_onnx_slower_than_fp32_here_says_so_in_the_report(full_matrix)
     assert flagged == (row["slower_than_fp32"] > 1.5)
     assert all("slower_than_fp32" not in r for r in report["rows"] if r["precision"] != "dynamic"
                or r["format"] != "onnx")
+
+
+def test_fixed_batch_export_runs_at_that_batch_and_refuses_another(run, cifar):
+    import onnxruntime as ort
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgel2.runtime import Classifier
+
+    dynamic = export_model(run / "model.keras", ["onnx"], ["none"], dataset=cifar, check=0,
+                           calibrate=False)
+    report = export_model(run / "model.keras", ["onnx", "tflite"], ["none"], dataset=cifar,
+                          check=50, calibrate=False, batch=4)  # 50: the last call is padded
+
+    assert report["out"] == str(run / "export-b4") and report["batch"] == 4
+    assert [r["status"] for r in report["rows"]] == ["ok", "ok"]
+    onnx_file, tflite_file = run / "export-b4" / "model-fp32.onnx", run / "export-b4" / "model-fp32.tflite"
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [4, 32, 32, 3]
+    with pytest.raises(Exception, match="dimensions"):
+        session.run(None, {"images": cifar.x_test[:3]})
+    assert Interpreter(model_path=str(tflite_file)).get_input_details()[0][
+        "shape_signature"].tolist() == [4, 32, 32, 3]
+    assert read_metadata(onnx_file)["input"]["shape"] == [4, 32, 32, 3]
+
+    images = cifar.x_test[:7]
+    expected = Classifier(Path(dynamic["out"]) / "model-fp32.onnx",
+                          engine="onnxruntime").probabilities(images)
+    for path in (onnx_file, tflite_file):
+        fixed = Classifier(path, engine="onnxruntime" if path.suffix == ".onnx" else "litert")
+        assert fixed.engine.fixed_batch == 4
+        assert np.allclose(fixed.probabilities(images), expected, atol=1e-5)

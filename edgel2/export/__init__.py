@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgel2.data import balanced_subset, held_out_images, load_dataset
-from edgel2.errors import EdgeL2Error, first_line
+from edgel2.errors import EdgeL2Error, first_line, require_whole
 from edgel2.export.check import run_batches
 from edgel2.utils import atomic_path, write_json
 
@@ -45,7 +45,8 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
                  calib: int = 512, calib_method: str = "minmax", opset: int = 17,
                  out: str | os.PathLike | None = None, check: int | None = 1000,
                  force: bool = False, max_drop: float = 2.0, allow_drop: bool = False,
-                 calibrate: bool = True, flip_average: bool = False, dataset=None, progress: Callable[[str], None] = lambda _: None,
+                 calibrate: bool = True, flip_average: bool = False,
+                 batch: int | None = None, dataset=None, progress: Callable[[str], None] = lambda _: None,
                  check_progress: Callable[[int, int], None] | None = None) -> dict:
     """Export ``model_path`` to every format x precision, check each file, write
     ``export_report.json``; return this call's report. ``check=None`` checks on the whole test
@@ -58,7 +59,10 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
 
     ``flip_average`` exports :func:`edgel2.model.flip_averaged` (each image and its mirror,
     logits averaged: twice the compute) into ``export-flip/`` by default, so that its files
-    never mix with the plain ones.
+    never mix with the plain ones. ``batch`` fixes the batch dimension at that many images
+    (NPUs, NNAPI and other delegates want static shapes), into ``export-b<N>/`` by default;
+    the file refuses any other batch, and edgel2's runtime pads to it
+    (:class:`edgel2.runtime.engines.FixedBatch`).
 
     The report file keeps the rows of earlier exports of the same model into the same folder
     whose files are still there (``edgel2 export --format onnx`` then ``--format tflite``, or
@@ -75,7 +79,9 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
 
         check_opset(opset)
     model_path = Path(model_path)
-    out_dir = Path(out) if out else model_path.parent / ("export-flip" if flip_average else "export")
+    if batch is not None:
+        require_whole("batch", batch)
+    out_dir = Path(out) if out else model_path.parent / default_folder(flip_average, batch)
     targets = [(f, p, exported_file(out_dir, model_path.stem, f, PRECISION_NAME[p]))
                for f in formats for p in precisions]
     if flip_average and any((f, p) == ("tflite", "int8") for f, p, _ in targets):
@@ -90,6 +96,7 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
 
     model, base_metadata = load_source(model_path)
     base_metadata["flip_average"] = flip_average
+    base_metadata["input"]["shape"][0] = base_metadata["output"]["shape"][0] = batch  # None: any
     if flip_average:
         from edgel2.model import flip_averaged
 
@@ -129,16 +136,26 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
         progress(f"{fmt} {PRECISION_NAME[precision]} -> {target}")
         rows.append({**_export_one(model, fmt, precision, target, opset, calibration,
                                    calib_method, images, labels, reference, base_metadata,
-                                   max_drop, allow_drop, check_progress, checked["data"]),
+                                   max_drop, allow_drop, check_progress, checked["data"], batch),
                      **checked})
     # the model as seen from the report's folder: valid from any directory, and after the
     # run directory is moved as a whole
     report = {"model": Path(os.path.relpath(Path(model_path).resolve(), out_dir.resolve())).as_posix(),
-              "out": str(out_dir), "flip_average": flip_average, **checked,
+              "out": str(out_dir), "flip_average": flip_average, "batch": batch, **checked,
               "calibration": calibration_result, "rows": rows}
     report_path = out_dir / "export_report.json"
     write_json(report_path, _with_earlier_rows(report_path, report))
     return report
+
+
+def default_folder(flip_average: bool = False, batch: int | None = None) -> str:
+    """The export folder's name beside the model, so that variants never mix.
+
+    Example:
+        >>> default_folder(), default_folder(True), default_folder(batch=8), default_folder(True, 1)
+        ('export', 'export-flip', 'export-b8', 'export-flip-b1')
+    """
+    return "export" + ("-flip" if flip_average else "") + (f"-b{batch}" if batch else "")
 
 
 def report_model(report_path: Path, report: dict | None = None) -> Path | None:
@@ -192,7 +209,7 @@ def _with_earlier_rows(path: Path, report: dict) -> dict:
 
 def _export_one(model, fmt, precision, target, opset, calibration, calib_method, images, labels,
                 reference, base_metadata, max_drop, allow_drop, check_progress,
-                data_name: str | None) -> dict:
+                data_name: str | None, batch: int | None = None) -> dict:
     from edgel2.export import check as checks
 
     row = {"format": fmt, "precision": PRECISION_NAME[precision], "file": target.name,
@@ -201,7 +218,7 @@ def _export_one(model, fmt, precision, target, opset, calibration, calib_method,
     start = time.perf_counter()
     try:
         with atomic_path(target) as tmp:
-            slower = _write(fmt, model, tmp, precision, opset, calibration, calib_method)
+            slower = _write(fmt, model, tmp, precision, opset, calibration, calib_method, batch)
             result = None
             if images is not None:
                 try:
@@ -241,16 +258,17 @@ def _export_one(model, fmt, precision, target, opset, calibration, calib_method,
     return row
 
 
-def _write(fmt, model, path, precision, opset, calibration, calib_method) -> float | None:
+def _write(fmt, model, path, precision, opset, calibration, calib_method,
+           batch: int | None = None) -> float | None:
     """Write the file; for a dynamic-range ONNX, how much slower than fp32 it runs here."""
     if fmt == "onnx":
         from edgel2.export.onnx import write_onnx
 
-        return write_onnx(model, path, precision, opset, calibration, calib_method)
+        return write_onnx(model, path, precision, opset, calibration, calib_method, batch)
     else:
         from edgel2.export.tflite import write_tflite
 
-        write_tflite(model, path, precision, calibration)
+        write_tflite(model, path, precision, calibration, batch)
         return None
 
 

@@ -30,14 +30,14 @@ def check_opset(opset: int) -> None:
                           f"{newest} (the newest tf2onnx {tf2onnx.__version__} can write)")
 
 
-def to_onnx(model, opset: int = MIN_OPSET):
+def to_onnx(model, opset: int = MIN_OPSET, batch: int | None = None):
     """The float32 model as an ``onnx.ModelProto``: input ``images`` (uint8 NHWC, dynamic
     batch), output ``logits`` (float32)."""
     import tensorflow as tf
     import tf2onnx
 
     check_opset(opset)
-    spec = [tf.TensorSpec([None, *model.input.shape[1:]], tf.uint8, name="images")]
+    spec = [tf.TensorSpec([batch, *model.input.shape[1:]], tf.uint8, name="images")]
     serve = tf.function(lambda images: {"logits": model(images, training=False)},
                         input_signature=spec)
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset)
@@ -59,6 +59,7 @@ def quantize_dynamic(src: Path, dst: Path) -> None:
 
 
 def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax",
+                  batch: int | None = None,
                   fold_input: bool = True) -> None:
     """Static QDQ int8: int8 per-channel weights, uint8 activations (the variant whose
     convolutions fuse into integer kernels on x86), after ``quant_pre_process``, calibrated
@@ -73,7 +74,11 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 64)))
+            # a fixed-batch graph takes exactly `batch` images a call (the rest are left out)
+            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 64))
+                                if batch is None else
+                                [calibration[i:i + batch]
+                                 for i in range(0, len(calibration) - batch + 1, batch)])
 
         def get_next(self):
             batch = next(self.batches, None)
@@ -211,13 +216,14 @@ def _first_dim(value) -> str | None:
 
 
 def write_onnx(model, path: Path, precision: str, opset: int,
-               calibration: np.ndarray | None, calib_method: str) -> float | None:
+               calibration: np.ndarray | None, calib_method: str,
+               batch: int | None = None) -> float | None:
     """Write ``model`` as ONNX at ``precision`` (none, fp16, dynamic, int8) to ``path``. For
     ``dynamic``, return how many times slower than the fp32 file it runs here (see
     :func:`slowdown`)."""
     import onnx
 
-    proto = to_onnx(model, opset)
+    proto = to_onnx(model, opset, batch)
     if precision == "none":
         onnx.save(proto, str(path))
     elif precision == "fp16":
@@ -230,5 +236,5 @@ def write_onnx(model, path: Path, precision: str, opset: int,
                 quantize_dynamic(fp32, path)
                 return slowdown(path, fp32)
             else:
-                quantize_int8(fp32, path, calibration, calib_method)
+                quantize_int8(fp32, path, calibration, calib_method, batch)
     os.chmod(path, 0o644)

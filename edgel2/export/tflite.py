@@ -2,7 +2,7 @@
 
 ``TFLiteConverter.from_keras_model`` has known Keras 3 breakage, and the converter leaks
 memory on every call in TF 2.20/2.21, so each conversion runs in its own process
-(``python -m edgel2.export.tflite SAVED_MODEL OUT PRECISION [CALIB.npy]``).
+(``python -m edgel2.export.tflite SAVED_MODEL OUT PRECISION BATCH [CALIB.npy]``).
 
 Metadata travels inside the file the way TFLite Support packs associated files: a zip
 archive appended to the flatbuffer (``edgel2.json`` and ``labels.txt``). Interpreters ignore
@@ -25,7 +25,7 @@ from edgel2.errors import EdgeL2Error, last_error_line
 
 
 def write_tflite(model, path: Path, precision: str,
-                 calibration: np.ndarray | None) -> None:
+                 calibration: np.ndarray | None, batch: int | None = None) -> None:
     """Write ``model`` as TFLite at ``precision`` (none, fp16, dynamic, int8) to ``path``.
 
     Every variant takes uint8 NHWC pixels and returns float32 logits. For int8 the network
@@ -37,8 +37,9 @@ def write_tflite(model, path: Path, precision: str,
     source = as_float32(model, input_dtype="float32") if precision == "int8" else model
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "saved_model"
-        _save_signature(source, saved)
-        args = [sys.executable, "-m", "edgel2.export.tflite", str(saved), str(path), precision]
+        _save_signature(source, saved, batch)
+        args = [sys.executable, "-m", "edgel2.export.tflite", str(saved), str(path), precision,
+                str(batch or 1)]
         if precision == "int8":
             np.save(Path(tmp) / "calib.npy", calibration.astype(np.float32))
             args.append(str(Path(tmp) / "calib.npy"))
@@ -49,7 +50,7 @@ def write_tflite(model, path: Path, precision: str,
                           f"{last_error_line(proc.stderr, proc.returncode)}")
 
 
-def _save_signature(model, saved: Path) -> None:
+def _save_signature(model, saved: Path, batch: int | None = None) -> None:
     """A SavedModel whose one signature takes ``images`` and returns ``logits``, so that the
     TFLite file's signature runner reads ``runner(images=x)["logits"]`` (``Model.export``
     names them ``args_0`` and ``output_0``)."""
@@ -60,7 +61,7 @@ def _save_signature(model, saved: Path) -> None:
     archive.track(model)
     archive.add_endpoint(
         "serving_default", lambda images: {"logits": model(images, training=False)},
-        input_signature=[tf.TensorSpec([None, *model.input.shape[1:]],
+        input_signature=[tf.TensorSpec([batch, *model.input.shape[1:]],
                                        tf.as_dtype(model.input.dtype), name="images")])
     archive.write_out(str(saved), verbose=False)
 
@@ -87,7 +88,8 @@ def _archive_start(data: bytes) -> int:
     return eocd - size_cd - offset_cd
 
 
-def _convert(saved_model: str, out: str, precision: str, calib: str | None) -> None:
+def _convert(saved_model: str, out: str, precision: str, batch: int,
+             calib: str | None) -> None:
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
@@ -99,8 +101,9 @@ def _convert(saved_model: str, out: str, precision: str, calib: str | None) -> N
         images = np.load(calib)
 
         def representative():
-            for i in range(len(images)):
-                yield [images[i:i + 1]]
+            # `batch` images at a time: a fixed-batch graph takes no other count
+            for i in range(0, len(images) - batch + 1, batch):
+                yield [images[i:i + batch]]
 
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -110,4 +113,5 @@ def _convert(saved_model: str, out: str, precision: str, calib: str | None) -> N
 
 
 if __name__ == "__main__":
-    _convert(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
+    _convert(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]),
+             sys.argv[5] if len(sys.argv) > 5 else None)

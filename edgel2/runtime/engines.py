@@ -267,6 +267,42 @@ class OpenVinoEngine(Engine):
             self._submitted.wait_all()
 
 
+class FixedBatch(Engine):
+    """An engine whose file takes exactly N images a call (``edgel2 export --batch N``, for
+    NPUs and delegates that want static shapes): any batch is run as N-image calls, the last
+    one padded with black images whose logits are dropped. The file itself refuses any other
+    batch; edgel2's runtime adapts to it.
+
+    Example:
+        >>> engine = open_engine("export-b8/model-int8.onnx")    # doctest: +SKIP
+        >>> engine.fixed_batch, engine.run(images[:3]).shape        # doctest: +SKIP
+        (8, (3, 10))
+    """
+
+    def __init__(self, inner: Engine):
+        self.inner = inner
+        self.fixed_batch: int = inner.input_shape[0]
+        for name in ("name", "path", "metadata", "providers", "fallback", "input_shape",
+                     "input_dtype", "output_shape"):
+            setattr(self, name, getattr(inner, name))
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        n = self.fixed_batch
+        outputs = []
+        for start in range(0, len(batch), n):
+            chunk = batch[start:start + n]
+            if len(chunk) < n:
+                chunk = np.concatenate([chunk, np.zeros((n - len(chunk), *chunk.shape[1:]),
+                                                        chunk.dtype)])
+            outputs.append(self.inner.run(chunk)[:min(n, len(batch) - start)])
+        if not outputs:
+            return np.zeros((0, self.output_shape[1] or 0), np.float32)
+        return np.concatenate(outputs)
+
+    def wait(self) -> None:
+        self.inner.wait()
+
+
 ENGINES = ("auto", "onnxruntime", "openvino", "litert")
 ENGINE_FORMATS = {"onnxruntime": ONNX, "openvino": ONNX, "litert": TFLITE}
 # The engine each format is checked with against Keras: the one its exporter targets.
@@ -336,7 +372,7 @@ def open_engine(path: str | os.PathLike, providers: str | Sequence[str] | None =
             skipped.append(f"{name}: {e}")
             continue
         opened.fallback = "; ".join(skipped) or None
-        return opened
+        return FixedBatch(opened) if isinstance(opened.input_shape[0], int) else opened
     raise AssertionError("unreachable: the last candidate raises")  # pragma: no cover
 
 
