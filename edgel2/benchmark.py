@@ -30,20 +30,13 @@ import numpy as np
 
 from edgel2.data import held_out_images, load_dataset
 from edgel2.errors import EdgeL2Error, last_error_line
-from edgel2.export import PRECISION_NAME, exported_file, report_model
+from edgel2.export import exported_file, report_model
+from edgel2.variants import (BENCHMARK_FORMATS, BENCHMARK_ROWS, COLOR, ENGINE, MARKER,
+                             PRECISION_FLAG, RUNTIME, SHORT_NAME)
 from edgel2.export.check import run_batches
 
-# A row is (runtime, precision). "openvino" runs the ONNX file of that precision through
-# OpenVINO; its bf16 row is the fp32 file with bfloat16 inference, on CPUs that have it.
-ROWS = [("keras", "fp32"), ("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"),
-        ("onnx", "dynamic"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "dynamic"),
-        ("tflite", "int8"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
-PRECISION_FLAG = {name: flag for flag, name in PRECISION_NAME.items()}  # fp32 -> none
-RUNTIME = {"keras": "Keras (TF) predict_on_batch", "onnx": "ONNX Runtime", "tflite": "LiteRT",
-           "openvino": "OpenVINO"}
-ENGINE = {"onnx": "onnxruntime", "tflite": "litert", "openvino": "openvino"}
-SHORT_NAME = {"keras": "Keras (TF)", "onnx": "ONNX Runtime", "tflite": "LiteRT", "openvino": "OpenVINO"}
-FORMATS = tuple(RUNTIME)
+ROWS = BENCHMARK_ROWS
+FORMATS = BENCHMARK_FORMATS
 
 
 def file_of(fmt: str, precision: str) -> tuple[str, str]:
@@ -410,13 +403,11 @@ def benchmark_figure(report: dict):
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.8))
-    colors = {"keras": "black", "onnx": "tab:blue", "tflite": "tab:orange", "openvino": "tab:purple"}
-    markers = {"fp32": "o", "fp16": "s", "dynamic": "^", "int8": "*", "bf16": "D"}
     measured = [r for r in report["rows"] if "latency_ms" in r and r["accuracy"] is not None]
     for r in measured:
         ax.scatter(r["latency_ms"]["p50"], 100 * r["accuracy"], s=RING_SIZE[r["format"]],
-                   facecolors="none", edgecolors=colors[r["format"]], linewidths=1.6,
-                   marker=markers[r["precision"]], label=f"{SHORT_NAME[r['format']]} {r['precision']}")
+                   facecolors="none", edgecolors=COLOR[r["format"]], linewidths=1.6,
+                   marker=MARKER[r["precision"]], label=f"{SHORT_NAME[r['format']]} {r['precision']}")
     if measured:
         accuracies = [100 * r["accuracy"] for r in measured]
         middle = (max(accuracies) + min(accuracies)) / 2

@@ -18,6 +18,7 @@ from edgel2.config import TrainConfig
 from edgel2.errors import EdgeL2Error, missing_extra
 from edgel2.export.onnx import MAX_OPSET, MIN_OPSET
 from edgel2.runtime.engines import ENGINES
+from edgel2.variants import BENCHMARK_FORMATS, FORMATS, PRECISIONS
 
 DEFAULTS = TrainConfig()
 NON_NEGATIVE = click.FloatRange(min=0)
@@ -294,10 +295,10 @@ class _CheckCount(click.ParamType):
 
 @cli.command(name="export")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--format", "formats", type=_ChoiceList(["onnx", "tflite", "all"]), multiple=True,
+@click.option("--format", "formats", type=_ChoiceList([*FORMATS, "all"]), multiple=True,
               default=["onnx"], show_default=True, callback=_flat,
               help="Several comma-separated or repeated, or 'all'.")
-@click.option("--quantize", "precisions", type=_ChoiceList(["none", "fp16", "dynamic", "int8", "all"]),
+@click.option("--quantize", "precisions", type=_ChoiceList([*PRECISIONS, "all"]),
               multiple=True, default=["none"], show_default=True, callback=_flat,
               help="none = fp32; int8 = full integer, calibrated; several comma-separated or "
                    "repeated, or 'all'.")
@@ -408,7 +409,7 @@ class _ProgressBars:
 @click.argument("source", type=click.Path(exists=False))
 @click.option("--data", type=str, default=None,
               help="Test images for top-1 (default: $EDGEL2_DATA, else CIFAR-10).")
-@click.option("--formats", type=_ChoiceList(["keras", "onnx", "tflite", "openvino"]), multiple=True,
+@click.option("--formats", type=_ChoiceList(BENCHMARK_FORMATS), multiple=True,
               default=None, callback=_flat,
               help="Runtimes to measure, comma-separated or repeated (default: all "
                    "installed; openvino runs the ONNX files).")

@@ -23,11 +23,8 @@ from edgel2.data import balanced_subset, held_out_images, load_dataset
 from edgel2.errors import EdgeL2Error, first_line, require_whole
 from edgel2.export.check import run_batches
 from edgel2.utils import atomic_path, write_json
+from edgel2.variants import FORMATS, PRECISION_NAME, PRECISIONS, SUFFIX
 
-FORMATS = ("onnx", "tflite")
-PRECISIONS = ("none", "fp16", "dynamic", "int8")
-SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
-PRECISION_NAME = {"none": "fp32", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
 
 
 def exported_file(out_dir: Path, stem: str, fmt: str, precision_name: str) -> Path:
