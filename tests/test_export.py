@@ -210,14 +210,14 @@ def test_parity_check_catches_a_wrong_normalization(small_model, cifar, tmp_path
 
     honest = onnx_export.to_onnx
 
-    def wrong_normalization(model, opset=17):
+    def wrong_normalization(model, opset=17, batch=None):
         config = model.get_config()
         for layer in config["layers"]:
             if layer["class_name"] == "Normalize":
                 layer["config"]["mean"] = [0.0, 0.0, 0.0]
         planted = keras.Model.from_config(config)
         planted.set_weights(model.get_weights())
-        return honest(planted, opset)
+        return honest(planted, opset, batch)
 
     monkeypatch.setattr(onnx_export, "to_onnx", wrong_normalization)
     report = export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=100, out=tmp_path)
