@@ -48,21 +48,16 @@ def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> fl
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
                                bins: int = ECE_BINS) -> float:
     """ECE: the gap between confidence (top-1 probability) and accuracy, averaged over
-    ``bins`` equal-width confidence bins weighted by how many images fall in each.
+    ``bins`` equal-width confidence bins (:func:`reliability_bins`) weighted by how many
+    images fall in each.
 
     Example:
         >>> p = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
         >>> round(expected_calibration_error(p, np.array([0, 1, 0, 0])), 4)  # (2*0.4 + 2*0.4)/4
         0.4
     """
-    confidence, correct = _confidence_and_correct(probabilities, labels)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    gap = 0.0
-    for b in range(bins):
-        members = which == b
-        if members.any():
-            gap += members.sum() * abs(correct[members].mean() - confidence[members].mean())
+    rows = reliability_bins(probabilities, labels, bins)
+    gap = sum(r["count"] * abs(r["accuracy"] - r["confidence"]) for r in rows if r["count"])
     return float(gap / max(len(labels), 1))
 
 

@@ -25,7 +25,7 @@ from edgel2.calibration import (CALIBRATION_SEED, calibration_figures, calibrati
                                 fit_calibration, reliability_bins)
 from edgel2.runtime.classifier import calibrated_probabilities
 from edgel2.errors import DataError, ModelError
-from edgel2.export.check import run_batches, run_file
+from edgel2.export.check import run_batches
 from edgel2.utils import atomic_path
 
 
@@ -84,13 +84,13 @@ def calibrate_file(path: str | os.PathLike, *, data: str | None = None, dataset=
     """
     from edgel2.data import load_dataset
     from edgel2.export import embed_metadata
-    from edgel2.runtime.modelfile import check_metadata, read_metadata, sniff_format
-    from edgel2.runtime.engines import open_engine
+    from edgel2.runtime.engines import REFERENCE_ENGINE, open_engine
+    from edgel2.runtime.modelfile import check_metadata, sniff_format
 
     path = Path(path)
-    metadata = read_metadata(path)
-    engine = open_engine(path, engine="auto")
-    info = check_metadata(metadata, path, engine.input_shape, engine.input_dtype,
+    # the engine its exporter targets, the one export checks it on
+    engine = open_engine(path, engine=REFERENCE_ENGINE[sniff_format(path)])
+    info = check_metadata(engine.metadata, path, engine.input_shape, engine.input_dtype,
                           engine.output_shape)
     ds = dataset if dataset is not None else load_dataset(
         data, image_size=info.input_size[0] if info.input_size != (32, 32) else None)
@@ -100,7 +100,7 @@ def calibrate_file(path: str | os.PathLike, *, data: str | None = None, dataset=
     if ds.x_test.shape[1:3] != info.input_size[::-1]:
         raise DataError(f"the data's images are {ds.x_test.shape[2]}x{ds.x_test.shape[1]}, "
                         f"{path.name} takes {info.input_size[0]}x{info.input_size[1]}")
-    logits = np.asarray(run_file(path, ds.x_test, on_batch=on_batch), np.float64)
+    logits = np.asarray(run_batches(engine.run, ds.x_test, 100, on_batch), np.float64)
     if not np.isfinite(logits).all():
         raise ModelError(f"{path.name} produced non-finite logits on the test images")
     result = {"file": str(path), **fit_on_test_half(logits, ds.y_test, ds.name)}
