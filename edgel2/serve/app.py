@@ -128,9 +128,7 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Sta
     async def read_body(request: Request) -> bytes:
         """The body, refused with 413 past ``max_body`` (by Content-Length, or while it
         streams in for a chunked upload)."""
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body:
-            raise _TooLarge()
+        _refuse_declared_over(request, max_body)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -303,6 +301,13 @@ class _TooLarge(Exception):
     pass
 
 
+def _refuse_declared_over(request: Request, max_body: int) -> None:
+    """413 before reading a body whose Content-Length already says it is over the limit."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_body:
+        raise _TooLarge()
+
+
 async def _disconnect(request: Request) -> None:
     """Return when the client has gone (the body was read already, so the next ASGI message
     can only be the disconnect)."""
@@ -352,9 +357,7 @@ async def _uploaded_files(request: Request, read_body, max_body: int, max_files:
     raw body as one image; a JSON error response if there is none or too many."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body:
-            raise _TooLarge()
+        _refuse_declared_over(request, max_body)
         try:
             form = await request.form(max_files=max_files, max_fields=max_files,
                                       max_part_size=max_body)
