@@ -583,12 +583,13 @@ def serve(model, engine, threads, host, port, max_batch, max_delay_ms, max_queue
     config = ServeConfig(model=model, engine=engine, threads=threads, max_batch=max_batch,
                          max_delay_ms=max_delay_ms, max_queue=max_queue,
                          max_body_mb=max_body_mb, top_k=top_k)
+    classifier = None
     if workers == 1:  # open the model here, so that a bad file is one line before listening
         from edgel2.runtime import Classifier, shipped_model
 
-        Classifier(model or shipped_model(), engine=engine, threads=threads)
+        classifier = Classifier(model or shipped_model(), engine=engine, threads=threads)
     click.echo(f"edgel2 serve: http://{host}:{port}/ (Ctrl-C or SIGTERM to stop)", err=True)
-    run(config, host=host, port=port, workers=workers)
+    run(config, host=host, port=port, workers=workers, classifier=classifier)
 
 
 def main() -> None:  # console-script entry point

@@ -24,10 +24,11 @@ def app_from_env():
 
 
 def run(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-        graceful_s: float = 10.0) -> None:
+        graceful_s: float = 10.0, classifier=None) -> None:
     """Serve until SIGTERM or Ctrl-C: stop accepting, finish the requests in flight (at most
     ``graceful_s`` seconds), close the batcher, exit 0. ``workers`` > 1 starts that many
-    processes, each with its own model, behind one port."""
+    processes, each with its own model, behind one port. ``classifier``: one already opened
+    from ``config`` (one worker only), so that the model is not loaded twice."""
     import signal
 
     import uvicorn
@@ -39,7 +40,7 @@ def run(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers:
     options = dict(host=host, port=port, log_level="warning", access_log=False,
                    timeout_graceful_shutdown=graceful_s)
     if workers == 1:
-        uvicorn.run(create_app(config), **options)
+        uvicorn.run(create_app(config, classifier), **options)
     else:
         os.environ[CONFIG_ENV] = json.dumps(dataclasses.asdict(config))
         uvicorn.run("edgel2.serve:app_from_env", factory=True, workers=workers, **options)
