@@ -4,9 +4,12 @@
 memory on every call in TF 2.20/2.21, so each conversion runs in its own process
 (``python -m edgel2.export.tflite SAVED_MODEL OUT PRECISION BATCH [CALIB.npy]``).
 
-Metadata travels inside the file the way TFLite Support packs associated files: a zip
-archive appended to the flatbuffer (``edgel2.json`` and ``labels.txt``). Interpreters ignore
-it; ``zipfile.ZipFile(path).read("edgel2.json")`` reads it back.
+Metadata travels inside the file as TFLite Support defines it, so Android Studio's ML binding,
+the Task Library, MediaPipe and ``MetadataDisplayer`` read it: a ``ModelMetadata`` flatbuffer
+(an image classifier: uint8 RGB input, logits output with ``labels.txt`` as its axis labels)
+in the model's ``TFLITE_METADATA`` entry, and the associated files ``labels.txt`` and
+``edgel2.json`` (edgel2's own fields) in an uncompressed zip appended to the flatbuffer.
+Interpreters ignore both; ``zipfile.ZipFile(path).read("edgel2.json")`` reads edgel2's back.
 """
 from __future__ import annotations
 
@@ -66,17 +69,160 @@ def _save_signature(model, saved: Path, batch: int | None = None) -> None:
     archive.write_out(str(saved), verbose=False)
 
 
+# The Model.metadata entry that TFLite Support readers look up, and the oldest metadata parser
+# that understands every field written here (tflite-support's metadata_version.cc says 1.0.0
+# for them; tests/test_tflite_metadata.py asks it).
+SUPPORT_METADATA = "TFLITE_METADATA"
+MIN_PARSER_VERSION = "1.0.0"
+# The converter aligns weight buffers to 16 bytes (schema: force_align 16); keep that on repack.
+BUFFER_ALIGNMENT = 16
+
+
 def pack_metadata(path: Path, metadata: dict) -> None:
-    """Append ``edgel2.json`` and ``labels.txt`` as a zip to the flatbuffer at ``path``
-    (replacing any archive that an earlier call appended)."""
+    """Describe the TFLite file at ``path`` with ``metadata`` (edgel2's dict): TFLite Support
+    metadata in the flatbuffer, the signature's input and output named ``images`` and
+    ``logits``, and ``labels.txt`` and ``edgel2.json`` appended as a zip (replacing whatever
+    an earlier call wrote). The graph and its weights are unchanged.
+
+    Needs LiteRT's flatbuffer schema (``ai_edge_litert``, the [litert] extra), not TensorFlow.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
     data = path.read_bytes()
     if zipfile.is_zipfile(path):
         data = data[:_archive_start(data)]
+    model = schema.ModelT.InitFromPackedBuf(data, 0)
+    _name_signature(model, metadata)
+    described = schema.BufferT(data=np.frombuffer(support_metadata(metadata), np.uint8))
+    model.metadata = model.metadata or []
+    earlier = [m.buffer for m in model.metadata if m.name == SUPPORT_METADATA.encode()]
+    if earlier:  # described before: its buffer takes the new metadata
+        model.buffers[earlier[0]] = described
+    else:
+        model.buffers.append(described)
+        model.metadata.append(schema.MetadataT(name=SUPPORT_METADATA,
+                                               buffer=len(model.buffers) - 1))
+    model.buffers = [_AlignedBuffer(b) for b in model.buffers]
+    builder = flatbuffers.Builder(len(data) + 2**16)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+    # Stored, not deflated: the Task Library's C++ extractor reads associated files in place.
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("labels.txt", "\n".join(metadata.get("class_names") or []) + "\n")
         z.writestr("edgel2.json", json.dumps(metadata, indent=1))
-        z.writestr("labels.txt", "\n".join(metadata.get("class_names", [])) + "\n")
-    path.write_bytes(data + archive.getvalue())
+    path.write_bytes(bytes(builder.Output()) + archive.getvalue())
+
+
+def _name_signature(model, metadata: dict) -> None:
+    """Name the one signature's input and output as the metadata does (``images``,
+    ``logits``): files converted before edgel2 named its endpoint said ``args_0``/``output_0``."""
+    for signature in model.signatureDefs or []:
+        if len(signature.inputs) == 1 and len(signature.outputs) == 1:
+            signature.inputs[0].name = metadata["input"]["name"]
+            signature.outputs[0].name = metadata["output"]["name"]
+
+
+class _AlignedBuffer:
+    """A model buffer that packs its bytes at ``BUFFER_ALIGNMENT``, as the converter wrote
+    them (the generated ``BufferT.Pack`` aligns to one byte)."""
+
+    def __init__(self, buffer):
+        self.buffer = buffer
+
+    def Pack(self, builder):  # noqa: N802 (the flatbuffers object API's name)
+        from ai_edge_litert import schema_py_generated as schema
+
+        data = self.buffer.data
+        vector = None
+        if data is not None:
+            raw = np.ascontiguousarray(data, np.uint8).tobytes()
+            builder.StartVector(1, len(raw), BUFFER_ALIGNMENT)
+            builder.head -= len(raw)
+            builder.Bytes[builder.head:builder.head + len(raw)] = raw
+            vector = builder.EndVector(len(raw))
+        schema.BufferStart(builder)
+        if vector is not None:
+            schema.BufferAddData(builder, vector)
+        schema.BufferAddOffset(builder, self.buffer.offset)
+        schema.BufferAddSize(builder, self.buffer.size)
+        return schema.BufferEnd(builder)
+
+
+def support_metadata(metadata: dict) -> bytes:
+    """The TFLite Support ``ModelMetadata`` flatbuffer of an edgel2 image classifier.
+
+    The input is described as raw RGB pixels (normalization mean 0, std 1: the model
+    normalizes inside the graph) and the output as logits with ``labels.txt`` as the labels
+    of its class axis, the fields Android Studio, the Task Library and MediaPipe read.
+
+    Example:
+        >>> from edgel2.export import tflite_metadata_schema as fb
+        >>> meta = {"model_name": "resnet18_w4", "class_names": ["cat", "dog"],
+        ...         "input": {"name": "images", "shape": [None, 32, 32, 3]},
+        ...         "output": {"name": "logits"}, "config_hash": "abc", "producer": "edgel2"}
+        >>> read = fb.ModelMetadataT.InitFromPackedBuf(support_metadata(meta))
+        >>> out = read.subgraphMetadata[0].outputTensorMetadata[0]
+        >>> out.name, out.associatedFiles[0].name, out.associatedFiles[0].type
+        (b'logits', b'labels.txt', 2)
+    """
+    import flatbuffers
+
+    from edgel2.export import tflite_metadata_schema as fb
+
+    def associated(name: str, kind: int, description: str):
+        file = fb.AssociatedFileT()
+        file.name, file.type, file.description = name, kind, description
+        return file
+
+    def tensor(name: str, description: str, properties_type: int, properties, stats,
+               process_units=None, files=None):
+        t = fb.TensorMetadataT()
+        t.name, t.description = name, description
+        t.content = fb.ContentT()
+        t.content.contentPropertiesType, t.content.contentProperties = properties_type, properties
+        t.stats, t.processUnits, t.associatedFiles = stats, process_units, files
+        return t
+
+    height, width = metadata["input"]["shape"][1:3]
+    image = fb.ImagePropertiesT()
+    image.colorSpace = fb.ColorSpaceType.RGB
+    raw_pixels = fb.NormalizationOptionsT()
+    raw_pixels.mean, raw_pixels.std = [0.0], [1.0]
+    normalization = fb.ProcessUnitT()
+    normalization.optionsType = fb.ProcessUnitOptions.NormalizationOptions
+    normalization.options = raw_pixels
+    pixel_range = fb.StatsT()
+    pixel_range.min, pixel_range.max = [0.0], [255.0]
+    classes = len(metadata.get("class_names") or [])
+
+    subgraph = fb.SubGraphMetadataT()
+    subgraph.inputTensorMetadata = [tensor(
+        metadata["input"]["name"],
+        f"RGB image, {height}x{width}, uint8 pixels 0-255 (NHWC); the model normalizes inside",
+        fb.ContentProperties.ImageProperties, image, pixel_range, [normalization])]
+    subgraph.outputTensorMetadata = [tensor(
+        metadata["output"]["name"],
+        f"Logits of the {classes} classes in labels.txt (not probabilities): softmax gives "
+        "probabilities; edgel2.json holds the calibration edgel2's runtime applies",
+        fb.ContentProperties.FeatureProperties, fb.FeaturePropertiesT(), fb.StatsT(),
+        files=[associated("labels.txt", fb.AssociatedFileType.TENSOR_AXIS_LABELS,
+                          "Class names, one a line, in the order of the logits")])]
+
+    model = fb.ModelMetadataT()
+    model.name = metadata["model_name"]
+    model.description = (f"edgel2 image classifier ({classes} classes): uint8 RGB "
+                         f"{height}x{width} in, logits out")
+    model.version = metadata.get("config_hash")
+    model.author = metadata.get("producer")
+    model.subgraphMetadata = [subgraph]
+    model.associatedFiles = [associated(
+        "edgel2.json", fb.AssociatedFileType.DESCRIPTIONS,
+        "edgel2's metadata: normalization, calibration, accuracy and provenance (JSON)")]
+    model.minParserVersion = MIN_PARSER_VERSION
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"M001")
+    return bytes(builder.Output())
 
 
 def _archive_start(data: bytes) -> int:
