@@ -31,8 +31,8 @@ import numpy as np
 from edgel2.data import held_out_images, load_dataset
 from edgel2.errors import EdgeL2Error, last_error_line
 from edgel2.export import exported_file, report_model
-from edgel2.variants import (BENCHMARK_FORMATS, BENCHMARK_ROWS, COLOR, ENGINE, MARKER,
-                             PRECISION_FLAG, RUNTIME, SHORT_NAME)
+from edgel2.variants import (BENCHMARK_FORMATS, BENCHMARK_ROWS, COLOR, ENGINE, MARKER, RUNTIME,
+                             SHORT_NAME)
 from edgel2.export.check import run_batches
 
 ROWS = BENCHMARK_ROWS
@@ -183,7 +183,7 @@ def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress,
 
     files = {file_of(f, p) for f, p in rows if f != "keras"}
     for fmt in ("onnx", "tflite"):
-        missing = sorted(PRECISION_FLAG[p] for f, p in files if f == fmt and not
+        missing = sorted(p for f, p in files if f == fmt and not
                          exported_file(export_dir, keras_path.stem, fmt, p).is_file()
                          and not (flip_average and (fmt, p) == ("tflite", "int8")))
         if missing:

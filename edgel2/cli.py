@@ -18,7 +18,7 @@ from edgel2.config import TrainConfig
 from edgel2.errors import EdgeL2Error, missing_extra
 from edgel2.export.onnx import MAX_OPSET, MIN_OPSET
 from edgel2.runtime.engines import ENGINES
-from edgel2.variants import BENCHMARK_FORMATS, FORMATS, PRECISIONS
+from edgel2.variants import BENCHMARK_FORMATS, FORMATS, PRECISION_ALIASES, PRECISIONS
 
 DEFAULTS = TrainConfig()
 NON_NEGATIVE = click.FloatRange(min=0)
@@ -250,10 +250,12 @@ class _IntList(click.ParamType):
 class _ChoiceList(click.ParamType):
     """Names from ``choices``, comma-separated. With ``multiple=True`` and ``callback=_flat``
     the option may also be repeated: every list option of the CLI takes both
-    ``--formats onnx,tflite`` and ``--formats onnx --formats tflite``."""
+    ``--formats onnx,tflite`` and ``--formats onnx --formats tflite``. ``aliases`` maps older
+    spellings to their one name (not listed in the help)."""
 
-    def __init__(self, choices):
+    def __init__(self, choices, aliases: dict[str, str] | None = None):
         self.choices = list(choices)
+        self.aliases = aliases or {}
         self.name = "[" + "|".join(self.choices) + "],..."
 
     def get_metavar(self, param, ctx=None) -> str:
@@ -262,7 +264,7 @@ class _ChoiceList(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, list):
             return value
-        names = [v.strip() for v in str(value).split(",") if v.strip()]
+        names = [self.aliases.get(n, n) for n in (v.strip() for v in str(value).split(",")) if n]
         unknown = [n for n in names if n not in self.choices]
         if unknown or not names:
             self.fail(f"{unknown[0] if unknown else value!r} is not one of "
@@ -298,10 +300,12 @@ class _CheckCount(click.ParamType):
 @click.option("--format", "formats", type=_ChoiceList([*FORMATS, "all"]), multiple=True,
               default=["onnx"], show_default=True, callback=_flat,
               help="Several comma-separated or repeated, or 'all'.")
-@click.option("--quantize", "precisions", type=_ChoiceList([*PRECISIONS, "all"]),
-              multiple=True, default=["none"], show_default=True, callback=_flat,
-              help="none = fp32; int8 = full integer, calibrated; several comma-separated or "
-                   "repeated, or 'all'.")
+@click.option("--quantize", "precisions",
+              type=_ChoiceList([*PRECISIONS, "all"], aliases=PRECISION_ALIASES),
+              multiple=True, default=["fp32"], show_default=True, callback=_flat,
+              help="fp32 (full precision; 'none' is read as fp32), fp16, dynamic (int8 weights), "
+                   "int8 (full integer, calibrated); several comma-separated or repeated, "
+                   "or 'all'.")
 @click.option("--data", type=str, default=None,
               help="Images to calibrate and check on (default: $EDGEL2_DATA, else CIFAR-10).")
 @click.option("--calib", type=click.IntRange(min=1), default=512, show_default=True,

@@ -4,17 +4,17 @@ export report's order, the benchmark's rows, and the chart's colours and markers
 Imports nothing heavy, so the CLI can build its ``--help`` from it.
 
 Example:
-    >>> PRECISION_NAME["none"], SUFFIX["tflite"], [f for f, p in BENCHMARK_ROWS if p == "bf16"]
+    >>> precision_name("none"), SUFFIX["tflite"], [f for f, p in BENCHMARK_ROWS if p == "bf16"]
     ('fp32', '.tflite', ['openvino'])
 """
 from __future__ import annotations
 
-# What `edgel2 export` writes: formats, and precisions as the CLI names them -> as files and
-# reports name them (full precision is "fp32" everywhere but the --quantize flag "none").
+# What `edgel2 export` writes: formats, and precisions by the one name that the CLI, the
+# Python API, file names, reports and metadata all use.
 FORMATS = ("onnx", "tflite")
-PRECISION_NAME = {"none": "fp32", "fp16": "fp16", "dynamic": "dynamic", "int8": "int8"}
-PRECISIONS = tuple(PRECISION_NAME)
-PRECISION_FLAG = {name: flag for flag, name in PRECISION_NAME.items()}  # fp32 -> none
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+# Older spellings that --quantize and export_model still accept, each for one name above.
+PRECISION_ALIASES = {"none": "fp32"}
 SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
 
 # What `edgel2 benchmark` measures: a row is (runtime, precision). "openvino" runs the ONNX
@@ -30,6 +30,13 @@ BENCHMARK_ROWS = [("keras", "fp32"), ("onnx", "fp32"), ("onnx", "fp16"), ("onnx"
                   ("onnx", "dynamic"), ("tflite", "fp32"), ("tflite", "fp16"),
                   ("tflite", "dynamic"), ("tflite", "int8"), ("openvino", "fp32"),
                   ("openvino", "bf16"), ("openvino", "int8")]
+
+
+
+def precision_name(name: str) -> str:
+    """The one name of a precision given by a name or an older spelling (``none`` -> ``fp32``)."""
+    return PRECISION_ALIASES.get(name, name)
+
 
 # The benchmark chart: a colour per runtime, a marker per precision.
 COLOR = {"keras": "black", "onnx": "tab:blue", "tflite": "tab:orange", "openvino": "tab:purple"}

@@ -56,10 +56,12 @@ def test_help_lists_the_commands_and_documents_the_l2_defaults():
 
 
 @pytest.mark.parametrize("args, formats, precisions", [
-    (["--format", "onnx,tflite", "--quantize", "none,int8"], ["onnx", "tflite"], ["none", "int8"]),
+    (["--format", "onnx,tflite", "--quantize", "fp32,int8"], ["onnx", "tflite"], ["fp32", "int8"]),
     (["--format", "onnx", "--format", "tflite", "--quantize", "int8"], ["onnx", "tflite"], ["int8"]),
-    (["--format", "tflite,onnx", "--format", "onnx"], ["tflite", "onnx"], ["none"]),
-    ([], ["onnx"], ["none"]),
+    (["--format", "tflite,onnx", "--format", "onnx"], ["tflite", "onnx"], ["fp32"]),
+    ([], ["onnx"], ["fp32"]),
+    # full precision has one name; the older spelling 'none' is read as it
+    (["--quantize", "none", "--quantize", "fp32,int8"], ["onnx"], ["fp32", "int8"]),
 ])
 def test_list_options_take_commas_and_repetition_alike(monkeypatch, tmp_path, args, formats,
                                                        precisions):

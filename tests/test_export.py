@@ -148,8 +148,8 @@ def test_report_json_carries_every_row(full_matrix):
 def test_report_json_keeps_earlier_exports_into_the_same_folder(small_model, cifar, tmp_path):
     """Exporting ONNX, then TFLite, then ONNX again into one folder: the file lists every file
     there once, each row with the check it had; the return value is that call's rows only."""
-    export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=40, out=tmp_path)
-    export_model(small_model, ["tflite"], ["none"], dataset=cifar, check=0, out=tmp_path)
+    export_model(small_model, ["onnx"], ["fp32"], dataset=cifar, check=40, out=tmp_path)
+    export_model(small_model, ["tflite"], ["fp32"], dataset=cifar, check=0, out=tmp_path)
     saved = json.loads((tmp_path / "export_report.json").read_text())
     assert [(r["file"], r["check_images"]) for r in saved["rows"]] == [
         ("model-fp32.onnx", 40), ("model-fp32.tflite", 0)]
@@ -158,7 +158,7 @@ def test_report_json_keeps_earlier_exports_into_the_same_folder(small_model, cif
     assert saved["model"] == Path(os.path.relpath(small_model.resolve(), tmp_path.resolve())).as_posix()
 
     (tmp_path / "model-fp32.tflite").unlink()      # a file deleted since: its row goes
-    again = export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=20, out=tmp_path,
+    again = export_model(small_model, ["onnx"], ["fp32"], dataset=cifar, check=20, out=tmp_path,
                          force=True)
     saved = json.loads((tmp_path / "export_report.json").read_text())
     assert [(r["file"], r["check_images"]) for r in saved["rows"]] == [("model-fp32.onnx", 20)]
@@ -198,7 +198,7 @@ def test_export_calibrates_on_half_the_test_split_and_reports_on_the_other(full_
 
 
 def test_no_calibrate_leaves_the_files_uncalibrated(small_model, cifar, tmp_path):
-    report = export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=0,
+    report = export_model(small_model, ["onnx"], ["fp32"], dataset=cifar, check=0,
                           calibrate=False, out=tmp_path)
     assert report["calibration"] is None
     meta = read_metadata(tmp_path / "model-fp32.onnx")
@@ -220,7 +220,7 @@ def test_parity_check_catches_a_wrong_normalization(small_model, cifar, tmp_path
         return honest(planted, opset, batch)
 
     monkeypatch.setattr(onnx_export, "to_onnx", wrong_normalization)
-    report = export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=100, out=tmp_path)
+    report = export_model(small_model, ["onnx"], ["fp32"], dataset=cifar, check=100, out=tmp_path)
     row = report["rows"][0]
     assert row["status"] == "failed"
     assert row["reason"].startswith("fp32 logits differ from Keras by up to")
@@ -244,16 +244,16 @@ def test_interrupted_export_leaves_no_file_behind(small_model, cifar, tmp_path, 
 
     monkeypatch.setattr(onnx_export, "set_metadata", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=50, out=tmp_path)
+        export_model(small_model, ["onnx"], ["fp32"], dataset=cifar, check=50, out=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_file_is_kept_without_force(small_model, cifar, tmp_path):
     (tmp_path / "model-fp32.onnx").write_bytes(b"precious")
     with pytest.raises(EdgeL2Error, match="exists; pass --force to overwrite"):
-        export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=0, out=tmp_path)
+        export_model(small_model, ["onnx"], ["fp32"], dataset=cifar, check=0, out=tmp_path)
     assert (tmp_path / "model-fp32.onnx").read_bytes() == b"precious"
-    export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=0, out=tmp_path, force=True)
+    export_model(small_model, ["onnx"], ["fp32"], dataset=cifar, check=0, out=tmp_path, force=True)
     assert (tmp_path / "model-fp32.onnx").read_bytes() != b"precious"
 
 
@@ -267,7 +267,7 @@ def test_bf16_trained_model_exports_as_float32(small_model, cifar, tmp_path):
         keras.mixed_precision.set_dtype_policy("float32")
     mixed.set_weights(load_model(small_model).get_weights())
     mixed.save(tmp_path / "mixed.keras")
-    report = export_model(tmp_path / "mixed.keras", ["onnx"], ["none"], dataset=cifar, check=50,
+    report = export_model(tmp_path / "mixed.keras", ["onnx"], ["fp32"], dataset=cifar, check=50,
                           out=tmp_path / "out")
     assert report["rows"][0]["status"] == "ok"
     engine = _reference(tmp_path / "out" / "mixed-fp32.onnx")
@@ -282,7 +282,7 @@ def test_model_without_its_run_config_takes_class_names_from_the_data(small_mode
     alone.mkdir()
     shutil.copy(small_model, alone / "model.keras")
     lines = []
-    export_model(alone / "model.keras", ["onnx"], ["none"], dataset=cifar, check=0,
+    export_model(alone / "model.keras", ["onnx"], ["fp32"], dataset=cifar, check=0,
                  out=tmp_path / "out", progress=lines.append)
     assert read_metadata(tmp_path / "out" / "model-fp32.onnx")["class_names"] == cifar.class_names
     assert "no config.json beside model.keras: class names taken from the data" in lines
@@ -304,7 +304,7 @@ def test_cli_exports_and_prints_the_table(small_model, data_dir, tmp_path):
 
 def test_check_progress_counts_every_image_of_every_pass(small_model, cifar, tmp_path):
     calls = []
-    export_model(small_model, ["onnx"], ["none"], dataset=cifar, check=300, out=tmp_path,
+    export_model(small_model, ["onnx"], ["fp32"], dataset=cifar, check=300, out=tmp_path,
                  calibrate=False, check_progress=lambda done, total: calls.append((done, total)))
     # the Keras reference in batches of 256, then the file in batches of 100
     assert calls == [(256, 300), (300, 300), (100, 300), (200, 300), (300, 300)]
@@ -361,7 +361,7 @@ def run(small_model, tmp_path):
 def test_flip_average_export_averages_each_image_with_its_mirror(run, cifar):
     from edgel2.evaluate import load_model
 
-    report = export_model(run / "model.keras", ["onnx"], ["none"], dataset=cifar, check=100,
+    report = export_model(run / "model.keras", ["onnx"], ["fp32"], dataset=cifar, check=100,
                           calibrate=False, flip_average=True)
 
     assert report["out"] == str(run / "export-flip")  # never beside the plain files
@@ -389,7 +389,7 @@ def test_eval_on_every_exported_format_agrees_with_the_export_report(small_model
                                                                      small_test_split, tmp_path):
     from edgel2.evaluate import evaluate_file
 
-    report = export_model(small_model, ["all"], ["none", "int8"], dataset=small_test_split,
+    report = export_model(small_model, ["all"], ["fp32", "int8"], dataset=small_test_split,
                           calib=64, check=None, calibrate=False, allow_drop=True, out=tmp_path)
     for row in report["rows"]:
         engine = REFERENCE_ENGINE[row["format"]]  # the engine export checked the file on
@@ -503,9 +503,9 @@ def test_fixed_batch_export_runs_at_that_batch_and_refuses_another(run, cifar):
 
     from edgel2.runtime import Classifier
 
-    dynamic = export_model(run / "model.keras", ["onnx"], ["none"], dataset=cifar, check=0,
+    dynamic = export_model(run / "model.keras", ["onnx"], ["fp32"], dataset=cifar, check=0,
                            calibrate=False)
-    report = export_model(run / "model.keras", ["onnx", "tflite"], ["none"], dataset=cifar,
+    report = export_model(run / "model.keras", ["onnx", "tflite"], ["fp32"], dataset=cifar,
                           check=50, calibrate=False, batch=4)  # 50: the last call is padded
 
     assert report["out"] == str(run / "export-b4") and report["batch"] == 4

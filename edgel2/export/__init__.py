@@ -4,7 +4,7 @@ each checked against the Keras model and carrying its own metadata.
 Example:
     >>> from edgel2.export import export_model
     >>> report = export_model("runs/train/exp/model.keras", formats=["onnx"],
-    ...                       precisions=["none", "int8"])            # doctest: +SKIP
+    ...                       precisions=["fp32", "int8"])            # doctest: +SKIP
     >>> [(r["file"], r["status"]) for r in report["rows"]]            # doctest: +SKIP
     [('model-fp32.onnx', 'ok'), ('model-int8.onnx', 'ok')]
 """
@@ -23,7 +23,7 @@ from edgel2.data import balanced_subset, held_out_images, load_dataset
 from edgel2.errors import EdgeL2Error, first_line, require_whole
 from edgel2.export.check import run_batches
 from edgel2.utils import atomic_path, write_json
-from edgel2.variants import FORMATS, PRECISION_NAME, PRECISIONS, SUFFIX
+from edgel2.variants import FORMATS, PRECISIONS, SUFFIX, precision_name
 
 
 
@@ -38,7 +38,7 @@ def exported_file(out_dir: Path, stem: str, fmt: str, precision_name: str) -> Pa
 
 
 def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx",),
-                 precisions: Sequence[str] = ("none",), *, data: str | None = None,
+                 precisions: Sequence[str] = ("fp32",), *, data: str | None = None,
                  calib: int = 512, calib_method: str = "minmax", opset: int = 17,
                  out: str | os.PathLike | None = None, check: int | None = 1000,
                  force: bool = False, max_drop: float = 2.0, allow_drop: bool = False,
@@ -70,7 +70,8 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     """
     from edgel2.export.source import load_source
 
-    formats, precisions = _validated(formats, FORMATS, "format"), _validated(precisions, PRECISIONS, "precision")
+    formats = _validated(formats, FORMATS, "format")
+    precisions = _validated([precision_name(p) for p in precisions], PRECISIONS, "precision")
     if "onnx" in formats:
         from edgel2.export.onnx import check_opset
 
@@ -79,7 +80,7 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     if batch is not None:
         require_whole("batch", batch)
     out_dir = Path(out) if out else model_path.parent / default_folder(flip_average, batch)
-    targets = [(f, p, exported_file(out_dir, model_path.stem, f, PRECISION_NAME[p]))
+    targets = [(f, p, exported_file(out_dir, model_path.stem, f, p))
                for f in formats for p in precisions]
     if flip_average and any((f, p) == ("tflite", "int8") for f, p, _ in targets):
         raise EdgeL2Error("--flip-average is not exported to TFLite int8: the full-integer "
@@ -130,7 +131,7 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
                else float(np.mean(reference.argmax(1) == labels))}
     rows = []
     for fmt, precision, target in targets:
-        progress(f"{fmt} {PRECISION_NAME[precision]} -> {target}")
+        progress(f"{fmt} {precision} -> {target}")
         rows.append({**_export_one(model, fmt, precision, target, opset, calibration,
                                    calib_method, images, labels, reference, base_metadata,
                                    max_drop, allow_drop, check_progress, checked["data"], batch),
@@ -199,7 +200,7 @@ def _with_earlier_rows(path: Path, report: dict) -> dict:
     written = {r["file"] for r in report["rows"]}
     kept = [r for r in earlier.get("rows", []) if r.get("status") == "ok"
             and r.get("file") not in written and (path.parent / r["file"]).is_file()]
-    rank = {(f, PRECISION_NAME[p]): i for i, (f, p) in enumerate(product(FORMATS, PRECISIONS))}
+    rank = {fp: i for i, fp in enumerate(product(FORMATS, PRECISIONS))}
     rows = sorted(kept + report["rows"], key=lambda r: rank.get((r["format"], r["precision"]), -1))
     return {**report, "rows": rows}
 
@@ -209,7 +210,7 @@ def _export_one(model, fmt, precision, target, opset, calibration, calib_method,
                 data_name: str | None, batch: int | None = None) -> dict:
     from edgel2.export import check as checks
 
-    row = {"format": fmt, "precision": PRECISION_NAME[precision], "file": target.name,
+    row = {"format": fmt, "precision": precision, "file": target.name,
            "size_mb": None, "accuracy": None, "agreement": None, "max_abs_diff": None,
            "export_s": None, "status": "failed", "reason": None}
     start = time.perf_counter()
@@ -228,7 +229,7 @@ def _export_one(model, fmt, precision, target, opset, calibration, calib_method,
                            max_abs_diff=result["max_abs_diff"],
                            mean_abs_diff=result["mean_abs_diff"])
                 failure = checks.verdict(result, precision, max_drop)
-                if failure and not (allow_drop and precision != "none"):
+                if failure and not (allow_drop and precision != "fp32"):
                     raise EdgeL2Error(failure)
                 row["reason"] = failure
             if slower is not None:
@@ -243,7 +244,7 @@ def _export_one(model, fmt, precision, target, opset, calibration, calib_method,
 
                 integer, total = integer_conv_share(tmp)
                 row["integer_convs"] = f"{integer}/{total}"
-            metadata = {**base_metadata, "format": fmt, "quantization": PRECISION_NAME[precision],
+            metadata = {**base_metadata, "format": fmt, "quantization": precision,
                         "accuracy": None if result is None else {
                             "top1": result["accuracy"], "keras_top1": result["reference_accuracy"],
                             "images": result["images"], "data": f"{data_name} test split"}}

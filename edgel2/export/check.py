@@ -64,7 +64,7 @@ def verdict(result: dict, precision: str, max_drop: float) -> str | None:
     fp32 must agree with Keras to float rounding; a quantized file may lose at most
     ``max_drop`` points of top-1 accuracy.
     """
-    if precision == "none":
+    if precision == "fp32":
         limit = FP32_TOLERANCE * max(1.0, result["logit_scale"])
         if result["max_abs_diff"] > limit:
             return (f"fp32 logits differ from Keras by up to {result['max_abs_diff']:.3g} "

@@ -218,13 +218,13 @@ def _first_dim(value) -> str | None:
 def write_onnx(model, path: Path, precision: str, opset: int,
                calibration: np.ndarray | None, calib_method: str,
                batch: int | None = None) -> float | None:
-    """Write ``model`` as ONNX at ``precision`` (none, fp16, dynamic, int8) to ``path``. For
+    """Write ``model`` as ONNX at ``precision`` (fp32, fp16, dynamic, int8) to ``path``. For
     ``dynamic``, return how many times slower than the fp32 file it runs here (see
     :func:`slowdown`)."""
     import onnx
 
     proto = to_onnx(model, opset, batch)
-    if precision == "none":
+    if precision == "fp32":
         onnx.save(proto, str(path))
     elif precision == "fp16":
         onnx.save(to_fp16(proto), str(path))

@@ -29,7 +29,7 @@ from edgel2.errors import EdgeL2Error, last_error_line
 
 def write_tflite(model, path: Path, precision: str,
                  calibration: np.ndarray | None, batch: int | None = None) -> None:
-    """Write ``model`` as TFLite at ``precision`` (none, fp16, dynamic, int8) to ``path``.
+    """Write ``model`` as TFLite at ``precision`` (fp32, fp16, dynamic, int8) to ``path``.
 
     Every variant takes uint8 NHWC pixels and returns float32 logits. For int8 the network
     is rebuilt with a float input, so that the converter quantizes the pixels themselves
