@@ -2,14 +2,20 @@
 unless it is the backend in use (the lent GPU machines have JAX but no TensorFlow)."""
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
 import sys
+import tempfile
 
 from edgel2.errors import EdgeL2Error
 
 BACKENDS = ("tensorflow", "jax")
+# What TensorFlow's native libraries print while they load, before TF_CPP_MIN_LOG_LEVEL
+# applies (TF 2.21 prints the oneDNN banner once per library: twice; tensorflow/tensorflow#79029)
+STARTUP_NOISE = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on",
+                 "cpu_feature_guard.cc", "To enable the following instructions:")
 
 
 def use_backend(name: str | None) -> str:
@@ -28,8 +34,35 @@ def use_backend(name: str | None) -> str:
             raise EdgeL2Error(f"Keras is already running on {keras.backend.backend()}; "
                               f"set KERAS_BACKEND={name} before starting Python")
     os.environ["KERAS_BACKEND"] = name
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's start-up chatter
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's later chatter
+    if name == "tensorflow" and "tensorflow" not in sys.modules:
+        with native_stderr_without(STARTUP_NOISE):
+            try:
+                import tensorflow  # noqa: F401
+            except ImportError:
+                pass  # the command that needs it says which extra to install
     return name
+
+
+@contextlib.contextmanager
+def native_stderr_without(noise: tuple[str, ...]):
+    """Send what native code writes to file descriptor 2 inside the block to a temporary
+    file, then pass on every line but those containing one of ``noise`` (so a real error
+    still shows). For the start of a command only: it swaps the process-wide descriptor."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(n in line for n in noise):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def accelerator() -> str | None:

@@ -237,8 +237,7 @@ def _runner(fmt: str, precision: str, path: Path, threads: int, provider: str
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        from edgel2.export.source import as_float32
-        from edgel2.evaluate import load_model
+        from edgel2.checkpoint import as_float32, load_model
 
         model = as_float32(load_model(path))
         return (lambda batch: np.asarray(model.predict_on_batch(batch))), None

@@ -71,9 +71,10 @@ def cli() -> None:
 def _data_options(f):
     f = click.option("--image-size", type=click.IntRange(min=1), default=None,
                      help="Resize every image to N x N (needed when sizes differ).")(f)
-    f = click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-                     default=DEFAULTS.val_split, show_default=True,
-                     help="Test fraction for a folder of bare class subfolders.")(f)
+    f = click.option("--test-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     default=DEFAULTS.test_split, show_default=True,
+                     help="Test fraction of a folder of bare class subfolders (seeded, "
+                          "class-balanced).")(f)
     f = click.option("--data", type=str, default=None,
                      help="Image folder (train/<class>/, test/<class>/ or <class>/) or "
                           "cifar-10-batches-py/. Default: $EDGEL2_DATA, else download CIFAR-10.")(f)
@@ -129,40 +130,47 @@ def _backend_option(f):
 @click.option("--subset", type=click.IntRange(min=1), default=None,
               help="Train on a class-balanced random subset of N images (quick runs).")
 @click.option("--test-subset", type=click.IntRange(min=1), default=None,
-              help="Evaluate each epoch on a class-balanced subset of N test images.")
-@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+              help="Use a class-balanced subset of N test images (quick runs).")
+@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True),
+              default=DEFAULTS.val_split, show_default=True,
+              help="Hold out this fraction of the training images (seeded, class-balanced) "
+                   "as a validation split: per-epoch figures are on it and it chooses "
+                   "best.keras. 0: none (per-epoch figures on the test split, no best.keras).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=DEFAULTS.seed,
+              show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory (default: runs/train/exp, exp2, ...).")
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
-              help="Continue the run in this directory from its last finished epoch "
-                   "(its saved config is used; other options are ignored).")
+              help="Continue the run in this directory after its last checkpoint, exactly "
+                   "as it would have gone on (its saved config is used; other options are "
+                   "ignored). Finishes a run killed after its last epoch.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Write best.keras, last.keras and curves.png every N epochs (and after "
+              help="Write last.keras, best.keras and curves.png every N epochs (and after "
                    "the last): on a GPU an epoch can be shorter than the writes.")
-@click.option("--quiet", is_flag=True, help="No per-step progress bar.")
+@click.option("--quiet", is_flag=True,
+              help="One line per epoch instead of a progress bar (the default when the "
+                   "output is not a terminal).")
 def train(backend, out, resume, checkpoint_every, quiet, **options) -> None:
     """Train the L2-regularized CIFAR ResNet-18 and fill a run directory.
 
     \b
-    The run directory gets model.keras, best.keras, last.keras (resumable checkpoint),
-    config.json, metrics.csv and curves.png.
+    The run directory gets model.keras (the final model), last.keras (the checkpoint
+    --resume reads), best.keras (with --val-split), config.json, metrics.csv, curves.png
+    and summary.json (the test top-1 of the saved models).
     """
+    config = TrainConfig(**options)
+    config.validate()  # before Keras loads: a bad option is one line at once
     use_backend(backend)
     from edgel2.train import train as run_training
 
-    config = TrainConfig(**options)
-    try:
-        config.validate()
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
     result = run_training(config, out, resume=resume, checkpoint_every=checkpoint_every,
                           verbose=2 if quiet else 1)
-    click.echo(f"best test top-1 ({result.data_name}) {100 * result.best_acc:.2f} %, "
-               f"final {100 * result.final_acc:.2f} %"
-               f" after {result.history[-1]['epoch']} epochs")
-    if config.ema:
-        click.echo("model.keras holds the EMA of the weights; the figures above are of the raw "
-                   "weights: `edgel2 eval` gives its own")
+    click.echo(f"model.keras: test top-1 {100 * result.test_acc:.2f} % on {result.test_data}, "
+               f"after {result.history[-1]['epoch']} epochs")
+    if result.best:
+        click.echo(f"best.keras: epoch {result.best['epoch']}, chosen on validation top-1 "
+                   f"{100 * result.best['val_acc']:.2f} %; test top-1 "
+                   f"{100 * result.best['test_acc']:.2f} %")
     click.echo(f"run directory: {result.run_dir}")
 
 
@@ -180,7 +188,7 @@ def train(backend, out, resume, checkpoint_every, quiet, **options) -> None:
               help="Where eval.json and confusion.png go (default: beside MODEL, in eval/ "
                    "for .keras and eval/FILE-NAME/ for an exported file).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def evaluate(model, data, val_split, image_size, backend, engine, threads, batch_size, out,
+def evaluate(model, data, test_split, image_size, backend, engine, threads, batch_size, out,
              as_json) -> None:
     """Top-1 and per-class accuracy of MODEL on the test split, and a confusion matrix (PNG
     and JSON). MODEL is a trained .keras file or an exported .onnx/.tflite file (run by the
@@ -196,7 +204,7 @@ def evaluate(model, data, val_split, image_size, backend, engine, threads, batch
     # at once, not after decoding 60,000 images
     if path.suffix.lower() != ".keras":
         sniff_format(path)
-        dataset = load_dataset(data, val_split=val_split, image_size=image_size)
+        dataset = load_dataset(data, test_split=test_split, image_size=image_size)
         report = evaluate_file(path, dataset, engine=engine, threads=threads,
                                batch_size=batch_size or 64,
                                on_batch=None if as_json else _ProgressBars("  evaluating"))
@@ -204,10 +212,10 @@ def evaluate(model, data, val_split, image_size, backend, engine, threads, batch
     else:
         use_backend(backend)
         from edgel2.evaluate import evaluate as run_eval
-        from edgel2.evaluate import load_model
+        from edgel2.checkpoint import load_model
 
         keras_model = load_model(path)
-        dataset = load_dataset(data, val_split=val_split, image_size=image_size)
+        dataset = load_dataset(data, test_split=test_split, image_size=image_size)
         report = run_eval(keras_model, dataset, batch_size=batch_size or 256,
                           verbose=0 if as_json else 1)
         default_out = path.parent / "eval"

@@ -1,7 +1,11 @@
 """Every knob of a training run, importable without Keras (the CLI builds its --help from it)."""
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
+
+from edgel2.errors import OptionError
 
 # L2 on conv/dense kernels: the loss gains weight_l2 * sum(w**2), whose gradient 2 * weight_l2 * w
 # makes 2.5e-4 the same as the usual SGD weight decay of 5e-4.
@@ -23,9 +27,10 @@ class TrainConfig:
     """
 
     data: str | None = None
-    val_split: float = 0.1
+    test_split: float = 0.1            # test fraction of a folder of bare class subfolders
     image_size: int | None = None
     subset: int | None = None          # class-balanced training subset
+    val_split: float = 0.0             # held out of the training images to choose best.keras
     test_subset: int | None = None     # class-balanced test subset (quick runs)
     width: int = 64
     epochs: int = 30
@@ -47,13 +52,26 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        """Raise ValueError naming the first option that makes no sense."""
+        """Raise :class:`OptionError` naming the first option that makes no sense.
+
+        Example:
+            >>> TrainConfig(lr=float("inf")).validate()
+            Traceback (most recent call last):
+            ...
+            edgel2.errors.OptionError: lr must be a finite number, got inf
+        """
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise OptionError(f"{field.name.replace('_', ' ')} must be a finite number, "
+                                  f"got {value}")
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.width >= 1, f"width must be >= 1, got {self.width}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup}"),
+            (0 <= self.momentum <= 1, f"momentum must be in [0, 1], got {self.momentum}"),
             (0 <= self.label_smoothing < 1,
              f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.weight_l2 >= 0, f"weight L2 must be >= 0, got {self.weight_l2}"),
@@ -62,12 +80,35 @@ class TrainConfig:
             (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.cutout >= 0, f"cutout must be >= 0, got {self.cutout}"),
             (0 <= self.ema < 1, f"EMA momentum must be in [0, 1), got {self.ema}"),
+            (0 < self.test_split < 1, f"test split must be in (0, 1), got {self.test_split}"),
+            (0 <= self.val_split < 1, f"val split must be in [0, 1), got {self.val_split}"),
             (self.schedule in ("onecycle", "cosine"), f"unknown schedule {self.schedule!r}"),
             (self.precision in ("auto", "fp32", "bf16"), f"unknown precision {self.precision!r}"),
             (self.subset is None or self.subset >= 1, f"subset must be >= 1, got {self.subset}"),
             (self.test_subset is None or self.test_subset >= 1,
              f"test subset must be >= 1, got {self.test_subset}"),
+            (0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}"),
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise OptionError(message)
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> "TrainConfig":
+        """The config a run directory's ``config.json`` recorded. Runs from before the
+        validation split named the test fraction of a bare class folder ``val_split``.
+
+        Example:
+            >>> old = TrainConfig.from_saved({"val_split": 0.2, "epochs": 3})
+            >>> old.test_split, old.val_split, old.epochs
+            (0.2, 0.0, 3)
+        """
+        saved = dict(saved)
+        if "test_split" not in saved and "val_split" in saved:
+            saved["test_split"] = saved.pop("val_split")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(saved) - known)
+        if unknown:
+            raise OptionError(f"config.json has options this edgel2 does not know: "
+                              f"{', '.join(unknown)}")
+        return cls(**saved)

@@ -3,7 +3,7 @@
 A source is detected from what the path is:
 
 1. an image folder, ``PATH/train/<class>/*`` and ``PATH/test/<class>/*`` (``val`` is accepted
-   for ``test``); a folder holding only class subfolders is split with ``val_split``;
+   for ``test``); a folder holding only class subfolders is split with ``test_split``;
 2. the original CIFAR-10 python batches (``cifar-10-batches-py/``);
 3. nothing: ``$EDGEL2_DATA`` if set, else ``keras.datasets.cifar10.load_data()``.
 
@@ -55,6 +55,9 @@ class Dataset:
     name: str = ""      # what accuracy is "on" in reports: CIFAR-10, CIFAR-10-JPEG, a folder name
     fingerprint: str = ""
     extra: dict = field(default_factory=dict)
+    # A validation split held out of the training images (edgel2 train --val-split), if any
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
     def __post_init__(self):
         # Every report names the data its accuracy is on, also for a Dataset built by hand.
@@ -69,13 +72,13 @@ class Dataset:
         return len(self.class_names)
 
 
-def load_dataset(path: str | os.PathLike | None = None, *, val_split: float = 0.1,
+def load_dataset(path: str | os.PathLike | None = None, *, test_split: float = 0.1,
                  image_size: int | None = None, seed: int = 0,
                  cache_dir: str | os.PathLike | None = None) -> Dataset:
     """Load a data source (see the module docstring for what ``path`` may be).
 
     ``image_size`` resizes every image to a square of that side (needed when the images
-    differ in size). ``val_split`` and ``seed`` split a folder of bare class subfolders.
+    differ in size). ``test_split`` and ``seed`` split a folder of bare class subfolders.
     Raises :class:`DataError` with a one-line reason for anything unusable.
 
     Example:
@@ -83,7 +86,7 @@ def load_dataset(path: str | os.PathLike | None = None, *, val_split: float = 0.
     """
     if path is None or str(path) == "":
         env = os.environ.get(DATA_ENV)
-        return load_dataset(env, val_split=val_split, image_size=image_size, seed=seed,
+        return load_dataset(env, test_split=test_split, image_size=image_size, seed=seed,
                             cache_dir=cache_dir) if env else _load_keras_cifar10()
     root = Path(path).expanduser()
     if not root.exists():
@@ -93,7 +96,7 @@ def load_dataset(path: str | os.PathLike | None = None, *, val_split: float = 0.
     if root.is_dir() and (root / "cifar-10-batches-py").is_dir():
         return _load_cifar_batches(root / "cifar-10-batches-py")
     if root.is_dir():
-        return _load_image_folder(root, val_split=val_split, image_size=image_size, seed=seed,
+        return _load_image_folder(root, test_split=test_split, image_size=image_size, seed=seed,
                                   cache_dir=cache_dir)
     raise DataError(f"unknown data layout at {root}: expected an image folder "
                     "(train/<class>/, test/<class>/ or <class>/) or cifar-10-batches-py/")
@@ -157,7 +160,7 @@ def _list_split(split_dir: Path) -> tuple[list[Path], list[str]]:
     return files, labels
 
 
-def _load_image_folder(root: Path, *, val_split: float, image_size: int | None, seed: int,
+def _load_image_folder(root: Path, *, test_split: float, image_size: int | None, seed: int,
                        cache_dir: str | os.PathLike | None) -> Dataset:
     test_dir = next((root / n for n in TEST_SPLIT_NAMES if (root / n).is_dir()), None)
     if (root / "train").is_dir() and test_dir is not None:
@@ -165,8 +168,8 @@ def _load_image_folder(root: Path, *, val_split: float, image_size: int | None, 
     elif (root / "train").is_dir() or test_dir is not None:
         raise DataError(f"{root} has a train/ or test/ folder but not both")
     else:
-        if not 0.0 < val_split < 1.0:
-            raise DataError(f"--val-split must be between 0 and 1, got {val_split}")
+        if not 0.0 < test_split < 1.0:
+            raise DataError(f"--test-split must be between 0 and 1, got {test_split}")
         files, labels = _list_split(root)
         splits = {"all": (files, labels)}
     class_names = sorted({c for _, labels in splits.values() for c in labels})
@@ -179,10 +182,8 @@ def _load_image_folder(root: Path, *, val_split: float, image_size: int | None, 
     fingerprint = digest.hexdigest()[:16]
 
     cache = _cache_path(cache_dir, fingerprint)
-    if cache.is_file():
-        with np.load(cache) as z:
-            arrays = {k: z[k] for k in z.files}
-    else:
+    arrays = _read_cache(cache, [f"{a}_{name}" for name in splits for a in "xy"])
+    if arrays is None:
         pixels = _decode_all(all_files, blobs, image_size)
         arrays, start = {}, 0
         for name, (files, labels) in splits.items():
@@ -192,11 +193,11 @@ def _load_image_folder(root: Path, *, val_split: float, image_size: int | None, 
         _atomic_savez(cache, arrays)
 
     if "x_all" in arrays:
-        arrays = _split_stratified(arrays["x_all"], arrays["y_all"], val_split, seed)
+        arrays = split_stratified(arrays["x_all"], arrays["y_all"], test_split, seed)
     return Dataset(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                    class_names, source=str(root), name=_folder_name(root, class_names, all_files),
                    fingerprint=fingerprint,
-                   extra={"val_split": val_split} if "train" not in splits else {})
+                   extra={"test_split": test_split} if "train" not in splits else {})
 
 
 def _folder_name(root: Path, class_names: list[str], files: list[Path]) -> str:
@@ -244,10 +245,18 @@ def _decode_all(files: list[Path], blobs: list[bytes], image_size: int | None) -
     return np.stack(images)
 
 
-def _split_stratified(x: np.ndarray, y: np.ndarray, val_split: float, seed: int) -> dict:
+def split_stratified(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> dict:
+    """A seeded, class-balanced split: ``fraction`` of each class (at least one image) as
+    ``x_test``/``y_test``, the rest as ``x_train``/``y_train``, each in its original order.
+
+    Example:
+        >>> parts = split_stratified(np.arange(20), np.arange(20) % 2, 0.2, seed=0)
+        >>> np.bincount(parts["y_test"]).tolist(), len(parts["y_train"])
+        ([2, 2], 16)
+    """
     rng = np.random.default_rng(seed)
     test = np.concatenate([
-        rng.permutation(idx)[:max(1, round(len(idx) * val_split))]
+        rng.permutation(idx)[:max(1, round(len(idx) * fraction))]
         for idx in (np.flatnonzero(y == c) for c in np.unique(y))])
     is_test = np.zeros(len(y), bool)
     is_test[test] = True
@@ -257,6 +266,20 @@ def _split_stratified(x: np.ndarray, y: np.ndarray, val_split: float, seed: int)
 def _cache_path(cache_dir: str | os.PathLike | None, fingerprint: str) -> Path:
     base = Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgel2")
     return base / "datasets" / f"{fingerprint}.npz"
+
+
+def _read_cache(path: Path, keys: list[str]) -> dict | None:
+    """The decoded arrays cached at ``path``, or None when there is none or it cannot be read
+    whole (a truncated or corrupt file is removed, so the folder is decoded and cached again
+    instead of failing every later run)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in keys}
+    except Exception:  # zipfile, pickle and numpy each raise their own types for bad bytes
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _atomic_savez(path: Path, arrays: dict) -> None:

@@ -7,6 +7,8 @@ Every expected failure is an :class:`EdgeL2Error`; the CLI turns it into
 """
 from __future__ import annotations
 
+import contextlib
+
 
 def first_line(error: BaseException, limit: int = 200) -> str:
     r"""The first line of an exception's message, cut to ``limit`` characters: enough to say
@@ -49,6 +51,24 @@ class DataError(EdgeL2Error):
 
 class TrainingError(EdgeL2Error):
     """Training cannot go on (NaN loss, a run directory that cannot be resumed...)."""
+
+
+@contextlib.contextmanager
+def reported_write(path, error: type[EdgeL2Error] = TrainingError):
+    """Turn an ``OSError`` while writing ``path`` (a full disk, a read-only folder) into one
+    ``error`` line that names the file.
+
+    Example:
+        >>> with reported_write("runs/x/metrics.csv"):
+        ...     raise OSError(28, "No space left on device")
+        Traceback (most recent call last):
+        ...
+        edgel2.errors.TrainingError: cannot write runs/x/metrics.csv: No space left on device
+    """
+    try:
+        yield
+    except OSError as e:
+        raise error(f"cannot write {path}: {e.strerror or e}") from None
 
 
 class ModelError(EdgeL2Error, ValueError):

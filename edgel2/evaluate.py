@@ -7,7 +7,6 @@ Ultralytics' ``val`` takes any exported format.
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,24 +15,6 @@ from edgel2.data import Dataset
 from edgel2.errors import EdgeL2Error
 from edgel2.plots import plot_confusion
 from edgel2.utils import write_json
-
-
-def load_model(path: str | os.PathLike):
-    """Load a ``.keras`` file saved by edgel2, with one clear error for anything else."""
-    import keras
-
-    import edgel2.augment  # noqa: F401  (registers the custom layers for loading)
-    import edgel2.model  # noqa: F401
-
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeL2Error(f"model file does not exist: {path}")
-    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
-        raise EdgeL2Error(f"not a Keras model file (.keras zip): {path}")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as e:  # Keras raises many types for corrupt archives
-        raise EdgeL2Error(f"cannot load {path}: {str(e).splitlines()[0]}") from None
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

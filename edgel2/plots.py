@@ -19,18 +19,30 @@ def _pyplot():
 
 
 def plot_curves(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """Loss and accuracy per epoch (train and test) from ``metrics.csv`` rows, as a PNG."""
+    """Loss, top-1 and learning rate per epoch from ``metrics.csv`` rows, as a PNG: train
+    and the held-out split the rows have (``val_*``: validation, else ``test_*``), on
+    whole-number epoch ticks."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
+    held = "val" if rows and "val_acc" in rows[0] else "test"
     epochs = [int(r["epoch"]) for r in rows]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for split, style in (("train", "-"), ("test", "--")):
-        ax_loss.plot(epochs, [float(r[f"{split}_loss"]) for r in rows], style, label=split)
-        ax_acc.plot(epochs, [100 * float(r[f"{split}_acc"]) for r in rows], style, label=split)
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 4))
+    for split, style, label in (("train", "-", "train"),
+                                (held, "--", "validation" if held == "val" else "test")):
+        ax_loss.plot(epochs, [float(r[f"{split}_loss"]) for r in rows], style, marker=".",
+                     label=label)
+        ax_acc.plot(epochs, [100 * float(r[f"{split}_acc"]) for r in rows], style, marker=".",
+                    label=label)
+    ax_lr.plot(epochs, [float(r["lr"]) for r in rows], marker=".", color="tab:green")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
-    for ax in (ax_loss, ax_acc):
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate (at the epoch's end)")
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
+    ax_loss.legend()
+    ax_acc.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()

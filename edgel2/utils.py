@@ -10,12 +10,14 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
 
     An exception (or Ctrl-C) inside the block removes the temporary file, so readers never
     see a half-written file. The temporary name keeps the suffix, for writers (Keras, Pillow)
-    that choose the format from it.
+    that choose the format from it. ``durable`` also flushes the file to disk before the
+    rename and the rename itself after it, so that a power cut cannot leave a renamed but
+    empty file (checkpoints).
 
     Example:
         >>> with atomic_path("out.json") as tmp:        # doctest: +SKIP
@@ -26,10 +28,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         yield tmp
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
+        if durable:
+            _fsync(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:

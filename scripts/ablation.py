@@ -36,7 +36,7 @@ ROWS = {
 def measure(run_dir: Path, ds, test) -> dict:
     import keras
 
-    from edgel2.evaluate import load_model
+    from edgel2.checkpoint import load_model
     from edgel2.model import feature_extractor
 
     model = load_model(run_dir / "model.keras")
@@ -92,10 +92,10 @@ def main() -> None:
                   f"{len(plan) - done} of {len(plan)} rows not run", flush=True)
             break
         config = replace(base, seed=seed, **change)
-        ds = prepare_data(config, replace(full))
+        ds = prepare_data(config, full)
         run_dir = Path(args.out) / f"{name.replace(' ', '_').replace('+', 'and').replace('=', 'eq')}-seed{seed}"
         start = time.perf_counter()
-        train(config, run_dir, dataset=replace(ds), checkpoint_every=args.epochs, verbose=0)
+        train(config, run_dir, dataset=ds, checkpoint_every=args.epochs, verbose=0)
         row = measure(run_dir, ds, full)
         row["seconds"] = time.perf_counter() - start
         row["seed"] = seed

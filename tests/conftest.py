@@ -54,14 +54,12 @@ def tiny_folder(tmp_path) -> Path:
 def small_model(cifar, tmp_path_factory):
     """A width-4 ResNet-18 trained for one epoch on 512 CIFAR-10-JPEG images, in its run
     directory (model.keras beside config.json)."""
-    from dataclasses import replace
-
     from edgel2.config import TrainConfig
     from edgel2.train import train
 
     run = tmp_path_factory.mktemp("small") / "run"
     config = TrainConfig(width=4, epochs=1, batch_size=128, lr=0.2, subset=512, test_subset=100)
-    train(config, run, dataset=replace(cifar), verbose=0)
+    train(config, run, dataset=cifar, verbose=0)
     return run / "model.keras"
 
 

@@ -159,7 +159,7 @@ def test_check_0_measures_speed_only(exported, cifar, tmp_path):
 
 def _planted_always_class_zero(small_model, out):
     """An int8-named ONNX file that predicts class 0 for every image."""
-    from edgel2.evaluate import load_model
+    from edgel2.checkpoint import load_model
     from edgel2.export import export_model
 
     model = load_model(small_model)

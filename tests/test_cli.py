@@ -20,6 +20,11 @@ def _run(*args: str):
     (["--ema", "1"], "Invalid value for '--ema': 1.0 is not in the range 0<=x<1"),
     (["--cutout", "-2"], "Invalid value for '--cutout': -2 is not in the range x>=0"),
     (["--no-such-option"], "No such option '--no-such-option'"),
+    (["--seed", "-1"], "Invalid value for '--seed': -1 is not in the range 0<=x<=4294967295"),
+    (["--momentum", "nan"], "momentum must be a finite number, got nan"),
+    (["--lr", "inf"], "lr must be a finite number, got inf"),
+    (["--weight-l2", "inf"], "weight l2 must be a finite number, got inf"),
+    (["--val-split", "1"], "Invalid value for '--val-split': 1.0 is not in the range 0<=x<1"),
 ])
 def test_bad_train_options_exit_2_with_one_line(args, message):
     result = _run("train", *args)
@@ -103,3 +108,19 @@ def test_the_quick_start_in_help_is_what_quickstart_sh_runs():
     for command in commands:
         tail = command.split("photos/ ")[-1]  # the script infers on test images, not photos/
         assert tail in script, command
+
+
+def test_train_into_a_place_that_cannot_be_a_folder_is_one_line_before_the_data_loads(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = _run("train", "--out", str(blocker / "run"), "--data", str(tmp_path / "nowhere"))
+    assert result.exit_code == 1
+    assert result.stderr == (f"edgel2: error: cannot create the run directory {blocker / 'run'}: "
+                             "Not a directory\n")
+
+
+def test_resume_of_a_folder_that_holds_no_run_is_one_line(tmp_path):
+    result = _run("train", "--resume", str(tmp_path))
+    assert result.exit_code == 1
+    assert result.stderr == (f"edgel2: error: cannot resume {tmp_path}: no readable config.json "
+                             "there (No such file or directory)\n")

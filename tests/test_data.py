@@ -38,10 +38,22 @@ def test_decoded_folder_is_cached_and_a_changed_file_is_decoded_again(tiny_folde
     assert changed.x_train[0].max() == 0
 
 
+def test_a_truncated_cache_is_decoded_again_instead_of_failing_every_run(tiny_folder, tmp_path):
+    cache = tmp_path / "cache"
+    first = load_dataset(tiny_folder, cache_dir=cache)
+    (cached,) = (cache / "datasets").glob("*.npz")
+    cached.write_bytes(cached.read_bytes()[:200])  # a kill or a full disk mid-write elsewhere
+    again = load_dataset(tiny_folder, cache_dir=cache)
+    np.testing.assert_array_equal(again.x_train, first.x_train)
+    np.testing.assert_array_equal(again.y_test, first.y_test)
+    with np.load(cached) as z:  # and cached again, whole
+        np.testing.assert_array_equal(z["x_train"], first.x_train)
+
+
 def test_folder_of_bare_class_folders_is_split_per_class(tmp_path):
     for c in range(2):
         write_images(tmp_path / "flat" / f"class{c}", 10, seed=c)
-    ds = load_dataset(tmp_path / "flat", val_split=0.2, cache_dir=tmp_path / "cache")
+    ds = load_dataset(tmp_path / "flat", test_split=0.2, cache_dir=tmp_path / "cache")
     assert np.bincount(ds.y_test).tolist() == [2, 2]
     assert np.bincount(ds.y_train).tolist() == [8, 8]
 

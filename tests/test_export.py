@@ -258,7 +258,7 @@ def test_existing_file_is_kept_without_force(small_model, cifar, tmp_path):
 
 
 def test_bf16_trained_model_exports_as_float32(small_model, cifar, tmp_path):
-    from edgel2.evaluate import load_model
+    from edgel2.checkpoint import load_model
 
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     try:
@@ -359,7 +359,7 @@ def run(small_model, tmp_path):
 
 
 def test_flip_average_export_averages_each_image_with_its_mirror(run, cifar):
-    from edgel2.evaluate import load_model
+    from edgel2.checkpoint import load_model
 
     report = export_model(run / "model.keras", ["onnx"], ["fp32"], dataset=cifar, check=100,
                           calibrate=False, flip_average=True)

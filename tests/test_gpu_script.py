@@ -60,7 +60,7 @@ def test_gpu_script_runs_its_list_measures_each_run_and_returns_the_best_model(
     assert f"model.keras parts are from {best}" in summary
     model = tmp_path / "model.keras"
     model.write_bytes(b"".join(p.read_bytes() for p in sorted(out.glob("model.keras.part-*"))))
-    from edgel2.evaluate import load_model
+    from edgel2.checkpoint import load_model
 
     assert load_model(model).name == "resnet18_w2"
 

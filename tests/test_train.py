@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 
 from edgel2.config import TrainConfig
 from edgel2.errors import TrainingError
-from edgel2.train import RunLogger, build_trainer, read_metrics, train
+from edgel2.train import build_trainer, read_metrics, train
 
 pytestmark = pytest.mark.slow
 QUICK = dict(width=8, batch_size=128, lr=0.2, subset=2000, test_subset=500)
@@ -21,30 +22,42 @@ QUICK = dict(width=8, batch_size=128, lr=0.2, subset=2000, test_subset=500)
 def trained_run(cifar, tmp_path_factory):
     """One short run shared by the tests that only read its results."""
     out = tmp_path_factory.mktemp("runs") / "quick"
-    return train(TrainConfig(epochs=4, **QUICK), out, dataset=_copy(cifar), verbose=0)
-
-
-def _copy(ds):
-    from dataclasses import replace
-
-    return replace(ds)  # train() cuts subsets on its own copy of the attributes
+    return train(TrainConfig(epochs=4, **QUICK), out, dataset=cifar, verbose=0)
 
 
 def test_short_run_beats_chance_clearly(trained_run):
-    assert trained_run.best_acc > 0.25  # chance is 0.10 on 10 balanced classes
+    assert trained_run.test_acc > 0.25  # chance is 0.10 on 10 balanced classes
     assert [r["epoch"] for r in trained_run.history] == [1, 2, 3, 4]
+
+
+def test_the_reported_test_figure_is_of_the_saved_model(trained_run, cifar):
+    """summary.json and TrainResult give the test top-1 of model.keras as saved, on the same
+    test images (the run's 500-image subset), as a fresh evaluation of the file gives it."""
+    from edgel2.checkpoint import load_model
+    from edgel2.config import TrainConfig
+    from edgel2.evaluate import evaluate
+    from edgel2.train import prepare_data
+
+    ds = prepare_data(TrainConfig(**QUICK), cifar)
+    fresh = evaluate(load_model(trained_run.run_dir / "model.keras"), ds, verbose=0)
+    summary = json.loads((trained_run.run_dir / "summary.json").read_text())
+    assert summary["model.keras"]["test_acc"] == trained_run.test_acc == fresh["accuracy"]
+    assert summary["test_data"] == trained_run.test_data == \
+        "a class-balanced subset of 500 images of the CIFAR-10-JPEG test split"
 
 
 def test_run_directory_holds_models_config_metrics_and_curves(trained_run):
     run = trained_run.run_dir
-    for name in ["model.keras", "best.keras", "last.keras", "config.json", "metrics.csv",
-                 "curves.png", "state.json"]:
+    for name in ["model.keras", "last.keras", "config.json", "metrics.csv", "curves.png",
+                 "summary.json"]:
         assert (run / name).is_file(), name
+    assert not (run / "best.keras").exists(), "best.keras chosen without a validation split"
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     described = json.loads((run / "config.json").read_text())
     assert described["config"]["width"] == 8 and described["config"]["subset"] == 2000
     assert described["model"]["parameters"] > 0 and described["data"]["fingerprint"]
     assert described["data"]["name"] == trained_run.data_name == "CIFAR-10-JPEG"
+    assert described["data"]["val_images"] == 0 and trained_run.held_out == "test"
     assert described["backend"] == "tensorflow" and described["precision"] == "fp32"
     assert {"keras", "numpy"} <= described["versions"].keys()
     assert list(read_metrics(run / "metrics.csv")[0]) == [
@@ -54,51 +67,32 @@ def test_run_directory_holds_models_config_metrics_and_curves(trained_run):
 
 def test_same_seed_gives_the_same_run(cifar, tmp_path):
     config = TrainConfig(epochs=1, **{**QUICK, "width": 4, "subset": 512, "test_subset": 100})
-    first = train(config, tmp_path / "a", dataset=_copy(cifar), verbose=0)
-    second = train(config, tmp_path / "b", dataset=_copy(cifar), verbose=0)
+    first = train(config, tmp_path / "a", dataset=cifar, verbose=0)
+    second = train(config, tmp_path / "b", dataset=cifar, verbose=0)
     assert first.history[0]["train_loss"] == second.history[0]["train_loss"]
     assert first.history[0]["test_acc"] == second.history[0]["test_acc"]
-
-
-def test_resume_continues_after_the_last_finished_epoch(cifar, tmp_path, monkeypatch):
-    config = TrainConfig(epochs=2, **{**QUICK, "width": 4, "subset": 512, "test_subset": 100})
-    finish_epoch = RunLogger.on_epoch_end
-
-    def killed_after_first_epoch(self, epoch, logs=None):
-        finish_epoch(self, epoch, logs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(RunLogger, "on_epoch_end", killed_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "run", dataset=_copy(cifar), verbose=0)
-    assert json.loads((tmp_path / "run" / "state.json").read_text())["epoch"] == 1
-    assert not (tmp_path / "run" / "model.keras").exists()
-
-    monkeypatch.setattr(RunLogger, "on_epoch_end", finish_epoch)
-    result = train(config, resume=tmp_path / "run", dataset=_copy(cifar), verbose=0)
-    assert [r["epoch"] for r in result.history] == [1, 2]
-    assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the schedule ran to its end
-    assert (tmp_path / "run" / "model.keras").is_file()
-    with pytest.raises(TrainingError, match="already finished all 2 epochs"):
-        train(config, resume=tmp_path / "run", dataset=_copy(cifar), verbose=0)
 
 
 def test_nan_loss_stops_the_run_with_a_clear_message(cifar, tmp_path):
     config = TrainConfig(epochs=1, **{**QUICK, "width": 4, "subset": 512, "test_subset": 100,
                                       "lr": 1e30, "warmup": 0.0})
-    with pytest.raises(TrainingError, match=r"loss became NaN in epoch 1; lower --lr"):
-        train(config, tmp_path / "nan", dataset=_copy(cifar), verbose=0)
+    with pytest.raises(TrainingError) as raised:
+        train(config, tmp_path / "nan", dataset=cifar, verbose=0)
+    assert str(raised.value) == ("loss became NaN in epoch 1; lower --lr (now 1e+30) or the L2 "
+                                 "weights; no checkpoint had been written yet")
+    assert not (tmp_path / "nan" / "last.keras").exists()
+    assert not (tmp_path / "nan" / "metrics.csv").exists()  # nothing of the NaN epoch is kept
 
 
 def test_ema_option_saves_the_averaged_weights(cifar, tmp_path):
     import keras
 
-    from edgel2.evaluate import load_model
+    from edgel2.checkpoint import load_model
 
     config = TrainConfig(epochs=1, ema=0.9, **{**QUICK, "width": 4, "subset": 512})
     trainer, model = build_trainer(config, 10, (32, 32, 3), 4)
     assert trainer.optimizer.use_ema and trainer.optimizer.ema_momentum == pytest.approx(0.9)
-    result = train(config, tmp_path / "ema", dataset=_copy(cifar), verbose=0)
+    result = train(config, tmp_path / "ema", dataset=cifar, verbose=0)
     # what fit() ends with: the averaged weights overwrite the raw ones, then model.keras is saved
     saved = load_model(result.run_dir / "model.keras").trainable_weights
     last = keras.saving.load_model(result.run_dir / "last.keras")
@@ -149,3 +143,89 @@ def test_eval_reports_accuracy_per_class_and_confusion(trained_run, data_dir, tm
     assert report["accuracy"] > 0.25
     assert (tmp_path / "eval" / "confusion.png").is_file()
     assert json.loads((tmp_path / "eval" / "eval.json").read_text()) == report
+
+
+def test_off_a_terminal_each_epoch_is_one_plain_line_and_tensorflow_starts_quietly(data_dir,
+                                                                                   tmp_path):
+    """stdout is a pipe here, as in CI or nohup: no progress bar, no escape codes, the test
+    split called test; TensorFlow's start-up banner (twice in TF 2.21) does not reach stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgel2", "train", "--data", str(data_dir), "--width", "4",
+         "--epochs", "2", "--subset", "256", "--test-subset", "100", "--batch-size", "64",
+         "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    pattern = (r"epoch {}/2: train loss \d+\.\d{{4}} top-1 \d+\.\d\d %, test loss \d+\.\d{{4}} "
+               r"top-1 \d+\.\d\d %, \d+\.\d s")
+    assert re.fullmatch(pattern.format(1), lines[0]) and re.fullmatch(pattern.format(2), lines[1])
+    assert lines[2].startswith("model.keras: test top-1 ") and lines[2].endswith(
+        "% on a class-balanced subset of 100 images of the CIFAR-10-JPEG test split, "
+        "after 2 epochs")
+    assert "\x1b" not in proc.stdout and "val_" not in proc.stdout
+    assert "oneDNN custom operations are on" not in proc.stderr
+    assert "absl::InitializeLog" not in proc.stderr
+
+
+def test_the_test_split_is_never_called_a_validation_split():
+    from edgel2.train.callbacks import NameHeldOut
+
+    logs = {"loss": 1.0, "acc": 0.2, "val_loss": 2.0, "val_acc": 0.5}
+    NameHeldOut("test").on_epoch_end(0, logs)
+    assert logs == {"loss": 1.0, "acc": 0.2, "test_loss": 2.0, "test_acc": 0.5}
+    logs = {"val_loss": 2.0, "val_acc": 0.5}
+    NameHeldOut("val").on_epoch_end(0, logs)
+    assert logs == {"val_loss": 2.0, "val_acc": 0.5}
+
+
+def test_curves_have_whole_epoch_ticks_a_learning_rate_panel_and_name_the_held_out_data(
+        tmp_path, monkeypatch):
+    import edgel2.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, plt, path: figures.append(fig))
+    rows = [{"epoch": e, "train_loss": 1 / e, "train_acc": 0.1 * e, "val_loss": 1.2 / e,
+             "val_acc": 0.09 * e, "lr": 0.1 * (3 - e)} for e in (1, 2, 3)]
+    plots.plot_curves(rows, tmp_path / "curves.png", title="run: validation: 96 images")
+    (figure,) = figures
+    figure.canvas.draw()
+    assert [ax.get_title() for ax in figure.axes] == \
+        ["loss", "accuracy", "learning rate (at the epoch's end)"]
+    assert [t.get_text() for t in figure.axes[1].get_legend().get_texts()] == \
+        ["train", "validation"]
+    for ax in figure.axes:
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+    assert list(figure.axes[2].lines[0].get_ydata()) == pytest.approx([0.2, 0.1, 0.0])
+    assert figure.get_suptitle() == "run: validation: 96 images"
+
+
+def test_the_validation_split_is_held_out_of_the_training_images_class_balanced_and_seeded():
+    from edgel2.data import Dataset
+    from edgel2.train import prepare_data
+
+    ids = np.arange(200).reshape(200, 1, 1, 1)  # each image is its own id
+    ds = Dataset(ids, np.arange(200) % 4, ids[:8], np.arange(8) % 4, list("abcd"))
+    split = prepare_data(TrainConfig(val_split=0.2), ds)
+    train_ids, val_ids = set(split.x_train.ravel()), set(split.x_val.ravel())
+    assert not train_ids & val_ids and train_ids | val_ids == set(range(200))
+    assert np.bincount(split.y_val).tolist() == [10, 10, 10, 10]
+    assert split.x_test is ds.x_test and ds.x_val is None  # the given Dataset is left alone
+    again = prepare_data(TrainConfig(val_split=0.2), ds)
+    np.testing.assert_array_equal(again.x_val, split.x_val)
+    other = prepare_data(TrainConfig(val_split=0.2, seed=1), ds)
+    assert set(other.x_val.ravel()) != val_ids
+
+
+def test_a_validation_run_chooses_best_keras_on_validation_and_measures_it_on_test(cifar,
+                                                                                 tmp_path):
+    result = train(TrainConfig(epochs=2, val_split=0.2, **{**QUICK, "width": 4, "subset": 500}),
+                   tmp_path / "run", dataset=cifar, verbose=0)
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                             "seconds", "images_per_s"]
+    best_epoch = max(rows, key=lambda r: (r["val_acc"], -r["epoch"]))["epoch"]
+    assert result.held_out == "val" and result.best["epoch"] == best_epoch
+    assert result.best["val_acc"] == pytest.approx(rows[best_epoch - 1]["val_acc"], abs=1e-6)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best.keras"] == result.best and 0 <= result.best["test_acc"] <= 1
+    described = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert described["data"]["val_images"] == 100 and described["data"]["train_images"] == 400

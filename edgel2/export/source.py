@@ -5,48 +5,12 @@ import json
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from edgel2 import __version__
+from edgel2.checkpoint import as_float32, load_model
 from edgel2.errors import EdgeL2Error
-from edgel2.evaluate import load_model
 from edgel2.model import find_normalize
 from edgel2.utils import config_hash
-
-
-def _retyped(config, input_dtype: str | None):
-    """A copy of a functional model config with every dtype policy float32 and, if given,
-    the input layer's dtype replaced."""
-    if isinstance(config, dict):
-        out = {}
-        for key, value in config.items():
-            if key == "dtype" and isinstance(value, dict) and value.get("class_name") == "DTypePolicy":
-                value = {**value, "config": {**value["config"], "name": "float32"}}
-            elif key == "dtype" and isinstance(value, str) and "bfloat16" in value:
-                value = "float32"
-            out[key] = _retyped(value, input_dtype)
-        if input_dtype and out.get("class_name") == "InputLayer":
-            out["config"] = {**out["config"], "dtype": input_dtype}
-        return out
-    if isinstance(config, list):
-        return [_retyped(v, input_dtype) for v in config]
-    return config
-
-
-def as_float32(model: keras.Model, input_dtype: str | None = None) -> keras.Model:
-    """The same network in float32 (a model trained in mixed bf16 included), optionally
-    taking ``input_dtype`` pixels (still 0..255) instead of uint8.
-
-    Example:
-        >>> from edgel2.model import resnet18
-        >>> as_float32(resnet18(width=4), input_dtype="float32").input.dtype
-        'float32'
-    """
-    config = _retyped(model.get_config(), input_dtype)
-    rebuilt = keras.Model.from_config(config)
-    rebuilt.set_weights([np.asarray(keras.ops.convert_to_numpy(w), np.float32)
-                         for w in model.weights])
-    return rebuilt
 
 
 def load_source(path: str | Path) -> tuple[keras.Model, dict]:

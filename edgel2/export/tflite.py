@@ -35,7 +35,7 @@ def write_tflite(model, path: Path, precision: str,
     is rebuilt with a float input, so that the converter quantizes the pixels themselves
     (scale 1, zero point 0: uint8 in) and every op runs as an int8 kernel.
     """
-    from edgel2.export.source import as_float32
+    from edgel2.checkpoint import as_float32
 
     source = as_float32(model, input_dtype="float32") if precision == "int8" else model
     with tempfile.TemporaryDirectory() as tmp:

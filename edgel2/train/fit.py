@@ -1,0 +1,300 @@
+"""The fit loop: a run directory, the model, the callbacks, Keras' ``fit``, and the end of a
+run (the final model and its test figure). Resume goes through the same path."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from edgel2.augment import with_augmentation
+from edgel2.backend import accelerator, library_versions
+from edgel2.checkpoint import checkpoint_state, load_checkpoint, load_model, save_model
+from edgel2.config import TrainConfig
+from edgel2.data import Dataset, balanced_subset, load_dataset, split_stratified
+from edgel2.errors import OptionError, TrainingError, reported_write
+from edgel2.model import count_params, resnet18
+from edgel2.train.batches import ShuffledBatches, even_batch_size, one_hot
+from edgel2.train.callbacks import (Checkpoint, CurvesPlot, EpochLine, MetricsCSV, NameHeldOut,
+                                    StopOnNaN, read_metrics)
+from edgel2.train.schedule import OneCycle
+from edgel2.utils import config_hash, next_run_dir, write_json
+
+
+@dataclass
+class TrainResult:
+    """What a finished run measured. ``test_acc`` is always of the saved ``model.keras``,
+    measured after training on ``test_data``; ``best`` (with a validation split) is the epoch,
+    validation top-1 and test top-1 of ``best.keras``."""
+
+    run_dir: Path
+    history: list[dict]     # metrics.csv: per-epoch figures on the `held_out` split
+    held_out: str           # "val" or "test"
+    test_acc: float
+    test_data: str          # e.g. "CIFAR-10-JPEG test split (10,000 images)"
+    data_name: str          # what the accuracy is on (Dataset.name)
+    best: dict | None = None
+
+
+def prepare_data(config: TrainConfig, dataset: Dataset | None = None) -> Dataset:
+    """The configured data as a new :class:`Dataset` (the one given is left as it is): the
+    class-balanced ``subset`` of the training images, the validation split held out of
+    them (seeded, class-balanced), and the class-balanced ``test_subset``.
+
+    Example:
+        >>> x = np.zeros((40, 4, 4, 3), np.uint8)
+        >>> ds = Dataset(x, np.arange(40) % 2, x[:10], np.arange(10) % 2, ["a", "b"])
+        >>> prepared = prepare_data(TrainConfig(subset=20, val_split=0.1), ds)
+        >>> len(prepared.y_train), len(prepared.y_val), len(ds.y_train)
+        (18, 2, 40)
+    """
+    ds = dataset or load_dataset(config.data, test_split=config.test_split,
+                                 image_size=config.image_size, seed=config.seed)
+    x_train, y_train, x_test, y_test = ds.x_train, ds.y_train, ds.x_test, ds.y_test
+    x_val = y_val = None
+    if config.subset:
+        x_train, y_train = balanced_subset(x_train, y_train, config.subset, config.seed)
+    if config.val_split:
+        parts = split_stratified(x_train, y_train, config.val_split, config.seed)
+        x_train, y_train, x_val, y_val = (parts["x_train"], parts["y_train"],
+                                          parts["x_test"], parts["y_test"])
+    if config.test_subset:
+        x_test, y_test = balanced_subset(x_test, y_test, config.test_subset, config.seed)
+    return dataclasses.replace(ds, x_train=x_train, y_train=y_train, x_test=x_test,
+                               y_test=y_test, x_val=x_val, y_val=y_val)
+
+
+def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
+          dataset: Dataset | None = None, resume: str | os.PathLike | None = None,
+          checkpoint_every: int = 1, verbose: int = 1) -> TrainResult:
+    """Train a ResNet-18 as ``config`` says and fill a run directory.
+
+    ``out`` defaults to ``runs/train/exp`` (``exp2``, ``exp3``... if taken). ``resume`` names
+    an earlier run directory: its config and checkpoint are used and training goes on after
+    the last checkpointed epoch, exactly as the run would have gone on (a run killed before
+    its first checkpoint starts again; one killed after its last epoch is only finished).
+    ``dataset`` skips loading (tests, notebooks). ``checkpoint_every`` writes the checkpoint,
+    best.keras and curves.png every N epochs (and after the last) instead of every epoch: on
+    a GPU an epoch can take less time than the writes. ``verbose``: 0 silent, 1 a progress
+    bar on a terminal and one line per epoch elsewhere, 2 one line per epoch.
+
+    Example:
+        >>> result = train(TrainConfig(width=8, epochs=2, subset=1000), "runs/train/tiny")  # doctest: +SKIP
+        >>> result.test_acc                                                                   # doctest: +SKIP
+        0.31
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        config = _saved_config(run_dir)
+        _remove_partial_writes(run_dir)
+        state = checkpoint_state(run_dir / "last.keras")
+        if state and state["epoch"] >= config.epochs and _finished(run_dir):
+            raise TrainingError(f"{run_dir} already finished all {config.epochs} epochs")
+    else:
+        config.validate()
+        run_dir = Path(out) if out else next_run_dir("runs/train", "exp")
+        _remove_partial_writes(run_dir)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise TrainingError(f"run directory {run_dir} is not empty; "
+                                "pick another --out or continue it with --resume")
+        _make_run_dir(run_dir)
+        state = None
+    start_epoch = state["epoch"] if state else 0
+
+    keras.utils.set_random_seed(config.seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()  # same seed, same run on the CPU
+    device = accelerator()
+    precision = config.precision if config.precision != "auto" else ("bf16" if device else "fp32")
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if precision == "bf16" else "float32")
+
+    ds = prepare_data(config, dataset)
+    batch_size = min(config.batch_size, len(ds.y_train))
+    steps_per_epoch = max(1, len(ds.y_train) // batch_size)
+    held_out = "val" if ds.y_val is not None else "test"
+
+    if state:
+        trainer = load_checkpoint(run_dir / "last.keras")
+        step = int(keras.ops.convert_to_numpy(trainer.optimizer.iterations))
+        if step != state["step"] or step != start_epoch * steps_per_epoch:
+            raise TrainingError(f"cannot resume {run_dir}: its checkpoint is at step {step}, "
+                                f"its state at {state['step']} (epoch {start_epoch} of "
+                                f"{steps_per_epoch} steps); the data or config changed")
+    else:
+        trainer = build_trainer(config, ds.num_classes, ds.image_shape, steps_per_epoch)[0]
+        described = _describe_run(config, ds, _network(trainer), device, precision)
+        with reported_write(run_dir / "config.json"):
+            write_json(run_dir / "config.json", described)
+    model = _network(trainer)
+
+    if start_epoch < config.epochs:
+        best = checkpoint_state(run_dir / "best.keras") if state else None
+        every = max(1, checkpoint_every)
+        callbacks = [
+            StopOnNaN(config.lr, run_dir / "last.keras"),
+            NameHeldOut(held_out),
+            MetricsCSV(run_dir / "metrics.csv", held_out, steps_per_epoch * batch_size),
+            Checkpoint(run_dir, model, every=every, last_epoch=config.epochs, seed=config.seed,
+                       select=held_out == "val",
+                       best_score=best["val_acc"] if best else -math.inf),
+            CurvesPlot(run_dir / "metrics.csv", run_dir / "curves.png", every=every,
+                       last_epoch=config.epochs,
+                       title=f"{run_dir.name}: {_held_out_name(ds, held_out, config)}"),
+        ]
+        bar = verbose == 1 and sys.stdout.isatty()
+        if verbose and not bar:
+            callbacks.append(EpochLine(config.epochs, held_out))
+        x_held, y_held = (ds.x_val, ds.y_val) if held_out == "val" else (ds.x_test, ds.y_test)
+        trainer.fit(ShuffledBatches(ds.x_train, one_hot(ds.y_train, ds.num_classes),
+                                    batch_size, seed=config.seed, epoch=start_epoch),
+                    epochs=config.epochs, initial_epoch=start_epoch, shuffle=False,
+                    validation_data=(x_held, one_hot(y_held, ds.num_classes)),
+                    validation_batch_size=even_batch_size(len(y_held), max(batch_size, 256)),
+                    callbacks=callbacks, verbose=1 if bar else 0)
+    else:  # trained to the end, killed before model.keras: what fit() does after the last epoch
+        trainer.optimizer.finalize_variable_values(trainer.trainable_variables)
+    return _finish(run_dir, model, ds, held_out, _held_out_name(ds, "test", config))
+
+
+def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int, int, int],
+                  steps_per_epoch: int) -> tuple[keras.Model, keras.Model]:
+    """The compiled training model (augmentation + network) and the bare network inside it.
+
+    Example:
+        >>> trainer, model = build_trainer(TrainConfig(width=4), 10, (32, 32, 3), 100)
+        >>> trainer.optimizer.nesterov, model.name
+        (True, 'resnet18_w4')
+    """
+    model = resnet18(num_classes, config.width, weight_l2=config.weight_l2,
+                     feature_l2=config.feature_l2, l1=config.l1, dropout=config.dropout,
+                     input_shape=input_shape)
+    trainer = (with_augmentation(model, seed=config.seed, cutout=config.cutout)
+               if config.augment else model)
+    total = steps_per_epoch * config.epochs
+    schedule = OneCycle(config.lr, total, int(config.warmup * total), config.schedule)
+    # With an EMA, fit() ends by writing the averaged weights into the model (Keras'
+    # finalize_variable_values), so model.keras holds them.
+    trainer.compile(
+        optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum,
+                                       nesterov=config.nesterov, use_ema=config.ema > 0,
+                                       ema_momentum=config.ema or 0.99),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                  label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="acc")])
+    return trainer, model
+
+
+def _network(trainer: keras.Model) -> keras.Model:
+    """The network inside a training model: the model itself without augmentation (its last
+    layer is then the classifier), else the nested model the augmentation feeds."""
+    nested = [layer for layer in trainer.layers if isinstance(layer, keras.Model)]
+    return nested[-1] if nested else trainer
+
+
+def _finish(run_dir: Path, model: keras.Model, ds: Dataset, held_out: str,
+            test_data: str) -> TrainResult:
+    """Save the final model, then measure on the test split the files that were saved (the
+    final model, and best.keras when a validation split chose one): ``summary.json``."""
+    save_model(model, run_dir / "model.keras")
+    summary = {"test_data": test_data,
+               "model.keras": {"test_acc": _test_top1(run_dir / "model.keras", ds)}}
+    best = checkpoint_state(run_dir / "best.keras")
+    if best:
+        best = {"epoch": best["epoch"], "val_acc": best["val_acc"],
+                "test_acc": _test_top1(run_dir / "best.keras", ds)}
+        summary["best.keras"] = best
+    with reported_write(run_dir / "summary.json"):
+        write_json(run_dir / "summary.json", summary)
+    return TrainResult(run_dir, read_metrics(run_dir / "metrics.csv"), held_out,
+                       summary["model.keras"]["test_acc"], test_data, ds.name, best)
+
+
+def _test_top1(path: Path, ds: Dataset) -> float:
+    """Top-1 on the test split of the model file at ``path``, as it was saved."""
+    logits = load_model(path).predict(ds.x_test, batch_size=256, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=1) == ds.y_test))
+
+
+def _finished(run_dir: Path) -> bool:
+    return (run_dir / "model.keras").is_file() and (run_dir / "summary.json").is_file()
+
+
+def _remove_partial_writes(run_dir: Path) -> None:
+    """Delete the temporary files a killed write leaves (``.last.tmp123.keras``): they are
+    never read, and they would make a fresh folder look used."""
+    if run_dir.is_dir():
+        for leftover in run_dir.glob(".*.tmp*"):
+            leftover.unlink(missing_ok=True)
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    """Create the run directory before any data is loaded, so an unwritable place is one
+    line at once."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(f"cannot create the run directory {run_dir}: "
+                            f"{e.strerror or e}") from None
+    if not os.access(run_dir, os.W_OK):
+        raise TrainingError(f"cannot write in the run directory {run_dir}: Permission denied")
+
+
+def _saved_config(run_dir: Path) -> TrainConfig:
+    try:
+        described = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"cannot resume {run_dir}: no readable config.json there "
+                            f"({getattr(e, 'strerror', None) or e})") from None
+    try:
+        config = TrainConfig.from_saved(described["config"])
+        config.validate()
+    except (OptionError, KeyError, TypeError) as e:
+        raise TrainingError(f"cannot resume {run_dir}: its config.json is not usable ({e})") from None
+    return config
+
+
+def _held_out_name(ds: Dataset, split: str, config: TrainConfig) -> str:
+    """What held-out figures are on, in words: a validation split or a test subset is not
+    'the test split'.
+
+    Example:
+        >>> x = np.zeros((4, 2, 2, 3), np.uint8)
+        >>> ds = Dataset(x, np.arange(4), x, np.arange(4), list("abcd"), name="CIFAR-10-JPEG")
+        >>> _held_out_name(ds, "test", TrainConfig(test_subset=4))
+        'a class-balanced subset of 4 images of the CIFAR-10-JPEG test split'
+    """
+    if split == "val":
+        return (f"validation: {len(ds.y_val):,} of the {ds.name} training images, held out "
+                "(class-balanced)")
+    if config.test_subset:
+        return (f"a class-balanced subset of {len(ds.y_test):,} images of the {ds.name} "
+                "test split")
+    return f"the {ds.name} test split ({len(ds.y_test):,} images)"
+
+
+def _describe_run(config: TrainConfig, ds: Dataset, model, device: str | None,
+                  precision: str) -> dict:
+    hyper = dataclasses.asdict(config)
+    return {
+        "config": hyper,
+        "config_hash": config_hash({"config": hyper, "data": ds.fingerprint}),
+        "model": {"name": model.name, "parameters": count_params(model),
+                  "input_shape": list(ds.image_shape), "class_names": ds.class_names},
+        "data": {"name": ds.name, "source": ds.source, "fingerprint": ds.fingerprint,
+                 "train_images": int(len(ds.y_train)), "test_images": int(len(ds.y_test)),
+                 "val_images": 0 if ds.y_val is None else int(len(ds.y_val)), **ds.extra},
+        "backend": keras.backend.backend(),
+        "device": device or "cpu",
+        "precision": precision,
+        "versions": library_versions(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
