@@ -14,7 +14,7 @@ import click
 
 from edgel2 import __version__
 from edgel2.backend import BACKENDS, use_backend
-from edgel2.config import TrainConfig
+from edgel2.config import FINETUNE_LR, FINETUNE_WARMUP, TrainConfig
 from edgel2.errors import EdgeL2Error, missing_extra
 from edgel2.export.onnx import MAX_OPSET, MIN_OPSET
 from edgel2.runtime.engines import ENGINES
@@ -94,12 +94,14 @@ def _backend_option(f):
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,
               show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr,
-              show_default=True, help="Peak learning rate of the schedule.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help=f"Peak learning rate of the schedule [default: {DEFAULTS.lr}; "
+                   f"{FINETUNE_LR} with --pretrained or --weights].")
 @click.option("--schedule", type=click.Choice(["onecycle", "cosine"]), default=DEFAULTS.schedule,
               show_default=True, help="Linear warm-up, then linear (onecycle) or cosine decay.")
-@click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.warmup,
-              show_default=True, help="Fraction of all steps spent warming up.")
+@click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help=f"Fraction of all steps spent warming up [default: {DEFAULTS.warmup}; "
+                   f"{FINETUNE_WARMUP} with --pretrained or --weights].")
 @click.option("--momentum", type=click.FloatRange(0, 1), default=DEFAULTS.momentum,
               show_default=True, help="SGD momentum (Nesterov unless --no-nesterov).")
 @click.option("--nesterov/--no-nesterov", default=DEFAULTS.nesterov, show_default=True)
@@ -138,6 +140,15 @@ def _backend_option(f):
                    "best.keras. 0: none (per-epoch figures on the test split, no best.keras).")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=DEFAULTS.seed,
               show_default=True)
+@click.option("--pretrained", is_flag=True,
+              help="Fine-tune the shipped ResNet-18 (trained on CIFAR-10-JPEG; rebuilt from "
+                   "models/resnet18-int8.onnx, no download): every layer but the classifier, "
+                   "which is new for the data's classes. Width 64; any image size.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Fine-tune from this edgel2 .keras file (or an .onnx edgel2 exported) instead.")
+@click.option("--freeze", type=click.IntRange(0, 4), default=DEFAULTS.freeze, show_default=True,
+              help="When fine-tuning, keep the stem and the first N of the 4 stages frozen "
+                   "(their batch norms in inference mode); 4: only the classifier trains.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory (default: runs/train/exp, exp2, ...).")
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
@@ -150,7 +161,7 @@ def _backend_option(f):
 @click.option("--quiet", is_flag=True,
               help="One line per epoch instead of a progress bar (the default when the "
                    "output is not a terminal).")
-def train(backend, out, resume, checkpoint_every, quiet, **options) -> None:
+def train(backend, out, resume, checkpoint_every, quiet, pretrained, **options) -> None:
     """Train the L2-regularized CIFAR ResNet-18 and fill a run directory.
 
     \b
@@ -158,6 +169,14 @@ def train(backend, out, resume, checkpoint_every, quiet, **options) -> None:
     --resume reads), best.keras (with --val-split), config.json, metrics.csv, curves.png
     and summary.json (the test top-1 of the saved models).
     """
+    if pretrained and options["weights"]:
+        raise click.UsageError("--pretrained and --weights each name the weights to start "
+                               "from: pass one")
+    options["weights"] = "pretrained" if pretrained else options["weights"]
+    tuned = options["weights"] is not None
+    options["lr"] = options["lr"] or (FINETUNE_LR if tuned else DEFAULTS.lr)
+    options["warmup"] = (options["warmup"] if options["warmup"] is not None
+                         else FINETUNE_WARMUP if tuned else DEFAULTS.warmup)
     config = TrainConfig(**options)
     config.validate()  # before Keras loads: a bad option is one line at once
     use_backend(backend)

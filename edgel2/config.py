@@ -12,6 +12,12 @@ from edgel2.errors import OptionError
 DEFAULT_WEIGHT_L2 = 2.5e-4
 # The penalty feature_l2 * mean_batch ||u||^2 on the pooled 512-d features u.
 DEFAULT_FEATURE_L2 = 1e-4
+# Fine-tuning from pretrained weights (--pretrained, --weights): a tenth of the peak learning
+# rate and a short warm-up, so the first steps do not wash out what the backbone learned.
+FINETUNE_LR = 0.04
+FINETUNE_WARMUP = 0.1
+# The width of the shipped pretrained ResNet-18 (models/resnet18-int8.onnx; a test checks it)
+PRETRAINED_WIDTH = 64
 
 
 @dataclass
@@ -50,6 +56,8 @@ class TrainConfig:
     ema: float = 0.0                   # momentum of an EMA of the weights (0: off)
     precision: str = "auto"            # auto: bf16 on a GPU, fp32 on the CPU
     seed: int = 0
+    weights: str | None = None         # start from: "pretrained" (shipped) or a .keras/.onnx
+    freeze: int = 0                    # stages kept frozen with the stem (0-4), when fine-tuning
 
     def validate(self) -> None:
         """Raise :class:`OptionError` naming the first option that makes no sense.
@@ -88,6 +96,12 @@ class TrainConfig:
             (self.test_subset is None or self.test_subset >= 1,
              f"test subset must be >= 1, got {self.test_subset}"),
             (0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}"),
+            (0 <= self.freeze <= 4, f"freeze takes 0 to 4 stages, got {self.freeze}"),
+            (not self.freeze or self.weights,
+             "--freeze keeps pretrained stages: it needs --pretrained or --weights"),
+            (self.weights != "pretrained" or self.width == PRETRAINED_WIDTH,
+             f"the shipped pretrained weights are width {PRETRAINED_WIDTH}: "
+             f"pass --width {PRETRAINED_WIDTH} (got {self.width})"),
         ]
         for ok, message in checks:
             if not ok:

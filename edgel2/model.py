@@ -183,6 +183,20 @@ def feature_extractor(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, model.get_layer("pool").output)
 
 
+def network_of(model: keras.Model) -> keras.Model:
+    """The network inside a training model: the model itself when it has no augmentation
+    wrapper, else the nested model the augmentation feeds (``with_augmentation``).
+
+    Example:
+        >>> from edgel2.augment import with_augmentation
+        >>> net = resnet18(width=4)
+        >>> network_of(with_augmentation(net)) is net, network_of(net) is net
+        (True, True)
+    """
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return nested[-1] if nested else model
+
+
 def count_params(model: keras.Model) -> int:
     """Number of trainable parameters."""
     return int(sum(int(ops.size(w)) for w in model.trainable_weights))

@@ -57,6 +57,25 @@ def fold_stem(weights: np.ndarray, bias: np.ndarray, mean: np.ndarray, std: np.n
     return weights, bias, zero_point, float(1.0 / std.mean())
 
 
+def unfold_stem(weights: np.ndarray, bias: np.ndarray, mean: np.ndarray, std: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`fold_stem`: the stem's ``weights`` [O, C, kh, kw] and ``bias``
+    [O] for normalized input ``(x - mean_c) / std_c`` again, padding channels dropped.
+
+    Example:
+        >>> w, b = np.random.default_rng(0).normal(size=(2, 3, 3, 3)), np.array([0.5, -1.0])
+        >>> mean, std = np.array([125.3, 123.0, 113.9]), np.array([63.0, 62.1, 66.7])
+        >>> folded, folded_bias, _, _ = fold_stem(w, b, mean, std)
+        >>> back, back_bias = unfold_stem(folded, folded_bias, mean, std)
+        >>> bool(np.allclose(back, w) and np.allclose(back_bias, b))
+        True
+    """
+    zero_point = int(np.clip(np.round(mean.mean()), 0, 255))
+    weights = weights[:, :len(mean)] / (std.mean() / std).reshape(1, -1, 1, 1)
+    bias = bias - np.einsum("ochw,c->o", weights, (zero_point - mean) / std)
+    return weights, bias
+
+
 def fold_input_normalization(proto, channel_multiple: int = 4):
     """``proto`` (an int8 QDQ ``onnx.ModelProto`` from ``quantize_static``) with its float input
     normalization folded into the stem convolution, as the module says; changed in place.

@@ -19,8 +19,8 @@ from edgel2.backend import accelerator, library_versions
 from edgel2.checkpoint import checkpoint_state, load_checkpoint, load_model, save_model
 from edgel2.config import TrainConfig
 from edgel2.data import Dataset, balanced_subset, load_dataset, split_stratified
-from edgel2.errors import OptionError, TrainingError, reported_write
-from edgel2.model import count_params, resnet18
+from edgel2.errors import DataError, OptionError, TrainingError, reported_write
+from edgel2.model import count_params, network_of, resnet18
 from edgel2.train.batches import ShuffledBatches, even_batch_size, one_hot
 from edgel2.train.callbacks import (Checkpoint, CurvesPlot, EpochLine, MetricsCSV, NameHeldOut,
                                     StopOnNaN, read_metrics)
@@ -57,6 +57,9 @@ def prepare_data(config: TrainConfig, dataset: Dataset | None = None) -> Dataset
     """
     ds = dataset or load_dataset(config.data, test_split=config.test_split,
                                  image_size=config.image_size, seed=config.seed)
+    if ds.num_classes < 2:
+        raise DataError(f"{ds.source or ds.name} has {ds.num_classes} class; a classifier "
+                        "needs at least 2")
     x_train, y_train, x_test, y_test = ds.x_train, ds.y_train, ds.x_test, ds.y_test
     x_val = y_val = None
     if config.subset:
@@ -130,11 +133,12 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
                                 f"its state at {state['step']} (epoch {start_epoch} of "
                                 f"{steps_per_epoch} steps); the data or config changed")
     else:
-        trainer = build_trainer(config, ds.num_classes, ds.image_shape, steps_per_epoch)[0]
-        described = _describe_run(config, ds, _network(trainer), device, precision)
+        trainer = build_trainer(config, ds.num_classes, ds.image_shape, steps_per_epoch,
+                                images=ds.x_train[:1024])[0]
+        described = _describe_run(config, ds, network_of(trainer), device, precision)
         with reported_write(run_dir / "config.json"):
             write_json(run_dir / "config.json", described)
-    model = _network(trainer)
+    model = network_of(trainer)
 
     if start_epoch < config.epochs:
         best = checkpoint_state(run_dir / "best.keras") if state else None
@@ -166,8 +170,12 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
 
 
 def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int, int, int],
-                  steps_per_epoch: int) -> tuple[keras.Model, keras.Model]:
+                  steps_per_epoch: int, images: np.ndarray | None = None
+                  ) -> tuple[keras.Model, keras.Model]:
     """The compiled training model (augmentation + network) and the bare network inside it.
+    With ``config.weights`` the network starts from those weights (all but the classifier,
+    which is new for ``num_classes``; folded batch norms are recalibrated on ``images``) and
+    ``config.freeze`` stages stay frozen (see :mod:`edgel2.pretrained`).
 
     Example:
         >>> trainer, model = build_trainer(TrainConfig(width=4), 10, (32, 32, 3), 100)
@@ -177,6 +185,11 @@ def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int,
     model = resnet18(num_classes, config.width, weight_l2=config.weight_l2,
                      feature_l2=config.feature_l2, l1=config.l1, dropout=config.dropout,
                      input_shape=input_shape)
+    if config.weights:
+        from edgel2.pretrained import freeze_stages, start_from
+
+        start_from(model, config.weights, images)
+        freeze_stages(model, config.freeze)
     trainer = (with_augmentation(model, seed=config.seed, cutout=config.cutout)
                if config.augment else model)
     total = steps_per_epoch * config.epochs
@@ -191,13 +204,6 @@ def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int,
                                                   label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="acc")])
     return trainer, model
-
-
-def _network(trainer: keras.Model) -> keras.Model:
-    """The network inside a training model: the model itself without augmentation (its last
-    layer is then the classifier), else the nested model the augmentation feeds."""
-    nested = [layer for layer in trainer.layers if isinstance(layer, keras.Model)]
-    return nested[-1] if nested else trainer
 
 
 def _finish(run_dir: Path, model: keras.Model, ds: Dataset, held_out: str,

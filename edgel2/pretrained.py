@@ -1,0 +1,216 @@
+"""Pretrained weights for fine-tuning, with no download and nothing more in ``models/``.
+
+The shipped ``resnet18-int8.onnx`` *is* the pretrained ResNet-18, in a compact encoding: int8
+per-channel weights (10.8 MB against 45 MB of float32), every batch norm folded into its
+convolution and the input normalization into the stem (see :mod:`edgel2.export.qdq`).
+:func:`network_from_onnx` undoes the folds and rebuilds the Keras network edgel2 trains; any
+edgel2 ``.keras`` file serves the same way (:func:`load_backbone`). :func:`transfer` copies a
+backbone into a network built for new classes and image sizes, and
+:func:`recalibrate_batchnorm` gives folded batch norms statistics that training mode can use.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from edgel2.errors import ModelError
+
+PRETRAINED = "pretrained"          # --pretrained: the shipped int8 ONNX
+HEAD = "logits"                    # the layer that fine-tuning replaces
+BN_EPSILON = 1e-5                  # edgel2's BatchNormalization epsilon (model._conv_bn)
+# "resnet18_w64_1/stage1_block1_1_conv_1/convolution/...": the Keras layer a tf2onnx
+# initializer came from
+_LAYER = re.compile(r"^[^/]+/(?P<layer>[A-Za-z0-9_]+?)_1/")
+
+
+def network_from_onnx(path: str | os.PathLike):
+    """The Keras ResNet-18 whose weights are those of an int8 (or fp32) ONNX file that
+    edgel2 exported: convolutions with their batch norm folded in (the batch norms start as
+    identities: mean 0, variance 1, scale 1, the folded bias as offset), the stem with the
+    input normalization taken back out, and the classifier.
+
+    Example:
+        >>> from edgel2.runtime.shipped import shipped_model
+        >>> network_from_onnx(shipped_model()).name       # doctest: +SKIP
+        'resnet18_w64'
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from edgel2.export.qdq import PREFIX, unfold_stem
+    from edgel2.model import resnet18
+    from edgel2.runtime.modelfile import read_metadata
+
+    path = Path(path)
+    metadata = read_metadata(path)
+    try:
+        graph = onnx.load(str(path)).graph
+    except Exception as e:  # protobuf raises its own types for bad bytes
+        raise ModelError(f"cannot read {path}: {e}") from None
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    dequantized = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+
+    def value(name: str) -> np.ndarray:
+        """A constant input, dequantized when it comes out of a DequantizeLinear."""
+        if name in consts:
+            return consts[name].astype(np.float64)
+        node = dequantized.get(name)
+        if node is None or any(i not in consts for i in node.input):
+            raise ModelError(f"{path} is not an edgel2 ResNet-18 export: {name} is not a constant")
+        q, scale, *zero = (consts[i].astype(np.float64) for i in node.input)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = [1] * q.ndim
+        if scale.ndim:
+            shape[axis] = -1
+        return (q - (zero[0].reshape(shape) if zero else 0.0)) * scale.reshape(shape)
+
+    convs, dense = {}, None
+    for node in graph.node:
+        if node.op_type == "Conv":
+            match = _LAYER.match(node.input[1])
+            if not match or len(node.input) < 3:
+                raise ModelError(f"{path} is not an edgel2 ResNet-18 export: convolution "
+                                 f"{node.name} has no layer name or no folded bias")
+            weights, bias = value(node.input[1]), value(node.input[2])
+            weight_node = dequantized.get(node.input[1])
+            if weight_node is not None and weight_node.input[0].startswith(PREFIX):  # the stem
+                norm = metadata["normalization"]
+                weights, bias = unfold_stem(weights, bias, np.asarray(norm["mean"]),
+                                            np.asarray(norm["std"]))
+            convs[match["layer"]] = (weights, bias)
+        elif node.op_type in ("Gemm", "MatMul"):
+            transposed = any(a.name == "transB" and a.i for a in node.attribute)
+            kernel = value(node.input[1])
+            if len(node.input) > 2:  # Gemm's own bias
+                bias = value(node.input[2])
+            else:  # MatMul, then an Add of the bias (tf2onnx's fp32 Dense)
+                add = next((n for n in graph.node if n.op_type == "Add"
+                            and node.output[0] in n.input), None)
+                bias = (value(next(i for i in add.input if i != node.output[0]))
+                        if add is not None else None)
+            dense = (kernel.T if transposed else kernel, bias)
+    if "stem_conv" not in convs or dense is None:
+        raise ModelError(f"{path} is not an edgel2 ResNet-18 export: no stem convolution or "
+                         "no classifier")
+
+    norm = metadata["normalization"]
+    model = resnet18(dense[0].shape[1], width=convs["stem_conv"][0].shape[0],
+                     input_shape=tuple(metadata["input"]["shape"][1:]),
+                     mean=tuple(norm["mean"]), std=tuple(norm["std"]))
+    expected = {layer.name for layer in model.layers if layer.name.endswith("_conv")}
+    if set(convs) != expected:
+        raise ModelError(f"{path} is not an edgel2 ResNet-18 export: its convolutions are not "
+                         f"the network's ({len(convs)} against {len(expected)})")
+    for name, (weights, bias) in convs.items():
+        model.get_layer(name).set_weights([weights.transpose(2, 3, 1, 0).astype(np.float32)])
+        channels = len(bias)
+        model.get_layer(name[:-len("_conv")] + "_bn").set_weights([
+            np.ones(channels, np.float32), bias.astype(np.float32),
+            np.zeros(channels, np.float32), np.full(channels, 1.0 - BN_EPSILON, np.float32)])
+    kernel, bias = dense
+    model.get_layer(HEAD).set_weights([kernel.astype(np.float32),
+                                       (bias if bias is not None else np.zeros(kernel.shape[1]))
+                                       .astype(np.float32)])
+    return model
+
+
+def load_backbone(source: str | os.PathLike):
+    """The network to start from: ``"pretrained"`` (the shipped int8 ONNX), an edgel2
+    ``.keras`` file (a model, or a training checkpoint such as ``last.keras``) or an int8/fp32
+    ``.onnx`` that edgel2 exported. Returns ``(network, folded)``; ``folded`` says its batch
+    norms were folded away (see :func:`recalibrate_batchnorm`)."""
+    from edgel2.checkpoint import load_model
+    from edgel2.model import network_of
+    from edgel2.runtime.shipped import shipped_model
+
+    if str(source) == PRETRAINED:
+        return network_from_onnx(shipped_model("resnet18-int8.onnx")), True
+    path = Path(source)
+    if not path.is_file():
+        raise ModelError(f"weights file does not exist: {path}")
+    if path.suffix.lower() == ".onnx":
+        return network_from_onnx(path), True
+    if path.suffix.lower() != ".keras":
+        raise ModelError(f"--weights takes an edgel2 .keras or .onnx file, got {path}")
+    network = network_of(load_model(path))
+    if not _is_resnet18(network):
+        raise ModelError(f"{path} is not an edgel2 ResNet-18 (no stem_conv ... logits layers)")
+    return network, False
+
+
+def start_from(network, source: str | os.PathLike, images: np.ndarray | None = None) -> None:
+    """Load every weight of ``network`` but its classifier from ``source`` (see
+    :func:`load_backbone`): the classifier keeps its fresh initialization for the new classes;
+    the image size may differ (the convolutions do not depend on it). Folded batch norms are
+    recalibrated on ``images`` (the training images)."""
+    backbone, folded = load_backbone(source)
+    width, wanted = _width(backbone), _width(network)
+    if width != wanted:
+        shipped = " (the shipped weights)" if str(source) == PRETRAINED else ""
+        raise ModelError(f"{source}{shipped} is a width-{width} ResNet-18 and this run is "
+                         f"width {wanted}: pass --width {width}")
+    for layer in network.layers:
+        if layer.weights and layer.name != HEAD:
+            layer.set_weights(backbone.get_layer(layer.name).get_weights())
+    if folded and images is not None:
+        recalibrate_batchnorm(network, images)
+
+
+def recalibrate_batchnorm(network, images: np.ndarray, batch_size: int = 128) -> None:
+    """Give every batch norm the mean and variance its input has on ``images``, and the
+    scale and offset that keep what the network computes in inference exactly as it was.
+
+    A folded network's batch norms are identities with statistics 0 and 1; in training mode
+    they would normalize with the batch's statistics and change the function at once. After
+    this, a training batch like ``images`` passes through them (almost) unchanged: with the
+    inference map ``y = a x + c``, the statistics ``mu, var`` and ``s = sqrt(var + eps)``,
+    the new scale is ``a s`` and the offset ``c + a mu``.
+    """
+    import keras
+
+    norms = [layer for layer in network.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    probe = keras.Model(network.input, [layer.input for layer in norms])
+    total = [np.zeros(layer.input.shape[-1]) for layer in norms]
+    squares = [np.zeros(layer.input.shape[-1]) for layer in norms]
+    counts = [0] * len(norms)  # values per channel: each stage has its own spatial size
+    for start in range(0, len(images), batch_size):
+        outputs = probe.predict_on_batch(images[start:start + batch_size])
+        for i, x in enumerate(outputs):
+            x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+            total[i] += x.sum(0)
+            squares[i] += (x * x).sum(0)
+            counts[i] += len(x)
+    for layer, s1, s2, count in zip(norms, total, squares, counts):
+        mean = s1 / count
+        var = np.maximum(s2 / count - mean * mean, 0.0)
+        gamma, beta, mean0, var0 = (np.asarray(w, np.float64) for w in layer.get_weights())
+        a = gamma / np.sqrt(var0 + layer.epsilon)
+        c = beta - a * mean0
+        layer.set_weights([(a * np.sqrt(var + layer.epsilon)).astype(np.float32),
+                           (c + a * mean).astype(np.float32), mean.astype(np.float32),
+                           var.astype(np.float32)])
+
+
+def freeze_stages(network, stages: int) -> None:
+    """Freeze the stem and the first ``stages`` of the 4 stages (4: the whole backbone, only
+    the classifier trains). Frozen batch norms run in inference mode (Keras 3), so they keep
+    their statistics too. (``TrainConfig.validate`` checks the range.)"""
+    if stages == 0:
+        return
+    frozen = ("stem_",) + tuple(f"stage{s}_" for s in range(1, stages + 1))
+    for layer in network.layers:
+        if layer.name.startswith(frozen):
+            layer.trainable = False
+
+
+def _width(network) -> int:
+    return int(network.get_layer("stem_conv").kernel.shape[-1])
+
+
+def _is_resnet18(network) -> bool:
+    names = {layer.name for layer in network.layers}
+    return {"stem_conv", "stage4_block2_2_bn", HEAD} <= names
