@@ -223,6 +223,15 @@ def test_a_folder_that_only_holds_a_killed_write_is_fresh_again(cifar, tmp_path)
     assert not list(run.glob(".*tmp*"))
 
 
+def test_a_folder_with_files_of_its_own_is_refused_and_left_as_it_is(cifar, tmp_path):
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / ".draft.tmp1.txt").write_text("not edgel2's")
+    with pytest.raises(TrainingError, match="is not empty; pick another --out"):
+        train(replace(CONFIG, epochs=1), run, dataset=cifar, verbose=0)
+    assert (run / ".draft.tmp1.txt").read_text() == "not edgel2's"
+
+
 def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(cifar, tmp_path, monkeypatch):
     import errno
 

@@ -234,12 +234,19 @@ def _finished(run_dir: Path) -> bool:
     return (run_dir / "model.keras").is_file() and (run_dir / "summary.json").is_file()
 
 
+# What a run writes into its directory (each through utils.atomic_path)
+RUN_FILES = ("config.json", "metrics.csv", "curves.png", "last.keras", "best.keras",
+             "model.keras", "summary.json")
+
+
 def _remove_partial_writes(run_dir: Path) -> None:
-    """Delete the temporary files a killed write leaves (``.last.tmp123.keras``): they are
-    never read, and they would make a fresh folder look used."""
+    """Delete the temporary files a killed write of a run file leaves
+    (``.last.tmp123.keras``, see :func:`~edgel2.utils.atomic_path`): they are never read, and
+    they would make a fresh folder look used. Nothing else is touched."""
     if run_dir.is_dir():
-        for leftover in run_dir.glob(".*.tmp*"):
-            leftover.unlink(missing_ok=True)
+        for name in map(Path, RUN_FILES):
+            for leftover in run_dir.glob(f".{name.stem}.tmp*{name.suffix}"):
+                leftover.unlink(missing_ok=True)
 
 
 def _make_run_dir(run_dir: Path) -> None:
