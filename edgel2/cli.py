@@ -212,9 +212,9 @@ def evaluate(model, data, test_split, image_size, backend, engine, threads, batc
     """Top-1 and per-class accuracy of MODEL on the test split, and a confusion matrix (PNG
     and JSON). MODEL is a trained .keras file or an exported .onnx/.tflite file (run by the
     runtime, as edgel2 infer runs it; its report adds the calibration: ECE and NLL)."""
-    from edgel2.data import load_dataset
+    from edgel2.data import load_dataset_for
     from edgel2.evaluate import evaluate_file, save_report
-    from edgel2.runtime.modelfile import sniff_format
+    from edgel2.runtime.modelfile import read_metadata, sniff_format
 
     path = Path(model)
     if not path.is_file():
@@ -223,7 +223,8 @@ def evaluate(model, data, test_split, image_size, backend, engine, threads, batc
     # at once, not after decoding 60,000 images
     if path.suffix.lower() != ".keras":
         sniff_format(path)
-        dataset = load_dataset(data, test_split=test_split, image_size=image_size)
+        size = tuple(read_metadata(path)["input"]["shape"][1:3])
+        dataset = load_dataset_for(data, size, test_split=test_split, image_size=image_size)
         report = evaluate_file(path, dataset, engine=engine, threads=threads,
                                batch_size=batch_size or 64,
                                on_batch=None if as_json else _ProgressBars("  evaluating"))
@@ -234,7 +235,8 @@ def evaluate(model, data, test_split, image_size, backend, engine, threads, batc
         from edgel2.checkpoint import load_model
 
         keras_model = load_model(path)
-        dataset = load_dataset(data, test_split=test_split, image_size=image_size)
+        dataset = load_dataset_for(data, tuple(keras_model.input.shape[1:3]),
+                                   test_split=test_split, image_size=image_size)
         report = run_eval(keras_model, dataset, batch_size=batch_size or 256,
                           verbose=0 if as_json else 1)
         default_out = path.parent / "eval"

@@ -102,6 +102,25 @@ def load_dataset(path: str | os.PathLike | None = None, *, test_split: float = 0
                     "(train/<class>/, test/<class>/ or <class>/) or cifar-10-batches-py/")
 
 
+def load_dataset_for(path: str | os.PathLike | None, size: tuple[int, int], *,
+                     test_split: float = 0.1, image_size: int | None = None) -> Dataset:
+    """``path`` loaded for a model that takes ``size`` (height, width) images: as stored when
+    they already have that size (CIFAR-10 for the CIFAR model, from its cache), else resized
+    to it (e.g. 8x8 digits for a network fine-tuned at 32x32). An explicit ``image_size``
+    (the user's --image-size) wins.
+
+    Example:
+        >>> ds = load_dataset_for("data/digits", (32, 32))   # doctest: +SKIP
+        >>> ds.image_shape                                    # doctest: +SKIP
+        (32, 32, 3)
+    """
+    ds = load_dataset(path, test_split=test_split, image_size=image_size)
+    height, width = size
+    if image_size is None and ds.image_shape[:2] != (height, width) and height == width:
+        ds = load_dataset(path, test_split=test_split, image_size=height)
+    return ds
+
+
 def balanced_subset(x: np.ndarray, y: np.ndarray, n: int, seed: int = 0
                     ) -> tuple[np.ndarray, np.ndarray]:
     """A class-balanced random subset of ``n`` examples (the first ``n % classes`` classes

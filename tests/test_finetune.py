@@ -195,3 +195,23 @@ def test_the_real_image_sets_are_written_with_a_seeded_class_balanced_split(tmp_
     first, second = (sorted(p.read_bytes() for p in (tmp_path / run / "lfw" / "test").rglob("*.png"))
                      for run in ("a", "b"))
     assert first == second  # the same seed, the same split
+
+
+def test_a_model_fine_tuned_at_another_image_size_evaluates_and_exports_on_its_folder(
+        small_model, tiny_folder, tmp_path):
+    """Trained with --image-size 16 on 8x8 images: eval and export load the folder at the
+    model's input size by themselves (it used to be a traceback in export)."""
+    run = tmp_path / "run"
+    trained = _run("train", "--data", tiny_folder, "--weights", small_model, "--width", "4",
+                   "--image-size", "16", "--epochs", "1", "--batch-size", "4", "--out", run)
+    assert trained.exit_code == 0, trained.output
+    evaluated = _run("eval", run / "model.keras", "--data", tiny_folder, "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["images"] == 6
+    exported = _run("export", run / "model.keras", "--data", tiny_folder, "--check", "all",
+                    "--no-calibrate")
+    assert exported.exit_code == 0, exported.output
+    evaluated = _run("eval", run / "export" / "model-fp32.onnx", "--data", tiny_folder,
+                     "--engine", "onnxruntime", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["images"] == 6

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgel2.data import balanced_subset, held_out_images, load_dataset
+from edgel2.data import balanced_subset, held_out_images, load_dataset_for
 from edgel2.errors import EdgeL2Error, first_line, require_whole
 from edgel2.export.check import run_batches
 from edgel2.utils import atomic_path, write_json
@@ -332,8 +332,7 @@ def _class_names(model_path: Path, count: int, ds, progress) -> list[str]:
 
 
 def _load_data(data, model):
-    size = model.input.shape[1]
-    return load_dataset(data, image_size=size if size != 32 else None)
+    return load_dataset_for(data, tuple(model.input.shape[1:3]))
 
 
 def _calibration_images(ds, count: int) -> np.ndarray:

@@ -82,7 +82,7 @@ def calibrate_file(path: str | os.PathLike, *, data: str | None = None, dataset=
     names a PNG, draw the reliability diagram before and after. Returns
     :func:`fit_on_test_half`'s figures plus ``file``.
     """
-    from edgel2.data import load_dataset
+    from edgel2.data import load_dataset_for
     from edgel2.export import embed_metadata
     from edgel2.runtime.engines import REFERENCE_ENGINE, open_engine
     from edgel2.runtime.modelfile import check_metadata, sniff_format
@@ -92,8 +92,7 @@ def calibrate_file(path: str | os.PathLike, *, data: str | None = None, dataset=
     engine = open_engine(path, engine=REFERENCE_ENGINE[sniff_format(path)])
     info = check_metadata(engine.metadata, path, engine.input_shape, engine.input_dtype,
                           engine.output_shape)
-    ds = dataset if dataset is not None else load_dataset(
-        data, image_size=info.input_size[0] if info.input_size != (32, 32) else None)
+    ds = dataset if dataset is not None else load_dataset_for(data, info.input_size[::-1])
     if len(ds.class_names) != len(info.class_names):
         raise DataError(f"{path.name} has {len(info.class_names)} classes but the data has "
                         f"{len(ds.class_names)}")
