@@ -28,11 +28,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgel2.data import held_out_images, load_dataset
+from edgel2.data import held_out_images, load_dataset, load_dataset_for
 from edgel2.errors import EdgeL2Error, last_error_line
 from edgel2.export import exported_file, report_model
 from edgel2.variants import (BENCHMARK_FORMATS, BENCHMARK_ROWS, COLOR, ENGINE, MARKER, RUNTIME,
-                             SHORT_NAME)
+                             SHORT_NAME, SUFFIX)
 from edgel2.export.check import run_batches
 
 ROWS = BENCHMARK_ROWS
@@ -81,7 +81,7 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
     if not rows:
         raise EdgeL2Error(f"no known format in {', '.join(formats)}; choose from {', '.join(FORMATS)}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    ds = dataset if dataset is not None else _load_data(data)
+    ds = dataset if dataset is not None else _load_data(data, keras_path, export_dir)
     images, labels = held_out_images(ds, check)
 
     if keras_path is not None:
@@ -192,8 +192,27 @@ def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress,
                          flip_average=flip_average, batch=batch)
 
 
-def _load_data(data):
-    return load_dataset(data)
+def _load_data(data, keras_path: Path | None, export_dir: Path):
+    """The test images at the model's input size (a fine-tuned model's may differ from its
+    folder's images), which the run's config.json or any exported file's metadata gives;
+    as stored when neither says."""
+    size = _input_size(keras_path, export_dir)
+    return load_dataset_for(data, size) if size else load_dataset(data)
+
+
+def _input_size(keras_path: Path | None, export_dir: Path) -> tuple[int, int] | None:
+    from edgel2.runtime.modelfile import read_metadata
+
+    try:
+        if keras_path is not None and (keras_path.parent / "config.json").is_file():
+            described = json.loads((keras_path.parent / "config.json").read_text())
+            height, width = described["model"]["input_shape"][:2]
+        else:
+            first = next(p for p in sorted(export_dir.glob("*")) if p.suffix in SUFFIX.values())
+            height, width = read_metadata(first)["input"]["shape"][1:3]
+        return int(height), int(width)
+    except (OSError, ValueError, KeyError, TypeError, StopIteration, EdgeL2Error):
+        return None
 
 
 def _measure_in_child(fmt, precision, path, check_file, batch_sizes, threads, provider, seconds,

@@ -215,3 +215,10 @@ def test_a_model_fine_tuned_at_another_image_size_evaluates_and_exports_on_its_f
                      "--engine", "onnxruntime", "--json")
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads(evaluated.stdout)["images"] == 6
+    benchmarked = _run("benchmark", run / "export", "--data", tiny_folder, "--formats", "onnx",
+                       "--batch-sizes", "1", "--seconds", "0.05", "--repeat", "1",
+                       "--check", "all", "--json", tmp_path / "bench.json")
+    assert benchmarked.exit_code == 0, benchmarked.output
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    (fp32,) = [r for r in rows if (r["format"], r["precision"]) == ("onnx", "fp32")]
+    assert fp32["status"] == "ok", fp32
