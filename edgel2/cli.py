@@ -14,7 +14,7 @@ import click
 
 from edgel2 import __version__
 from edgel2.backend import BACKENDS, use_backend
-from edgel2.config import FINETUNE_LR, FINETUNE_WARMUP, TrainConfig
+from edgel2.config import FINETUNE_BATCH_SIZE, FINETUNE_LR, FINETUNE_WARMUP, TrainConfig
 from edgel2.errors import EdgeL2Error, missing_extra
 from edgel2.export.onnx import MAX_OPSET, MIN_OPSET
 from edgel2.runtime.engines import ENGINES
@@ -92,8 +92,9 @@ def _backend_option(f):
 @click.option("--width", type=click.IntRange(min=1), default=DEFAULTS.width, show_default=True,
               help="Channels of the first stage (64 = the standard 11.17M-parameter ResNet-18).")
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,
-              show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help=f"Images per step [default: {DEFAULTS.batch_size}; {FINETUNE_BATCH_SIZE} "
+                   "with --pretrained or --weights].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help=f"Peak learning rate of the schedule [default: {DEFAULTS.lr}; "
                    f"{FINETUNE_LR} with --pretrained or --weights].")
@@ -175,6 +176,8 @@ def train(backend, out, resume, checkpoint_every, quiet, pretrained, **options) 
     options["weights"] = "pretrained" if pretrained else options["weights"]
     tuned = options["weights"] is not None
     options["lr"] = options["lr"] or (FINETUNE_LR if tuned else DEFAULTS.lr)
+    options["batch_size"] = options["batch_size"] or (FINETUNE_BATCH_SIZE if tuned
+                                                      else DEFAULTS.batch_size)
     options["warmup"] = (options["warmup"] if options["warmup"] is not None
                          else FINETUNE_WARMUP if tuned else DEFAULTS.warmup)
     config = TrainConfig(**options)

@@ -16,6 +16,8 @@ DEFAULT_FEATURE_L2 = 1e-4
 # rate and a short warm-up, so the first steps do not wash out what the backbone learned.
 FINETUNE_LR = 0.04
 FINETUNE_WARMUP = 0.1
+# and small batches: a few hundred images at batch 512 would be one step an epoch
+FINETUNE_BATCH_SIZE = 32
 # The width of the shipped pretrained ResNet-18 (models/resnet18-int8.onnx; a test checks it)
 PRETRAINED_WIDTH = 64
 

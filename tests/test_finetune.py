@@ -86,7 +86,7 @@ def test_fine_tuning_an_edgel2_model_on_a_folder_of_new_classes_end_to_end(small
 
     run = tmp_path / "run"
     result = _run("train", "--data", tiny_folder, "--weights", small_model, "--width", "4",
-                  "--freeze", "2", "--epochs", "2", "--batch-size", "4", "--out", run)
+                  "--freeze", "2", "--epochs", "2", "--out", run)
     assert result.exit_code == 0, result.output
     source, tuned = load_model(small_model), load_model(run / "model.keras")
     assert tuned.output.shape[-1] == 3 and tuned.input.shape[1:] == (8, 8, 3)
@@ -98,8 +98,8 @@ def test_fine_tuning_an_edgel2_model_on_a_folder_of_new_classes_end_to_end(small
         elif layer.name.startswith("stage4_block2_2_conv"):
             assert not all(same), "an unfrozen layer did not train"
     config = json.loads((run / "config.json").read_text())["config"]
-    assert (config["weights"], config["freeze"], config["lr"], config["warmup"]) == \
-        (str(small_model), 2, 0.04, 0.1)  # the fine-tuning defaults
+    assert (config["weights"], config["freeze"], config["lr"], config["warmup"],
+            config["batch_size"]) == (str(small_model), 2, 0.04, 0.1, 32)  # fine-tuning defaults
     report = export_model(run / "model.keras", ["onnx"], ["fp32"],
                           dataset=load_dataset(tiny_folder), check=0, calibrate=False,
                           out=tmp_path / "export")
