@@ -104,21 +104,20 @@ def load_dataset(path: str | os.PathLike | None = None, *, test_split: float = 0
 
 def load_dataset_for(path: str | os.PathLike | None, size: tuple[int, int], *,
                      test_split: float = 0.1, image_size: int | None = None) -> Dataset:
-    """``path`` loaded for a model that takes ``size`` (height, width) images: as stored when
-    they already have that size (CIFAR-10 for the CIFAR model, from its cache), else resized
-    to it (e.g. 8x8 digits for a network fine-tuned at 32x32). An explicit ``image_size``
-    (the user's --image-size) wins.
+    """``path`` loaded for a model that takes square ``size`` (height, width) images: decoded
+    straight to that size (e.g. 8x8 digits for a network fine-tuned at 32x32; images that
+    already have it are not resampled), so a folder of large photos is never held at full
+    size. An explicit ``image_size`` (the user's --image-size) wins.
 
     Example:
         >>> ds = load_dataset_for("data/digits", (32, 32))   # doctest: +SKIP
         >>> ds.image_shape                                    # doctest: +SKIP
         (32, 32, 3)
     """
-    ds = load_dataset(path, test_split=test_split, image_size=image_size)
     height, width = size
-    if image_size is None and ds.image_shape[:2] != (height, width) and height == width:
-        ds = load_dataset(path, test_split=test_split, image_size=height)
-    return ds
+    if image_size is None and height == width:
+        image_size = height
+    return load_dataset(path, test_split=test_split, image_size=image_size)
 
 
 def balanced_subset(x: np.ndarray, y: np.ndarray, n: int, seed: int = 0
