@@ -14,8 +14,9 @@ import click
 
 from edgel2 import __version__
 from edgel2.backend import BACKENDS, use_backend
-from edgel2.config import FINETUNE_BATCH_SIZE, FINETUNE_LR, FINETUNE_WARMUP, TrainConfig
-from edgel2.errors import EdgeL2Error, missing_extra
+from edgel2.config import (FINETUNE_BATCH_SIZE, FINETUNE_LR, FINETUNE_WARMUP, TrainConfig,
+                           parse_devices)
+from edgel2.errors import EdgeL2Error, OptionError, missing_extra
 from edgel2.export.onnx import MAX_OPSET, MIN_OPSET
 from edgel2.runtime.engines import ENGINES
 from edgel2.variants import BENCHMARK_FORMATS, FORMATS, PRECISION_ALIASES, PRECISIONS
@@ -84,6 +85,15 @@ def _data_options(f):
 def _backend_option(f):
     return click.option("--backend", type=click.Choice(BACKENDS), default=None,
                         help="Keras backend (default: $KERAS_BACKEND, else tensorflow).")(f)
+
+
+def _devices_option(ctx, param, value):
+    """``--devices``, checked by the one parser (edgel2.config.parse_devices)."""
+    try:
+        parse_devices(value)
+    except OptionError as e:
+        raise click.BadParameter(str(e).removeprefix("--devices "), ctx, param) from None
+    return value
 
 
 @cli.command()
@@ -162,13 +172,31 @@ def _backend_option(f):
 @click.option("--quiet", is_flag=True,
               help="One line per epoch instead of a progress bar (the default when the "
                    "output is not a terminal).")
-def train(backend, out, resume, checkpoint_every, quiet, pretrained, **options) -> None:
+@click.option("--devices", default="1", show_default=True, callback=_devices_option,
+              help="JAX: split each batch over 'all' or N local devices (GPUs; on a CPU, "
+                   "XLA_FLAGS=--xla_force_host_platform_device_count=N simulates them). "
+                   "--batch-size is the global batch and --lr is for it.")
+@click.option("--num-processes", type=click.IntRange(min=1), default=None,
+              help="JAX: train with this many processes (hosts) together; each runs the same "
+                   "command with its own --process-id (else $KERAS_DISTRIBUTION_*).")
+@click.option("--process-id", type=click.IntRange(min=0), default=None,
+              help="This process's number, 0 to --num-processes - 1; process 0 writes the run "
+                   "directory.")
+@click.option("--coordinator", default=None, metavar="HOST:PORT",
+              help="Where process 0 listens for the others (a free port on its host).")
+def train(backend, out, resume, checkpoint_every, quiet, pretrained, devices, num_processes,
+          process_id, coordinator, **options) -> None:
     """Train the L2-regularized CIFAR ResNet-18 and fill a run directory.
 
     \b
     The run directory gets model.keras (the final model), last.keras (the checkpoint
     --resume reads), best.keras (with --val-split), config.json, metrics.csv, curves.png
     and summary.json (the test top-1 of the saved models).
+
+    \b
+    Several GPUs or hosts (JAX; Keras' DataParallel, batch norm synchronised):
+      edgel2 train --backend jax --devices all
+      edgel2 train --backend jax --devices all --num-processes 2 --process-id 0 --coordinator 10.0.0.1:1234 --out /shared/run
     """
     if pretrained and options["weights"]:
         raise click.UsageError("--pretrained and --weights each name the weights to start "
@@ -184,9 +212,15 @@ def train(backend, out, resume, checkpoint_every, quiet, pretrained, **options) 
     config.validate()  # before Keras loads: a bad option is one line at once
     use_backend(backend)
     from edgel2.train import train as run_training
+    from edgel2.train.distribute import place
 
+    placement = place(devices, num_processes, process_id, coordinator)
     result = run_training(config, out, resume=resume, checkpoint_every=checkpoint_every,
-                          verbose=2 if quiet else 1)
+                          verbose=2 if quiet else 1, placement=placement)
+    if not placement.chief:
+        click.echo(f"process {placement.process_id} of {placement.num_processes}: done; "
+                   f"process 0 wrote the run directory {result.run_dir}")
+        return
     click.echo(f"model.keras: test top-1 {100 * result.test_acc:.2f} % on {result.test_data}, "
                f"after {result.history[-1]['epoch']} epochs")
     if result.best:

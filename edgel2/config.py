@@ -128,3 +128,23 @@ class TrainConfig:
             raise OptionError(f"config.json has options this edgel2 does not know: "
                               f"{', '.join(unknown)}")
         return cls(**saved)
+
+
+def parse_devices(text: str | int) -> int | None:
+    """``--devices``: ``all`` (None: every local device) or a count >= 1. Not part of
+    :class:`TrainConfig`: the same config trains the same run on any number of devices (see
+    :mod:`edgel2.train.distribute`).
+
+    Example:
+        >>> parse_devices("all"), parse_devices("2")
+        (None, 2)
+    """
+    if str(text).strip().lower() == "all":
+        return None
+    try:
+        count = int(str(text))
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise OptionError(f"--devices takes 'all' or a count >= 1, got {text!r}")
+    return count

@@ -37,6 +37,24 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
                 for row in csv.DictReader(f)]
 
 
+def history_rows(history: dict, split: str, first_epoch: int = 0) -> list[dict]:
+    """The figures of a Keras ``History`` as ``metrics.csv`` rows (without timings): what a
+    process that writes no ``metrics.csv`` (not process 0 of several) reports.
+
+    Example:
+        >>> history_rows({"loss": [2.5], "acc": [0.25], "test_loss": [2.0], "test_acc": [0.5]}, "test")
+        [{'epoch': 1, 'train_loss': 2.5, 'train_acc': 0.25, 'test_loss': 2.0, 'test_acc': 0.5}]
+    """
+    def column(name: str) -> list[float]:
+        return history.get(name) or history.get(name.replace(split, "val", 1)) or []
+
+    names = {"train_loss": "loss", "train_acc": "acc", f"{split}_loss": f"{split}_loss",
+             f"{split}_acc": f"{split}_acc"}
+    return [{"epoch": first_epoch + i + 1,
+             **{field: float(column(name)[i]) for field, name in names.items()}}
+            for i in range(len(history.get("loss", [])))]
+
+
 def _due(epoch: int, every: int, last_epoch: int) -> bool:
     """Whether a write every ``every`` epochs (and after the last) falls on ``epoch`` (0-based)."""
     return (epoch + 1) % every == 0 or epoch + 1 == last_epoch

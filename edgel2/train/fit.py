@@ -2,11 +2,13 @@
 run (the final model and its test figure). Resume goes through the same path."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +23,10 @@ from edgel2.config import TrainConfig
 from edgel2.data import Dataset, balanced_subset, load_dataset, split_stratified
 from edgel2.errors import DataError, OptionError, TrainingError, reported_write
 from edgel2.model import count_params, network_of, resnet18
-from edgel2.train.batches import ShuffledBatches, even_batch_size, one_hot
+from edgel2.train.batches import HeldOutBatches, ShuffledBatches, one_hot
 from edgel2.train.callbacks import (Checkpoint, CurvesPlot, EpochLine, MetricsCSV, NameHeldOut,
-                                    StopOnNaN, read_metrics)
+                                    StopOnNaN, history_rows, read_metrics)
+from edgel2.train.distribute import ONE_DEVICE, Placement, check_batch_size, global_batch_size
 from edgel2.train.schedule import OneCycle
 from edgel2.utils import config_hash, next_run_dir, write_json
 
@@ -76,7 +79,8 @@ def prepare_data(config: TrainConfig, dataset: Dataset | None = None) -> Dataset
 
 def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
           dataset: Dataset | None = None, resume: str | os.PathLike | None = None,
-          checkpoint_every: int = 1, verbose: int = 1) -> TrainResult:
+          checkpoint_every: int = 1, verbose: int = 1,
+          placement: Placement = ONE_DEVICE) -> TrainResult:
     """Train a ResNet-18 as ``config`` says and fill a run directory.
 
     ``out`` defaults to ``runs/train/exp`` (``exp2``, ``exp3``... if taken). ``resume`` names
@@ -86,28 +90,37 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
     ``dataset`` skips loading (tests, notebooks). ``checkpoint_every`` writes the checkpoint,
     best.keras and curves.png every N epochs (and after the last) instead of every epoch: on
     a GPU an epoch can take less time than the writes. ``verbose``: 0 silent, 1 a progress
-    bar on a terminal and one line per epoch elsewhere, 2 one line per epoch.
+    bar on a terminal and one line per epoch elsewhere, 2 one line per epoch. ``placement``
+    (from :func:`~edgel2.train.distribute.place`) spreads each batch over several devices or
+    processes; only its process 0 writes the run directory, and the other processes return
+    their history with ``test_acc`` NaN (the test figure is process 0's).
 
     Example:
         >>> result = train(TrainConfig(width=8, epochs=2, subset=1000), "runs/train/tiny")  # doctest: +SKIP
         >>> result.test_acc                                                                   # doctest: +SKIP
         0.31
     """
+    chief = placement.chief
     if resume is not None:
         run_dir = Path(resume)
         config = _saved_config(run_dir)
-        _remove_partial_writes(run_dir)
+        if chief:
+            _remove_partial_writes(run_dir)
         state = checkpoint_state(run_dir / "last.keras")
         if state and state["epoch"] >= config.epochs and _finished(run_dir):
             raise TrainingError(f"{run_dir} already finished all {config.epochs} epochs")
     else:
         config.validate()
+        check_batch_size(config.batch_size, placement)
+        if out is None and not chief:
+            raise OptionError("with several processes every process needs the same --out")
         run_dir = Path(out) if out else next_run_dir("runs/train", "exp")
-        _remove_partial_writes(run_dir)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise TrainingError(f"run directory {run_dir} is not empty; "
-                                "pick another --out or continue it with --resume")
-        _make_run_dir(run_dir)
+        if chief:
+            _remove_partial_writes(run_dir)
+            if run_dir.exists() and any(run_dir.iterdir()):
+                raise TrainingError(f"run directory {run_dir} is not empty; "
+                                    "pick another --out or continue it with --resume")
+            _make_run_dir(run_dir)
         state = None
     start_epoch = state["epoch"] if state else 0
 
@@ -121,7 +134,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if precision == "bf16" else "float32")
 
     ds = prepare_data(config, dataset)
-    batch_size = min(config.batch_size, len(ds.y_train))
+    batch_size = global_batch_size(config.batch_size, len(ds.y_train), placement)
     steps_per_epoch = max(1, len(ds.y_train) // batch_size)
     held_out = "val" if ds.y_val is not None else "test"
 
@@ -135,37 +148,52 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
     else:
         trainer = build_trainer(config, ds.num_classes, ds.image_shape, steps_per_epoch,
                                 images=ds.x_train[:1024])[0]
-        described = _describe_run(config, ds, network_of(trainer), device, precision)
-        with reported_write(run_dir / "config.json"):
-            write_json(run_dir / "config.json", described)
+        if chief:
+            described = _describe_run(config, ds, network_of(trainer), device, precision,
+                                      placement)
+            with reported_write(run_dir / "config.json"):
+                write_json(run_dir / "config.json", described)
     model = network_of(trainer)
 
-    if start_epoch < config.epochs:
-        best = checkpoint_state(run_dir / "best.keras") if state else None
-        every = max(1, checkpoint_every)
-        callbacks = [
-            StopOnNaN(config.lr, run_dir / "last.keras"),
-            NameHeldOut(held_out),
-            MetricsCSV(run_dir / "metrics.csv", held_out, steps_per_epoch * batch_size),
-            Checkpoint(run_dir, model, every=every, last_epoch=config.epochs, seed=config.seed,
-                       select=held_out == "val",
-                       best_score=best["val_acc"] if best else -math.inf),
-            CurvesPlot(run_dir / "metrics.csv", run_dir / "curves.png", every=every,
-                       last_epoch=config.epochs,
-                       title=f"{run_dir.name}: {_held_out_name(ds, held_out, config)}"),
-        ]
-        bar = verbose == 1 and sys.stdout.isatty()
-        if verbose and not bar:
-            callbacks.append(EpochLine(config.epochs, held_out))
-        x_held, y_held = (ds.x_val, ds.y_val) if held_out == "val" else (ds.x_test, ds.y_test)
-        trainer.fit(ShuffledBatches(ds.x_train, one_hot(ds.y_train, ds.num_classes),
-                                    batch_size, seed=config.seed, epoch=start_epoch),
-                    epochs=config.epochs, initial_epoch=start_epoch, shuffle=False,
-                    validation_data=(x_held, one_hot(y_held, ds.num_classes)),
-                    validation_batch_size=even_batch_size(len(y_held), max(batch_size, 256)),
-                    callbacks=callbacks, verbose=1 if bar else 0)
-    else:  # trained to the end, killed before model.keras: what fit() does after the last epoch
-        trainer.optimizer.finalize_variable_values(trainer.trainable_variables)
+    history: list[dict] = []
+    with _writes_of(placement, run_dir) as writes:
+        if start_epoch < config.epochs:
+            best = checkpoint_state(run_dir / "best.keras") if state else None
+            every = max(1, checkpoint_every)
+            callbacks = [
+                StopOnNaN(config.lr, run_dir / "last.keras"),
+                NameHeldOut(held_out),
+                # on every process: saving a model is a collective operation under JAX
+                Checkpoint(writes, model, every=every, last_epoch=config.epochs,
+                           seed=config.seed, select=held_out == "val",
+                           best_score=best["val_acc"] if best else -math.inf)]
+            if chief:
+                callbacks.insert(2, MetricsCSV(run_dir / "metrics.csv", held_out,
+                                               steps_per_epoch * batch_size))
+                callbacks.append(CurvesPlot(
+                    run_dir / "metrics.csv", run_dir / "curves.png", every=every,
+                    last_epoch=config.epochs,
+                    title=f"{run_dir.name}: {_held_out_name(ds, held_out, config)}"))
+            bar = verbose == 1 and sys.stdout.isatty() and chief
+            if verbose and chief and not bar:
+                callbacks.append(EpochLine(config.epochs, held_out))
+            x_held, y_held = ((ds.x_val, ds.y_val) if held_out == "val"
+                              else (ds.x_test, ds.y_test))
+            fitted = trainer.fit(
+                ShuffledBatches(ds.x_train, one_hot(ds.y_train, ds.num_classes), batch_size,
+                                seed=config.seed, epoch=start_epoch, shard=placement.shard),
+                epochs=config.epochs, initial_epoch=start_epoch, shuffle=False,
+                validation_data=HeldOutBatches(x_held, one_hot(y_held, ds.num_classes),
+                                               max(batch_size, 256), placement.devices,
+                                               shard=placement.shard),
+                callbacks=callbacks, verbose=1 if bar else 0)
+            history = history_rows(fitted.history, held_out, start_epoch)
+        else:  # trained to the end, killed before model.keras: what fit() does at its end
+            trainer.optimizer.finalize_variable_values(trainer.trainable_variables)
+        if not chief:
+            save_model(model, writes / "model.keras")  # process 0's save, in step with it
+            return TrainResult(run_dir, history, held_out, math.nan,
+                               _held_out_name(ds, "test", config), ds.name)
     return _finish(run_dir, model, ds, held_out, _held_out_name(ds, "test", config))
 
 
@@ -202,8 +230,21 @@ def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int,
                                        ema_momentum=config.ema or 0.99),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True,
                                                   label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="acc")])
+        # weighted: the held-out batches' padding rows weigh 0 (HeldOutBatches)
+        weighted_metrics=[keras.metrics.CategoricalAccuracy(name="acc")])
     return trainer, model
+
+
+@contextlib.contextmanager
+def _writes_of(placement: Placement, run_dir: Path):
+    """Where this process writes checkpoints: the run directory on process 0; on the others a
+    scratch folder, removed at the end, so that they take part in each save (a collective
+    operation under JAX) without touching the run directory."""
+    if placement.chief:
+        yield run_dir
+        return
+    with tempfile.TemporaryDirectory(prefix=f"edgel2-process{placement.process_id}-") as scratch:
+        yield Path(scratch)
 
 
 def _finish(run_dir: Path, model: keras.Model, ds: Dataset, held_out: str,
@@ -211,6 +252,8 @@ def _finish(run_dir: Path, model: keras.Model, ds: Dataset, held_out: str,
     """Save the final model, then measure on the test split the files that were saved (the
     final model, and best.keras when a validation split chose one): ``summary.json``."""
     save_model(model, run_dir / "model.keras")
+    # measured on this process alone: a distributed predict would wait for the others
+    keras.distribution.set_distribution(None)
     summary = {"test_data": test_data,
                "model.keras": {"test_acc": _test_top1(run_dir / "model.keras", ds)}}
     best = checkpoint_state(run_dir / "best.keras")
@@ -295,7 +338,7 @@ def _held_out_name(ds: Dataset, split: str, config: TrainConfig) -> str:
 
 
 def _describe_run(config: TrainConfig, ds: Dataset, model, device: str | None,
-                  precision: str) -> dict:
+                  precision: str, placement: Placement) -> dict:
     hyper = dataclasses.asdict(config)
     return {
         "config": hyper,
@@ -307,6 +350,7 @@ def _describe_run(config: TrainConfig, ds: Dataset, model, device: str | None,
                  "val_images": 0 if ds.y_val is None else int(len(ds.y_val)), **ds.extra},
         "backend": keras.backend.backend(),
         "device": device or "cpu",
+        "distribution": placement.describe(),
         "precision": precision,
         "versions": library_versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
