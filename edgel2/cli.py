@@ -537,10 +537,47 @@ def benchmark(source, data, formats, engine, batch_sizes, threads, provider, sec
 
 
 SOME_IMAGES_FAILED = 3
+LOCAL_FORMATS = ("table", "json", "csv")
+RAY_FORMATS = ("parquet", "jsonl")
+
+
+def _ray_address(text: str) -> bool:
+    """Whether ``--ray``'s value is a Ray address (``auto``, ``local``, ``ray://HOST:PORT``,
+    ``HOST:PORT``) rather than the first of the paths.
+
+    Example:
+        >>> [_ray_address(t) for t in ("auto", "ray://head:10001", "10.0.0.1:6379", "photos/")]
+        [True, True, True, False]
+    """
+    import re
+
+    return text in ("auto", "local") or "://" in text or bool(re.fullmatch(r"[\w.-]+:\d+", text))
+
+
+def _infer_on_ray(paths, model, top_k, batch_size, engine, fmt, output, address, actors,
+                  cpus_per_actor) -> None:
+    """``edgel2 infer --ray``: edgel2.cluster.classify_on_ray, and its one-line summary."""
+    if fmt not in RAY_FORMATS:
+        raise click.UsageError(f"with --ray, --format is one of {', '.join(RAY_FORMATS)}")
+    if not output:
+        raise click.UsageError("--ray writes a folder of part files: pass --output FOLDER")
+    from edgel2.cluster import classify_on_ray
+
+    report = classify_on_ray(paths, output, model=model, output_format=fmt,
+                             address=None if address == "local" else address, top_k=top_k,
+                             batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
+                             engine=engine, progress=sys.stderr.isatty())
+    click.echo(f"edgel2: {report.images} images in {report.seconds:.2f} s "
+               f"({report.images / max(report.seconds, 1e-9):.1f} img/s) on Ray, "
+               f"{report.actors} actor{'s' * (report.actors != 1)} x {report.cpus_per_actor} "
+               f"CPU{'s' * (report.cpus_per_actor != 1)}; {fmt} in {report.output}", err=True)
+    if report.failed:
+        click.echo(f"edgel2: {report.failed} of {report.images} images failed", err=True)
+        sys.exit(SOME_IMAGES_FAILED)
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
 @click.option("--model", type=click.Path(dir_okay=False), default=None,
               help="Exported .onnx or .tflite (default: the int8 ONNX shipped with edgel2).")
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True,
@@ -555,13 +592,26 @@ SOME_IMAGES_FAILED = 3
                    "when installed (pip install \"edgel2[openvino]\"), else ONNX Runtime.")
 @click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
               help="OpenVINO: compute floating-point layers in bfloat16 (CPUs with AVX512_BF16/AMX).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
-              show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False), default=None,
-              help="Write the results here (atomically) instead of stdout.")
+@click.option("--format", "fmt", type=click.Choice([*LOCAL_FORMATS, *RAY_FORMATS]), default=None,
+              help=f"{', '.join(LOCAL_FORMATS)} (default table); with --ray "
+                   f"{', '.join(RAY_FORMATS)} (default parquet).")
+@click.option("--output", type=click.Path(), default=None,
+              help="Write the results here (atomically) instead of stdout; with --ray, a new "
+                   "folder of part files (required).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              metavar="[ADDRESS]",
+              help="Run on Ray (pip install \"edgel2[ray]\"): a local Ray on this machine, or "
+                   "the cluster at ADDRESS (auto, ray://HOST:10001). PATHS may also be "
+                   "filesystem URIs pyarrow reads (s3://, gs://, hdfs://, file://).")
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="With --ray: Classifier actors (default: the cluster's CPUs / "
+                   "--cpus-per-actor).")
+@click.option("--cpus-per-actor", type=click.IntRange(min=1), default=None,
+              help="With --ray: CPUs (engine and decoding threads) of each actor (default 2, "
+                   "or 1 on nodes of 1 CPU).")
 @click.option("-v", "--verbose", is_flag=True, help="Say why `auto` skipped an engine.")
 def infer(paths, model, top_k, batch_size, provider, threads, engine, precision, fmt, output,
-          verbose) -> None:
+          ray_address, actors, cpus_per_actor, verbose) -> None:
     """Classify images: files, folders (recursive) and globs.
 
     \b
@@ -569,7 +619,27 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
     and folders that cannot be read are reported in the output with a reason; every other
     file is still classified. Exit code 0 when all succeeded, 3 when some images failed,
     1 for a missing or non-edgel2 model, 2 for bad options.
+
+    \b
+    On Ray (one Classifier per actor; Parquet or JSON lines, the fields of --format json):
+      edgel2 infer --ray photos/ --output results/
+      edgel2 infer --ray auto s3://bucket/photos/ --output s3://bucket/results/ --format jsonl
     """
+    if ray_address is not None and not _ray_address(ray_address):
+        # `--ray photos/`: the optional value was the first path
+        paths, ray_address = (ray_address, *paths), "local"
+    if not paths:
+        raise click.UsageError("Missing argument 'PATHS...'.")
+    if ray_address is not None:
+        _infer_on_ray(paths, model, top_k, batch_size, engine, fmt or "parquet", output,
+                      ray_address, actors, cpus_per_actor)
+        return
+    if fmt in RAY_FORMATS:
+        raise click.UsageError(f"--format {fmt} is written by --ray; without it use one of "
+                               f"{', '.join(LOCAL_FORMATS)}")
+    if actors is not None or cpus_per_actor is not None:
+        raise click.UsageError("--actors and --cpus-per-actor go with --ray")
+    fmt = fmt or "table"
     import warnings
 
     from edgel2.runtime import Classifier, FileResult, ProviderFallbackWarning

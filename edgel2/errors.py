@@ -129,6 +129,7 @@ EXTRAS = {
     **dict.fromkeys(("starlette", "uvicorn", "multipart", "python_multipart",
                      "prometheus_client"), 'pip install "edgel2[serve]"'),
     "jax": 'pip install "jax[cpu]" (or "jax[cuda12]" on an NVIDIA GPU)',
+    **dict.fromkeys(("ray", "pyarrow"), 'pip install "edgel2[ray]"'),
 }
 
 

@@ -5,13 +5,15 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success. The
+    block may make a file or a folder there (a folder cannot replace an existing one).
 
     An exception (or Ctrl-C) inside the block removes the temporary file, so readers never
     see a half-written file. The temporary name keeps the suffix, for writers (Keras, Pillow)
@@ -34,7 +36,9 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
         if durable:
             _fsync(path.parent)
     finally:
-        if tmp.exists():
+        if tmp.is_dir() and not tmp.is_symlink():  # a folder of files (edgel2 infer --ray)
+            shutil.rmtree(tmp)
+        elif tmp.exists():
             tmp.unlink()
 
 

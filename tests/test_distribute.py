@@ -56,6 +56,13 @@ ds = Dataset(saved["x_train"], saved["y_train"], saved["x_test"], saved["y_test"
              [str(c) for c in range(10)], name="CIFAR-10-JPEG (512 images)")
 config = TrainConfig(**json.loads(sys.argv[2]))
 out = Path(sys.argv[3])
+
+def trainer_on(devices, steps_per_epoch=8):  # the compiled training model on `devices`
+    from edgel2.train import build_trainer
+    if devices > 1:
+        place(str(devices))
+    keras.utils.set_random_seed(0)
+    return build_trainer(config, 10, (32, 32, 3), steps_per_epoch)[0]
 """
 
 
@@ -131,14 +138,10 @@ def test_each_step_on_two_devices_is_the_step_on_one_device(images):
     """The same trainer (augmentation, cutout and L2 terms included) fed the same 64-image
     batches: one device, then the batch split over 2."""
     code = """
-from edgel2.train import build_trainer
 from edgel2.train.batches import ShuffledBatches, one_hot
 
 def step_losses(devices):
-    if devices > 1:
-        place(str(devices))
-    keras.utils.set_random_seed(0)
-    trainer = build_trainer(config, 10, (32, 32, 3), 8)[0]
+    trainer = trainer_on(devices)
     batches = ShuffledBatches(ds.x_train, one_hot(ds.y_train, 10), 64, seed=0)
     return [float(trainer.train_on_batch(*batches[i])[0]) for i in range(5)]
 
@@ -207,14 +210,10 @@ print(json.dumps({"one": first_bn_variance(batch, False),
 def test_held_out_figures_are_exact_when_the_images_do_not_split_over_the_devices(images):
     """101 test images on 2 devices: the last batch is padded, and the padding weighs 0."""
     code = """
-from edgel2.train import build_trainer
 from edgel2.train.batches import HeldOutBatches, one_hot
 
 def held_out(devices):
-    if devices > 1:
-        place(str(devices))
-    keras.utils.set_random_seed(0)
-    trainer = build_trainer(config, 10, (32, 32, 3), 1)[0]
+    trainer = trainer_on(devices)
     x, y = ds.x_train[:101], one_hot(ds.y_train[:101], 10)
     return trainer.evaluate(HeldOutBatches(x, y, 64, devices), verbose=0, return_dict=True)
 

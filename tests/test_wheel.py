@@ -83,6 +83,7 @@ def test_infer_without_model_uses_the_shipped_model_from_any_directory(installed
     (["train", "--epochs", "1"], 'keras is not installed: pip install "edgel2[train]"'),
     (["export", "model.keras"], 'keras is not installed: pip install "edgel2[train]"'),
     (["serve"], 'prometheus_client is not installed: pip install "edgel2[serve]"'),
+    (["infer", "--ray", "photo.png", "--output", "out"], 'ray is not installed: pip install "edgel2[ray]"'),
     (["infer", "photo.png", "--model", str(shipped_model("resnet18-int8.tflite"))],
      'LiteRT, which runs .tflite files, is not installed: pip install "edgel2[litert]" '
      "(the ai-edge-litert package)"),
