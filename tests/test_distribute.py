@@ -232,19 +232,26 @@ def free_port() -> int:
 
 
 def test_two_processes_on_localhost_train_together_and_agree(images, runs, tmp_path):
-    """Two processes of one device each (JAX's CPU collectives over Gloo) train the 2-device
-    run: both see the same figures, they are those of 2 devices in one process, and only
-    process 0 writes a run directory."""
+    """Two processes of one device each (JAX's CPU collectives over Gloo; process 0 joins by
+    options, process 1 by Keras' KERAS_DISTRIBUTION_* variables) train the 2-device run: both
+    see the same figures, they are those of 2 devices in one process, and only process 0
+    writes a run directory."""
     code = """
-placement = place("1", num_processes=2, process_id=int(sys.argv[4]), coordinator=sys.argv[5])
+if len(sys.argv) > 4:  # process 0 is told by options
+    placement = place("1", num_processes=2, process_id=int(sys.argv[4]), coordinator=sys.argv[5])
+else:  # process 1 by Keras' environment variables
+    placement = place("1")
 result = train(config, out, dataset=ds, verbose=0, placement=placement)
 print(json.dumps({"placement": [placement.devices, placement.process_id, placement.num_processes],
                   "history": result.history}))
 """
     coordinator = f"127.0.0.1:{free_port()}"
     config = json.dumps(asdict(CONFIG))
-    children = [run_child(code, images, config, tmp_path / f"run{p}", p, coordinator)
-                for p in (0, 1)]
+    keras_environment = {"KERAS_DISTRIBUTION_JOB_ADDRESSES": coordinator,
+                         "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+                         "KERAS_DISTRIBUTION_PROCESS_ID": "1"}
+    children = [run_child(code, images, config, tmp_path / "run0", 0, coordinator),
+                run_child(code, images, config, tmp_path / "run1", extra_env=keras_environment)]
     results = [json.loads(finish(child).splitlines()[-1]) for child in children]
     assert [r["placement"] for r in results] == [[2, 0, 2], [2, 1, 2]]
     first, second = (losses(r["history"]) for r in results)
