@@ -124,6 +124,9 @@ def _devices_option(ctx, param, value):
 @click.option("--feature-l2", type=NON_NEGATIVE, default=DEFAULTS.feature_l2, show_default=True,
               help="Penalty lambda*mean_batch ||u||^2 on the pooled features u before the "
                    "classifier (training only; absent from exports).")
+@click.option("--bn-l2", type=NON_NEGATIVE, default=DEFAULTS.bn_l2, show_default=True,
+              help="L2 on the batch-norm scales and offsets and the classifier bias (the "
+                   "published recipes' 'weight decay on all parameters': equal to --weight-l2).")
 @click.option("--l1", type=NON_NEGATIVE, default=DEFAULTS.l1, show_default=True,
               help="L1 on every conv/dense kernel (for comparisons).")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.dropout,

@@ -52,6 +52,7 @@ class TrainConfig:
     weight_l2: float = DEFAULT_WEIGHT_L2
     feature_l2: float = DEFAULT_FEATURE_L2
     l1: float = 0.0
+    bn_l2: float = 0.0                 # L2 on batch-norm scales/offsets and the classifier bias
     dropout: float = 0.0
     augment: bool = True
     cutout: int = 0                    # side of the square cut out of each training image
@@ -87,6 +88,7 @@ class TrainConfig:
             (self.weight_l2 >= 0, f"weight L2 must be >= 0, got {self.weight_l2}"),
             (self.feature_l2 >= 0, f"feature L2 must be >= 0, got {self.feature_l2}"),
             (self.l1 >= 0, f"L1 must be >= 0, got {self.l1}"),
+            (self.bn_l2 >= 0, f"BN L2 must be >= 0, got {self.bn_l2}"),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.cutout >= 0, f"cutout must be >= 0, got {self.cutout}"),
             (0 <= self.ema < 1, f"EMA momentum must be in [0, 1), got {self.ema}"),

@@ -115,30 +115,36 @@ def _regularizer(l2: float, l1: float):
     return None
 
 
-def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, reg, relu: bool = True):
+def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, reg, relu: bool = True,
+             bn_reg=None):
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
                       kernel_initializer="he_normal", kernel_regularizer=reg,
                       name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, gamma_regularizer=bn_reg,
+                                  beta_regularizer=bn_reg, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
-def _basic_block(x, filters: int, stride: int, name: str, reg):
+def _basic_block(x, filters: int, stride: int, name: str, reg, bn_reg):
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, stride, f"{name}_proj", reg, relu=False)
-    y = _conv_bn(x, filters, 3, stride, f"{name}_1", reg)
-    y = _conv_bn(y, filters, 3, 1, f"{name}_2", reg, relu=False)
+        shortcut = _conv_bn(x, filters, 1, stride, f"{name}_proj", reg, relu=False,
+                            bn_reg=bn_reg)
+    y = _conv_bn(x, filters, 3, stride, f"{name}_1", reg, bn_reg=bn_reg)
+    y = _conv_bn(y, filters, 3, 1, f"{name}_2", reg, relu=False, bn_reg=bn_reg)
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
 
 
 def resnet18(num_classes: int = 10, width: int = 64, *,
              weight_l2: float = DEFAULT_WEIGHT_L2, feature_l2: float = DEFAULT_FEATURE_L2,
-             l1: float = 0.0, dropout: float = 0.0,
+             l1: float = 0.0, dropout: float = 0.0, bn_l2: float = 0.0,
              input_shape: tuple[int, int, int] = (32, 32, 3),
              mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD,
              name: str | None = None) -> keras.Model:
     """Build the CIFAR ResNet-18 as a functional Keras model: uint8 NHWC in, logits out.
+    ``weight_l2`` (and ``l1``) regularize the conv and dense kernels; ``bn_l2`` the batch-norm
+    scales and offsets and the classifier's bias (off by default; the published recipes that
+    "decay all parameters" set it equal to ``weight_l2``).
 
     Example:
         >>> model = resnet18(width=64)
@@ -148,27 +154,28 @@ def resnet18(num_classes: int = 10, width: int = 64, *,
     """
     if width < 1:
         raise ValueError(f"width must be >= 1, got {width}")
-    for label, value in (("weight_l2", weight_l2), ("feature_l2", feature_l2), ("l1", l1)):
+    for label, value in (("weight_l2", weight_l2), ("feature_l2", feature_l2), ("l1", l1),
+                         ("bn_l2", bn_l2)):
         if value < 0:
             raise ValueError(f"{label} must be >= 0, got {value}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    reg = _regularizer(weight_l2, l1)
+    reg, bn_reg = _regularizer(weight_l2, l1), _regularizer(bn_l2, 0.0)
 
     images = keras.Input(shape=input_shape, dtype="uint8", name="images")
     x = Normalize(mean, std, name="normalize")(images)
-    x = _conv_bn(x, width, 3, 1, "stem", reg)
+    x = _conv_bn(x, width, 3, 1, "stem", reg, bn_reg=bn_reg)
     for stage, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2)), start=1):
         for block in range(2):
             x = _basic_block(x, width * mult, stride if block == 0 else 1,
-                             f"stage{stage}_block{block + 1}", reg)
+                             f"stage{stage}_block{block + 1}", reg, bn_reg)
     features = layers.GlobalAveragePooling2D(name="pool")(x)
     features = FeatureL2(feature_l2, name="feature_l2")(features)
     if dropout:
         features = layers.Dropout(dropout, name="dropout")(features)
     # float32 logits even under mixed precision, for a stable softmax and loss.
-    logits = layers.Dense(num_classes, kernel_regularizer=reg, dtype="float32",
-                          name="logits")(features)
+    logits = layers.Dense(num_classes, kernel_regularizer=reg, bias_regularizer=bn_reg,
+                          dtype="float32", name="logits")(features)
     return keras.Model(images, logits, name=name or f"resnet18_w{width}")
 
 

@@ -14,6 +14,9 @@
 #              without feature L2, and a second seed of the better long run
 #   ours       the shipped recipe at LONG (83: all that fits 60 s) epochs, with twice the weight
 #              L2, with label smoothing 0.1, and a second seed of the best
+#   next       not run yet: the shipped recipe with --bn-l2 2.5e-4 at LONG (80) epochs, the
+#              published recipe exactly (BN decayed too) at PUBLISHED_LONG (75), the shipped
+#              recipe at width WIDE (5/4 WIDTH) for WIDE_EPOCHS (52), a second seed of the best
 #   ablation   scripts/ablation.py at full width, ABLATION_EPOCHS (15) epochs, ABLATION_SEEDS (0)
 # Other knobs: WIDTH (64), SUBSET; BUDGET_S (520), the seconds after which no new run starts
 # (keep it under the device call's timeout); RUN_S (110), what one run is expected to take
@@ -68,9 +71,10 @@ RUNS=/tmp/edgel2-gpu-runs
 rm -rf "$RUNS" && mkdir -p "$RUNS"
 
 # The published plain ResNet-18 recipe (KellerJordan/cifar10-zoo): batch 500, Nesterov SGD
-# lr 0.2 momentum 0.9, weight decay 5e-4 (--weight-l2 2.5e-4 is the same gradient; edgel2 does
-# not decay BN parameters), triangular schedule peaking at 20 %, flip + 4-pixel translate +
-# 12-pixel cutout, no label smoothing, no EMA.
+# lr 0.2 momentum 0.9, weight decay 5e-4 (--weight-l2 2.5e-4 is the same gradient on the
+# kernels; --bn-l2 2.5e-4 adds it on the BN parameters, which batches 1-2 left undecayed),
+# triangular schedule peaking at 20 %, flip + 4-pixel translate + 12-pixel cutout, no label
+# smoothing, no EMA.
 PUBLISHED="--batch-size 500 --lr 0.2 --warmup 0.2 --schedule onecycle --label-smoothing 0
   --cutout 12 --ema 0 --weight-l2 2.5e-4"
 
@@ -140,6 +144,20 @@ case ${SET:=shipped} in
     pick=$(python3 -c "import sys; a=dict(zip(sys.argv[1::2], map(float, sys.argv[2::2]))); print(max(a, key=a.get))" \
       ours-long-wl2x2 "$(accuracy ours-long-wl2x2)" ours-long-ls01 "$(accuracy ours-long-ls01)")
     second_seed ours-long "$pick" ;;
+  next)  # batch 3, not run yet: what batches 1-2 left untried. The published recipe decays
+          # every parameter (--bn-l2: BN scales/offsets and the classifier bias too), and a
+          # wider net (WIDE, default 5/4 of WIDTH) for the epochs that fit 60 s
+    LONG=${LONG:-80}
+    WIDE=${WIDE:-$((WIDTH * 5 / 4))}
+    OPTS_next_ours_bnl2="$OURS --epochs $LONG --bn-l2 2.5e-4"
+    OPTS_next_published_bnl2="$PUBLISHED --epochs ${PUBLISHED_LONG:-75} --feature-l2 0 --bn-l2 2.5e-4"
+    OPTS_next_wide="$OURS --epochs ${WIDE_EPOCHS:-52} --width $WIDE"
+    run next-ours-bnl2 0 $OPTS_next_ours_bnl2
+    run next-published-bnl2 0 $OPTS_next_published_bnl2
+    run next-wide 0 $OPTS_next_wide
+    pick=$(python3 -c "import sys; a=dict(zip(sys.argv[1::2], map(float, sys.argv[2::2]))); print(max(a, key=a.get))" \
+      next-ours-bnl2 "$(accuracy next-ours-bnl2)" next-published-bnl2 "$(accuracy next-published-bnl2)")
+    second_seed "$pick" next-wide ;;
   ablation)
     abl=$RUNS/ablation
     python3 scripts/ablation.py --data "$EDGEL2_DATA" --width "$WIDTH" --subset "${SUBSET:-50000}" \
@@ -147,7 +165,7 @@ case ${SET:=shipped} in
       --eval-subset 2000 --out "$abl" --stop-after "$((BUDGET_S - (SECONDS - START) - RUN_S))" \
       2>&1 | tee "$OUT/ablation.log"
     cp "$abl/ablation.json" "$OUT/" 2>/dev/null ;;
-  *) echo "unknown SET=$SET (shipped, published, ours or ablation)"; exit 2 ;;
+  *) echo "unknown SET=$SET (shipped, published, ours, next or ablation)"; exit 2 ;;
 esac
 
 # Bring back every run's small files and the best run's model.

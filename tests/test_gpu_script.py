@@ -65,6 +65,22 @@ def test_gpu_script_runs_its_list_measures_each_run_and_returns_the_best_model(
     assert load_model(model).name == "resnet18_w2"
 
 
+def test_gpu_script_next_set_decays_bn_and_widens_then_reruns_the_best(data_dir, tmp_path):
+    out = _run_script(tmp_path, data_dir, SET="next", LONG="1", PUBLISHED_LONG="1",
+                      WIDE_EPOCHS="1", WIDTH="4", WIDE="5")
+
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    names = [r["name"] for r in runs]
+    assert names[:3] == ["next-ours-bnl2", "next-published-bnl2", "next-wide"]
+    assert names[3] == f"{max(runs[:3], key=lambda r: r['eval_top1'])['name']}-seed1"
+    with tarfile.open(out / "results.tar.gz") as tar:
+        configs = {name: json.load(tar.extractfile(f"{name}/config.json"))
+                   for name in names[:3]}
+    assert [configs[n]["config"]["bn_l2"] for n in names[:3]] == [2.5e-4, 2.5e-4, 0.0]
+    assert [configs[n]["config"]["width"] for n in names[:3]] == [4, 4, 5]
+    assert configs["next-published-bnl2"]["config"]["batch_size"] == 500
+
+
 def test_gpu_script_ablation_set_leaves_the_ablation_table(data_dir, tmp_path):
     out = _run_script(tmp_path, data_dir, SET="ablation", ABLATION_EPOCHS="1", ABLATION_SEEDS="0")
 

@@ -71,6 +71,19 @@ def test_weight_l2_penalises_conv_and_dense_kernels_only():
         by_hand, rel=1e-5)
 
 
+def test_bn_l2_penalises_batch_norm_scales_offsets_and_the_classifier_bias_only():
+    model = resnet18(width=4, weight_l2=0, feature_l2=0, bn_l2=1e-3)
+    norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    params = [w for l in norms for w in (l.gamma, l.beta)] + [model.get_layer("logits").bias]
+    for i, w in enumerate(params):  # away from the initial ones and zeros
+        w.assign(np.random.default_rng(i).normal(size=w.shape).astype("float32"))
+    by_hand = 1e-3 * sum(float(np.sum(keras.ops.convert_to_numpy(w) ** 2)) for w in params)
+    assert len(norms) == 20  # one per conv
+    assert float(sum(keras.ops.convert_to_numpy(l) for l in model.losses)) == pytest.approx(
+        by_hand, rel=1e-5)
+    assert resnet18(width=4, weight_l2=0, feature_l2=0).losses == []  # off by default
+
+
 def test_dropout_and_l1_are_available_for_comparisons():
     model = resnet18(width=4, weight_l2=0, l1=1e-4, dropout=0.3, feature_l2=0)
     assert model.get_layer("dropout").rate == 0.3
@@ -81,6 +94,7 @@ def test_dropout_and_l1_are_available_for_comparisons():
     ({"width": 0}, "width must be >= 1"),
     ({"feature_l2": -1.0}, "feature_l2 must be >= 0"),
     ({"weight_l2": -1.0}, "weight_l2 must be >= 0"),
+    ({"bn_l2": -1.0}, "bn_l2 must be >= 0"),
     ({"dropout": 1.0}, "dropout must be in"),
 ])
 def test_nonsense_arguments_are_refused(kwargs, message):

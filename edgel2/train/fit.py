@@ -210,7 +210,7 @@ def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int,
         >>> trainer.optimizer.nesterov, model.name
         (True, 'resnet18_w4')
     """
-    model = resnet18(num_classes, config.width, weight_l2=config.weight_l2,
+    model = resnet18(num_classes, config.width, weight_l2=config.weight_l2, bn_l2=config.bn_l2,
                      feature_l2=config.feature_l2, l1=config.l1, dropout=config.dropout,
                      input_shape=input_shape)
     if config.weights:
