@@ -36,7 +36,7 @@ def use_backend(name: str | None) -> str:
     os.environ["KERAS_BACKEND"] = name
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's later chatter
     if name == "tensorflow" and "tensorflow" not in sys.modules:
-        with native_stderr_without(STARTUP_NOISE):
+        with native_output_without(STARTUP_NOISE):
             try:
                 import tensorflow  # noqa: F401
             except ImportError:
@@ -45,24 +45,26 @@ def use_backend(name: str | None) -> str:
 
 
 @contextlib.contextmanager
-def native_stderr_without(noise: tuple[str, ...]):
-    """Send what native code writes to file descriptor 2 inside the block to a temporary
-    file, then pass on every line but those containing one of ``noise`` (so a real error
-    still shows). For the start of a command only: it swaps the process-wide descriptor."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+def native_output_without(noise: tuple[str, ...], fd: int = 2):
+    """Send what native code writes to file descriptor ``fd`` (2: stderr, 1: stdout) inside
+    the block to a temporary file, then pass on every line but those containing one of
+    ``noise`` (so a real error still shows). For the start of a command only: it swaps the
+    process-wide descriptor."""
+    stream = sys.stdout if fd == 1 else sys.stderr
+    stream.flush()
+    saved = os.dup(fd)
     with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
+        os.dup2(capture.fileno(), fd)
         try:
             yield
         finally:
-            os.dup2(saved, 2)
+            os.dup2(saved, fd)
             os.close(saved)
             capture.seek(0)
             for line in capture.read().decode(errors="replace").splitlines(keepends=True):
                 if not any(n in line for n in noise):
-                    sys.stderr.write(line)
-            sys.stderr.flush()
+                    stream.write(line)
+            stream.flush()
 
 
 def accelerator() -> str | None:

@@ -263,6 +263,24 @@ print(json.dumps({"placement": [placement.devices, placement.process_id, placeme
     assert not (tmp_path / "run1").exists()
 
 
+def test_the_cli_trains_in_two_processes_into_one_run_directory(tiny_folder, tmp_path):
+    """`edgel2 train` as the README shows it, twice on one machine with a shared --out."""
+    coordinator, out = f"127.0.0.1:{free_port()}", tmp_path / "run"
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": ""}
+    children = [subprocess.Popen(
+        [sys.executable, "-m", "edgel2", "train", "--data", str(tiny_folder), "--width", "2",
+         "--epochs", "1", "--batch-size", "4", "--quiet", "--out", str(out), "--devices", "1",
+         "--num-processes", "2", "--process-id", str(p), "--coordinator", coordinator],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in (0, 1)]
+    outputs = [finish(child, timeout=300) for child in children]
+    assert outputs[1].strip() == f"process 1 of 2: done; process 0 wrote the run directory {out}"
+    assert "model.keras: test top-1" in outputs[0]
+    assert json.loads((out / "config.json").read_text())["distribution"] == \
+        {"devices": 2, "processes": 2, "strategy": "keras.distribution.DataParallel"}
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["config.json", "metrics.csv", "curves.png", "last.keras", "model.keras", "summary.json"])
+
+
 def cli(*args: str, devices: int = 1, backend: str = "jax") -> subprocess.CompletedProcess:
     env = {**os.environ, "KERAS_BACKEND": backend,
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from edgel2.backend import native_output_without
 from edgel2.config import parse_devices
 from edgel2.errors import OptionError, TrainingError, first_line
 
@@ -132,7 +133,9 @@ def _join(keras, num_processes: int | None, process_id: int | None,
         if not 0 <= process_id < num_processes:
             raise OptionError(f"--process-id must be in [0, {num_processes}), got {process_id}")
     try:
-        keras.distribution.initialize(coordinator, num_processes, process_id)
+        # Gloo (JAX's CPU collectives) announces each connection on stdout
+        with native_output_without(("[Gloo] Rank",), fd=1):
+            keras.distribution.initialize(coordinator, num_processes, process_id)
     except (ValueError, RuntimeError) as e:
         where = coordinator or "the coordinator in $KERAS_DISTRIBUTION_JOB_ADDRESSES"
         raise TrainingError(f"cannot join the other processes through {where}: "
