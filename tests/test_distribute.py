@@ -297,6 +297,8 @@ def cli(*args: str, devices: int = 1, backend: str = "jax") -> subprocess.Comple
      "edgel2: error: training on several devices or processes needs the JAX backend"),
     (["--num-processes", "2"], 1, "jax",
      "edgel2: error: --num-processes needs --process-id and --coordinator HOST:PORT"),
+    (["--process-id", "1"], 1, "jax",
+     "edgel2: error: --process-id and --coordinator go with --num-processes N (N > 1)"),
     (["--devices", "none"], 1, "jax", "edgel2: error: Invalid value for '--devices': takes "
      "'all' or a count >= 1, got 'none'"),
 ])

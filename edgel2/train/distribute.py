@@ -92,6 +92,8 @@ def place(devices: str | int = 1, num_processes: int | None = None,
     """
     wanted = parse_devices(devices)
     multi = multi_process_requested(num_processes)
+    if not multi and (process_id is not None or coordinator):
+        raise OptionError("--process-id and --coordinator go with --num-processes N (N > 1)")
     import keras
 
     if keras.backend.backend() != "jax":
