@@ -39,7 +39,7 @@ from typing import Iterable, Sequence
 
 from edgel2.errors import EdgeL2Error, OptionError, first_line
 from edgel2.runtime.classifier import Classifier, FileResult
-from edgel2.runtime.io import expand_paths, printable
+from edgel2.runtime.io import expand_paths, record
 from edgel2.utils import atomic_path
 
 OUTPUT_FORMATS = ("parquet", "jsonl")
@@ -79,8 +79,8 @@ def result_schema():
 
 
 def results_table(results: Iterable[FileResult]):
-    """FileResults as an Arrow table of :func:`result_schema` (probabilities rounded to 6
-    digits, as ``edgel2 infer --format json`` writes them).
+    """FileResults as an Arrow table of :func:`result_schema`: the records ``edgel2 infer
+    --format json`` writes (:func:`~edgel2.runtime.io.record`).
 
     Example:
         >>> table = results_table([FileResult("a.png", [("cat", 0.9123456)]), FileResult("b", error="empty file")])
@@ -89,11 +89,7 @@ def results_table(results: Iterable[FileResult]):
     """
     import pyarrow as pa
 
-    rows = [{"path": printable(r.source),
-             "predictions": None if r.prediction is None else
-             [{"label": label, "probability": round(p, 6)} for label, p in r.prediction],
-             "error": r.error} for r in results]
-    return pa.Table.from_pylist(rows, schema=result_schema())
+    return pa.Table.from_pylist([record(r) for r in results], schema=result_schema())
 
 
 class ClassifyBatch:
@@ -195,9 +191,10 @@ def list_images(patterns: Sequence[str]) -> list[FileResult | str]:
 
     local = [p for p in patterns if not _is_uri(p)]
     entries: list[FileResult | str] = list(expand_paths(local)) if local else []
-    for uri in (p for p in patterns if _is_uri(p)):
+    uris = [p for p in patterns if _is_uri(p)]
+    if uris:
         import pyarrow.fs
-
+    for uri in uris:
         try:
             filesystem, inner = _filesystem(uri)
             info = filesystem.get_file_info(inner)
@@ -230,8 +227,9 @@ def classify_on_ray(paths: Sequence[str], output: str | os.PathLike, *,
 
     ``address``: a running cluster (``auto``, ``ray://host:10001``), else a local Ray on this
     machine's CPUs. ``cpus_per_actor`` defaults to :data:`CPUS_PER_ACTOR` (1 on a cluster
-    whose nodes have 1 CPU), ``actors`` to every CPU of the cluster divided by it. The folder must not exist yet. ``classify`` is the callable class
-    each actor runs: :class:`ClassifyBatch`, or a subclass that does more per batch.
+    whose nodes have 1 CPU), ``actors`` to every CPU of the cluster divided by it. The folder
+    must not exist yet. ``classify`` is the callable class each actor runs:
+    :class:`ClassifyBatch`, or a subclass that does more per batch.
 
     Example:
         >>> report = classify_on_ray(["photos/"], "results/", output_format="jsonl")  # doctest: +SKIP

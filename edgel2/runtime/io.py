@@ -131,14 +131,25 @@ def printable(name: str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def record(result: FileResult) -> dict:
+    """One result as ``edgel2 infer --format json`` writes it (and ``--ray`` rows hold it):
+    path, top-k predictions with probabilities rounded to 6 digits, error.
+
+    Example:
+        >>> record(FileResult("a.png", [("cat", 0.9123456)]))
+        {'path': 'a.png', 'predictions': [{'label': 'cat', 'probability': 0.912346}], 'error': None}
+    """
+    return {"path": printable(result.source),
+            "predictions": None if result.prediction is None else
+            [{"label": label, "probability": round(p, 6)} for label, p in result.prediction],
+            "error": result.error}
+
+
 def render(results: list[FileResult], fmt: str, top_k: int) -> str:
     """Results as ``table`` (for people), ``json`` (a list of records; always strict JSON) or
     ``csv``. File names that are not valid UTF-8 are written with ``\\xNN`` escapes."""
     if fmt == "json":
-        return json.dumps([{"path": printable(r.source),
-                            "predictions": None if r.prediction is None else
-                            [{"label": l, "probability": round(p, 6)} for l, p in r.prediction],
-                            "error": r.error} for r in results], indent=1, allow_nan=False) + "\n"
+        return json.dumps([record(r) for r in results], indent=1, allow_nan=False) + "\n"
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
