@@ -1,5 +1,5 @@
-"""Training-only augmentation: random crop with padding, horizontal flip and (optionally)
-cutout, per image.
+"""Training-only augmentation: random crop with padding, horizontal flip and (optionally) a
+random zoom crop, colour jitter and cutout, per image.
 
 Written as two vectorised gathers over the padded batch so that it compiles into the train
 step on every backend. Keras' own ``RandomCrop``/``RandomFlip`` layers run about 70x slower
@@ -44,6 +44,62 @@ def random_crop_flip(images, seed, padding: int = 4, flip: bool = True,
     return ops.take_along_axis(cropped, cols, axis=2)                         # (B, H, W, C)
 
 
+def random_zoom(images, seed, min_area: float):
+    """Crop each NHWC image to a random square-scaled window keeping between ``min_area`` and
+    all of its area (the aspect ratio kept), at a random place, and scale it back to the full
+    size by nearest-neighbour sampling (two gathers, as :func:`random_crop_flip`): objects
+    seen closer, as in a photo folder. Shape and dtype are kept.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.arange(2 * 8 * 8 * 3, dtype="uint8").reshape(2, 8, 8, 3)
+        >>> tuple(random_zoom(x, seed=0, min_area=0.5).shape)
+        (2, 8, 8, 3)
+    """
+    batch, height, width, channels = (ops.shape(images)[0], images.shape[1], images.shape[2],
+                                      images.shape[3])
+    side = ops.sqrt(keras.random.uniform((batch, 1), min_area, 1.0, seed=seed))  # (B, 1)
+    top = keras.random.uniform((batch, 1), seed=seed) * (1.0 - side) * height
+    left = keras.random.uniform((batch, 1), seed=seed) * (1.0 - side) * width
+    steps_y = ops.arange(height, dtype="float32")[None, :]
+    steps_x = ops.arange(width, dtype="float32")[None, :]
+    rows = ops.cast(ops.floor(top + steps_y * side), "int32")                 # (B, H)
+    cols = ops.cast(ops.floor(left + steps_x * side), "int32")                # (B, W)
+    rows = ops.broadcast_to(ops.minimum(rows, height - 1)[:, :, None, None],
+                            (batch, height, width, channels))
+    picked = ops.take_along_axis(images, rows, axis=1)
+    cols = ops.broadcast_to(ops.minimum(cols, width - 1)[:, None, :, None],
+                            (batch, height, width, channels))
+    return ops.take_along_axis(picked, cols, axis=2)
+
+
+def color_jitter(images, seed, strength: float):
+    """Scale each NHWC RGB image's brightness, contrast and saturation by random factors in
+    ``[1 - strength, 1 + strength]`` (in that order, as torchvision's ``ColorJitter`` with
+    one strength), then clip to the pixel range; dtype kept (uint8 in, uint8 out).
+
+    Example:
+        >>> import numpy as np
+        >>> out = color_jitter(np.full((2, 4, 4, 3), 100, "uint8"), seed=0, strength=0.5)
+        >>> np.asarray(out).dtype, tuple(out.shape)
+        (dtype('uint8'), (2, 4, 4, 3))
+    """
+    dtype = images.dtype
+    batch = ops.shape(images)[0]
+    x = ops.cast(images, "float32")
+
+    def factor():
+        return keras.random.uniform((batch, 1, 1, 1), 1.0 - strength, 1.0 + strength, seed=seed)
+
+    x = x * factor()                                                           # brightness
+    grey = ops.sum(x * ops.convert_to_tensor([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+    mean = ops.mean(grey, axis=(1, 2, 3), keepdims=True)
+    x = mean + (x - mean) * factor()                                           # contrast
+    grey = ops.sum(x * ops.convert_to_tensor([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+    x = grey + (x - grey) * factor()                                           # saturation
+    return ops.cast(ops.round(ops.clip(x, 0.0, 255.0)), dtype)
+
+
 def cutout(images, seed, size: int, fill=0):
     """Fill one ``size`` x ``size`` square per NHWC image with ``fill`` (a scalar or one value
     per channel). The square's centre is uniform over the image, so it may be clipped at the
@@ -74,15 +130,21 @@ class RandomCropFlip(layers.Layer):
     """
 
     def __init__(self, padding: int = 4, flip: bool = True, pad_mode: str = "reflect",
-                 seed: int | None = None, cutout: int = 0, cutout_fill=0, **kwargs):
+                 seed: int | None = None, cutout: int = 0, cutout_fill=0,
+                 crop_scale: float = 1.0, color_jitter: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.padding, self.flip, self.pad_mode, self.seed = padding, flip, pad_mode, seed
         self.cutout, self.cutout_fill = cutout, cutout_fill
+        self.crop_scale, self.color_jitter = crop_scale, color_jitter
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, images, training=None):
         if not training:
             return images
+        if self.crop_scale < 1.0:
+            images = random_zoom(images, self.seed_generator, self.crop_scale)
+        if self.color_jitter:
+            images = color_jitter(images, self.seed_generator, self.color_jitter)
         images = random_crop_flip(images, self.seed_generator, self.padding, self.flip,
                                   self.pad_mode)
         if self.cutout:
@@ -95,13 +157,16 @@ class RandomCropFlip(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "padding": self.padding, "flip": self.flip,
                 "pad_mode": self.pad_mode, "seed": self.seed, "cutout": self.cutout,
-                "cutout_fill": self.cutout_fill}
+                "cutout_fill": self.cutout_fill, "crop_scale": self.crop_scale,
+                "color_jitter": self.color_jitter}
 
 
 def with_augmentation(model: keras.Model, seed: int | None = None, padding: int = 4,
-                      flip: bool = True, cutout: int = 0) -> keras.Model:
-    """Wrap ``model`` so that training batches are cropped and flipped first (and get a
-    ``cutout`` square filled with the mean pixel of the model's normalization, i.e. zero
+                      flip: bool = True, cutout: int = 0, crop_scale: float = 1.0,
+                      color_jitter: float = 0.0) -> keras.Model:
+    """Wrap ``model`` so that training batches are cropped and flipped first (after a random
+    zoom keeping at least ``crop_scale`` of the area and ``color_jitter``, when set; and get
+    a ``cutout`` square filled with the mean pixel of the model's normalization, i.e. zero
     after it, as in the cutout paper).
 
     Example:
@@ -114,5 +179,6 @@ def with_augmentation(model: keras.Model, seed: int | None = None, padding: int 
     fill = [int(round(m)) for m in norm.mean] if norm is not None else 0
     images = keras.Input(shape=model.input.shape[1:], dtype=model.input.dtype, name="images")
     augmented = RandomCropFlip(padding, flip, seed=seed, cutout=cutout, cutout_fill=fill,
+                               crop_scale=crop_scale, color_jitter=color_jitter,
                                name="crop_flip")(images)
     return keras.Model(images, model(augmented), name=f"{model.name}_train")

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 
+from edgel2.data import DEFAULT_TEST_SPLIT
 from edgel2.errors import OptionError
 
 # L2 on conv/dense kernels: the loss gains weight_l2 * sum(w**2), whose gradient 2 * weight_l2 * w
@@ -18,6 +20,16 @@ FINETUNE_LR = 0.04
 FINETUNE_WARMUP = 0.1
 # and small batches: a few hundred images at batch 512 would be one step an epoch
 FINETUNE_BATCH_SIZE = 32
+# A photo folder is not CIFAR: objects at any scale and under any light, tens of images a
+# class. Fine-tuning adds colour jitter (brightness, contrast, saturation each by a random
+# factor in [1 - j, 1 + j]) and a random crop keeping 60-100 % of the image's area, scaled
+# back up; CIFAR's recipe (training from scratch) has neither unless asked.
+FINETUNE_COLOR_JITTER = 0.2
+FINETUNE_CROP_SCALE = 0.6
+# The side a folder of mixed image sizes is resized to (also the shipped pretrained model's
+# input): the CIFAR ResNet-18's design size (3x3 stem, no max-pool). --image-size 64 keeps
+# more detail at 4x the compute per image.
+DEFAULT_IMAGE_SIZE = 32
 # The width of the shipped pretrained ResNet-18 (models/resnet18-int8.onnx; a test checks it)
 PRETRAINED_WIDTH = 64
 
@@ -35,7 +47,7 @@ class TrainConfig:
     """
 
     data: str | None = None
-    test_split: float = 0.1            # test fraction of a folder of bare class subfolders
+    test_split: float = DEFAULT_TEST_SPLIT  # test fraction of a folder of bare class subfolders
     image_size: int | None = None
     subset: int | None = None          # class-balanced training subset
     val_split: float = 0.0             # held out of the training images to choose best.keras
@@ -55,12 +67,32 @@ class TrainConfig:
     bn_l2: float = 0.0                 # L2 on batch-norm scales/offsets and the classifier bias
     dropout: float = 0.0
     augment: bool = True
+    color_jitter: float = 0.0          # brightness/contrast/saturation factors in [1-j, 1+j]
+    crop_scale: float = 1.0            # smallest share of the area a random zoom crop keeps
     cutout: int = 0                    # side of the square cut out of each training image
     ema: float = 0.0                   # momentum of an EMA of the weights (0: off)
     precision: str = "auto"            # auto: bf16 on a GPU, fp32 on the CPU
     seed: int = 0
     weights: str | None = None         # start from: "pretrained" (shipped) or a .keras/.onnx
     freeze: int = 0                    # stages kept frozen with the stem (0-4), when fine-tuning
+    patience: int = 0                  # stop after this many epochs without a better val top-1
+
+    @classmethod
+    def finetune(cls, weights: str = "pretrained", **overrides) -> "TrainConfig":
+        """The fine-tuning recipe: start from ``weights`` (``"pretrained"``: the shipped
+        ResNet-18; or an edgel2 ``.keras``/``.onnx`` file) with a tenth of the learning
+        rate, a short warm-up, small batches and the augmentation a photo folder needs
+        (what ``edgel2 train --pretrained`` uses). ``overrides`` set any other field.
+
+        Example:
+            >>> c = TrainConfig.finetune(epochs=5)
+            >>> c.weights, c.lr, c.batch_size, c.warmup, c.color_jitter, c.crop_scale, c.epochs
+            ('pretrained', 0.04, 32, 0.1, 0.2, 0.6, 5)
+        """
+        recipe = {"lr": FINETUNE_LR, "batch_size": FINETUNE_BATCH_SIZE,
+                  "warmup": FINETUNE_WARMUP, "color_jitter": FINETUNE_COLOR_JITTER,
+                  "crop_scale": FINETUNE_CROP_SCALE}
+        return cls(weights=weights, **{**recipe, **overrides})
 
     def validate(self) -> None:
         """Raise :class:`OptionError` naming the first option that makes no sense.
@@ -91,6 +123,11 @@ class TrainConfig:
             (self.bn_l2 >= 0, f"BN L2 must be >= 0, got {self.bn_l2}"),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.cutout >= 0, f"cutout must be >= 0, got {self.cutout}"),
+            (0 <= self.color_jitter < 1, f"color jitter must be in [0, 1), got {self.color_jitter}"),
+            (0 < self.crop_scale <= 1, f"crop scale must be in (0, 1], got {self.crop_scale}"),
+            (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
+            (self.image_size is None or self.image_size >= 1,
+             f"image size must be >= 1, got {self.image_size}"),
             (0 <= self.ema < 1, f"EMA momentum must be in [0, 1), got {self.ema}"),
             (0 < self.test_split < 1, f"test split must be in (0, 1), got {self.test_split}"),
             (0 <= self.val_split < 1, f"val split must be in [0, 1), got {self.val_split}"),
@@ -130,6 +167,28 @@ class TrainConfig:
             raise OptionError(f"config.json has options this edgel2 does not know: "
                               f"{', '.join(unknown)}")
         return cls(**saved)
+
+
+# A run's name becomes part of file names (NAME-int8.onnx) and of URLs (/v2/models/NAME-int8)
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(name: str) -> str:
+    """``name`` if it can name a run, its files and its served model: letters, digits, ``.``,
+    ``_`` and ``-``, starting with a letter or digit, at most 100 characters.
+
+    Example:
+        >>> check_name("photos-v2")
+        'photos-v2'
+        >>> check_name("my photos")
+        Traceback (most recent call last):
+        ...
+        edgel2.errors.OptionError: name 'my photos' may hold only letters, digits, '.', '_' and '-' (it names files and URLs)
+    """
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise OptionError(f"name {name!r} may hold only letters, digits, '.', '_' and '-' "
+                          "(it names files and URLs)")
+    return name
 
 
 def parse_devices(text: str | int) -> int | None:

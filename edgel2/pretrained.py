@@ -141,6 +141,31 @@ def load_backbone(source: str | os.PathLike):
     return network, False
 
 
+def natural_image_size(source: str | os.PathLike) -> int | None:
+    """The side of the images the weights at ``source`` were trained on (the shipped
+    ResNet-18: 32), read from the file's metadata or its run's ``config.json`` without
+    loading the network; None when neither says.
+
+    Example:
+        >>> natural_image_size(PRETRAINED)
+        32
+    """
+    import json
+
+    from edgel2.runtime.modelfile import read_metadata
+    from edgel2.runtime.shipped import shipped_model
+
+    path = shipped_model("resnet18-int8.onnx") if str(source) == PRETRAINED else Path(source)
+    try:
+        if path.suffix.lower() == ".keras":
+            height = json.loads((path.parent / "config.json").read_text())["model"]["input_shape"][0]
+        else:
+            height = read_metadata(path)["input"]["shape"][1]
+    except (OSError, ValueError, KeyError, TypeError, IndexError, ModelError):
+        return None
+    return height if isinstance(height, int) and height > 0 else None
+
+
 def start_from(network, source: str | os.PathLike, images: np.ndarray | None = None) -> None:
     """Load every weight of ``network`` but its classifier from ``source`` (see
     :func:`load_backbone`): the classifier keeps its fresh initialization for the new classes;

@@ -62,6 +62,31 @@ def config_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def writable_folder(path: str | os.PathLike, what: str, error=None) -> bool:
+    """Create the folder ``path`` (and its parents) if needed and check that it can be written
+    in, before any work goes into it: a place that cannot be ``what`` is one line at once
+    (``error``, default :class:`~edgel2.errors.EdgeL2Error`). Returns whether it was created.
+
+    Example:
+        >>> writable_folder("/proc/version/x", "the output folder")
+        Traceback (most recent call last):
+        ...
+        edgel2.errors.EdgeL2Error: cannot create the output folder /proc/version/x: Not a directory
+    """
+    from edgel2.errors import EdgeL2Error
+
+    error = error or EdgeL2Error
+    path = Path(path)
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise error(f"cannot create {what} {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK):
+        raise error(f"cannot write in {what} {path}: Permission denied")
+    return created
+
+
 def next_run_dir(parent: str | os.PathLike, name: str) -> Path:
     """``parent/name``, or ``name2``, ``name3``... for the first one that does not exist yet."""
     parent = Path(parent)

@@ -1,14 +1,20 @@
 """Does starting from the shipped pretrained ResNet-18 help on small sets of real images?
 
 For each image folder written by scripts/make_finetune_data.py, each fraction of its training
-images (a class-balanced --subset) and each seed: the full-width ResNet-18 fine-tuned from the
-shipped weights (`edgel2 train --pretrained`, its defaults: lr 0.04, 10 % warm-up) against the
-same network from scratch (lr 0.4, 25 % warm-up), same epochs, batch and image size. Test top-1
-is of the saved model.keras. Cheap cells run first; --stop-after starts no run past a time
-budget, and results.json is written after every run, so a cut-short run keeps what it measured.
+images (a class-balanced --subset) and each seed, the full-width ResNet-18 in each arm:
+
+    pretrained        `edgel2 train --pretrained`: TrainConfig.finetune() (lr 0.04, 10 %
+                      warm-up, colour jitter 0.2, zoom crops keeping >= 60 % of the area)
+    pretrained-plain  the same without colour jitter and zoom (crop + flip only)
+    scratch           from scratch with the from-scratch defaults (lr 0.4, 25 % warm-up)
+
+with the same epochs, batch and image size. Test top-1 is of the saved model.keras. Cheap
+cells run first; --stop-after starts no run past a time budget, and results.json is written
+after every run, so a cut-short run keeps what it measured.
 
     python scripts/make_finetune_data.py .data/finetune
     python scripts/finetune_bench.py .data/finetune --epochs 5 --stop-after 1800
+    python scripts/finetune_bench.py .data/finetune --arms pretrained,pretrained-plain
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ def main() -> None:
     parser.add_argument("--sets", default="lfw,digits")
     parser.add_argument("--fractions", default="0.1,1.0")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--arms", default="pretrained,scratch", help=f"of {', '.join(ARMS)}")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -37,12 +44,11 @@ def main() -> None:
 
     import keras
 
-    from edgel2.config import FINETUNE_LR, FINETUNE_WARMUP, TrainConfig
+    from edgel2.config import TrainConfig
     from edgel2.data import load_dataset
     from edgel2.train import train
 
-    arms = {"pretrained": dict(weights="pretrained", lr=FINETUNE_LR, warmup=FINETUNE_WARMUP),
-            "scratch": dict(weights=None, lr=TrainConfig.lr, warmup=TrainConfig.warmup)}
+    arms = {arm: ARMS[arm] for arm in args.arms.split(",")}
     data = {name: load_dataset(args.data / name, image_size=args.image_size)
             for name in args.sets.split(",")}
     plan = [(name, float(fraction), int(seed), arm)
@@ -57,8 +63,8 @@ def main() -> None:
             break
         ds = data[name]
         subset = None if fraction >= 1 else max(ds.num_classes, round(fraction * len(ds.y_train)))
-        config = TrainConfig(width=64, epochs=args.epochs, batch_size=args.batch_size,
-                             image_size=args.image_size, subset=subset, seed=seed, **arms[arm])
+        config = arms[arm](width=64, epochs=args.epochs, batch_size=args.batch_size,
+                           image_size=args.image_size, subset=subset, seed=seed)
         run = args.out / f"{name}-{fraction:g}-{arm}-seed{seed}"
         begin = time.perf_counter()
         result = train(config, run, dataset=ds, verbose=0)
@@ -74,15 +80,29 @@ def main() -> None:
     print(table(results))
 
 
+def _arms() -> dict:
+    from edgel2.config import TrainConfig
+
+    return {"pretrained": lambda **k: TrainConfig.finetune(**k),
+            "pretrained-plain": lambda **k: TrainConfig.finetune(color_jitter=0.0, crop_scale=1.0,
+                                                                 **k),
+            "scratch": lambda **k: TrainConfig(**k)}
+
+
+ARMS = _arms()
+
+
 def table(results: list[dict]) -> str:
     """Markdown: a row per (set, fraction), test top-1 mean ± std over seeds for each arm."""
-    lines = ["| images | train images | seeds | pretrained: top-1 % | s/run | from scratch: "
-             "top-1 % | s/run |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    names = list(dict.fromkeys(r["arm"] for r in results))
+    lines = ["| images | train images | seeds | " + " | ".join(f"{a}: top-1 % | s/run"
+                                                               for a in names) + " |",
+             "| --- | --- | --- | " + " | ".join("--- | ---" for _ in names) + " |"]
     cells = sorted({(r["set"], r["fraction"], r["train_images"]) for r in results})
     for name, fraction, count in cells:
         row = [f"{name} ({fraction:.0%})", str(count)]
         per_arm = {arm: [r for r in results if (r["set"], r["fraction"], r["arm"]) ==
-                         (name, fraction, arm)] for arm in ("pretrained", "scratch")}
+                         (name, fraction, arm)] for arm in names}
         row.append(str(min(len(v) for v in per_arm.values())))
         for runs in per_arm.values():
             acc = 100 * np.array([r["test_acc"] for r in runs])

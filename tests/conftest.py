@@ -59,7 +59,7 @@ def small_model(cifar, tmp_path_factory):
 
     run = tmp_path_factory.mktemp("small") / "run"
     config = TrainConfig(width=4, epochs=1, batch_size=128, lr=0.2, subset=512, test_subset=100)
-    train(config, run, dataset=cifar, verbose=0)
+    train(config, run, dataset=cifar, verbose=0, name="model")  # files: model-int8.onnx, ...
     return run / "model.keras"
 
 

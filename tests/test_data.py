@@ -93,15 +93,22 @@ def test_data_env_variable_is_used_when_no_path_is_given(tiny_folder, tmp_path, 
     assert load_dataset(cache_dir=tmp_path / "cache").class_names == ["ant", "bee", "cat"]
 
 
-def test_offline_download_fails_with_one_line_pointing_to_data(monkeypatch):
-    import keras
+def test_offline_download_fails_with_one_line_naming_the_reason_and_data(monkeypatch, tmp_path):
+    import socket
+    import urllib.error
+    import urllib.request
 
-    def offline():
-        raise OSError("[Errno -3] Temporary failure in name resolution")
+    import edgel2.data
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
 
     monkeypatch.delenv("EDGEL2_DATA", raising=False)
-    monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
-    with pytest.raises(DataError, match=r"could not download CIFAR-10 .*pass --data PATH") as e:
+    monkeypatch.setenv("EDGEL2_CACHE", str(tmp_path))
+    monkeypatch.setattr(edgel2.data, "CHECKOUT_CIFAR10", tmp_path / "no-checkout-copy")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DataError, match=r"could not download CIFAR-10 \(no network\? Temporary "
+                                        r"failure in name resolution\); pass --data PATH") as e:
         load_dataset()
     assert "\n" not in str(e.value)
 

@@ -39,7 +39,7 @@ def test_the_reported_test_figure_is_of_the_saved_model(trained_run, cifar):
     from edgel2.train import prepare_data
 
     ds = prepare_data(TrainConfig(**QUICK), cifar)
-    fresh = evaluate(load_model(trained_run.run_dir / "model.keras"), ds, verbose=0)
+    fresh = evaluate(load_model(trained_run.run_dir / "model.keras"), ds)
     summary = json.loads((trained_run.run_dir / "summary.json").read_text())
     assert summary["model.keras"]["test_acc"] == trained_run.test_acc == fresh["accuracy"]
     assert summary["test_data"] == trained_run.test_data == \
@@ -155,6 +155,9 @@ def test_off_a_terminal_each_epoch_is_one_plain_line_and_tensorflow_starts_quiet
          "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
+    # first the data's summary, then a line per epoch
+    assert lines[0].startswith("data: CIFAR-10-JPEG, 10 classes, 256 train / 100 test images (")
+    lines = lines[lines.index(next(line for line in lines if line.startswith("epoch "))):]
     pattern = (r"epoch {}/2: train loss \d+\.\d{{4}} top-1 \d+\.\d\d %, test loss \d+\.\d{{4}} "
                r"top-1 \d+\.\d\d %, \d+\.\d s")
     assert re.fullmatch(pattern.format(1), lines[0]) and re.fullmatch(pattern.format(2), lines[1])

@@ -149,11 +149,49 @@ def load_image(source: ImageLike, size: tuple[int, int] | None = None) -> np.nda
         >>> load_image(np.zeros((64, 48, 4), np.uint8), size=(32, 32)).shape
         (32, 32, 3)
     """
+    return load_image_and_size(source, size)[0]
+
+
+def load_image_and_size(source: ImageLike, size: tuple[int, int] | None = None
+                        ) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`load_image`, and the (width, height) the image had upright, before resizing
+    (what a data summary reports as the sizes seen).
+
+    Example:
+        >>> pixels, seen = load_image_and_size(np.zeros((64, 48, 3), np.uint8), size=(32, 32))
+        >>> pixels.shape, seen
+        ((32, 32, 3), (48, 64))
+    """
     image = open_image(source)
     try:
         image = to_rgb(image)
+        seen = image.size
         if size is not None and image.size != tuple(size):
             image = image.resize(tuple(size), RESAMPLE)
-        return np.asarray(image, dtype=np.uint8)
+        return np.asarray(image, dtype=np.uint8), seen
     except Exception as e:  # noqa: BLE001 - a mode Pillow cannot convert (LAB, odd TIFFs...)
         raise ImageError(f"cannot convert a {image.mode} image to RGB: {first_line(e, 120)}") from None
+
+
+# EXIF orientations that turn an image a quarter turn (ImageOps.exif_transpose swaps W and H)
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+_ORIENTATION_TAG = 0x0112
+
+
+def upright_size(data: bytes) -> tuple[int, int]:
+    """The (width, height) of an encoded image once its EXIF orientation is applied, read
+    from its header without decoding the pixels; :class:`ImageError` for what is not an
+    image.
+
+    Example:
+        >>> buffer = io.BytesIO(); Image.new("RGB", (40, 30)).save(buffer, "PNG")
+        >>> upright_size(buffer.getvalue())
+        (40, 30)
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            orientation = image.getexif().get(_ORIENTATION_TAG) if hasattr(image, "getexif") else None
+    except Exception as e:  # noqa: BLE001 - Pillow's plugins raise many types on bad headers
+        raise ImageError(f"not an image ({first_line(e, 120)})") from None
+    return (height, width) if orientation in _QUARTER_TURNS else (width, height)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from edgel2.checkpoint import checkpoint_state, save_checkpoint, save_model
 from edgel2.errors import TrainingError, reported_write
@@ -55,9 +56,46 @@ def history_rows(history: dict, split: str, first_epoch: int = 0) -> list[dict]:
             for i in range(len(history.get("loss", [])))]
 
 
-def _due(epoch: int, every: int, last_epoch: int) -> bool:
-    """Whether a write every ``every`` epochs (and after the last) falls on ``epoch`` (0-based)."""
-    return (epoch + 1) % every == 0 or epoch + 1 == last_epoch
+def _due(epoch: int, every: int, last_epoch: int, stopping: bool = False) -> bool:
+    """Whether a write every ``every`` epochs (and after the last, or the one a stop makes
+    the last) falls on ``epoch`` (0-based)."""
+    return (epoch + 1) % every == 0 or epoch + 1 == last_epoch or stopping
+
+
+def stalled(rows: list[dict], patience: int) -> bool:
+    """Whether the validation top-1 of ``metrics.csv`` rows has gone ``patience`` epochs
+    without beating its best (0: never): where :class:`StopWhenStalled` stops a run, and
+    where a resumed run knows it had stopped.
+
+    Example:
+        >>> rows = [{"epoch": e, "val_acc": a} for e, a in enumerate([0.5, 0.7, 0.6, 0.7], 1)]
+        >>> stalled(rows, 2), stalled(rows, 3), stalled(rows, 0)
+        (True, False, False)
+    """
+    scores = [r["val_acc"] for r in rows if "val_acc" in r]
+    if not patience or not scores:
+        return False
+    best_epoch = int(np.argmax(scores))  # the first epoch with the best score
+    return len(scores) - 1 - best_epoch >= patience
+
+
+class StopWhenStalled(keras.callbacks.Callback):
+    """Stop the run after ``patience`` epochs in a row without a better validation top-1
+    (the figure ``best.keras`` is chosen on), like Keras' ``EarlyStopping``; its memory is
+    ``metrics.csv``'s rows (``earlier``, on resume), so a resumed run stops where the run
+    would have. The test split never stops a run: ``train`` refuses patience without a
+    validation split."""
+
+    def __init__(self, patience: int, earlier: list[dict] | None = None):
+        super().__init__()
+        self.patience, self.rows = patience, list(earlier or [])
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.patience or "val_acc" not in (logs or {}):
+            return
+        self.rows.append({"epoch": epoch + 1, "val_acc": float(logs["val_acc"])})
+        if stalled(self.rows, self.patience):
+            self.model.stop_training = True
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -149,7 +187,7 @@ class Checkpoint(keras.callbacks.Callback):
         self.seed, self.select, self.best_score = seed, select, best_score
 
     def on_epoch_end(self, epoch, logs=None):
-        if not _due(epoch, self.every, self.last_epoch):
+        if not _due(epoch, self.every, self.last_epoch, self.model.stop_training):
             return
         score = (logs or {}).get("val_acc")
         if self.select and score is not None and score > self.best_score:
@@ -172,7 +210,7 @@ class CurvesPlot(keras.callbacks.Callback):
         self.title = title
 
     def on_epoch_end(self, epoch, logs=None):
-        if _due(epoch, self.every, self.last_epoch):
+        if _due(epoch, self.every, self.last_epoch, self.model.stop_training):
             with reported_write(self.path):
                 plot_curves(read_metrics(self.metrics), self.path, title=self.title)
 

@@ -19,16 +19,17 @@ import numpy as np
 from edgel2.augment import with_augmentation
 from edgel2.backend import accelerator, library_versions
 from edgel2.checkpoint import checkpoint_state, load_checkpoint, load_model, save_model
-from edgel2.config import TrainConfig
-from edgel2.data import Dataset, balanced_subset, load_dataset, split_stratified
+from edgel2.config import DEFAULT_IMAGE_SIZE, NAME_PATTERN, TrainConfig, check_name
+from edgel2.data import Dataset, balanced_subset, carve, load_dataset, summary_lines
 from edgel2.errors import DataError, OptionError, TrainingError, reported_write
 from edgel2.model import count_params, network_of, resnet18
 from edgel2.train.batches import HeldOutBatches, ShuffledBatches, one_hot
 from edgel2.train.callbacks import (Checkpoint, CurvesPlot, EpochLine, MetricsCSV, NameHeldOut,
-                                    StopOnNaN, history_rows, read_metrics)
+                                    StopOnNaN, StopWhenStalled, history_rows, read_metrics,
+                                    stalled)
 from edgel2.train.distribute import ONE_DEVICE, Placement, check_batch_size, global_batch_size
 from edgel2.train.schedule import OneCycle
-from edgel2.utils import config_hash, next_run_dir, write_json
+from edgel2.utils import config_hash, next_run_dir, writable_folder, write_json
 
 
 @dataclass
@@ -44,12 +45,16 @@ class TrainResult:
     test_data: str          # e.g. "CIFAR-10-JPEG test split (10,000 images)"
     data_name: str          # what the accuracy is on (Dataset.name)
     best: dict | None = None
+    name: str = ""          # the run's name: exported files and served models carry it
+    stopped_early: bool = False  # --patience ended the run before its last epoch
 
 
 def prepare_data(config: TrainConfig, dataset: Dataset | None = None) -> Dataset:
-    """The configured data as a new :class:`Dataset` (the one given is left as it is): the
-    class-balanced ``subset`` of the training images, the validation split held out of
-    them (seeded, class-balanced), and the class-balanced ``test_subset``.
+    """The configured data as a new :class:`Dataset` (the one given is left as it is): a
+    folder of mixed image sizes resized to :func:`mixed_image_size`, the class-balanced
+    ``subset`` of the training images, the validation split held out of them (seeded,
+    class-balanced; or the data's own ``val/`` folder), and the class-balanced
+    ``test_subset``.
 
     Example:
         >>> x = np.zeros((40, 4, 4, 3), np.uint8)
@@ -59,28 +64,53 @@ def prepare_data(config: TrainConfig, dataset: Dataset | None = None) -> Dataset
         (18, 2, 40)
     """
     ds = dataset or load_dataset(config.data, test_split=config.test_split,
-                                 image_size=config.image_size, seed=config.seed)
+                                 image_size=config.image_size, seed=config.seed,
+                                 mixed_size=mixed_image_size(config))
     if ds.num_classes < 2:
         raise DataError(f"{ds.source or ds.name} has {ds.num_classes} class; a classifier "
                         "needs at least 2")
-    x_train, y_train, x_test, y_test = ds.x_train, ds.y_train, ds.x_test, ds.y_test
-    x_val = y_val = None
-    if config.subset:
-        x_train, y_train = balanced_subset(x_train, y_train, config.subset, config.seed)
-    if config.val_split:
-        parts = split_stratified(x_train, y_train, config.val_split, config.seed)
-        x_train, y_train, x_val, y_val = (parts["x_train"], parts["y_train"],
-                                          parts["x_test"], parts["y_test"])
+    ds = carve(ds, subset=config.subset, val_split=config.val_split, seed=config.seed)
+    x_test, y_test = ds.x_test, ds.y_test
     if config.test_subset:
         x_test, y_test = balanced_subset(x_test, y_test, config.test_subset, config.seed)
-    return dataclasses.replace(ds, x_train=x_train, y_train=y_train, x_test=x_test,
-                               y_test=y_test, x_val=x_val, y_val=y_val)
+    if config.patience and ds.y_val is None:
+        raise OptionError("patience stops the run on the validation top-1: it needs a "
+                          "validation split (--val-split F, or a val/ folder beside train/ "
+                          "and test/); the test split never chooses")
+    return dataclasses.replace(ds, x_test=x_test, y_test=y_test)
+
+
+def mixed_image_size(config: TrainConfig) -> int:
+    """The side a folder of mixed image sizes is resized to when ``config.image_size`` is
+    unset: the input size of the weights a fine-tune starts from, else
+    :data:`~edgel2.config.DEFAULT_IMAGE_SIZE`.
+
+    Example:
+        >>> mixed_image_size(TrainConfig()), mixed_image_size(TrainConfig(weights="pretrained"))
+        (32, 32)
+    """
+    if config.weights:
+        from edgel2.pretrained import natural_image_size
+
+        return natural_image_size(config.weights) or DEFAULT_IMAGE_SIZE
+    return DEFAULT_IMAGE_SIZE
+
+
+def resize_reason(config: TrainConfig) -> str:
+    """Why the images have the size they are trained at, for the data summary."""
+    if config.image_size:
+        return "--image-size"
+    if config.weights == "pretrained":
+        return "the pretrained model's input; --image-size N to change"
+    if config.weights:
+        return f"the input of {Path(config.weights).name}; --image-size N to change"
+    return "the default for images of mixed sizes; --image-size N to change"
 
 
 def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
           dataset: Dataset | None = None, resume: str | os.PathLike | None = None,
           checkpoint_every: int = 1, verbose: int = 1,
-          placement: Placement = ONE_DEVICE) -> TrainResult:
+          placement: Placement = ONE_DEVICE, name: str | None = None) -> TrainResult:
     """Train a ResNet-18 as ``config`` says and fill a run directory.
 
     ``out`` defaults to ``runs/train/exp`` (``exp2``, ``exp3``... if taken). ``resume`` names
@@ -93,7 +123,10 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
     bar on a terminal and one line per epoch elsewhere, 2 one line per epoch. ``placement``
     (from :func:`~edgel2.train.distribute.place`) spreads each batch over several devices or
     processes; only its process 0 writes the run directory, and the other processes return
-    their history with ``test_acc`` NaN (the test figure is process 0's).
+    their history with ``test_acc`` NaN (the test figure is process 0's). ``name`` names the
+    run (default: the run directory's name): files exported from it and the models that
+    ``edgel2 serve`` serves from those files carry it. With ``verbose``, a summary of the
+    data (classes, images per class and split, sizes, imbalance) is printed before training.
 
     Example:
         >>> result = train(TrainConfig(width=8, epochs=2, subset=1000), "runs/train/tiny")  # doctest: +SKIP
@@ -101,27 +134,46 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
         0.31
     """
     chief = placement.chief
+    created = False
     if resume is not None:
         run_dir = Path(resume)
-        config = _saved_config(run_dir)
+        config, name = _saved_config(run_dir)
         if chief:
             _remove_partial_writes(run_dir)
         state = checkpoint_state(run_dir / "last.keras")
-        if state and state["epoch"] >= config.epochs and _finished(run_dir):
-            raise TrainingError(f"{run_dir} already finished all {config.epochs} epochs")
+        if state and _finished(run_dir):
+            raise TrainingError(f"{run_dir} already finished all {config.epochs} epochs"
+                                if state["epoch"] >= config.epochs else
+                                f"{run_dir} already finished: it stopped early after epoch "
+                                f"{state['epoch']} (--patience {config.patience})")
     else:
         config.validate()
         check_batch_size(config.batch_size, placement)
         if out is None and not chief:
             raise OptionError("with several processes every process needs the same --out")
         run_dir = Path(out) if out else next_run_dir("runs/train", "exp")
+        name = check_name(name) if name else _default_name(run_dir)
         if chief:
             _remove_partial_writes(run_dir)
             if run_dir.exists() and any(run_dir.iterdir()):
                 raise TrainingError(f"run directory {run_dir} is not empty; "
                                     "pick another --out or continue it with --resume")
-            _make_run_dir(run_dir)
+            created = _make_run_dir(run_dir)
         state = None
+    try:
+        return _train(config, run_dir, name, state, dataset, checkpoint_every, verbose,
+                      placement)
+    except BaseException:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that failed before writing anything leaves no folder
+        raise
+
+
+def _train(config: TrainConfig, run_dir: Path, name: str, state: dict | None,
+           dataset: Dataset | None, checkpoint_every: int, verbose: int,
+           placement: Placement) -> TrainResult:
+    """:func:`train` once its run directory is settled."""
+    chief = placement.chief
     start_epoch = state["epoch"] if state else 0
 
     keras.utils.set_random_seed(config.seed)
@@ -134,6 +186,8 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if precision == "bf16" else "float32")
 
     ds = prepare_data(config, dataset)
+    if verbose and chief and not state:
+        print("\n".join(summary_lines(ds, resize_reason(config))), flush=True)
     batch_size = global_batch_size(config.batch_size, len(ds.y_train), placement)
     steps_per_epoch = max(1, len(ds.y_train) // batch_size)
     held_out = "val" if ds.y_val is not None else "test"
@@ -150,19 +204,23 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
                                 images=ds.x_train[:1024])[0]
         if chief:
             described = _describe_run(config, ds, network_of(trainer), device, precision,
-                                      placement)
+                                      placement, name)
             with reported_write(run_dir / "config.json"):
                 write_json(run_dir / "config.json", described)
     model = network_of(trainer)
 
     history: list[dict] = []
+    earlier = ([r for r in read_metrics(run_dir / "metrics.csv") if r["epoch"] <= start_epoch]
+               if state and (run_dir / "metrics.csv").is_file() else [])
     with _writes_of(placement, run_dir) as writes:
-        if start_epoch < config.epochs:
+        if start_epoch < config.epochs and not stalled(earlier, config.patience):
             best = checkpoint_state(run_dir / "best.keras") if state else None
             every = max(1, checkpoint_every)
             callbacks = [
                 StopOnNaN(config.lr, run_dir / "last.keras"),
                 NameHeldOut(held_out),
+                # before the writes: a stopping epoch is checkpointed as the last one
+                StopWhenStalled(config.patience, earlier),
                 # on every process: saving a model is a collective operation under JAX
                 Checkpoint(writes, model, every=every, last_epoch=config.epochs,
                            seed=config.seed, select=held_out == "val",
@@ -188,13 +246,15 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
                                                shard=placement.shard),
                 callbacks=callbacks, verbose=1 if bar else 0)
             history = history_rows(fitted.history, held_out, start_epoch)
-        else:  # trained to the end, killed before model.keras: what fit() does at its end
+        else:  # trained to the end (or stopped), killed before model.keras: what fit() does
             trainer.optimizer.finalize_variable_values(trainer.trainable_variables)
         if not chief:
             save_model(model, writes / "model.keras")  # process 0's save, in step with it
             return TrainResult(run_dir, history, held_out, math.nan,
-                               _held_out_name(ds, "test", config), ds.name)
-    return _finish(run_dir, model, ds, held_out, _held_out_name(ds, "test", config))
+                               _held_out_name(ds, "test", config), ds.name, name=name)
+    result = _finish(run_dir, model, ds, held_out, _held_out_name(ds, "test", config))
+    return dataclasses.replace(result, name=name,
+                               stopped_early=result.history[-1]["epoch"] < config.epochs)
 
 
 def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int, int, int],
@@ -218,7 +278,8 @@ def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int,
 
         start_from(model, config.weights, images)
         freeze_stages(model, config.freeze)
-    trainer = (with_augmentation(model, seed=config.seed, cutout=config.cutout)
+    trainer = (with_augmentation(model, seed=config.seed, cutout=config.cutout,
+                                 crop_scale=config.crop_scale, color_jitter=config.color_jitter)
                if config.augment else model)
     total = steps_per_epoch * config.epochs
     schedule = OneCycle(config.lr, total, int(config.warmup * total), config.schedule)
@@ -273,6 +334,19 @@ def _test_top1(path: Path, ds: Dataset) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == ds.y_test))
 
 
+def _default_name(run_dir: Path) -> str:
+    """The run directory's name, with what a file name or URL cannot hold as ``-``.
+
+    Example:
+        >>> _default_name(Path("runs/my photos (2)"))
+        'my-photos-2'
+    """
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", run_dir.resolve().name).strip("-._")[:100]
+    return name if NAME_PATTERN.fullmatch(name) else "run"
+
+
 def _finished(run_dir: Path) -> bool:
     return (run_dir / "model.keras").is_file() and (run_dir / "summary.json").is_file()
 
@@ -292,19 +366,13 @@ def _remove_partial_writes(run_dir: Path) -> None:
                 leftover.unlink(missing_ok=True)
 
 
-def _make_run_dir(run_dir: Path) -> None:
+def _make_run_dir(run_dir: Path) -> bool:
     """Create the run directory before any data is loaded, so an unwritable place is one
-    line at once."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TrainingError(f"cannot create the run directory {run_dir}: "
-                            f"{e.strerror or e}") from None
-    if not os.access(run_dir, os.W_OK):
-        raise TrainingError(f"cannot write in the run directory {run_dir}: Permission denied")
+    line at once. Returns whether it was created (rather than found empty)."""
+    return writable_folder(run_dir, "the run directory", TrainingError)
 
 
-def _saved_config(run_dir: Path) -> TrainConfig:
+def _saved_config(run_dir: Path) -> tuple[TrainConfig, str]:
     try:
         described = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError) as e:
@@ -315,7 +383,8 @@ def _saved_config(run_dir: Path) -> TrainConfig:
         config.validate()
     except (OptionError, KeyError, TypeError) as e:
         raise TrainingError(f"cannot resume {run_dir}: its config.json is not usable ({e})") from None
-    return config
+    name = described.get("name")
+    return config, name if isinstance(name, str) and name else run_dir.resolve().name
 
 
 def _held_out_name(ds: Dataset, split: str, config: TrainConfig) -> str:
@@ -338,9 +407,10 @@ def _held_out_name(ds: Dataset, split: str, config: TrainConfig) -> str:
 
 
 def _describe_run(config: TrainConfig, ds: Dataset, model, device: str | None,
-                  precision: str, placement: Placement) -> dict:
+                  precision: str, placement: Placement, name: str) -> dict:
     hyper = dataclasses.asdict(config)
     return {
+        "name": name,
         "config": hyper,
         "config_hash": config_hash({"config": hyper, "data": ds.fingerprint}),
         "model": {"name": model.name, "parameters": count_params(model),
