@@ -26,11 +26,28 @@ import numpy as np
 
 from edgel2.runtime.classifier import calibrated_probabilities
 
-ECE_BINS = 15                   # the usual choice (Guo et al.); the issue's measure
+ECE_BINS = 15                   # the usual choice (Guo et al.)
 CALIBRATION_SEED = 0
 # Temperatures searched: beyond these a model is not miscalibrated, it is broken.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 MAX_UNSMOOTH = 0.9  # label smoothing rates searched: [0, 0.9]
+
+# When a fitted calibration is written (calibration_refusal): never when it could make the
+# probabilities worse than plain softmax.
+# - At least MIN_CALIBRATION_IMAGES fitting images. Fitted on n random CIFAR-10-JPEG test
+#   images of the shipped int8 ONNX and judged on 5,000 others (scripts/calibration_sample_size.py,
+#   100 draws each), the fit made the held-out NLL worse in 51 % of draws at n = 10, 34 % at
+#   20, 10 % at 30, 4 % at 50 (each as bad as +2.19 nats: a temperature driven to its bound by
+#   a sample the model got all right) and in none from 100 on (worst -0.066).
+MIN_CALIBRATION_IMAGES = 100
+# - A temperature may sharpen the logits by at most MAX_SHARPEN (T >= 1/4). Label smoothing a
+#   caps a K-class network's logit gap near log((1 - a + a/K) / (a/K)): 3.7 for a = 0.2, K = 10,
+#   where a 99.9 %-confident answer needs 9.1, so an honest correction sharpens about 2.5x
+#   (the shipped model's temperature fit on 5,000 images is 0.64: 1.6x); past 4x the fit is
+#   chasing a few images (0.05, the search's bound, is 20x).
+MAX_SHARPEN = 4.0
+# - The fitted parameter is not at (within this fraction of) an end of its search range.
+AT_BOUND = 1e-3
 
 
 def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -42,7 +59,8 @@ def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> fl
     """
     probabilities = np.asarray(probabilities, np.float64)
     true = probabilities[np.arange(len(labels)), np.asarray(labels)]
-    return float(-np.mean(np.log(np.maximum(true, np.finfo(np.float64).tiny))))
+    # + 0.0: a perfect fit is 0.0, not -0.0
+    return float(-np.mean(np.log(np.maximum(true, np.finfo(np.float64).tiny)))) + 0.0
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
@@ -145,6 +163,44 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray) -> dict:
             calibrated_probabilities(logits, params["temperature"], params["unsmooth"]), labels)
     method = min(candidates, key=lambda m: candidates[m]["fit_nll"])
     return {"method": method, **candidates[method], "candidates": candidates}
+
+
+def calibration_refusal(fitted: dict, images: int, nll_before: float, nll_after: float
+                        ) -> str | None:
+    """Why a calibration fitted on ``images`` images (:func:`fit_calibration`'s result) must
+    not be written, in one line; None when it may. ``nll_before``/``nll_after`` are the NLL
+    of plain softmax and of the calibration on held-out images the fit did not see.
+
+    Example:
+        >>> fitted = {"method": "temperature", "temperature": 0.05, "unsmooth": 0.0}
+        >>> calibration_refusal(fitted, 24, 0.33, 4.94)
+        'fitted on 24 images, fewer than the 100 a calibration needs'
+        >>> calibration_refusal(fitted, 500, 0.33, 0.30)
+        'the fitted temperature 0.0500 is at the end of its search range (0.05 to 20)'
+        >>> calibration_refusal({**fitted, "temperature": 0.2}, 500, 0.33, 0.30)
+        'temperature 0.2000 would sharpen the logits 5.0x, more than the 4x allowed'
+        >>> calibration_refusal({**fitted, "temperature": 0.8}, 500, 0.33, 0.34)
+        'it does not lower the held-out NLL (0.3300 -> 0.3400)'
+        >>> calibration_refusal({**fitted, "temperature": 0.8}, 500, 0.33, 0.30) is None
+        True
+    """
+    if images < MIN_CALIBRATION_IMAGES:
+        return f"fitted on {images} images, fewer than the {MIN_CALIBRATION_IMAGES} a calibration needs"
+    if fitted["method"] == "unsmooth":
+        value, low, high = fitted["unsmooth"], 0.0, MAX_UNSMOOTH
+    else:
+        value, low, high = fitted["temperature"], MIN_TEMPERATURE, MAX_TEMPERATURE
+    span = (high - low) * AT_BOUND
+    if value <= low + span or value >= high - span:
+        what = "label smoothing rate" if fitted["method"] == "unsmooth" else "temperature"
+        return (f"the fitted {what} {value:.4f} is at the end of its search range "
+                f"({low:g} to {high:g})")
+    if fitted["method"] == "temperature" and fitted["temperature"] * MAX_SHARPEN < 1.0:
+        return (f"temperature {fitted['temperature']:.4f} would sharpen the logits "
+                f"{1 / fitted['temperature']:.1f}x, more than the {MAX_SHARPEN:g}x allowed")
+    if not nll_after < nll_before:
+        return f"it does not lower the held-out NLL ({nll_before:.4f} -> {nll_after:.4f})"
+    return None
 
 
 def calibration_figures(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0,

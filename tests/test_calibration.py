@@ -109,7 +109,9 @@ def test_a_file_with_bad_calibration_metadata_is_refused_in_one_line(tmp_path, k
     assert "\n" not in str(error.value)
 
 
-def test_calibrate_writes_its_fit_into_the_file_and_keeps_everything_else(tiny_onnx, labelled):
+def test_calibrate_writes_its_record_into_the_file_and_keeps_everything_else(tiny_onnx, labelled):
+    """The tiny model's logits are far too soft: its best temperature lies past the search's
+    bound (0.05), so the fit is refused and the file keeps plain softmax, saying why."""
     import onnx
 
     dataset, logits = labelled
@@ -121,16 +123,73 @@ def test_calibrate_writes_its_fit_into_the_file_and_keeps_everything_else(tiny_o
     result = calibrate_file(tiny_onnx, dataset=dataset, plot=tiny_onnx.with_suffix(".png"))
 
     after = read_metadata(tiny_onnx)
-    assert (after["temperature"], after["unsmooth"]) == (result["temperature"], result["unsmooth"])
-    assert after["calibration"]["method"] == result["method"]
+    assert (after["temperature"], after["unsmooth"]) == (result["temperature"], result["unsmooth"]) \
+        == (1.0, 0.0)
+    assert result["fitted"]["temperature"] == pytest.approx(0.05, rel=1e-3)
+    assert after["calibration"]["method"] == result["method"] == "none"
+    assert after["calibration"]["refused"] == result["refused"] == \
+        "the fitted temperature 0.0500 is at the end of its search range (0.05 to 20)"
     assert after["calibration"]["fitted_on"]["images"] == 300
     assert {k: after[k] for k in before} == before  # edgel2's and the other tool's, unchanged
-    assert result["temperature"] == pytest.approx(0.05, rel=0.3)
-    assert result["after"]["top1"] == result["before"]["top1"]
-    assert result["after"]["nll"] < result["before"]["nll"]
+    assert result["after"] == result["before"]  # what the file gives: plain softmax
     assert tiny_onnx.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     reopened = Classifier(tiny_onnx)
     assert np.array_equal(reopened.probabilities(dataset.x_test).argmax(1), logits.argmax(1))
+
+
+def test_the_shipped_model_still_calibrates_as_it_ships(cifar):
+    """The refusals change nothing for a model with enough held-out images: refitted on the
+    CIFAR-10-JPEG test split, the shipped int8 ONNX gets its shipped calibration back."""
+    from edgel2.runtime import shipped_model
+
+    result = calibrate_file(shipped_model(), dataset=cifar, write=False)
+    shipped = read_metadata(shipped_model())
+    assert result["refused"] is None and result["method"] == "unsmooth"
+    assert result["unsmooth"] == pytest.approx(shipped["unsmooth"], abs=2e-3)
+    assert result["after"]["ece"] <= 0.02 < 0.14 < result["before"]["ece"]
+
+
+@pytest.mark.parametrize("images, nll_after, temperature, reason", [
+    (99, 0.30, 0.8, "fitted on 99 images, fewer than the 100"),
+    (500, 0.30, 20.0, "the fitted temperature 20.0000 is at the end of its search range"),
+    (500, 0.30, 0.2, "temperature 0.2000 would sharpen the logits 5.0x, more than the 4x allowed"),
+    (500, 0.40, 0.8, "it does not lower the held-out NLL (0.3300 -> 0.4000)")])
+def test_each_refusal_keeps_plain_softmax_and_says_why(images, nll_after, temperature, reason):
+    from edgel2.calibration import calibration_refusal
+
+    fitted = {"method": "temperature", "temperature": temperature, "unsmooth": 0.0}
+    assert calibration_refusal(fitted, images, 0.33, nll_after).startswith(reason)
+    assert calibration_refusal({**fitted, "temperature": 0.8}, 500, 0.33, 0.30) is None
+
+
+def test_a_smoothing_fit_at_its_bound_is_refused_too():
+    from edgel2.calibration import MAX_UNSMOOTH, calibration_refusal
+
+    fitted = {"method": "unsmooth", "temperature": 1.0, "unsmooth": MAX_UNSMOOTH}
+    assert calibration_refusal(fitted, 500, 0.33, 0.30) == \
+        "the fitted label smoothing rate 0.9000 is at the end of its search range (0 to 0.9)"
+
+
+def test_a_run_with_a_validation_split_fits_on_it_and_reports_on_the_whole_test_split():
+    from edgel2.data import Dataset
+    from edgel2.export.calibrate import calibrate_on
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 60)
+    x = np.zeros((240, 1, 1, 3), np.uint8)
+    ds = Dataset(x[:8], labels[:8], x[120:], labels[120:], list("abcd"), name="toy",
+                 x_val=x[:120], y_val=labels[:120])
+    seen = []
+
+    def logits_of(images):
+        seen.append(len(images))
+        return (np.eye(4)[labels[:120]] * 4 + rng.normal(size=(120, 4)))
+
+    result = calibrate_on(ds, logits_of)
+    assert seen == [120, 120]  # the test split, then the validation split
+    assert result["fitted_on"]["data"] == "toy validation split"
+    assert result["fitted_on"]["images"] == 120
+    assert result["reported_on"] == "toy test split (120 images)"
 
 
 def test_calibrate_cli_dry_run_measures_but_leaves_the_file(tiny_onnx, labelled, monkeypatch):
