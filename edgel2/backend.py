@@ -16,6 +16,11 @@ BACKENDS = ("tensorflow", "jax")
 # applies (TF 2.21 prints the oneDNN banner once per library: twice; tensorflow/tensorflow#79029)
 STARTUP_NOISE = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on",
                  "cpu_feature_guard.cc", "To enable the following instructions:")
+# What native libraries write to stderr while a command runs, none of it about the user's
+# work: TensorFlow's start-up banner (above), its graph rewriter's note on tf.data attributes
+# during export, oneDNN's note on uint8 inputs, LiteRT's XNNPACK line on every interpreter.
+NATIVE_NOISE = STARTUP_NOISE + ("NodeDef mentions attribute", "oneDNN supports DT_",
+                                "Created TensorFlow Lite XNNPACK delegate")
 
 
 def use_backend(name: str | None) -> str:
@@ -65,6 +70,49 @@ def native_output_without(noise: tuple[str, ...], fd: int = 2):
                 if not any(n in line for n in noise):
                     stream.write(line)
             stream.flush()
+
+
+@contextlib.contextmanager
+def quiet_native_stderr(noise: tuple[str, ...] = NATIVE_NOISE):
+    """Filter what native code (C++ libraries, child processes) writes to file descriptor 2
+    for the length of a command: descriptor 2 becomes a pipe whose lines, but those that
+    contain one of ``noise``, a thread passes on to the real stderr as they come. Python's
+    ``sys.stderr`` writes straight to the real stderr (so a terminal stays a terminal for
+    progress bars). For the CLI's entry point only: it swaps a process-wide descriptor.
+    """
+    import threading
+
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    python_stderr = sys.stderr
+    sys.stderr = open(os.dup(real), "w", buffering=1, encoding=python_stderr.encoding,
+                      errors="backslashreplace", closefd=True)
+
+    def forward():
+        pending = b""
+        while chunk := os.read(read_end, 1 << 16):
+            *lines, pending = (pending + chunk).split(b"\n")
+            kept = [line for line in lines if not any(n.encode() in line for n in noise)]
+            if kept:
+                os.write(real, b"\n".join(kept) + b"\n")
+        if pending and not any(n.encode() in pending for n in noise):
+            os.write(real, pending)
+
+    thread = threading.Thread(target=forward, name="edgel2-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, 2)  # closes the pipe's last write end: the thread reads to its end
+        thread.join(timeout=5)
+        os.close(read_end)
+        os.close(real)
+        sys.stderr.close()
+        sys.stderr = python_stderr
 
 
 def accelerator() -> str | None:

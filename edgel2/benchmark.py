@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgel2.data import held_out_images, load_dataset, load_dataset_for
+from edgel2.data import held_out_images, load_dataset, load_dataset_for, load_model_data
 from edgel2.errors import EdgeL2Error, last_error_line
 from edgel2.export import exported_file, report_model
 from edgel2.variants import (BENCHMARK_FORMATS, BENCHMARK_ROWS, COLOR, ENGINE, MARKER, RUNTIME,
@@ -72,10 +72,23 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
               batch_sizes: Sequence[int] = (1, 8, 64), threads: int | None = None,
               provider: str = "auto", seconds: float = 2.0, check: int | None = 1000,
               min_accuracy: float | None = None, repeat: int = 1, dataset=None,
+              export_missing: bool | None = None,
               progress: Callable[[str], None] = lambda _: None) -> dict:
-    """Measure every row; return the report (see the module docstring)."""
+    """Measure every row; return the report (see the module docstring).
+
+    ``source`` is a ``.keras`` model or an export folder. ``export_missing`` exports the
+    files the rows need that are not there yet (from the folder's model, named in its
+    ``export_report.json``); by default only for a ``.keras`` source: an export folder is
+    measured as it is, and a row without its file is ``skipped``. ``data`` defaults to the
+    data the model was trained on (:func:`edgel2.data.load_model_data`).
+    """
     source = Path(source)
     keras_path, export_dir = _locate(source)
+    if export_missing is None:
+        export_missing = source.suffix == ".keras"
+    if export_missing and keras_path is None:
+        raise EdgeL2Error(f"cannot export the missing files: {export_dir}/export_report.json "
+                          "names no .keras model that is still there")
     formats = default_formats() if formats is None else formats
     rows = [(f, p) for f, p in ROWS if f in formats and (p != "bf16" or has_bf16())]
     if not rows:
@@ -84,7 +97,7 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
     ds = dataset if dataset is not None else _load_data(data, keras_path, export_dir)
     images, labels = held_out_images(ds, check)
 
-    if keras_path is not None:
+    if export_missing:
         _export_missing(keras_path, export_dir, rows, ds, progress, **_made_as(export_dir))
     threads = threads or os.cpu_count() or 1
     results, paths = [], []
@@ -149,7 +162,9 @@ def _locate(source: Path) -> tuple[Path | None, Path]:
 
 def _stem(keras_path: Path | None, export_dir: Path) -> str:
     if keras_path is not None:
-        return keras_path.stem
+        from edgel2.export.source import model_name
+
+        return model_name(keras_path)
     names = sorted(p.name for p in export_dir.glob("*-fp32.onnx")) + sorted(
         p.name for p in export_dir.glob("*.onnx")) + sorted(p.name for p in export_dir.glob("*.tflite"))
     if not names:
@@ -181,10 +196,12 @@ def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress,
     use_backend("tensorflow")
     from edgel2.export import export_model
 
+    from edgel2.export.source import model_name
+
     files = {file_of(f, p) for f, p in rows if f != "keras"}
     for fmt in ("onnx", "tflite"):
         missing = sorted(p for f, p in files if f == fmt and not
-                         exported_file(export_dir, keras_path.stem, fmt, p).is_file()
+                         exported_file(export_dir, model_name(keras_path), fmt, p).is_file()
                          and not (flip_average and (fmt, p) == ("tflite", "int8")))
         if missing:
             progress(f"exporting {fmt} {', '.join(missing)}")
@@ -194,25 +211,31 @@ def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress,
 
 def _load_data(data, keras_path: Path | None, export_dir: Path):
     """The test images at the model's input size (a fine-tuned model's may differ from its
-    folder's images), which the run's config.json or any exported file's metadata gives;
-    as stored when neither says."""
-    size = _input_size(keras_path, export_dir)
-    return load_dataset_for(data, size) if size else load_dataset(data)
+    folder's images), which the run's config.json or any exported file's metadata gives
+    (as stored when neither says), from the data the model was trained on unless ``data``
+    says otherwise."""
+    model, size = _model_and_size(keras_path, export_dir)
+    if size is None:
+        return load_dataset(data)
+    return load_model_data(model, size, data=data) if model else load_dataset_for(data, size)
 
 
-def _input_size(keras_path: Path | None, export_dir: Path) -> tuple[int, int] | None:
+def _model_and_size(keras_path: Path | None, export_dir: Path
+                    ) -> tuple[Path | None, tuple[int, int] | None]:
+    """A model file that remembers the data, and the input size (height, width)."""
     from edgel2.runtime.modelfile import read_metadata
 
+    files = sorted(p for p in export_dir.glob("*") if p.suffix in SUFFIX.values()) \
+        if export_dir.is_dir() else []
     try:
         if keras_path is not None and (keras_path.parent / "config.json").is_file():
             described = json.loads((keras_path.parent / "config.json").read_text())
             height, width = described["model"]["input_shape"][:2]
-        else:
-            first = next(p for p in sorted(export_dir.glob("*")) if p.suffix in SUFFIX.values())
-            height, width = read_metadata(first)["input"]["shape"][1:3]
-        return int(height), int(width)
-    except (OSError, ValueError, KeyError, TypeError, StopIteration, EdgeL2Error):
-        return None
+            return keras_path, (int(height), int(width))
+        height, width = read_metadata(files[0])["input"]["shape"][1:3]
+        return files[0], (int(height), int(width))
+    except (OSError, ValueError, KeyError, TypeError, IndexError, EdgeL2Error):
+        return (keras_path or (files[0] if files else None)), None
 
 
 def _measure_in_child(fmt, precision, path, check_file, batch_sizes, threads, provider, seconds,

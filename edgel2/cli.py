@@ -14,15 +14,52 @@ import click
 
 from edgel2 import __version__
 from edgel2.backend import BACKENDS, use_backend
-from edgel2.config import (FINETUNE_BATCH_SIZE, FINETUNE_LR, FINETUNE_WARMUP, TrainConfig,
-                           parse_devices)
+from edgel2.config import DEFAULT_IMAGE_SIZE, TrainConfig, check_name, parse_devices
 from edgel2.errors import EdgeL2Error, OptionError, missing_extra
 from edgel2.export.onnx import MAX_OPSET, MIN_OPSET
-from edgel2.runtime.engines import ENGINES
+from edgel2.runtime.engines import ENGINES, INFERENCE_PRECISION_ALIASES, INFERENCE_PRECISIONS
 from edgel2.variants import BENCHMARK_FORMATS, FORMATS, PRECISION_ALIASES, PRECISIONS
 
 DEFAULTS = TrainConfig()
+FINETUNE = TrainConfig.finetune()
 NON_NEGATIVE = click.FloatRange(min=0)
+# Older spellings of options, one word per meaning now: still accepted, with a one-line note.
+RENAMED_OPTIONS = {
+    "infer": {"--output": "--out", "--format": "--out-format"},
+    "export": {"--batch": "--fixed-batch"},
+    "benchmark": {"--formats": "--format", "--json": "--out"},
+}
+
+
+def _renamed(args: list[str]) -> list[str]:
+    """``args`` with the older spellings of options (:data:`RENAMED_OPTIONS`) replaced, and a
+    note on stderr for each one.
+
+    Example:
+        >>> _renamed(["infer", "x.png", "--output=r.json", "--format", "json"])  # doctest: +ELLIPSIS
+        ['infer', 'x.png', '--out=r.json', '--out-format', 'json']
+    """
+    command = next((a for a in args if not a.startswith("-")), None)
+    renames = RENAMED_OPTIONS.get(command, {})
+    out = []
+    for arg in args:
+        name, eq, value = arg.partition("=")
+        if name in renames:
+            click.echo(f"edgel2: note: {command} {name} is now {renames[name]}; the old "
+                       "spelling still works for now", err=True)
+            arg = renames[name] + eq + value
+        out.append(arg)
+    return out
+
+
+def _plural(count: int, noun: str, plural: str = "") -> str:
+    """``1 image``, ``2 images`` (``plural``: a noun's irregular plural).
+
+    Example:
+        >>> _plural(1, "image"), _plural(1000, "image"), _plural(2, "copy", "copies")
+        ('1 image', '1,000 images', '2 copies')
+    """
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
 
 
 class _Cli(click.Group):
@@ -34,6 +71,7 @@ class _Cli(click.Group):
     def main(self, args=None, prog_name=None, **kwargs):
         kwargs["standalone_mode"] = False
         try:
+            args = _renamed(list(sys.argv[1:] if args is None else args))
             code = super().main(args, prog_name or "edgel2", **kwargs)
         except click.UsageError as e:
             click.echo(f"edgel2: error: {e.format_message()}", err=True)
@@ -57,34 +95,69 @@ class _Cli(click.Group):
                                          "max_content_width": 100})
 @click.version_option(__version__, prog_name="edgel2")
 def cli() -> None:
-    """edgel2: train an L2-regularized ResNet-18 on CIFAR-10, export it, deploy it.
+    """edgel2: train an L2-regularized ResNet-18 on CIFAR-10 or your own photos, export it,
+    deploy it.
+
+    \b
+    Your own photos (photos/<class>/*.jpg; later commands remember the data):
+      edgel2 train --data photos --pretrained --epochs 10 --name photos --out runs/train/photos
+      edgel2 eval runs/train/photos/model.keras
+      edgel2 export runs/train/photos/model.keras --format onnx,tflite --quantize int8
+      edgel2 infer new-photos/ --model runs/train/photos/export/photos-int8.onnx --save annotated/
+      edgel2 serve --model runs/train/photos/export/photos-int8.onnx
 
     \b
     Quick start on a CPU (what scripts/quickstart.sh runs; a few minutes on 2 cores):
-      edgel2 train --width 16 --epochs 4 --subset 10000 --batch-size 128 --lr 0.2 --test-subset 2000 --out runs/train/quickstart
+      edgel2 train --width 16 --epochs 4 --subset 10000 --batch-size 128 --lr 0.2 --test-subset 2000 --name quickstart --out runs/train/quickstart
       edgel2 eval runs/train/quickstart/model.keras
       edgel2 export runs/train/quickstart/model.keras --format all --quantize all --allow-drop
-      edgel2 infer photos/ --model runs/train/quickstart/export/model-int8.onnx --top-k 2
-      edgel2 serve --model runs/train/quickstart/export/model-int8.onnx
+      edgel2 infer photos/ --model runs/train/quickstart/export/quickstart-int8.onnx --top-k 2
+      edgel2 serve --model runs/train/quickstart/export/quickstart-int8.onnx
     """
 
 
-def _data_options(f):
-    f = click.option("--image-size", type=click.IntRange(min=1), default=None,
-                     help="Resize every image to N x N (needed when sizes differ).")(f)
-    f = click.option("--test-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-                     default=DEFAULTS.test_split, show_default=True,
-                     help="Test fraction of a folder of bare class subfolders (seeded, "
-                          "class-balanced).")(f)
-    f = click.option("--data", type=str, default=None,
-                     help="Image folder (train/<class>/, test/<class>/ or <class>/) or "
-                          "cifar-10-batches-py/. Default: $EDGEL2_DATA, else download CIFAR-10.")(f)
-    return f
+DATA_HELP = ("Image folder (train/<class>/ with test/<class>/, and val/<class>/ as a "
+             "validation split; or <class>/ alone) or cifar-10-batches-py/.")
+RECORDED_DATA = ("Default: the data the model was trained on (its run's config.json, or the "
+                 "file's metadata); for a model with no record, $EDGEL2_DATA, else CIFAR-10.")
+
+
+def _data_options(training: bool):
+    """--data, --test-split and --image-size: for training, or for a command on a model
+    (which defaults to the data the model remembers)."""
+    def decorate(f):
+        f = click.option(
+            "--image-size", type=click.IntRange(min=1), default=None,
+            help=(f"Resize every image to N x N. Default: as stored when all images have one "
+                  f"size; a folder of mixed sizes is resized to the pretrained weights' input "
+                  f"({DEFAULT_IMAGE_SIZE}) or {DEFAULT_IMAGE_SIZE}." if training else
+                  "Resize every image to N x N (default: the model's input size)."))(f)
+        f = click.option("--test-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                         default=DEFAULTS.test_split if training else None,
+                         show_default=training,
+                         help="Test fraction of a folder of bare class subfolders (seeded, "
+                              "class-balanced)" + ("." if training else
+                                                   "; default: the run's."))(f)
+        f = click.option("--data", type=str, default=None,
+                         help=DATA_HELP + (" Default: $EDGEL2_DATA, else CIFAR-10."
+                                           if training else " " + RECORDED_DATA))(f)
+        return f
+    return decorate
 
 
 def _backend_option(f):
     return click.option("--backend", type=click.Choice(BACKENDS), default=None,
                         help="Keras backend (default: $KERAS_BACKEND, else tensorflow).")(f)
+
+
+def _checked_name(ctx, param, value):
+    """``--name``, checked by the one rule (edgel2.config.check_name)."""
+    if value is None:
+        return None
+    try:
+        return check_name(value)
+    except OptionError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
 
 
 def _devices_option(ctx, param, value):
@@ -97,22 +170,22 @@ def _devices_option(ctx, param, value):
 
 
 @cli.command()
-@_data_options
+@_data_options(training=True)
 @_backend_option
 @click.option("--width", type=click.IntRange(min=1), default=DEFAULTS.width, show_default=True,
               help="Channels of the first stage (64 = the standard 11.17M-parameter ResNet-18).")
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help=f"Images per step [default: {DEFAULTS.batch_size}; {FINETUNE_BATCH_SIZE} "
+              help=f"Images per step [default: {DEFAULTS.batch_size}; {FINETUNE.batch_size} "
                    "with --pretrained or --weights].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help=f"Peak learning rate of the schedule [default: {DEFAULTS.lr}; "
-                   f"{FINETUNE_LR} with --pretrained or --weights].")
+                   f"{FINETUNE.lr} with --pretrained or --weights].")
 @click.option("--schedule", type=click.Choice(["onecycle", "cosine"]), default=DEFAULTS.schedule,
               show_default=True, help="Linear warm-up, then linear (onecycle) or cosine decay.")
 @click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=None,
               help=f"Fraction of all steps spent warming up [default: {DEFAULTS.warmup}; "
-                   f"{FINETUNE_WARMUP} with --pretrained or --weights].")
+                   f"{FINETUNE.warmup} with --pretrained or --weights].")
 @click.option("--momentum", type=click.FloatRange(0, 1), default=DEFAULTS.momentum,
               show_default=True, help="SGD momentum (Nesterov unless --no-nesterov).")
 @click.option("--nesterov/--no-nesterov", default=DEFAULTS.nesterov, show_default=True)
@@ -133,6 +206,14 @@ def _devices_option(ctx, param, value):
               show_default=True, help="Dropout before the classifier (for comparisons).")
 @click.option("--augment/--no-augment", default=DEFAULTS.augment, show_default=True,
               help="Random crop (4-pixel padding) and horizontal flip while training.")
+@click.option("--color-jitter", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Scale brightness, contrast and saturation by random factors in [1-J, 1+J] "
+                   f"[default: {DEFAULTS.color_jitter}; {FINETUNE.color_jitter} with "
+                   "--pretrained or --weights].")
+@click.option("--crop-scale", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Zoom into a random crop keeping at least this share of the image's area "
+                   f"(1: off) [default: {DEFAULTS.crop_scale}; {FINETUNE.crop_scale} with "
+                   "--pretrained or --weights].")
 @click.option("--cutout", type=click.IntRange(min=0), default=DEFAULTS.cutout, show_default=True,
               help="Side of a square filled with the mean pixel in each training image (0: off).")
 @click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.ema,
@@ -163,6 +244,13 @@ def _devices_option(ctx, param, value):
 @click.option("--freeze", type=click.IntRange(0, 4), default=DEFAULTS.freeze, show_default=True,
               help="When fine-tuning, keep the stem and the first N of the 4 stages frozen "
                    "(their batch norms in inference mode); 4: only the classifier trains.")
+@click.option("--patience", type=click.IntRange(min=0), default=DEFAULTS.patience,
+              show_default=True,
+              help="Stop when the validation top-1 has not improved for N epochs (needs "
+                   "--val-split or a val/ folder; best.keras is that best epoch). 0: off.")
+@click.option("--name", default=None, callback=lambda ctx, param, v: _checked_name(ctx, param, v),
+              help="The run's name, which exported files (NAME-int8.onnx), their metadata and "
+                   "served models carry (default: the run directory's name).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory (default: runs/train/exp, exp2, ...).")
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
@@ -188,7 +276,7 @@ def _devices_option(ctx, param, value):
 @click.option("--coordinator", default=None, metavar="HOST:PORT",
               help="Where process 0 listens for the others (a free port on its host).")
 def train(backend, out, resume, checkpoint_every, quiet, pretrained, devices, num_processes,
-          process_id, coordinator, **options) -> None:
+          process_id, coordinator, name, **options) -> None:
     """Train the L2-regularized CIFAR ResNet-18 and fill a run directory.
 
     \b
@@ -204,14 +292,10 @@ def train(backend, out, resume, checkpoint_every, quiet, pretrained, devices, nu
     if pretrained and options["weights"]:
         raise click.UsageError("--pretrained and --weights each name the weights to start "
                                "from: pass one")
-    options["weights"] = "pretrained" if pretrained else options["weights"]
-    tuned = options["weights"] is not None
-    options["lr"] = options["lr"] or (FINETUNE_LR if tuned else DEFAULTS.lr)
-    options["batch_size"] = options["batch_size"] or (FINETUNE_BATCH_SIZE if tuned
-                                                      else DEFAULTS.batch_size)
-    options["warmup"] = (options["warmup"] if options["warmup"] is not None
-                         else FINETUNE_WARMUP if tuned else DEFAULTS.warmup)
-    config = TrainConfig(**options)
+    weights = "pretrained" if pretrained else options.pop("weights")
+    options.pop("weights", None)
+    given = {k: v for k, v in options.items() if v is not None}  # unset: the recipe's
+    config = TrainConfig.finetune(weights, **given) if weights else TrainConfig(**given)
     config.validate()  # before Keras loads: a bad option is one line at once
     use_backend(backend)
     from edgel2.train import train as run_training
@@ -219,23 +303,26 @@ def train(backend, out, resume, checkpoint_every, quiet, pretrained, devices, nu
 
     placement = place(devices, num_processes, process_id, coordinator)
     result = run_training(config, out, resume=resume, checkpoint_every=checkpoint_every,
-                          verbose=2 if quiet else 1, placement=placement)
+                          verbose=2 if quiet else 1, placement=placement, name=name)
     if not placement.chief:
         click.echo(f"process {placement.process_id} of {placement.num_processes}: done; "
                    f"process 0 wrote the run directory {result.run_dir}")
         return
+    if result.stopped_early:
+        click.echo(f"stopped early after epoch {result.history[-1]['epoch']}: the validation "
+                   "top-1 had stopped improving (--patience)")
     click.echo(f"model.keras: test top-1 {100 * result.test_acc:.2f} % on {result.test_data}, "
-               f"after {result.history[-1]['epoch']} epochs")
+               f"after {_plural(result.history[-1]['epoch'], 'epoch')}")
     if result.best:
         click.echo(f"best.keras: epoch {result.best['epoch']}, chosen on validation top-1 "
                    f"{100 * result.best['val_acc']:.2f} %; test top-1 "
                    f"{100 * result.best['test_acc']:.2f} %")
-    click.echo(f"run directory: {result.run_dir}")
+    click.echo(f"run directory: {result.run_dir} (name: {result.name})")
 
 
 @cli.command(name="eval")
 @click.argument("model", type=click.Path(dir_okay=False))
-@_data_options
+@_data_options(training=False)
 @_backend_option
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
               help="Engine for an exported file (as edgel2 infer); ignored for .keras.")
@@ -252,46 +339,23 @@ def evaluate(model, data, test_split, image_size, backend, engine, threads, batc
     """Top-1 and per-class accuracy of MODEL on the test split, and a confusion matrix (PNG
     and JSON). MODEL is a trained .keras file or an exported .onnx/.tflite file (run by the
     runtime, as edgel2 infer runs it; its report adds the calibration: ECE and NLL)."""
-    from edgel2.data import load_dataset_for
-    from edgel2.evaluate import evaluate_file, save_report
-    from edgel2.runtime.modelfile import read_metadata, sniff_format
+    from edgel2.evaluate import default_report_folder, evaluate_path, save_report
 
-    path = Path(model)
-    if not path.is_file():
-        raise EdgeL2Error(f"model file does not exist: {path}")
-    # the model is checked before the data loads: a bad file or a missing extra is one line
-    # at once, not after decoding 60,000 images
-    if path.suffix.lower() != ".keras":
-        sniff_format(path)
-        size = tuple(read_metadata(path)["input"]["shape"][1:3])
-        dataset = load_dataset_for(data, size, test_split=test_split, image_size=image_size)
-        report = evaluate_file(path, dataset, engine=engine, threads=threads,
-                               batch_size=batch_size or 64,
-                               on_batch=None if as_json else _ProgressBars("  evaluating"))
-        default_out = path.parent / "eval" / path.name
-    else:
-        use_backend(backend)
-        from edgel2.evaluate import evaluate as run_eval
-        from edgel2.checkpoint import load_model
-
-        keras_model = load_model(path)
-        dataset = load_dataset_for(data, tuple(keras_model.input.shape[1:3]),
-                                   test_split=test_split, image_size=image_size)
-        report = run_eval(keras_model, dataset, batch_size=batch_size or 256,
-                          verbose=0 if as_json else 1)
-        default_out = path.parent / "eval"
-    paths = save_report(report, out or default_out)
+    report = evaluate_path(model, data=data, test_split=test_split, image_size=image_size,
+                           engine=engine, threads=threads, batch_size=batch_size,
+                           backend=backend, on_batch=_ProgressBars(f"evaluating {Path(model).name}"))
+    paths = save_report(report, out or default_report_folder(model))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(f"{'class':<14}{'top-1':>8}")
     for name, acc in report["per_class"].items():
         click.echo(f"{name:<14}{100 * acc:>7.2f}%")
-    click.echo(f"{'all':<14}{100 * report['accuracy']:>7.2f}%  ({report['images']} "
-               f"{report['data']['name']} test images from {report['data']['source']})")
+    click.echo(f"{'all':<14}{100 * report['accuracy']:>7.2f}%  ({_plural(report['images'], 'test image')} "
+               f"of {report['data']['name']}, from {report['data']['source']})")
     if "model" in report:
         calibration = report.get("calibration")
-        click.echo(f"{path.name} on {report['model']['engine']}" + (
+        click.echo(f"{Path(model).name} on {report['model']['engine']}" + (
             f"; calibration: mean confidence {calibration['mean_confidence']:.3f}, "
             f"ECE {calibration['ece']:.4f}, NLL {calibration['nll']:.4f}" if calibration else ""))
     click.echo(f"report: {paths['json']}  confusion matrix: "
@@ -322,10 +386,11 @@ class _ChoiceList(click.ParamType):
     ``--formats onnx,tflite`` and ``--formats onnx --formats tflite``. ``aliases`` maps older
     spellings to their one name (not listed in the help)."""
 
-    def __init__(self, choices, aliases: dict[str, str] | None = None):
+    def __init__(self, choices, aliases: dict[str, str] | None = None, single: bool = False):
         self.choices = list(choices)
         self.aliases = aliases or {}
-        self.name = "[" + "|".join(self.choices) + "],..."
+        self.single = single  # one name, not a list
+        self.name = "[" + "|".join(self.choices) + "]" + ("" if single else ",...")
 
     def get_metavar(self, param, ctx=None) -> str:
         return self.name
@@ -333,12 +398,13 @@ class _ChoiceList(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, list):
             return value
-        names = [self.aliases.get(n, n) for n in (v.strip() for v in str(value).split(",")) if n]
+        parts = [str(value)] if self.single else str(value).split(",")
+        names = [self.aliases.get(n, n) for n in (v.strip() for v in parts) if n]
         unknown = [n for n in names if n not in self.choices]
         if unknown or not names:
             self.fail(f"{unknown[0] if unknown else value!r} is not one of "
                       f"{', '.join(self.choices)}", param, ctx)
-        return names
+        return names[0] if self.single else names
 
 
 def _flat(ctx, param, value):
@@ -376,7 +442,7 @@ class _CheckCount(click.ParamType):
                    "int8 (full integer, calibrated); several comma-separated or repeated, "
                    "or 'all'.")
 @click.option("--data", type=str, default=None,
-              help="Images to calibrate and check on (default: $EDGEL2_DATA, else CIFAR-10).")
+              help="Images to quantize, calibrate and check on. " + RECORDED_DATA)
 @click.option("--calib", type=click.IntRange(min=1), default=512, show_default=True,
               help="Class-balanced training images for int8 calibration.")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]),
@@ -390,13 +456,14 @@ class _CheckCount(click.ParamType):
 @click.option("--allow-drop", is_flag=True,
               help="Keep quantized files that lose more than 2 points of top-1.")
 @click.option("--calibrate/--no-calibrate", default=True, show_default=True,
-              help="Fit a calibration on half of the test split and record it in every file, "
-                   "so that probabilities match accuracy (see `edgel2 calibrate`).")
+              help="Fit a calibration on the run's validation split (else half of the test "
+                   "split) and record it in every file when it lowers the held-out NLL, so "
+                   "that probabilities match accuracy (see `edgel2 calibrate`).")
 @click.option("--flip-average", is_flag=True,
               help="Put the left-right mirror image into the graph and average the two logits "
                    "(test-time augmentation: more accurate, twice the compute). Files go to "
                    "export-flip/ unless --out.")
-@click.option("--batch", type=click.IntRange(min=1), default=None,
+@click.option("--fixed-batch", "batch", type=click.IntRange(min=1), default=None,
               help="Fix the batch dimension at N images (NPUs, NNAPI and delegates want static "
                    "shapes); the file refuses other batches, edgel2's runtime pads to it. "
                    "Files go to export-bN/ unless --out. Default: any batch.")
@@ -418,8 +485,8 @@ def export(model, formats, precisions, data, calib, calib_method, opset, out, ch
                           calib_method=calib_method, opset=opset, out=out, check=check,
                           force=force, allow_drop=allow_drop, calibrate=calibrate,
                           flip_average=flip_average, batch=batch,
-                          progress=lambda line: click.echo(line, err=True),
-                          check_progress=_ProgressBars("  checking"))
+                          progress=lambda line: click.echo(f"export: {line}", err=True),
+                          check_progress=_ProgressBars("running the check images"))
     click.echo(format_table(report))
     click.echo(f"report: {Path(report['out']) / 'export_report.json'}")
     failed = [r for r in report["rows"] if r["status"] != "ok"]
@@ -431,8 +498,8 @@ def export(model, formats, precisions, data, calib, calib_method, opset, out, ch
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", type=str, default=None,
-              help="Labelled images whose test split to fit and report on (default: "
-                   "$EDGEL2_DATA, else CIFAR-10).")
+              help="Labelled images to fit on (the validation split, else half of the test "
+                   "split) and report on (the test split, or its other half). " + RECORDED_DATA)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Reliability diagram PNG (default: beside MODEL, e.g. "
                    "model-int8-onnx-reliability.png).")
@@ -441,8 +508,10 @@ def export(model, formats, precisions, data, calib, calib_method, opset, out, ch
 def calibrate(model, data, plot, dry_run, as_json) -> None:
     """Make MODEL's (.onnx or .tflite) probabilities match its accuracy: fit a one-parameter
     calibration (a temperature, or the inverse of label smoothing, whichever fits better) to
-    its logits on one half of the test split, report top-1, ECE and NLL before and after on
-    the other half, and record it in the file's metadata.
+    its logits on the validation split (else one half of the test split), report top-1, ECE
+    and NLL before and after on the test split (or its other half), and record it in the
+    file's metadata. A fit on fewer than 100 images, at the end of its search range, sharper
+    than 4x or that does not lower the held-out NLL is refused: the file keeps plain softmax.
 
     \b
     The graph is not touched: the edgel2 runtime applies the calibration to the logits,
@@ -453,22 +522,28 @@ def calibrate(model, data, plot, dry_run, as_json) -> None:
     path = Path(model)
     plot = plot or path.with_name(f"{path.stem}-{path.suffix.lstrip('.')}-reliability.png")
     result = calibrate_file(path, data=data, write=not dry_run, plot=plot,
-                            on_batch=_ProgressBars("  logits"))
+                            on_batch=_ProgressBars(f"logits of {path.name}"))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(format_calibration(result))
-    click.echo(f"reliability diagram: {plot}" + ("" if dry_run else
-               f"\ncalibration ({describe(result)}) written into {path}"))
+    if "plot" in result:
+        click.echo(f"reliability diagram: {result['plot']}")
+    if not dry_run:
+        click.echo(f"{describe(result)} written into {path}")
 
 
 class _ProgressBars:
-    """A ``(done, total)`` callback that draws one click progress bar per pass, on stderr."""
+    """A ``(done, total)`` callback that draws one click progress bar per pass on stderr when
+    it is a terminal, and nothing otherwise (a log or a pipe gets no bars and no escapes)."""
 
     def __init__(self, label: str):
         self.label, self.bar = label, None
+        self.shown = sys.stderr.isatty()
 
     def __call__(self, done: int, total: int) -> None:
+        if not self.shown:
+            return
         if self.bar is None:
             self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
             self.bar.__enter__()
@@ -480,9 +555,8 @@ class _ProgressBars:
 
 @cli.command()
 @click.argument("source", type=click.Path(exists=False))
-@click.option("--data", type=str, default=None,
-              help="Test images for top-1 (default: $EDGEL2_DATA, else CIFAR-10).")
-@click.option("--formats", type=_ChoiceList(BENCHMARK_FORMATS), multiple=True,
+@click.option("--data", type=str, default=None, help="Test images for top-1. " + RECORDED_DATA)
+@click.option("--format", "formats", type=_ChoiceList(BENCHMARK_FORMATS), multiple=True,
               default=None, callback=_flat,
               help="Runtimes to measure, comma-separated or repeated (default: all "
                    "installed; openvino runs the ONNX files).")
@@ -504,13 +578,17 @@ class _ProgressBars:
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rounds over all rows, interleaved; each cell is the median (steadier "
                    "ratios on a machine whose speed drifts).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--export-missing/--no-export-missing", default=None,
+              help="Export the files a row needs that are not there (default: only when "
+                   "SOURCE is a .keras model; an export folder is measured as it is).")
+@click.option("--out", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Where the JSON report goes (default: benchmark.json in the export folder); "
                    "the chart goes beside it as .png.")
 def benchmark(source, data, formats, engine, batch_sizes, threads, provider, seconds, check,
-              min_accuracy, repeat, json_path) -> None:
+              min_accuracy, repeat, export_missing, json_path) -> None:
     """Size, top-1, batch-1 latency and throughput of every format and precision of SOURCE
-    (a .keras model, exporting what is missing, or an export folder) on this machine.
+    (a .keras model, exporting what is missing, or an export folder, measured as it is) on
+    this machine.
 
     \b
     Each runtime runs in its own process; speed-ups are against Keras fp32 in the same run.
@@ -527,7 +605,8 @@ def benchmark(source, data, formats, engine, batch_sizes, threads, provider, sec
     report = run_benchmark(source, data=data, formats=formats or None, batch_sizes=batch_sizes,
                            threads=threads, provider=provider, seconds=seconds, check=check,
                            min_accuracy=min_accuracy, repeat=repeat,
-                           progress=lambda line: click.echo(line, err=True))
+                           export_missing=export_missing,
+                           progress=lambda line: click.echo(f"benchmark: {line}", err=True))
     click.echo(format_table(report))
     json_path = Path(json_path) if json_path else Path(report["export_dir"]) / "benchmark.json"
     write_json(json_path, report)
@@ -561,21 +640,21 @@ def _infer_on_ray(paths, model, top_k, batch_size, engine, fmt, output, address,
                   cpus_per_actor) -> None:
     """``edgel2 infer --ray``: edgel2.cluster.classify_on_ray, and its one-line summary."""
     if fmt not in RAY_FORMATS:
-        raise click.UsageError(f"with --ray, --format is one of {', '.join(RAY_FORMATS)}")
+        raise click.UsageError(f"with --ray, --out-format is one of {', '.join(RAY_FORMATS)}")
     if not output:
-        raise click.UsageError("--ray writes a folder of part files: pass --output FOLDER")
+        raise click.UsageError("--ray writes a folder of part files: pass --out FOLDER")
     from edgel2.cluster import classify_on_ray
 
     report = classify_on_ray(paths, output, model=model, output_format=fmt,
                              address=None if address == "local" else address, top_k=top_k,
                              batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
                              engine=engine, progress=sys.stderr.isatty())
-    click.echo(f"edgel2: {report.images} images in {report.seconds:.2f} s "
+    click.echo(f"edgel2: {_plural(report.images, 'image')} in {report.seconds:.2f} s "
                f"({report.images / max(report.seconds, 1e-9):.1f} img/s) on Ray, "
                f"{report.actors} actor{'s' * (report.actors != 1)} x {report.cpus_per_actor} "
                f"CPU{'s' * (report.cpus_per_actor != 1)}; {fmt} in {report.output}", err=True)
     if report.failed:
-        click.echo(f"edgel2: {report.failed} of {report.images} images failed", err=True)
+        click.echo(f"edgel2: {report.failed} of {_plural(report.images, 'image')} failed", err=True)
         sys.exit(SOME_IMAGES_FAILED)
 
 
@@ -593,14 +672,20 @@ def _infer_on_ray(paths, model, top_k, batch_size, engine, fmt, output, address,
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
               help="auto: LiteRT for .tflite; for ONNX, ONNX Runtime on a GPU, else OpenVINO "
                    "when installed (pip install \"edgel2[openvino]\"), else ONNX Runtime.")
-@click.option("--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
+@click.option("--precision", type=_ChoiceList(INFERENCE_PRECISIONS, INFERENCE_PRECISION_ALIASES,
+                                              single=True),
+              default="fp32", show_default=True,
               help="OpenVINO: compute floating-point layers in bfloat16 (CPUs with AVX512_BF16/AMX).")
-@click.option("--format", "fmt", type=click.Choice([*LOCAL_FORMATS, *RAY_FORMATS]), default=None,
+@click.option("--out-format", "fmt", type=click.Choice([*LOCAL_FORMATS, *RAY_FORMATS]),
+              default=None,
               help=f"{', '.join(LOCAL_FORMATS)} (default table); with --ray "
                    f"{', '.join(RAY_FORMATS)} (default parquet).")
-@click.option("--output", type=click.Path(), default=None,
+@click.option("--out", "output", type=click.Path(), default=None,
               help="Write the results here (atomically) instead of stdout; with --ray, a new "
                    "folder of part files (required).")
+@click.option("--save", "save_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write a copy of each image with its top label and probability drawn "
+                   "on into this folder.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
               metavar="[ADDRESS]",
               help="Run on Ray (pip install \"edgel2[ray]\"): a local Ray on this machine, or "
@@ -614,7 +699,7 @@ def _infer_on_ray(paths, model, top_k, batch_size, engine, fmt, output, address,
                    "or 1 on nodes of 1 CPU).")
 @click.option("-v", "--verbose", is_flag=True, help="Say why `auto` skipped an engine.")
 def infer(paths, model, top_k, batch_size, provider, threads, engine, precision, fmt, output,
-          ray_address, actors, cpus_per_actor, verbose) -> None:
+          save_dir, ray_address, actors, cpus_per_actor, verbose) -> None:
     """Classify images: files, folders (recursive) and globs.
 
     \b
@@ -634,11 +719,13 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
     if not paths:
         raise click.UsageError("Missing argument 'PATHS...'.")
     if ray_address is not None:
+        if save_dir:
+            raise click.UsageError("--save draws on local copies: it does not go with --ray")
         _infer_on_ray(paths, model, top_k, batch_size, engine, fmt or "parquet", output,
                       ray_address, actors, cpus_per_actor)
         return
     if fmt in RAY_FORMATS:
-        raise click.UsageError(f"--format {fmt} is written by --ray; without it use one of "
+        raise click.UsageError(f"--out-format {fmt} is written by --ray; without it use one of "
                                f"{', '.join(LOCAL_FORMATS)}")
     if actors is not None or cpus_per_actor is not None:
         raise click.UsageError("--actors and --cpus-per-actor go with --ray")
@@ -654,6 +741,10 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
     # report real failures, so these would only be noise between them
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     entries = expand_paths(paths)
+    if save_dir:
+        from edgel2.runtime.annotate import prepare_folder, save_annotated
+
+        prepare_folder(save_dir)  # before the work: an unwritable folder is one line at once
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProviderFallbackWarning)
         classifier = Classifier(model or shipped_model(), providers=provider, threads=threads,
@@ -679,11 +770,15 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
     else:
         click.echo(text, nl=False)
     seconds = time.perf_counter() - start
-    click.echo(f"edgel2: {len(files)} images in {seconds:.2f} s ({len(files) / max(seconds, 1e-9):.1f} "
-               f"img/s) with {classifier.engine.name} on {', '.join(classifier.providers)}", err=True)
+    click.echo(f"edgel2: {_plural(len(files), 'image')} in {seconds:.2f} s "
+               f"({len(files) / max(seconds, 1e-9):.1f} img/s): {classifier.describe()}", err=True)
+    if save_dir:
+        saved = save_annotated(results, save_dir)
+        click.echo(f"edgel2: {_plural(len(saved), 'annotated copy', 'annotated copies')} in "
+                   f"{save_dir}", err=True)
     failed = sum(r.error is not None for r in results)
     if failed:
-        click.echo(f"edgel2: {failed} of {len(results)} images failed", err=True)
+        click.echo(f"edgel2: {failed} of {_plural(len(results), 'image')} failed", err=True)
         sys.exit(SOME_IMAGES_FAILED)
 
 
@@ -709,8 +804,12 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
               help="Labels per image from /v1/classify (a request may ask ?top_k=N).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Server processes, each with its own model, behind one port.")
+@click.option("--name", default=None, callback=lambda ctx, param, v: _checked_name(ctx, param, v),
+              help="The served model's name in the URLs and the page (default: the run's name "
+                   "and precision from the file's metadata, e.g. photos-int8; else the file's "
+                   "name without suffix).")
 def serve(model, engine, threads, host, port, max_batch, max_delay_ms, max_queue, max_body_mb,
-          top_k, workers) -> None:
+          top_k, workers, name) -> None:
     """Serve the model over HTTP until SIGTERM or Ctrl-C (then finish what is in flight and
     exit 0). Needs the serve extra: pip install "edgel2[serve]".
 
@@ -723,7 +822,7 @@ def serve(model, engine, threads, host, port, max_batch, max_delay_ms, max_queue
     """
     from edgel2.serve import ServeConfig, run
 
-    config = ServeConfig(model=model, engine=engine, threads=threads, max_batch=max_batch,
+    config = ServeConfig(model=model, name=name, engine=engine, threads=threads, max_batch=max_batch,
                          max_delay_ms=max_delay_ms, max_queue=max_queue,
                          max_body_mb=max_body_mb, top_k=top_k)
     classifier = None
@@ -731,12 +830,23 @@ def serve(model, engine, threads, host, port, max_batch, max_delay_ms, max_queue
         from edgel2.runtime import Classifier, shipped_model
 
         classifier = Classifier(model or shipped_model(), engine=engine, threads=threads)
+        served = name or classifier.name
+        click.echo(f"edgel2 serve: {served} ({classifier.describe()}) at "
+                   f"http://{host}:{port}/v2/models/{served}", err=True)
     click.echo(f"edgel2 serve: http://{host}:{port}/ (Ctrl-C or SIGTERM to stop)", err=True)
     run(config, host=host, port=port, workers=workers, classifier=classifier)
 
 
-def main() -> None:  # console-script entry point
-    cli()
+def main() -> None:
+    """The console-script entry point: the CLI with native libraries' noise filtered out of
+    stderr (:func:`edgel2.backend.quiet_native_stderr`)."""
+    import os
+
+    from edgel2.backend import quiet_native_stderr
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first line
+    with quiet_native_stderr():
+        cli()
 
 
 if __name__ == "__main__":

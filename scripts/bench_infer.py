@@ -119,7 +119,7 @@ def main() -> None:
               f"model-only at batch 64")
         wall = command_seconds([sys.executable, "-m", "edgel2", "infer", str(args.images),
                                 "--model", getattr(args, name), "--format", "csv",
-                                "--output", os.devnull])
+                                "--out", os.devnull])
         print(f"   {name:<5} edgel2 infer (whole command, start-up included): {wall:.2f} s = "
               f"{len(paths) / wall:.1f} img/s = {len(paths) / wall / base[name, 64]:.2f} of model-only")
 

@@ -3,8 +3,8 @@ Ray engine costs (or gives) on one machine. Prints a table; rounds are interleav
 quoted, since a shared machine's speed drifts.
 
 Each round runs, as a user would, one command per row in a fresh process:
-  infer            edgel2 infer FOLDER --format json --output X
-  ray A x C        edgel2 infer --ray FOLDER --output X [--actors A --cpus-per-actor C]
+  infer            edgel2 infer FOLDER --out-format json --out X
+  ray A x C        edgel2 infer --ray FOLDER --out X [--actors A --cpus-per-actor C]
 and reads two figures: the wall time of the whole command (Python and Ray start-up, model
 loads, listing, writing) and the images/s line the command prints itself (from its first
 image read to its last result written; for Ray, after Ray has started). Each Ray layout also
@@ -61,11 +61,11 @@ def main() -> None:
         for i, path in enumerate(sorted(Path(args.images).rglob("*.jpg"))[:SMALL]):
             (small / f"{i:04d}.jpg").symlink_to(path.resolve())
         for round_ in range(args.rounds):
-            commands = {"infer": [args.images, "--format", "json", "--output",
+            commands = {"infer": [args.images, "--out-format", "json", "--out",
                                   f"{scratch}/infer-{round_}.json"]}
             for actors, cpus in layouts:
                 commands[f"ray {actors} x {cpus}"] = [
-                    "--ray", args.images, "--output", f"{scratch}/ray-{actors}x{cpus}-{round_}",
+                    "--ray", args.images, "--out", f"{scratch}/ray-{actors}x{cpus}-{round_}",
                     "--actors", str(actors), "--cpus-per-actor", str(cpus)]
             for name, command in commands.items():
                 wall, rate, images = run(command)
@@ -73,7 +73,7 @@ def main() -> None:
                 print(f"round {round_ + 1}: {name}: {wall:.1f} s wall, {rate:.0f} img/s",
                       file=sys.stderr)
                 if name.startswith("ray"):
-                    tiny = command[:1] + [str(small), "--output", f"{command[3]}-small"] + command[4:]
+                    tiny = command[:1] + [str(small), "--out", f"{command[3]}-small"] + command[4:]
                     _, small_rate, small_images = run(tiny)
                     fixed.setdefault(name, []).append(small_images / small_rate)
     base_wall = statistics.median(w for w, _ in rows["infer"])

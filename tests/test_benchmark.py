@@ -106,12 +106,12 @@ def test_engine_option_measures_one_engine_beside_keras(exported, data_dir, tmp_
     folder.mkdir()
     shutil.copy(exported["model-int8.onnx"], folder / "model-int8.onnx")
     common = ["benchmark", str(folder), "--data", str(data_dir), "--check", "20", "--seconds",
-              "0.02", "--batch-sizes", "1", "--json", str(tmp_path / "bench.json")]
+              "0.02", "--batch-sizes", "1", "--out", str(tmp_path / "bench.json")]
     CliRunner().invoke(cli, common + ["--engine", "openvino"])
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert {r["format"] for r in rows} == {"keras", "openvino"}
     assert [r["status"] for r in rows if r["precision"] == "int8"] == ["ok"]
-    refused = CliRunner().invoke(cli, common + ["--engine", "litert", "--formats", "onnx"])
+    refused = CliRunner().invoke(cli, common + ["--engine", "litert", "--format", "onnx"])
     assert refused.exit_code == 2
     assert refused.stderr == "edgel2: error: --engine litert runs none of the formats asked for\n"
 
@@ -128,14 +128,14 @@ def test_from_another_directory_the_report_finds_its_model_and_missing_files_are
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     common = ["benchmark", "../runs/exp/export", "--data", str(data_dir), "--check", "20",
-              "--seconds", "0.02", "--batch-sizes", "1", "--json", str(tmp_path / "bench.json")]
-    result = CliRunner().invoke(cli, common + ["--formats", "keras"])
+              "--seconds", "0.02", "--batch-sizes", "1", "--out", str(tmp_path / "bench.json")]
+    result = CliRunner().invoke(cli, common + ["--format", "keras"])
     assert result.exit_code == 0, result.output
     (keras_row,) = json.loads((tmp_path / "bench.json").read_text())["rows"]
     assert keras_row["status"] == "ok" and keras_row["file"] == str(run / "model.keras")
 
     (run / "export" / "export_report.json").unlink()  # no model: its rows are skipped, listed
-    result = CliRunner().invoke(cli, common + ["--formats", "keras", "--formats", "onnx"])
+    result = CliRunner().invoke(cli, common + ["--format", "keras", "--format", "onnx"])
     assert result.exit_code == 0, result.output
     rows = {r["precision"] if r["format"] == "onnx" else "keras": r
             for r in json.loads((tmp_path / "bench.json").read_text())["rows"]}
@@ -179,9 +179,9 @@ def test_min_accuracy_fails_on_a_planted_low_accuracy_file(small_model, exported
     shutil.copy(exported["model-fp32.onnx"], folder / "model-fp32.onnx")
     _planted_always_class_zero(small_model, folder)
     result = CliRunner().invoke(cli, [
-        "benchmark", str(folder), "--data", str(data_dir), "--formats", "onnx", "--check", "50",
+        "benchmark", str(folder), "--data", str(data_dir), "--format", "onnx", "--check", "50",
         "--seconds", "0.05", "--batch-sizes", "1,2", "--min-accuracy", "0.11",
-        "--json", str(tmp_path / "bench.json")])
+        "--out", str(tmp_path / "bench.json")])
     assert result.exit_code == 1, result.output
     report = json.loads((tmp_path / "bench.json").read_text())
     rows = {r["precision"]: r for r in report["rows"]}

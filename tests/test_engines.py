@@ -76,7 +76,7 @@ def test_without_openvino_auto_uses_onnxruntime_and_a_named_openvino_says_what_t
     assert auto.returncode == 0, auto.stderr
     assert "edgel2: auto skipped openvino: OpenVINO is not installed: pip install " \
            '"edgel2[openvino]"' in auto.stderr
-    assert auto.stderr.rstrip().endswith("with onnxruntime on CPUExecutionProvider")
+    assert auto.stderr.rstrip().endswith("tiny.onnx on onnxruntime: CPUExecutionProvider")
     named = subprocess.run(infer + ["--engine", "openvino"], env=env, capture_output=True, text=True)
     assert (named.returncode, named.stderr) == (
         1, 'edgel2: error: OpenVINO is not installed: pip install "edgel2[openvino]"\n')
@@ -85,8 +85,8 @@ def test_without_openvino_auto_uses_onnxruntime_and_a_named_openvino_says_what_t
 def test_infer_says_which_engine_ran(tiny_onnx, tmp_path):
     image = tmp_path / "x.png"
     Image.new("RGB", (8, 8), (10, 200, 30)).save(image)
-    for engine, shown in (("openvino", "with openvino on OpenVINO CPU (f32)"),
-                          ("onnxruntime", "with onnxruntime on CPUExecutionProvider")):
+    for engine, shown in (("openvino", ": tiny.onnx on openvino: OpenVINO CPU"),
+                          ("onnxruntime", ": tiny.onnx on onnxruntime: CPUExecutionProvider")):
         result = CliRunner().invoke(cli, ["infer", str(image), "--model", str(tiny_onnx),
                                           "--engine", engine])
         assert result.exit_code == 0 and result.stderr.rstrip().endswith(shown)

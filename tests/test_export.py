@@ -298,8 +298,11 @@ def test_cli_exports_and_prints_the_table(small_model, data_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "model-fp32.onnx" in result.stdout and "ok" in result.stdout
     assert (tmp_path / "model-fp32.onnx").is_file()
-    # a progress bar for each pass over the check images (Keras, then the file), on stderr
-    assert result.stderr.count("checking") >= 2 and "checking" not in result.stdout
+    # off a terminal: no progress bars, and each progress line says what it is about
+    assert "\x1b[" not in result.output and "running the check images" not in result.output
+    assert result.stderr.splitlines()[:2] == [
+        "export: Keras reference on 50 CIFAR-10-JPEG test images",
+        "export: calibrating: Keras logits on the CIFAR-10-JPEG test images"]
 
 
 def test_check_progress_counts_every_image_of_every_pass(small_model, cifar, tmp_path):
@@ -317,7 +320,7 @@ def test_check_progress_counts_every_image_of_every_pass(small_model, cifar, tmp
     ("model", ["--format", "coreml"], 2, "Invalid value for '--format'"),
     ("model", ["--quantize", "int4"], 2, "Invalid value for '--quantize'"),
     ("model", ["--opset", "9"], 2, "Invalid value for '--opset': 9 is not in the range 17<=x<=18"),
-    ("model", ["--out", "FILE/sub"], 1, "cannot create output folder"),
+    ("model", ["--out", "FILE/sub"], 1, "cannot create the output folder"),
 ])
 def test_bad_export_input_gets_one_line(small_model, tmp_path, setup, args, code, message):
     path = {"missing": tmp_path / "none.keras", "corrupt": tmp_path / "bad.keras",
@@ -335,16 +338,42 @@ def test_bad_export_input_gets_one_line(small_model, tmp_path, setup, args, code
     assert result.stderr.count("\n") == 1
 
 
-def test_int8_without_data_says_how_to_get_some(small_model, tmp_path, monkeypatch):
-    def offline():
-        raise OSError("no network")
+def test_int8_of_a_model_with_no_data_record_offline_says_how_to_get_some(small_model, tmp_path,
+                                                                         monkeypatch):
+    import urllib.error
+    import urllib.request
 
+    import edgel2.data
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(OSError(101, "Network is unreachable"))
+
+    bare = tmp_path / "bare" / "model.keras"  # no config.json beside it: no record of its data
+    bare.parent.mkdir()
+    shutil.copy(small_model, bare)
     monkeypatch.delenv("EDGEL2_DATA", raising=False)
-    monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
-    result = _export_cli(str(small_model), "--quantize", "int8", "--check", "0",
-                         "--out", str(tmp_path))
+    monkeypatch.setenv("EDGEL2_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(edgel2.data, "CHECKOUT_CIFAR10", tmp_path / "no-checkout-copy")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    result = _export_cli(str(bare), "--quantize", "int8", "--check", "0", "--out", str(tmp_path))
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        "edgel2: error: could not download CIFAR-10 (no network? Network is unreachable); "
+        "pass --data PATH or set $EDGEL2_DATA to an image folder or cifar-10-batches-py/")
+
+
+def test_a_model_whose_recorded_data_is_gone_says_so_naming_data(small_model, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(small_model, run / "model.keras")
+    described = json.loads((small_model.parent / "config.json").read_text())
+    described["data"]["source"] = str(tmp_path / "moved")
+    (run / "config.json").write_text(json.dumps(described))
+    result = _export_cli(str(run / "model.keras"), "--quantize", "int8", "--check", "0")
     assert result.exit_code == 1
-    assert "pass --data PATH" in result.stderr and result.stderr.count("\n") == 1
+    assert result.stderr == (f"edgel2: error: the data model.keras was trained on is gone: "
+                             f"{tmp_path / 'moved'} (recorded in {run / 'config.json'}); "
+                             "pass --data PATH\n")
 
 
 @pytest.fixture

@@ -99,12 +99,13 @@ def test_fine_tuning_an_edgel2_model_on_a_folder_of_new_classes_end_to_end(small
             assert not all(same), "an unfrozen layer did not train"
     config = json.loads((run / "config.json").read_text())["config"]
     assert (config["weights"], config["freeze"], config["lr"], config["warmup"],
-            config["batch_size"]) == (str(small_model), 2, 0.04, 0.1, 32)  # fine-tuning defaults
+            config["batch_size"], config["color_jitter"], config["crop_scale"]) == (
+        str(small_model), 2, 0.04, 0.1, 32, 0.2, 0.6)  # fine-tuning defaults
     report = export_model(run / "model.keras", ["onnx"], ["fp32"],
                           dataset=load_dataset(tiny_folder), check=0, calibrate=False,
                           out=tmp_path / "export")
     assert report["rows"][0]["status"] == "ok"
-    assert read_metadata(tmp_path / "export" / "model-fp32.onnx")["class_names"] == \
+    assert read_metadata(tmp_path / "export" / "run-fp32.onnx")["class_names"] == \
         ["ant", "bee", "cat"]
 
 
@@ -211,13 +212,13 @@ def test_a_model_fine_tuned_at_another_image_size_evaluates_and_exports_on_its_f
     exported = _run("export", run / "model.keras", "--data", tiny_folder, "--check", "all",
                     "--no-calibrate")
     assert exported.exit_code == 0, exported.output
-    evaluated = _run("eval", run / "export" / "model-fp32.onnx", "--data", tiny_folder,
+    evaluated = _run("eval", run / "export" / "run-fp32.onnx", "--data", tiny_folder,
                      "--engine", "onnxruntime", "--json")
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads(evaluated.stdout)["images"] == 6
-    benchmarked = _run("benchmark", run / "export", "--data", tiny_folder, "--formats", "onnx",
+    benchmarked = _run("benchmark", run / "export", "--data", tiny_folder, "--format", "onnx",
                        "--batch-sizes", "1", "--seconds", "0.05", "--repeat", "1",
-                       "--check", "all", "--json", tmp_path / "bench.json")
+                       "--check", "all", "--out", tmp_path / "bench.json")
     assert benchmarked.exit_code == 0, benchmarked.output
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
     (fp32,) = [r for r in rows if (r["format"], r["precision"]) == ("onnx", "fp32")]

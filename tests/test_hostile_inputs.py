@@ -79,7 +79,7 @@ def test_hostile_tiffs_fail_alone_and_the_other_files_are_classified(tiny_onnx, 
     good = _png(folder / "good.png")
     for name, content in HOSTILE_TIFFS.items():
         (folder / name).write_bytes(content)
-    result = _infer(str(folder), "--model", str(tiny_onnx), "--format", "json")
+    result = _infer(str(folder), "--model", str(tiny_onnx), "--out-format", "json")
     assert result.exit_code == 3 and "3 of 4 images failed" in result.stderr
     records = {Path(r["path"]).name: r for r in json.loads(result.stdout)}
     assert records["good.png"]["error"] is None
@@ -109,7 +109,7 @@ def test_a_fifo_or_device_named_like_an_image_is_refused_without_blocking(tiny_o
     os.mkfifo(folder / "x.png")  # opening it for reading would wait for a writer forever
     (folder / "dev.png").symlink_to("/dev/zero")
     script = ["-m", "edgel2", "infer", str(folder), str(folder / "x.png"), "--model",
-              str(tiny_onnx), "--format", "csv"]
+              str(tiny_onnx), "--out-format", "csv"]
     proc = subprocess.run([sys.executable, *script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3, proc.stderr
     rows = {(Path(r["path"]).name, r["error"]) for r in csv.DictReader(io.StringIO(proc.stdout))}
@@ -148,7 +148,7 @@ def test_a_walk_reports_broken_links_and_unreadable_folders(tiny_onnx, tmp_path,
     assert [getattr(e, "source", e) for e in entries] == [str(root / "gone.png"), str(good),
                                                           str(locked)]
     assert entries[2].error == "cannot read folder: Permission denied"
-    result = _infer(str(root), "--model", str(tiny_onnx), "--format", "csv")
+    result = _infer(str(root), "--model", str(tiny_onnx), "--out-format", "csv")
     assert result.exit_code == 3 and "2 of 3 images failed" in result.stderr
     errors = {Path(r["path"]).name: r["error"] for r in csv.DictReader(io.StringIO(result.stdout))}
     assert errors == {"gone.png": "broken symbolic link", "good.png": "",
@@ -161,7 +161,7 @@ def test_a_file_name_that_is_not_utf8_is_written_escaped_in_every_format(fmt, ti
     with open(raw, "wb") as f:
         Image.new("RGB", (8, 8), (200, 10, 10)).save(f, "PNG")
     out = tmp_path / f"out.{fmt}"
-    result = _infer(os.fsdecode(raw), "--model", str(tiny_onnx), "--format", fmt, "--output", str(out))
+    result = _infer(os.fsdecode(raw), "--model", str(tiny_onnx), "--out-format", fmt, "--out", str(out))
     assert result.exit_code == 0, result.output
     text = out.read_bytes().decode("utf-8")  # valid UTF-8, or this raises
     assert printable(os.fsdecode(raw)) == f"{tmp_path}/caf\\xe9.png"
@@ -173,7 +173,7 @@ def test_a_file_name_that_is_not_utf8_is_written_escaped_in_every_format(fmt, ti
 
 def test_top_k_is_clamped_to_the_class_count(tiny_onnx, tmp_path):
     image = _png(tmp_path / "x.png")
-    result = _infer(str(image), "--model", str(tiny_onnx), "--format", "csv", "--top-k", "3000000")
+    result = _infer(str(image), "--model", str(tiny_onnx), "--out-format", "csv", "--top-k", "3000000")
     assert result.exit_code == 0
     header, row = result.stdout.splitlines()
     assert header == "path,label1,probability1,label2,probability2,label3,probability3,error"
@@ -183,7 +183,7 @@ def test_top_k_is_clamped_to_the_class_count(tiny_onnx, tmp_path):
 def test_non_finite_logits_are_that_images_error_and_json_stays_strict(tiny_onnx, tmp_path):
     _png(tmp_path / "images" / "colour.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "images" / "black.png")  # log(0): -inf logits
-    result = _infer(str(tmp_path / "images"), "--model", str(tiny_onnx), "--format", "json")
+    result = _infer(str(tmp_path / "images"), "--model", str(tiny_onnx), "--out-format", "json")
     assert result.exit_code == 3
 
     def refuse(constant):

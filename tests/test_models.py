@@ -48,7 +48,7 @@ def test_shipped_file_carries_metadata_and_matches_its_card(path, cifar):
 def test_infer_uses_the_shipped_int8_onnx_by_default(data_dir):
     assert shipped_model().suffix == ".onnx" and "int8" in shipped_model().name
     image = next((data_dir / "test" / "ship").iterdir())
-    result = CliRunner().invoke(cli, ["infer", str(image), "--format", "csv"])
+    result = CliRunner().invoke(cli, ["infer", str(image), "--out-format", "csv"])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[1].split(",")[1] in Classifier(shipped_model()).class_names
 

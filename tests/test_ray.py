@@ -143,7 +143,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_runs_a_local_ray_and_exits_3_when_some_images_failed(images, tmp_path):
-    result = cli("--ray", str(images), "--output", "out", "--format", "jsonl", cwd=tmp_path)
+    result = cli("--ray", str(images), "--out", "out", "--out-format", "jsonl", cwd=tmp_path)
     assert result.returncode == 3, result.stderr
     summary = [line for line in result.stderr.splitlines() if line.startswith("edgel2:")]
     assert summary[0].startswith("edgel2: 33 images in ")
@@ -153,11 +153,11 @@ def test_cli_runs_a_local_ray_and_exits_3_when_some_images_failed(images, tmp_pa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--ray", "x.png"], "edgel2: error: --ray writes a folder of part files: pass --output FOLDER"),
-    (["--ray", "x.png", "--format", "csv", "--output", "o"],
-     "edgel2: error: with --ray, --format is one of parquet, jsonl"),
-    (["x.png", "--format", "parquet"],
-     "edgel2: error: --format parquet is written by --ray; without it use one of table, json, csv"),
+    (["--ray", "x.png"], "edgel2: error: --ray writes a folder of part files: pass --out FOLDER"),
+    (["--ray", "x.png", "--out-format", "csv", "--out", "o"],
+     "edgel2: error: with --ray, --out-format is one of parquet, jsonl"),
+    (["x.png", "--out-format", "parquet"],
+     "edgel2: error: --out-format parquet is written by --ray; without it use one of table, json, csv"),
     (["x.png", "--actors", "2"], "edgel2: error: --actors and --cpus-per-actor go with --ray"),
 ])
 def test_ray_options_that_do_not_fit_are_one_line_and_exit_2(args, message, tmp_path):

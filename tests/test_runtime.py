@@ -193,7 +193,7 @@ def test_infer_json_and_csv_parse_and_failures_set_exit_code_3(exported, tmp_pat
     (folder / "notes.txt").write_text("not an image file: skipped by the folder walk")
     model = str(exported["model-int8.onnx"])
 
-    result = _infer(str(folder), "--model", model, "--format", "json", "--top-k", "2")
+    result = _infer(str(folder), "--model", model, "--out-format", "json", "--top-k", "2")
     assert result.exit_code == 3 and "1 of 4 images failed" in result.stderr
     records = json.loads(result.stdout)
     assert [os.path.basename(r["path"]) for r in records] == ["0.png", "1.png", "2.png", "broken.jpg"]
@@ -201,7 +201,7 @@ def test_infer_json_and_csv_parse_and_failures_set_exit_code_3(exported, tmp_pat
     assert records[3]["error"].startswith("cannot decode")
 
     out = tmp_path / "out.csv"
-    result = _infer(str(folder / "*.png"), "--model", model, "--format", "csv", "--output", str(out))
+    result = _infer(str(folder / "*.png"), "--model", model, "--out-format", "csv", "--out", str(out))
     assert result.exit_code == 0 and result.stdout == ""
     rows = list(csv.DictReader(out.open()))
     assert [os.path.basename(r["path"]) for r in rows] == ["0.png", "1.png", "2.png"]
@@ -228,7 +228,7 @@ def test_runtime_and_infer_work_where_tensorflow_and_keras_cannot_be_imported(ex
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-1500:]
     proc = subprocess.run([sys.executable, "-m", "edgel2", "infer", str(image), "--model",
-                           str(exported["model-fp32.tflite"]), "--format", "json"],
+                           str(exported["model-fp32.tflite"]), "--out-format", "json"],
                           env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-1500:]
     assert json.loads(proc.stdout)[0]["error"] is None

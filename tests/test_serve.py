@@ -34,14 +34,14 @@ START_TIMEOUT_S = 60
 class Server:
     """``edgel2 serve`` in a child process on a free port."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, model: Path = MODEL, env: dict | None = None):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgel2", "serve", "--model", str(MODEL), "--engine",
+            [sys.executable, "-m", "edgel2", "serve", "--model", str(model), "--engine",
              "onnxruntime", "--threads", "1", "--port", str(self.port), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:  # until it answers: a readiness probe, as a load balancer would send
             try:

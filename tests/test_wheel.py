@@ -66,7 +66,7 @@ def test_the_wheel_holds_the_base_install_only(installed):
 def test_infer_without_model_uses_the_shipped_model_from_any_directory(installed, tmp_path):
     image = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image)
-    result = _run(installed / "edgel2", "infer", "photo.png", "--format", "json", "--top-k", "3",
+    result = _run(installed / "edgel2", "infer", "photo.png", "--out-format", "json", "--top-k", "3",
                   **_elsewhere(tmp_path))
     assert result.returncode == 0, result.stderr
     (record,) = json.loads(result.stdout)
@@ -83,7 +83,7 @@ def test_infer_without_model_uses_the_shipped_model_from_any_directory(installed
     (["train", "--epochs", "1"], 'keras is not installed: pip install "edgel2[train]"'),
     (["export", "model.keras"], 'keras is not installed: pip install "edgel2[train]"'),
     (["serve"], 'prometheus_client is not installed: pip install "edgel2[serve]"'),
-    (["infer", "--ray", "photo.png", "--output", "out"], 'ray is not installed: pip install "edgel2[ray]"'),
+    (["infer", "--ray", "photo.png", "--out", "out"], 'ray is not installed: pip install "edgel2[ray]"'),
     (["infer", "photo.png", "--model", str(shipped_model("resnet18-int8.tflite"))],
      'LiteRT, which runs .tflite files, is not installed: pip install "edgel2[litert]" '
      "(the ai-edge-litert package)"),

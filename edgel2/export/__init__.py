@@ -19,10 +19,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgel2.data import balanced_subset, held_out_images, load_dataset_for
+from edgel2.data import balanced_subset, held_out_images, load_model_data
 from edgel2.errors import EdgeL2Error, first_line, require_whole
 from edgel2.export.check import run_batches
-from edgel2.utils import atomic_path, write_json
+from edgel2.utils import atomic_path, writable_folder, write_json
 from edgel2.variants import FORMATS, PRECISIONS, SUFFIX, precision_name
 
 
@@ -76,12 +76,14 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
         from edgel2.export.onnx import check_opset
 
         check_opset(opset)
+    from edgel2.export.source import model_name
+
     model_path = Path(model_path)
     if batch is not None:
         require_whole("batch", batch)
     out_dir = Path(out) if out else model_path.parent / default_folder(flip_average, batch)
-    targets = [(f, p, exported_file(out_dir, model_path.stem, f, p))
-               for f in formats for p in precisions]
+    stem = model_name(model_path)
+    targets = [(f, p, exported_file(out_dir, stem, f, p)) for f in formats for p in precisions]
     if flip_average and any((f, p) == ("tflite", "int8") for f, p, _ in targets):
         raise EdgeL2Error("--flip-average is not exported to TFLite int8: the full-integer "
                           "converter quantizes the two-view graph badly (80.5 % against 92.9 % "
@@ -90,7 +92,7 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     existing = [str(t) for _, _, t in targets if t.exists()]
     if existing and not force:
         raise EdgeL2Error(f"{existing[0]} exists; pass --force to overwrite")
-    _check_writable(out_dir)
+    writable_folder(out_dir, "the output folder")
 
     model, base_metadata = load_source(model_path)
     base_metadata["flip_average"] = flip_average
@@ -100,7 +102,8 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
 
         model = flip_averaged(model)
     needs_data = "int8" in precisions or check != 0 or calibrate
-    ds = dataset if dataset is not None or not needs_data else _load_data(data, model)
+    ds = (dataset if dataset is not None or not needs_data else
+          load_model_data(model_path, tuple(model.input.shape[1:3]), data=data))
     # Data is loaded whenever int8 is asked for; a missing source already raised, saying --data.
     calibration = _calibration_images(ds, calib) if "int8" in precisions else None
     if base_metadata["class_names"] is None:
@@ -120,7 +123,8 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
         if check is None:  # the reference already covers the whole test split, in order
             logits = reference
         else:
-            progress(f"calibrating: Keras logits on the {len(ds.y_test)} {ds.name} test images")
+            held = "validation and test" if ds.y_val is not None else "test"
+            progress(f"calibrating: Keras logits on the {ds.name} {held} images")
             logits = None
         calibration_result = keras_calibration(model, ds, check_progress, logits=logits)
         base_metadata.update(metadata_record(calibration_result))
@@ -312,15 +316,6 @@ def _validated(values: Sequence[str], allowed: Sequence[str], what: str) -> list
     return values
 
 
-def _check_writable(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise EdgeL2Error(f"cannot create output folder {out_dir}: {e.strerror}") from None
-    if not os.access(out_dir, os.W_OK):
-        raise EdgeL2Error(f"output folder is not writable: {out_dir}")
-
-
 def _class_names(model_path: Path, count: int, ds, progress) -> list[str]:
     """Names for a model whose run config.json (which holds them) is not beside it."""
     if ds is not None and len(ds.class_names) == count:
@@ -329,10 +324,6 @@ def _class_names(model_path: Path, count: int, ds, progress) -> list[str]:
     progress(f"warning: no config.json beside {model_path.name} and no data to name the "
              f"classes: the files will say class_0 .. class_{count - 1}")
     return [f"class_{i}" for i in range(count)]
-
-
-def _load_data(data, model):
-    return load_dataset_for(data, tuple(model.input.shape[1:3]))
 
 
 def _calibration_images(ds, count: int) -> np.ndarray:
@@ -353,14 +344,20 @@ def format_table(report: dict) -> str:
             f"{'-' if r['max_abs_diff'] is None else format(r['max_abs_diff'], '.3g'):>11} "
             f"{r['export_s']:>8.1f}  {r['status']}" + (f": {r['reason']}" if r["reason"] else ""))
     calibration = report.get("calibration")
-    if calibration:
+    if calibration and calibration.get("refused"):
+        before, after = calibration["before"], calibration.get("fit_after")
+        lines.append(f"not calibrated (every file keeps plain softmax): {calibration['refused']}"
+                     + (f" (the fit's NLL {before['nll']:.4f} -> {after['nll']:.4f} on the "
+                        f"{calibration['reported_on']})" if before and after else ""))
+    elif calibration:
         before, after = calibration["before"], calibration["after"]
         from edgel2.export.calibrate import describe
 
         lines.append(f"calibrated ({describe(calibration)}, in every file's "
                      f"metadata): Keras ECE {before['ece']:.4f} -> {after['ece']:.4f}, NLL "
                      f"{before['nll']:.4f} -> {after['nll']:.4f} on the "
-                     f"{calibration['reported_on']}")
+                     f"{calibration['reported_on']}; fitted on the "
+                     f"{calibration['fitted_on']['data']}")
     if report["keras_accuracy"] is not None:
         lines.append(f"Keras fp32 top-1 {100 * report['keras_accuracy']:.2f} % on "
                      f"{report['check_images']} {report['data']} test images")

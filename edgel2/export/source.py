@@ -28,17 +28,48 @@ def load_source(path: str | Path) -> tuple[keras.Model, dict]:
     return model, describe(model, path)
 
 
+def run_of(path: Path) -> dict:
+    """The ``config.json`` of the run a ``.keras`` file belongs to ({} when there is none)."""
+    run_config = Path(path).parent / "config.json"
+    try:
+        run = json.loads(run_config.read_text()) if run_config.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return run if isinstance(run, dict) else {}
+
+
+def model_name(path: str | Path) -> str:
+    """The name files exported from the ``.keras`` file at ``path`` carry (their stem, their
+    metadata's ``name``, the model ``edgel2 serve`` serves): its run's name for the run's
+    ``model.keras``, the run's name and the file's stem for its other files
+    (``photos-best``), and the file's stem for a model with no run (or a run from before
+    runs had names).
+
+    Example:
+        >>> model_name("runs/train/nowhere/model.keras")
+        'model'
+    """
+    path = Path(path)
+    name = run_of(path).get("name")
+    if not isinstance(name, str) or not name:
+        return path.stem
+    return name if path.name == "model.keras" else f"{name}-{path.stem}"
+
+
 def describe(model: keras.Model, path: Path) -> dict:
     """Metadata written into every exported file (before quantization and accuracy)."""
-    run_config = path.parent / "config.json"
-    run = json.loads(run_config.read_text()) if run_config.is_file() else {}
+    run = run_of(path)
     classes = run.get("model", {}).get("class_names")  # None: export names them from its data
     norm = find_normalize(model)
     if norm is None:
         raise EdgeL2Error(f"{path} has no edgel2 Normalize layer: not an edgel2 image classifier")
     mean, std = norm.mean, norm.std
+    from edgel2.data import DataRecord
+
+    record = DataRecord.from_run(run)
     return {
         "producer": f"edgel2 {__version__}",
+        "name": model_name(path),
         "model_name": model.name,
         "class_names": classes,
         "input": {"name": "images", "layout": "NHWC", "dtype": "uint8",
@@ -48,4 +79,6 @@ def describe(model: keras.Model, path: Path) -> dict:
                           "mean": mean, "std": std},
         "config_hash": run.get("config_hash") or config_hash(model.get_config()),
         "source": path.name,
+        # where the training data is, so later commands on the file find it (edgel2.data)
+        **({"data": record.as_metadata()} if record else {}),
     }

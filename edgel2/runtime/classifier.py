@@ -88,7 +88,7 @@ class Classifier:
 
     def __init__(self, path: str | os.PathLike, providers: str | Sequence[str] | None = "auto",
                  threads: int | None = None, batch_size: int = 64, strict: bool = False,
-                 engine: str = "auto", precision: str = "f32"):
+                 engine: str = "auto", precision: str = "fp32"):
         require_whole("batch_size", batch_size)
         path = Path(path)
         self.engine: Engine = open_engine(path, providers, threads, strict, engine, precision)
@@ -102,6 +102,22 @@ class Classifier:
         self.temperature, self.unsmooth = info.temperature, info.unsmooth
         self.batch_size = batch_size
         self.providers = self.engine.providers
+
+    @property
+    def name(self) -> str:
+        """The model's name: the run's name and the file's precision from its metadata
+        (``photos-int8``), as ``edgel2 export`` names the file; else the file's stem."""
+        name, precision = self.metadata.get("name"), self.metadata.get("quantization")
+        if isinstance(name, str) and name and isinstance(precision, str) and precision:
+            return f"{name}-{precision}"
+        return self.path.stem
+
+    def describe(self) -> str:
+        """What runs: the file, its precision and the engine, in a few words
+        (``model-int8.onnx (int8) on openvino: OpenVINO CPU``)."""
+        precision = self.metadata.get("quantization")
+        return (f"{self.path.name}" + (f" ({precision})" if isinstance(precision, str) else "")
+                + f" on {self.engine.name}: {', '.join(self.providers)}")
 
     # --- arrays in, probabilities out ---------------------------------------------------
 

@@ -224,7 +224,8 @@ class OpenVinoEngine(Engine):
         self._local = threading.local()
         self._lock = threading.Lock()  # compiling
         self._submit_lock = threading.Lock()  # one thread at a time starts requests
-        self.providers = [f"OpenVINO CPU ({precision})"]
+        # float layers run in bf16 only when asked; int8 layers are int8 either way
+        self.providers = ["OpenVINO CPU" + (", float layers in bf16" if precision == "bf16" else "")]
         inputs, outputs = _one_each(path, self.model.inputs, self.model.outputs)
         self.input_shape = _static(_ov_dims(inputs[0]))
         self.input_dtype = np.dtype(inputs[0].get_element_type().to_dtype()).name
@@ -337,9 +338,14 @@ def engine_candidates(fmt: str, engine: str = "auto",
     return ("onnxruntime",) if on_gpu or not x86 else AUTO_ONNX_ON_CPU
 
 
+# What floating-point layers compute in (OpenVINO; the other engines run the file as it is)
+INFERENCE_PRECISIONS = ("fp32", "bf16")
+INFERENCE_PRECISION_ALIASES = {"f32": "fp32"}  # OpenVINO's spelling, read as edgel2's
+
+
 def open_engine(path: str | os.PathLike, providers: str | Sequence[str] | None = "auto",
                 threads: int | None = None, strict: bool = False, engine: str = "auto",
-                precision: str = "f32") -> Engine:
+                precision: str = "fp32") -> Engine:
     """Open an ONNX or TFLite file, whatever its suffix (the format is sniffed from its first
     bytes), with ``engine`` (``auto``, ``onnxruntime``, ``openvino`` or ``litert``). ``auto``
     falls back to the next candidate when one is not installed or cannot compile the file,
@@ -359,8 +365,10 @@ def open_engine(path: str | os.PathLike, providers: str | Sequence[str] | None =
             raise EngineError(message)
         warnings.warn(f"{message} (providers are for ONNX Runtime)", ProviderFallbackWarning,
                       stacklevel=3)
-    if precision not in ("f32", "bf16"):
-        raise OptionError(f"precision must be f32 or bf16, got {precision!r}")
+    precision = INFERENCE_PRECISION_ALIASES.get(precision, precision)
+    if precision not in INFERENCE_PRECISIONS:
+        raise OptionError(f"precision must be {' or '.join(INFERENCE_PRECISIONS)}, got {precision!r}")
+    precision = "f32" if precision == "fp32" else precision  # OpenVINO's own spelling
     candidates = engine_candidates(fmt, engine, providers)
     skipped: list[str] = []
     for i, name in enumerate(candidates):

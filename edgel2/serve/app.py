@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from edgel2 import __version__
+from edgel2.config import check_name
 from edgel2.errors import BusyError, EdgeL2Error, ImageError, PredictionError
 from edgel2.runtime import Batcher, Classifier
 from edgel2.serve.page import PAGE
@@ -42,6 +44,7 @@ class ServeConfig:
     """Every knob of ``edgel2 serve`` (one validation: :meth:`validate`)."""
 
     model: str | None = None        # None: the shipped int8 ONNX
+    name: str | None = None         # the served model's name; None: the file's (Classifier.name)
     engine: str = "auto"
     threads: int | None = None
     max_batch: int = 32
@@ -62,6 +65,8 @@ class ServeConfig:
         for ok, message in checks:
             if not ok:
                 raise EdgeL2Error(message)
+        if self.name is not None:
+            check_name(self.name)
 
 
 class _Metrics:
@@ -102,7 +107,7 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Sta
 
         classifier = Classifier(config.model or shipped_model(), engine=config.engine,
                                 threads=config.threads)
-    name = Path(classifier.path).stem
+    name = config.name or classifier.name
     classes = len(classifier.class_names)
     width, height = classifier.input_size
     max_body = int(config.max_body_mb * 2**20)
@@ -273,7 +278,7 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Sta
                         media_type=CONTENT_TYPE_LATEST)
 
     async def page(request: Request):
-        return HTMLResponse(PAGE.replace("{{MODEL}}", name))
+        return HTMLResponse(PAGE.replace("{{MODEL}}", html.escape(name)))
 
     async def not_found(request: Request, exc):
         return _error(404, f"no route {request.method} {request.url.path}")
