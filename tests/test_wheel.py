@@ -75,7 +75,8 @@ def test_infer_without_model_uses_the_shipped_model_from_any_directory(installed
     assert [p["label"] for p in record["predictions"]] == [label for label, _ in expected]
     assert [p["probability"] for p in record["predictions"]] == \
         pytest.approx([p for _, p in expected], abs=1e-5)
-    assert result.stderr.rstrip().endswith("with onnxruntime on CPUExecutionProvider")
+    assert result.stderr.rstrip().endswith(
+        "resnet18-int8.onnx (int8) on onnxruntime: CPUExecutionProvider")
 
 
 @pytest.mark.parametrize("command, message", [
