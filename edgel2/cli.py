@@ -709,9 +709,13 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
     1 for a missing or non-edgel2 model, 2 for bad options.
 
     \b
-    On Ray (one Classifier per actor; Parquet or JSON lines, the fields of --format json):
-      edgel2 infer --ray photos/ --output results/
-      edgel2 infer --ray auto s3://bucket/photos/ --output s3://bucket/results/ --format jsonl
+    On Ray (one Classifier per actor; Parquet or JSON lines, the fields of --out-format json):
+      edgel2 infer --ray photos/ --out results/
+      edgel2 infer --ray auto s3://bucket/photos/ --out s3://bucket/results/ --out-format jsonl
+
+    \b
+    Copies with the top label drawn on, to look at:
+      edgel2 infer photos/ --model runs/train/photos/export/photos-int8.onnx --save annotated/
     """
     if ray_address is not None and not _ray_address(ray_address):
         # `--ray photos/`: the optional value was the first path
