@@ -30,6 +30,7 @@ import numpy as np
 
 from edgel2.data import held_out_images, load_dataset, load_dataset_for, load_model_data
 from edgel2.errors import EdgeL2Error, last_error_line
+from edgel2.utils import run_config
 from edgel2.export import exported_file, report_model
 from edgel2.variants import (BENCHMARK_FORMATS, BENCHMARK_ROWS, COLOR, ENGINE, MARKER, RUNTIME,
                              SHORT_NAME, SUFFIX)
@@ -196,12 +197,11 @@ def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress,
     use_backend("tensorflow")
     from edgel2.export import export_model
 
-    from edgel2.export.source import model_name
-
+    stem = _stem(keras_path, export_dir)
     files = {file_of(f, p) for f, p in rows if f != "keras"}
     for fmt in ("onnx", "tflite"):
         missing = sorted(p for f, p in files if f == fmt and not
-                         exported_file(export_dir, model_name(keras_path), fmt, p).is_file()
+                         exported_file(export_dir, stem, fmt, p).is_file()
                          and not (flip_average and (fmt, p) == ("tflite", "int8")))
         if missing:
             progress(f"exporting {fmt} {', '.join(missing)}")
@@ -227,9 +227,9 @@ def _model_and_size(keras_path: Path | None, export_dir: Path
 
     files = sorted(p for p in export_dir.glob("*") if p.suffix in SUFFIX.values()) \
         if export_dir.is_dir() else []
+    described = run_config(keras_path) if keras_path is not None else {}
     try:
-        if keras_path is not None and (keras_path.parent / "config.json").is_file():
-            described = json.loads((keras_path.parent / "config.json").read_text())
+        if described:
             height, width = described["model"]["input_shape"][:2]
             return keras_path, (int(height), int(width))
         height, width = read_metadata(files[0])["input"]["shape"][1:3]

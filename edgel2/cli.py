@@ -36,7 +36,7 @@ def _renamed(args: list[str]) -> list[str]:
     note on stderr for each one.
 
     Example:
-        >>> _renamed(["infer", "x.png", "--output=r.json", "--format", "json"])  # doctest: +ELLIPSIS
+        >>> _renamed(["infer", "x.png", "--output=r.json", "--format", "json"])
         ['infer', 'x.png', '--out=r.json', '--out-format', 'json']
     """
     command = next((a for a in args if not a.startswith("-")), None)
@@ -248,7 +248,7 @@ def _devices_option(ctx, param, value):
               show_default=True,
               help="Stop when the validation top-1 has not improved for N epochs (needs "
                    "--val-split or a val/ folder; best.keras is that best epoch). 0: off.")
-@click.option("--name", default=None, callback=lambda ctx, param, v: _checked_name(ctx, param, v),
+@click.option("--name", default=None, callback=_checked_name,
               help="The run's name, which exported files (NAME-int8.onnx), their metadata and "
                    "served models carry (default: the run directory's name).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -292,8 +292,8 @@ def train(backend, out, resume, checkpoint_every, quiet, pretrained, devices, nu
     if pretrained and options["weights"]:
         raise click.UsageError("--pretrained and --weights each name the weights to start "
                                "from: pass one")
-    weights = "pretrained" if pretrained else options.pop("weights")
-    options.pop("weights", None)
+    weights = options.pop("weights")
+    weights = "pretrained" if pretrained else weights
     given = {k: v for k, v in options.items() if v is not None}  # unset: the recipe's
     config = TrainConfig.finetune(weights, **given) if weights else TrainConfig(**given)
     config.validate()  # before Keras loads: a bad option is one line at once
@@ -808,7 +808,7 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
               help="Labels per image from /v1/classify (a request may ask ?top_k=N).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Server processes, each with its own model, behind one port.")
-@click.option("--name", default=None, callback=lambda ctx, param, v: _checked_name(ctx, param, v),
+@click.option("--name", default=None, callback=_checked_name,
               help="The served model's name in the URLs and the page (default: the run's name "
                    "and precision from the file's metadata, e.g. photos-int8; else the file's "
                    "name without suffix).")

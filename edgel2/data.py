@@ -44,6 +44,7 @@ import numpy as np
 from edgel2.errors import DataError, first_line
 from edgel2.runtime.preprocess import (IMAGE_SUFFIXES, ImageError, load_image_and_size,
                                        open_regular_file, upright_size)
+from edgel2.utils import run_config
 
 DATA_ENV = "EDGEL2_DATA"
 CACHE_ENV = "EDGEL2_CACHE"
@@ -240,7 +241,7 @@ def data_record(model_path: str | os.PathLike) -> DataRecord | None:
     """
     path = Path(model_path)
     if path.suffix.lower() == ".keras":
-        return _run_record(path.parent / "config.json")
+        return _run_record(path)
     from edgel2.errors import ModelError
     from edgel2.runtime.modelfile import read_metadata
 
@@ -257,15 +258,12 @@ def data_record(model_path: str | os.PathLike) -> DataRecord | None:
         return None
     if not isinstance(stored, str) or not stored:
         return None
-    return _run_record((report.parent / stored).parent / "config.json")
+    return _run_record(report.parent / stored)
 
 
-def _run_record(config_path: Path) -> DataRecord | None:
-    try:
-        described = json.loads(config_path.read_text())
-    except (OSError, ValueError):
-        return None
-    return DataRecord.from_run(described, str(config_path)) if isinstance(described, dict) else None
+def _run_record(model_path: Path) -> DataRecord | None:
+    """The record in the ``config.json`` of the run ``model_path`` belongs to."""
+    return DataRecord.from_run(run_config(model_path), str(model_path.parent / "config.json"))
 
 
 def load_model_data(model_path: str | os.PathLike, size: tuple[int, int], *,
@@ -462,10 +460,7 @@ def _load_image_folder(root: Path, *, test_split: float, image_size: int | None,
         seen = _header_sizes(all_files, blobs)
         if len(set(seen)) > 1:  # a folder of photos: one size for all of them
             if mixed_size is None:
-                first, odd = seen[0], next(s for s in seen if s != seen[0])
-                raise DataError(f"images differ in size ({all_files[0]} is {first[0]}x{first[1]}, "
-                                f"{all_files[seen.index(odd)]} is {odd[0]}x{odd[1]}); "
-                                "pass --image-size N to resize them all")
+                raise _sizes_differ(all_files, seen)
             image_size = mixed_size
             arrays = _read_cache(_cache_path(cache_dir, fingerprint, image_size), keys)
     if arrays is None:
@@ -481,29 +476,27 @@ def _load_image_folder(root: Path, *, test_split: float, image_size: int | None,
         arrays = {**arrays, **split_stratified(arrays["x_all"], arrays["y_all"], test_split, seed)}
     extra = {"test_split": test_split} if "all" in splits else {}
     extra["images_seen"] = _describe_sizes(arrays["seen"], arrays["x_train"].shape[1:3],
-                                           [f.suffix for f in all_files])
+                                           _format_counts(all_files))
     return Dataset(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                    class_names, source=str(root.resolve()),
                    name=_folder_name(root, class_names, all_files), fingerprint=fingerprint,
                    extra=extra, x_val=arrays.get("x_val"), y_val=arrays.get("y_val"))
 
 
-def _describe_sizes(seen: np.ndarray, stored: tuple[int, int], suffixes: list[str]) -> dict:
+def _describe_sizes(seen: np.ndarray, stored: tuple[int, int], formats: dict[str, int]) -> dict:
     """What a data summary says about the images: the smallest and largest (width x height,
     by area), how many distinct sizes, how many were resized to the stored size, and the
-    count of each file format.
+    count of each file format (:func:`_format_counts`).
 
     Example:
         >>> d = _describe_sizes(np.array([[64, 48], [200, 100], [32, 32]]), (32, 32),
-        ...                     [".jpg", ".PNG", ".png"])
+        ...                     _format_counts([Path("a.jpg"), Path("b.PNG"), Path("c.png")]))
         >>> d["smallest"], d["largest"], d["distinct"], d["resized"], d["formats"]
         ([32, 32], [200, 100], 3, 2, {'JPEG': 1, 'PNG': 2})
     """
     seen = np.asarray(seen).reshape(-1, 2)
     area = seen[:, 0] * seen[:, 1]
     height, width = stored
-    formats = collections.Counter(_FORMAT_NAMES.get(s.lower(), s.lstrip(".").upper())
-                                  for s in suffixes)
     return {"smallest": seen[area.argmin()].tolist() if len(seen) else None,
             "largest": seen[area.argmax()].tolist() if len(seen) else None,
             "distinct": int(len({tuple(s) for s in seen.tolist()})),
@@ -512,6 +505,12 @@ def _describe_sizes(seen: np.ndarray, stored: tuple[int, int], suffixes: list[st
 
 
 _FORMAT_NAMES = {".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def _format_counts(files: list[Path]) -> dict[str, int]:
+    """How many files of each image format, by suffix (JPEG for .jpg/.jpeg/.jfif)."""
+    return dict(collections.Counter(_FORMAT_NAMES.get(f.suffix.lower(), f.suffix.lstrip(".").upper())
+                                    for f in files))
 
 
 def _folder_name(root: Path, class_names: list[str], files: list[Path]) -> str:
@@ -565,14 +564,19 @@ def _decode_all(files: list[Path], blobs: list[bytes], image_size: int | None
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         decoded = [d for chunk in pool.map(lambda c: [decode(i) for i in c], chunks) for d in chunk]
     images = [pixels for pixels, _ in decoded]
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:  # the headers agreed but the pixels do not: a file that lies
-        first = images[0].shape
-        odd = next(i for i, im in enumerate(images) if im.shape != first)
-        raise DataError(f"images differ in size ({files[0]} is {first[1]}x{first[0]}, "
-                        f"{files[odd]} is {images[odd].shape[1]}x{images[odd].shape[0]}); "
-                        "pass --image-size N to resize them all")
+    stored = [(im.shape[1], im.shape[0]) for im in images]
+    if len(set(stored)) > 1:  # the headers agreed but the pixels do not: a file that lies
+        raise _sizes_differ(files, stored)
     return np.stack(images), np.array([seen for _, seen in decoded], np.int32).reshape(-1, 2)
+
+
+def _sizes_differ(files: list[Path], sizes: list[tuple[int, int]]) -> DataError:
+    """The one-line refusal of images of different (width, height), naming the first file and
+    the first one whose size differs from it."""
+    odd = next(i for i, size in enumerate(sizes) if size != sizes[0])
+    return DataError(f"images differ in size ({files[0]} is {sizes[0][0]}x{sizes[0][1]}, "
+                     f"{files[odd]} is {sizes[odd][0]}x{sizes[odd][1]}); "
+                     "pass --image-size N to resize them all")
 
 
 def split_stratified(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> dict:
@@ -661,7 +665,8 @@ def _load_cifar_batches(root: Path) -> Dataset:
     seen = np.full((count, 2), 32, np.int32)
     return Dataset(x_train, y_train, x_test, y_test, names, source=str(root.resolve()),
                    name="CIFAR-10", fingerprint=digest.hexdigest()[:16],
-                   extra={"images_seen": _describe_sizes(seen, (32, 32), [".pickle"] * count)})
+                   extra={"images_seen": _describe_sizes(seen, (32, 32),
+                                                         {"CIFAR-10 python batches": count})})
 
 
 def download_cifar10(cache_dir: str | os.PathLike | None = None, url: str = CIFAR10_URL) -> Path:

@@ -150,15 +150,14 @@ def natural_image_size(source: str | os.PathLike) -> int | None:
         >>> natural_image_size(PRETRAINED)
         32
     """
-    import json
-
     from edgel2.runtime.modelfile import read_metadata
     from edgel2.runtime.shipped import shipped_model
+    from edgel2.utils import run_config
 
     path = shipped_model("resnet18-int8.onnx") if str(source) == PRETRAINED else Path(source)
     try:
         if path.suffix.lower() == ".keras":
-            height = json.loads((path.parent / "config.json").read_text())["model"]["input_shape"][0]
+            height = run_config(path)["model"]["input_shape"][0]
         else:
             height = read_metadata(path)["input"]["shape"][1]
     except (OSError, ValueError, KeyError, TypeError, IndexError, ModelError):

@@ -62,6 +62,21 @@ def config_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def run_config(model_path: str | os.PathLike) -> dict:
+    """The ``config.json`` of the run the model file at ``model_path`` belongs to (the file
+    beside it; {} when there is none or it is not a JSON object).
+
+    Example:
+        >>> run_config("runs/train/nowhere/model.keras")
+        {}
+    """
+    try:
+        described = json.loads((Path(model_path).parent / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return described if isinstance(described, dict) else {}
+
+
 def writable_folder(path: str | os.PathLike, what: str, error=None) -> bool:
     """Create the folder ``path`` (and its parents) if needed and check that it can be written
     in, before any work goes into it: a place that cannot be ``what`` is one line at once

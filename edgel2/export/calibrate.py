@@ -84,14 +84,22 @@ def calibrate_on(ds, logits_of: Callable[[np.ndarray], np.ndarray],
     """
     test_logits = np.asarray(logits_of(ds.x_test) if test_logits is None else test_logits,
                              np.float64)
-    if ds.y_val is not None and len(ds.y_val):
+    fit, report = _fit_and_report(ds)
+    if fit is None:
         val_logits = np.asarray(logits_of(ds.x_val), np.float64)
         return fit_held_out(val_logits, ds.y_val, test_logits, ds.y_test,
                             f"{ds.name} validation split", f"{ds.name} test split")
-    fit, report = calibration_split(ds.y_test, CALIBRATION_SEED)
     return fit_held_out(test_logits[fit], ds.y_test[fit], test_logits[report], ds.y_test[report],
                         f"{ds.name} test split, class-balanced half 1 of 2",
                         f"{ds.name} test split, class-balanced half 2 of 2")
+
+
+def _fit_and_report(ds) -> tuple[np.ndarray | None, np.ndarray]:
+    """Indices into ``ds``'s test split of the images a calibration is fitted on (None: it is
+    fitted on the validation split) and of those it is reported on."""
+    if ds.y_val is not None and len(ds.y_val):
+        return None, np.arange(len(ds.y_test))
+    return calibration_split(ds.y_test, CALIBRATION_SEED)
 
 
 def keras_calibration(model, ds, on_batch: Callable[[int, int], None] | None = None,
@@ -152,8 +160,7 @@ def calibrate_file(path: str | os.PathLike, *, data: str | None = None, dataset=
     if plot is not None and result["before"] is not None:
         from edgel2.plots import plot_reliability
 
-        report = (np.arange(len(ds.y_test)) if ds.y_val is not None and len(ds.y_val)
-                  else calibration_split(ds.y_test, CALIBRATION_SEED)[1])
+        report = _fit_and_report(ds)[1]
         fitted = result["fitted"]
         curves = {f"{label} (ECE {figures['ece']:.3f})":
                   reliability_bins(calibrated_probabilities(test_logits[report], t, a),

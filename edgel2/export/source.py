@@ -1,7 +1,6 @@
 """The model being exported: loaded from ``.keras`` as float32, and described for metadata."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
@@ -10,7 +9,7 @@ from edgel2 import __version__
 from edgel2.checkpoint import as_float32, load_model
 from edgel2.errors import EdgeL2Error
 from edgel2.model import find_normalize
-from edgel2.utils import config_hash
+from edgel2.utils import config_hash, run_config
 
 
 def load_source(path: str | Path) -> tuple[keras.Model, dict]:
@@ -28,16 +27,6 @@ def load_source(path: str | Path) -> tuple[keras.Model, dict]:
     return model, describe(model, path)
 
 
-def run_of(path: Path) -> dict:
-    """The ``config.json`` of the run a ``.keras`` file belongs to ({} when there is none)."""
-    run_config = Path(path).parent / "config.json"
-    try:
-        run = json.loads(run_config.read_text()) if run_config.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-    return run if isinstance(run, dict) else {}
-
-
 def model_name(path: str | Path) -> str:
     """The name files exported from the ``.keras`` file at ``path`` carry (their stem, their
     metadata's ``name``, the model ``edgel2 serve`` serves): its run's name for the run's
@@ -50,7 +39,7 @@ def model_name(path: str | Path) -> str:
         'model'
     """
     path = Path(path)
-    name = run_of(path).get("name")
+    name = run_config(path).get("name")
     if not isinstance(name, str) or not name:
         return path.stem
     return name if path.name == "model.keras" else f"{name}-{path.stem}"
@@ -58,7 +47,7 @@ def model_name(path: str | Path) -> str:
 
 def describe(model: keras.Model, path: Path) -> dict:
     """Metadata written into every exported file (before quantization and accuracy)."""
-    run = run_of(path)
+    run = run_config(path)
     classes = run.get("model", {}).get("class_names")  # None: export names them from its data
     norm = find_normalize(model)
     if norm is None:

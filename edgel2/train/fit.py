@@ -384,7 +384,7 @@ def _saved_config(run_dir: Path) -> tuple[TrainConfig, str]:
     except (OptionError, KeyError, TypeError) as e:
         raise TrainingError(f"cannot resume {run_dir}: its config.json is not usable ({e})") from None
     name = described.get("name")
-    return config, name if isinstance(name, str) and name else run_dir.resolve().name
+    return config, name if isinstance(name, str) and name else _default_name(run_dir)
 
 
 def _held_out_name(ds: Dataset, split: str, config: TrainConfig) -> str:
