@@ -245,7 +245,7 @@ def _measure_in_child(fmt, precision, path, check_file, batch_sizes, threads, pr
                        "batch_sizes": list(batch_sizes), "threads": threads,
                        "provider": provider, "seconds": seconds, "accuracy": accuracy})
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
-    proc = subprocess.run([sys.executable, "-m", "edgel2.benchmark", spec], env=env,
+    proc = subprocess.run([sys.executable, "-m", "edgel2.benchmark", str(os.getpid()), spec], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         return {"reason": last_error_line(proc.stderr, proc.returncode)[:300]}
@@ -472,4 +472,7 @@ def benchmark_figure(report: dict):
 
 
 if __name__ == "__main__":
-    print(json.dumps(_child(json.loads(sys.argv[1]))))
+    from edgel2.utils import die_with_parent
+
+    die_with_parent(int(sys.argv[1]))
+    print(json.dumps(_child(json.loads(sys.argv[2]))))

@@ -66,7 +66,8 @@ class _Cli(click.Group):
     """The one place where every expected failure becomes one line on stderr and a documented
     exit code: 2 for bad options (as argparse and click do), 1 for bad input, a failed run or
     a missing optional dependency (the line names what to install), 3 when ``infer`` could
-    not classify some images, 130 for Ctrl-C."""
+    not classify some images, 4 when finished results could not be written where asked (they
+    go to stdout instead), 130 for Ctrl-C."""
 
     def main(self, args=None, prog_name=None, **kwargs):
         kwargs["standalone_mode"] = False
@@ -596,8 +597,10 @@ def benchmark(source, data, formats, engine, batch_sizes, threads, provider, sec
     from edgel2.benchmark import ENGINE, default_formats
     from edgel2.benchmark import benchmark as run_benchmark
     from edgel2.benchmark import format_table, plot_report
-    from edgel2.utils import write_json
+    from edgel2.utils import check_output, deliver_text
 
+    if json_path:
+        check_output(json_path)
     if engine != "auto":  # Keras stays as the baseline
         formats = [f for f in formats or default_formats() if ENGINE.get(f, engine) == engine]
         if formats == ["keras"] or not formats:
@@ -609,7 +612,7 @@ def benchmark(source, data, formats, engine, batch_sizes, threads, provider, sec
                            progress=lambda line: click.echo(f"benchmark: {line}", err=True))
     click.echo(format_table(report))
     json_path = Path(json_path) if json_path else Path(report["export_dir"]) / "benchmark.json"
-    write_json(json_path, report)
+    deliver_text(json.dumps(report, indent=2) + "\n", json_path, echo=click.echo)
     plot_report(report, json_path.with_suffix(".png"))
     click.echo(f"report: {json_path}  chart: {json_path.with_suffix('.png')}")
     bad = [r for r in report["rows"] if r["status"] not in ("ok", "skipped")]
@@ -706,7 +709,8 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
     Bad files (empty, truncated, not an image, too large, not a regular file, unreadable)
     and folders that cannot be read are reported in the output with a reason; every other
     file is still classified. Exit code 0 when all succeeded, 3 when some images failed,
-    1 for a missing or non-edgel2 model, 2 for bad options.
+    1 for a missing or non-edgel2 model, 2 for bad options, 4 when --out could not be
+    written at the end (the results went to stdout).
 
     \b
     On Ray (one Classifier per actor; Parquet or JSON lines, the fields of --out-format json):
@@ -739,8 +743,10 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
     from edgel2.runtime import Classifier, FileResult, ProviderFallbackWarning
     from edgel2.runtime.io import expand_paths, render
     from edgel2.runtime.shipped import shipped_model
-    from edgel2.utils import atomic_path
+    from edgel2.utils import check_output, deliver_text
 
+    if output:
+        check_output(output)  # before the work: the results must have somewhere to go
     # Pillow warns about odd files it still decodes (bad TIFF tags, ICO sizes): the results
     # report real failures, so these would only be noise between them
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
@@ -767,12 +773,7 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
         classified = iter(list(bar))
     # walk failures (unreadable folders) keep their place among the classified files
     results = [e if isinstance(e, FileResult) else next(classified) for e in entries]
-    text = render(results, fmt, top_k)
-    if output:
-        with atomic_path(output) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    else:
-        click.echo(text, nl=False)
+    deliver_text(render(results, fmt, top_k), output, echo=lambda t: click.echo(t, nl=False))
     seconds = time.perf_counter() - start
     click.echo(f"edgel2: {_plural(len(files), 'image')} in {seconds:.2f} s "
                f"({len(files) / max(seconds, 1e-9):.1f} img/s): {classifier.describe()}", err=True)

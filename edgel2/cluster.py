@@ -40,7 +40,7 @@ from typing import Iterable, Sequence
 from edgel2.errors import EdgeL2Error, OptionError, first_line
 from edgel2.runtime.classifier import Classifier, FileResult
 from edgel2.runtime.io import expand_paths, record
-from edgel2.utils import atomic_path
+from edgel2.utils import atomic_path, check_output
 
 OUTPUT_FORMATS = ("parquet", "jsonl")
 # Files per call of an actor: several of the classifier's batches, so that decoding the next
@@ -247,9 +247,8 @@ def classify_on_ray(paths: Sequence[str], output: str | os.PathLike, *,
     if (cpus_per_actor is not None and cpus_per_actor < 1) or (actors is not None and actors < 1):
         raise OptionError("actors and CPUs per actor must be >= 1")
     output = str(output)
-    if not _is_uri(output) and os.path.lexists(output):
-        raise EdgeL2Error(f"{output} already exists: Ray writes a folder of part files; pick "
-                          "a new --output")
+    if not _is_uri(output):  # before the work: a place it could not go is one line now
+        check_output(output, "--out (Ray writes a folder of part files)", folder=True)
     model_path = Path(model) if model else shipped_model()
     Classifier(model_path, providers="cpu", threads=1)  # a bad model is one line, before Ray
     entries = list_images(paths)
@@ -274,8 +273,11 @@ def classify_on_ray(paths: Sequence[str], output: str | os.PathLike, *,
         fn_constructor_kwargs={"model": [ray.put(model_path.read_bytes())], "top_k": top_k,
                                "batch_size": batch_size, "engine": engine}).materialize()
     # a local folder is written under a temporary name and renamed into place; a URI in
-    # place (object stores have no rename)
-    with contextlib.nullcontext(output) if _is_uri(output) else atomic_path(output) as folder:
+    # place (object stores have no rename). Another job that took the name meanwhile does
+    # not cost these results: they keep a name of their own.
+    kept = f"{output.rstrip(os.sep)}-{os.getpid()}"
+    with contextlib.nullcontext(output) if _is_uri(output) else \
+            atomic_path(output, fallback=kept) as folder:
         if output_format == "parquet":
             results.write_parquet(str(folder))
         else:

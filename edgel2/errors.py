@@ -71,6 +71,14 @@ def reported_write(path, error: type[EdgeL2Error] = TrainingError):
         raise error(f"cannot write {path}: {e.strerror or e}") from None
 
 
+class OutputError(EdgeL2Error):
+    """The results cannot be written where the user asked (checked before the work starts;
+    if writing still fails at the end, the results go to stdout and this says why); exit code
+    4."""
+
+    exit_code = 4
+
+
 class ModelError(EdgeL2Error, ValueError):
     """The model file is missing, is not an exported edgel2 model, or its metadata disagrees
     with its graph."""

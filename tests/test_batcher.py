@@ -90,9 +90,10 @@ def test_a_full_queue_answers_busy_at_once(classifier):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"max_delay_ms": math.inf}, "max_delay_ms must be a finite number >= 0, got inf"),
-    ({"max_delay_ms": math.nan}, "max_delay_ms must be a finite number >= 0, got nan"),
-    ({"max_delay_ms": -1}, "max_delay_ms must be a finite number >= 0, got -1"),
+    ({"max_delay_ms": math.inf}, "max_delay_ms must be a number in 0..10000, got inf"),
+    ({"max_delay_ms": math.nan}, "max_delay_ms must be a number in 0..10000, got nan"),
+    ({"max_delay_ms": -1}, "max_delay_ms must be a number in 0..10000, got -1"),
+    ({"max_delay_ms": 1e13}, "max_delay_ms must be a number in 0..10000, got 10000000000000.0"),
     ({"max_batch": 0}, "max_batch must be a whole number >= 1, got 0"),
     ({"max_queue": 0}, "max_queue must be a whole number >= 1, got 0"),
     ({"top_k": 2.5}, "top_k must be a whole number >= 1, got 2.5"),
@@ -161,3 +162,68 @@ def test_with_openvino_streams_batches_overlap_and_answers_stay_the_same(tiny_on
         answers = [f.result(60) for f in futures]
     assert answers == expected
     assert batcher.batches_run >= len(IMAGES) // 4
+
+
+def test_an_on_batch_callback_that_raises_fails_that_batch_and_nothing_else(classifier):
+    calls = []
+
+    def on_batch(size):
+        calls.append(size)
+        if len(calls) == 1:
+            raise RuntimeError("the metrics hook broke")
+
+    with Batcher(classifier, max_batch=1, max_delay_ms=0, on_batch=on_batch) as batcher:
+        with pytest.raises(RuntimeError, match="the metrics hook broke"):
+            batcher.submit(IMAGES[0]).result(60)  # failed, not pending forever
+        assert batcher.submit(IMAGES[1]).result(60) == classifier.predict(IMAGES[1])[0]
+        assert batcher.healthy
+
+
+def test_owners_take_turns_so_a_large_request_does_not_hold_up_a_small_one(classifier):
+    gate = _gated(classifier)
+    order = []
+    with Batcher(classifier, max_batch=1, max_delay_ms=0) as batcher:
+        running = batcher.submit(IMAGES[0], owner="warm-up")
+        assert gate.entered.wait(60)
+        large = [batcher.submit(image, owner="large") for image in IMAGES[1:9]]
+        small = batcher.submit(IMAGES[9], owner="small")
+        for name, futures in (("large", large), ("small", [small])):
+            for future in futures:
+                future.add_done_callback(lambda _, name=name: order.append(name))
+        gate.open.set()
+        [f.result(60) for f in [running, *large, small]]
+    # one image of the large request, then the small request's: it waited for one, not eight
+    assert order[:2] == ["large", "small"]
+
+
+def test_readiness_follows_the_batcher(classifier):
+    batcher = Batcher(classifier)
+    assert batcher.healthy
+    batcher.close()
+    assert not batcher.healthy
+
+
+def test_closing_from_a_done_callback_does_not_deadlock_the_engine(tiny_onnx):
+    pytest.importorskip("openvino")
+    classifier = Classifier(tiny_onnx, engine="openvino")
+    start_model, submit = threading.Event(), classifier.engine.submit
+
+    def held_submit(batch, done):  # the batch starts once the callback below is in place
+        assert start_model.wait(60)
+        submit(batch, done)
+
+    classifier.engine.submit = held_submit
+    batcher = Batcher(classifier, max_batch=4, max_delay_ms=1)
+    closed = threading.Event()
+
+    def close_from_callback(_):
+        batcher.close()  # in OpenVINO's callback thread
+        closed.set()
+
+    future = batcher.submit(IMAGES[0])
+    future.add_done_callback(close_from_callback)
+    start_model.set()
+    assert closed.wait(60), "close() inside a done-callback hung"
+    assert future.result(60) == classifier.predict(IMAGES[0])[0]
+    with Batcher(classifier, max_batch=4, max_delay_ms=1) as later:  # the engine still works
+        assert later.submit(IMAGES[1]).result(60) == classifier.predict(IMAGES[1])[0]

@@ -133,7 +133,7 @@ def test_an_actor_larger_than_every_node_is_refused_instead_of_waiting(local_ray
 
 def test_an_existing_output_folder_is_refused(local_ray, images, tmp_path):
     (tmp_path / "out").mkdir()
-    with pytest.raises(EdgeL2Error, match="already exists"):
+    with pytest.raises(EdgeL2Error, match="exists already"):
         classify_on_ray([str(images)], tmp_path / "out")
 
 

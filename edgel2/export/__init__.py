@@ -22,7 +22,7 @@ import numpy as np
 from edgel2.data import balanced_subset, held_out_images, load_model_data
 from edgel2.errors import EdgeL2Error, first_line, require_whole
 from edgel2.export.check import run_batches
-from edgel2.utils import atomic_path, writable_folder, write_json
+from edgel2.utils import atomic_path, scratch_space, writable_folder, write_json
 from edgel2.variants import FORMATS, PRECISIONS, SUFFIX, precision_name
 
 
@@ -68,8 +68,6 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     ``progress`` gets a line per step; ``check_progress(done, total)`` is called after each
     batch of check images (the Keras reference, then each file), for a progress bar.
     """
-    from edgel2.export.source import load_source
-
     formats = _validated(formats, FORMATS, "format")
     precisions = _validated([precision_name(p) for p in precisions], PRECISIONS, "precision")
     if "onnx" in formats:
@@ -93,7 +91,23 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     if existing and not force:
         raise EdgeL2Error(f"{existing[0]} exists; pass --force to overwrite")
     writable_folder(out_dir, "the output folder")
+    # every temporary file (SavedModels, converters' inputs) goes to a scratch folder inside
+    # out_dir: removed at the end, and by the next export if this one is killed
+    with scratch_space(out_dir):
+        return _export_targets(model_path, out_dir, targets, data=data, calib=calib,
+                               calib_method=calib_method, opset=opset, check=check,
+                               max_drop=max_drop, allow_drop=allow_drop, calibrate=calibrate,
+                               flip_average=flip_average, batch=batch, dataset=dataset,
+                               progress=progress, check_progress=check_progress)
 
+
+def _export_targets(model_path: Path, out_dir: Path, targets: list, *, data, calib, calib_method,
+                    opset, check, max_drop, allow_drop, calibrate, flip_average, batch, dataset,
+                    progress, check_progress) -> dict:
+    """The work of :func:`export_model`, once its arguments are checked."""
+    from edgel2.export.source import load_source
+
+    precisions = {precision for _, precision, _ in targets}
     model, base_metadata = load_source(model_path)
     base_metadata["flip_average"] = flip_average
     base_metadata["input"]["shape"][0] = base_metadata["output"]["shape"][0] = batch  # None: any

@@ -41,8 +41,8 @@ def write_tflite(model, path: Path, precision: str,
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "saved_model"
         _save_signature(source, saved, batch)
-        args = [sys.executable, "-m", "edgel2.export.tflite", str(saved), str(path), precision,
-                str(batch or 1)]
+        args = [sys.executable, "-m", "edgel2.export.tflite", str(os.getpid()), str(saved),
+                str(path), precision, str(batch or 1)]
         if precision == "int8":
             np.save(Path(tmp) / "calib.npy", calibration.astype(np.float32))
             args.append(str(Path(tmp) / "calib.npy"))
@@ -259,5 +259,8 @@ def _convert(saved_model: str, out: str, precision: str, batch: int,
 
 
 if __name__ == "__main__":
-    _convert(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]),
-             sys.argv[5] if len(sys.argv) > 5 else None)
+    from edgel2.utils import die_with_parent
+
+    die_with_parent(int(sys.argv[1]))  # a killed export leaves no converter behind
+    _convert(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]),
+             sys.argv[6] if len(sys.argv) > 6 else None)

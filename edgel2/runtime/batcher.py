@@ -6,17 +6,20 @@ loop) and get a future; one worker thread gathers what arrives within ``max_dela
 executor), so callers decode in parallel.
 
 It holds up under real clients: a cancelled or timed-out request is dropped without touching
-any other; an error in one batch fails only that batch's futures; the worker never dies while
-the batcher is open; and the queue is bounded (``max_queue``), so a flood of callers gets
-:class:`BusyError` at once instead of unbounded memory.
+any other; an error in one batch (or in the ``on_batch`` callback) fails only that batch's
+futures; the worker never dies while the batcher is open; and the queue is bounded
+(``max_queue``), so a flood of callers gets :class:`BusyError` at once instead of unbounded
+memory. The queue is fair: images submitted under different ``owner`` keys (one per HTTP
+request in ``edgel2 serve``) are taken in turn, so a request of 64 images does not make a
+request of one wait behind all of them.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
-import queue
 import threading
+from collections import OrderedDict, deque
 import time
 from concurrent.futures import Future
 from numbers import Real
@@ -28,8 +31,18 @@ from edgel2.errors import BusyError, EngineError, OptionError, PredictionError, 
 from edgel2.runtime.classifier import NON_FINITE, Classifier, Prediction
 from edgel2.runtime.preprocess import ImageLike
 
-_STOP = object()
+MAX_DELAY_MS = 10_000.0  # a longer wait to fill a batch is a typo, not a setting
 log = logging.getLogger(__name__)
+
+
+class _Delivering(threading.local):
+    """Whether this thread is setting batch results (a worker, or an engine's callback thread):
+    a future's done-callback that closes a batcher there must not wait for that thread."""
+
+    active = False
+
+
+_delivering = _Delivering()
 
 
 class Batcher:
@@ -53,14 +66,17 @@ class Batcher:
         for name, value in (("max_batch", max_batch), ("top_k", top_k), ("max_queue", max_queue)):
             require_whole(name, value)
         if isinstance(max_delay_ms, bool) or not isinstance(max_delay_ms, Real) \
-                or not math.isfinite(max_delay_ms) or max_delay_ms < 0:
-            raise OptionError(f"max_delay_ms must be a finite number >= 0, got {max_delay_ms!r}")
+                or not math.isfinite(max_delay_ms) or not 0 <= max_delay_ms <= MAX_DELAY_MS:
+            raise OptionError(f"max_delay_ms must be a number in 0..{MAX_DELAY_MS:g}, got "
+                              f"{max_delay_ms!r}")
         self.classifier, self.max_batch, self.top_k = classifier, max_batch, top_k
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue = max_queue
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        # owner -> its waiting (pixels, future, raw); owners are served in turn
+        self._waiting: OrderedDict = OrderedDict()
+        self._depth = 0
         self._closed = False
-        self._lock = threading.Lock()  # no request may slip in behind the stop marker
+        self._changed = threading.Condition()
         self.batches_run = 0  # for tests and monitoring: how many model calls were made
         self.on_batch = on_batch  # called with each batch's size (a metrics histogram)
         self._worker = threading.Thread(target=self._loop, name="edgel2-batcher", daemon=True)
@@ -69,47 +85,55 @@ class Batcher:
     @property
     def queue_depth(self) -> int:
         """Requests waiting for the model now (for metrics)."""
-        return self._queue.qsize()
+        return self._depth
 
-    def submit(self, image: ImageLike) -> "Future[Prediction]":
+    @property
+    def healthy(self) -> bool:
+        """Whether requests can still be answered: open, and its worker alive (readiness)."""
+        return not self._closed and self._worker.is_alive()
+
+    def submit(self, image: ImageLike, owner=None) -> "Future[Prediction]":
         """Queue one image; the future holds its top-k, or the :class:`ImageError` its decoding
         raised, or the error its batch raised. Cancelling the future drops the request.
-        Raises :class:`BusyError` when ``max_queue`` requests are waiting already."""
+        Raises :class:`BusyError` when ``max_queue`` requests are waiting already. ``owner``:
+        whose request it is (any hashable; None for a queue of its own), for fair turns."""
         future: Future = Future()
         try:
             pixels = self.classifier.preprocess(image)
         except Exception as e:  # noqa: BLE001 - reported per request, as predict would raise
             future.set_exception(e)
             return future
-        self._enqueue(pixels, future)
+        self._enqueue(pixels, future, owner=owner)
         return future
 
-    async def submit_async(self, image: ImageLike) -> Prediction:
-        """:meth:`submit` for an event loop: decodes in the loop's default executor, never
-        blocks the loop, and cancelling the awaiting task (a client timeout, a disconnect)
-        drops the request."""
+    async def submit_async(self, image: ImageLike, owner=None, executor=None) -> Prediction:
+        """:meth:`submit` for an event loop: decodes in ``executor`` (default: the loop's),
+        never blocks the loop, and cancelling the awaiting task (a client timeout, a
+        disconnect) drops the request."""
         loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(None, self.classifier.preprocess, image)
+        pixels = await loop.run_in_executor(executor, self.classifier.preprocess, image)
         future: Future = Future()
-        self._enqueue(pixels, future)
+        self._enqueue(pixels, future, owner=owner)
         return await asyncio.wrap_future(future)
 
-    async def logits_async(self, pixels: np.ndarray) -> np.ndarray:
+    async def logits_async(self, pixels: np.ndarray, owner=None) -> np.ndarray:
         """The raw logits of one uint8 ``[H, W, 3]`` image already at the model's input size
         (a tensor API, e.g. KServe v2), batched with everything else; non-finite logits are
         returned as they are. Cancelling drops the request, as for :meth:`submit_async`."""
         future: Future = Future()
-        self._enqueue(pixels, future, raw=True)
+        self._enqueue(pixels, future, raw=True, owner=owner)
         return await asyncio.wrap_future(future)
 
-    def _enqueue(self, pixels: np.ndarray, future: Future, raw: bool = False) -> None:
-        with self._lock:
+    def _enqueue(self, pixels: np.ndarray, future: Future, raw: bool = False,
+                 owner=None) -> None:
+        with self._changed:
             if self._closed:
                 raise EngineError("the batcher is closed")
-            try:
-                self._queue.put_nowait((pixels, future, raw))
-            except queue.Full:
-                raise BusyError(f"busy: {self.max_queue} requests are waiting; retry later") from None
+            if self._depth >= self.max_queue:
+                raise BusyError(f"busy: {self.max_queue} requests are waiting; retry later")
+            self._waiting.setdefault(owner, deque()).append((pixels, future, raw))
+            self._depth += 1
+            self._changed.notify()
 
     def _loop(self) -> None:
         stop = False
@@ -120,24 +144,32 @@ class Batcher:
             except Exception:  # noqa: BLE001 - _run already failed its futures; stay alive
                 log.exception("edgel2 batcher: a batch failed outside the model call")
 
+    def _take(self, limit: int) -> list:
+        """Up to ``limit`` waiting requests, one per owner in turn (called holding the lock)."""
+        items = []
+        while self._waiting and len(items) < limit:
+            owner, waiting = next(iter(self._waiting.items()))
+            items.append(waiting.popleft())
+            self._waiting.pop(owner)
+            if waiting:  # to the back of the line with what it has left
+                self._waiting[owner] = waiting
+        self._depth -= len(items)
+        return items
+
     def _gather(self) -> tuple[list, bool]:
         """The next batch: what arrives within max_delay of the first request, up to max_batch;
-        and whether the stop marker came."""
-        first = self._queue.get()
-        if first is _STOP:
-            return [], True
-        items = [first]
-        deadline = time.monotonic() + self.max_delay
-        while len(items) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _STOP:
-                return items, True
-            items.append(item)
-        return items, False
+        and whether the batcher is closing with nothing left to run."""
+        with self._changed:
+            while not self._depth and not self._closed:
+                self._changed.wait()
+            if not self._depth:
+                return [], True
+            deadline = time.monotonic() + self.max_delay
+            while self._depth < self.max_batch and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._changed.wait(remaining):
+                    break
+            return self._take(self.max_batch), False
 
     def _run(self, items: list) -> None:
         # A future cancelled while queued is dropped here; once running it can no longer be
@@ -145,9 +177,9 @@ class Batcher:
         live = [item for item in items if item[1].set_running_or_notify_cancel()]
         if not live:
             return
-        if self.on_batch is not None:
-            self.on_batch(len(live))
         try:
+            if self.on_batch is not None:
+                self.on_batch(len(live))
             # an engine with several streams (OpenVINO) returns once one is free, so the next
             # batch is gathered while this one runs; the others call back at once
             self.classifier.engine.submit(np.stack([item[0] for item in live]),
@@ -162,27 +194,38 @@ class Batcher:
             probabilities = self.classifier.to_probabilities(logits, len(live))
             predictions = self.classifier.ranked(probabilities, self.top_k)
         except Exception as e:  # noqa: BLE001 - fails this batch only
-            for _, future, _ in live:
-                future.set_exception(e)
+            _delivering.active = True
+            try:
+                for _, future, _ in live:
+                    future.set_exception(e)
+            finally:
+                _delivering.active = False
             return
         self.batches_run += 1
-        for (_, future, raw), row, prediction in zip(live, logits, predictions):
-            if raw:
-                future.set_result(row)
-            elif prediction is None:
-                future.set_exception(PredictionError(NON_FINITE))
-            else:
-                future.set_result(prediction)
+        _delivering.active = True  # the futures' done-callbacks run in this thread
+        try:
+            for (_, future, raw), row, prediction in zip(live, logits, predictions):
+                if raw:
+                    future.set_result(row)
+                elif prediction is None:
+                    future.set_exception(PredictionError(NON_FINITE))
+                else:
+                    future.set_result(prediction)
+        finally:
+            _delivering.active = False
 
     def close(self) -> None:
-        """Finish what was submitted, then stop the worker."""
-        with self._lock:
+        """Finish what was submitted, then stop the worker. Called from the worker or an
+        engine's callback thread (a future's done-callback), it only marks the batcher closed:
+        waiting there for the batches in flight would wait for itself."""
+        with self._changed:
             if self._closed:
                 return
             self._closed = True
-        self._queue.put(_STOP)  # blocks only while a full queue drains
-        self._worker.join()
-        self.classifier.engine.wait()  # batches still running on other streams
+            self._changed.notify_all()
+        if threading.current_thread() is not self._worker and not _delivering.active:
+            self._worker.join()
+            self.classifier.engine.wait()  # batches still running on other streams
 
     def __enter__(self) -> "Batcher":
         return self

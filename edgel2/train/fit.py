@@ -29,7 +29,8 @@ from edgel2.train.callbacks import (Checkpoint, CurvesPlot, EpochLine, MetricsCS
                                     stalled)
 from edgel2.train.distribute import ONE_DEVICE, Placement, check_batch_size, global_batch_size
 from edgel2.train.schedule import OneCycle
-from edgel2.utils import config_hash, next_run_dir, writable_folder, write_json
+from edgel2.utils import (config_hash, next_run_dir, remove_if_empty, writable_folder,
+                          write_json)
 
 
 @dataclass
@@ -134,7 +135,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
         0.31
     """
     chief = placement.chief
-    created = False
+    created = None
     if resume is not None:
         run_dir = Path(resume)
         config, name = _saved_config(run_dir)
@@ -164,8 +165,8 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
         return _train(config, run_dir, name, state, dataset, checkpoint_every, verbose,
                       placement)
     except BaseException:
-        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # a run that failed before writing anything leaves no folder
+        if created is not None:
+            remove_if_empty(run_dir, created)  # a run that failed before writing anything
         raise
 
 
@@ -366,9 +367,9 @@ def _remove_partial_writes(run_dir: Path) -> None:
                 leftover.unlink(missing_ok=True)
 
 
-def _make_run_dir(run_dir: Path) -> bool:
+def _make_run_dir(run_dir: Path) -> Path | None:
     """Create the run directory before any data is loaded, so an unwritable place is one
-    line at once. Returns whether it was created (rather than found empty)."""
+    line at once. Returns the outermost folder created (None: it was there, empty)."""
     return writable_folder(run_dir, "the run directory", TrainingError)
 
 
