@@ -14,9 +14,11 @@ import click
 
 from edgel2 import __version__
 from edgel2.backend import BACKENDS, use_backend
-from edgel2.config import DEFAULT_IMAGE_SIZE, TrainConfig, check_name, parse_devices
+from edgel2.config import (DEFAULT_IMAGE_SIZE, MAX_BODY_MB, TrainConfig, check_name,
+                           parse_devices)
 from edgel2.errors import EdgeL2Error, OptionError, missing_extra
 from edgel2.export.onnx import MAX_OPSET, MIN_OPSET
+from edgel2.runtime.batcher import MAX_DELAY_MS
 from edgel2.runtime.engines import ENGINES, INFERENCE_PRECISION_ALIASES, INFERENCE_PRECISIONS
 from edgel2.variants import BENCHMARK_FORMATS, FORMATS, PRECISION_ALIASES, PRECISIONS
 
@@ -799,12 +801,23 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Most images in one model call.")
-@click.option("--max-delay-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="How long the first image of a batch waits for others.")
+@click.option("--max-delay-ms", type=click.FloatRange(0, MAX_DELAY_MS), default=2.0,
+              show_default=True, help="How long the first image of a batch waits for others.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Images waiting for the model before requests get 503 (Retry-After).")
-@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=16.0,
-              show_default=True, help="Largest request body; larger gets 413.")
+@click.option("--max-body-mb", type=click.FloatRange(0, MAX_BODY_MB, min_open=True), default=16.0,
+              show_default=True, help="Largest request body, however it is sent; larger gets 413.")
+@click.option("--max-images", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most images in one request (files, or a v2 tensor's batch); more gets 413.")
+@click.option("--max-request-mpx", type=click.FloatRange(0, min_open=True), default=100.0,
+              show_default=True,
+              help="Most decoded megapixels in one request, read from the files' headers "
+                   "before decoding; more gets 413.")
+@click.option("--client-timeout-s", type=click.FloatRange(0.01, 3600), default=10.0,
+              show_default=True,
+              help="A client silent this long in the middle of a request is disconnected.")
+@click.option("--grace-s", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
+              help="After SIGTERM, how long requests in flight may finish; then they get 503.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Labels per image from /v1/classify (a request may ask ?top_k=N).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
@@ -814,7 +827,7 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
                    "and precision from the file's metadata, e.g. photos-int8; else the file's "
                    "name without suffix).")
 def serve(model, engine, threads, host, port, max_batch, max_delay_ms, max_queue, max_body_mb,
-          top_k, workers, name) -> None:
+          max_images, max_request_mpx, client_timeout_s, grace_s, top_k, workers, name) -> None:
     """Serve the model over HTTP until SIGTERM or Ctrl-C (then finish what is in flight and
     exit 0). Needs the serve extra: pip install "edgel2[serve]".
 
@@ -824,22 +837,36 @@ def serve(model, engine, threads, host, port, max_batch, max_delay_ms, max_queue
     GET  /v2/health/live, /v2/health/ready, /v2/models/NAME    KServe v2 (Open Inference Protocol)
     POST /v2/models/NAME/infer      uint8 NHWC tensors in JSON -> logits
     GET  /metrics                   Prometheus: requests, latency, batch sizes, queue depth
+
+    \b
+    Facing clients you do not control (behind a proxy): headers are bounded (64 KiB, 100
+    lines: 431), a client silent mid-request is disconnected (--client-timeout-s), requests
+    take turns for decoding and for the model, and a request whose client has gone costs no
+    model work. A port in use is one line and exit 1; with --port 0 the system chooses and
+    the first lines printed say which.
     """
     from edgel2.serve import ServeConfig, run
 
     config = ServeConfig(model=model, name=name, engine=engine, threads=threads, max_batch=max_batch,
                          max_delay_ms=max_delay_ms, max_queue=max_queue,
-                         max_body_mb=max_body_mb, top_k=top_k)
-    classifier = None
-    if workers == 1:  # open the model here, so that a bad file is one line before listening
-        from edgel2.runtime import Classifier, shipped_model
+                         max_body_mb=max_body_mb, max_images=max_images,
+                         max_request_mpx=max_request_mpx, client_timeout_s=client_timeout_s,
+                         grace_s=grace_s, top_k=top_k)
+    from edgel2.runtime import Classifier, shipped_model
 
-        classifier = Classifier(model or shipped_model(), engine=engine, threads=threads)
-        served = name or classifier.name
+    # opened here (once, even for several workers), so that a bad file is one line before
+    # anything listens
+    classifier = Classifier(model or shipped_model(), engine=engine, threads=threads)
+    served = name or classifier.name
+
+    def listening(url: str) -> None:
         click.echo(f"edgel2 serve: {served} ({classifier.describe()}) at "
-                   f"http://{host}:{port}/v2/models/{served}", err=True)
-    click.echo(f"edgel2 serve: http://{host}:{port}/ (Ctrl-C or SIGTERM to stop)", err=True)
-    run(config, host=host, port=port, workers=workers, classifier=classifier)
+                   f"{url}/v2/models/{served}", err=True)
+        click.echo(f"edgel2 serve: {url}/ (Ctrl-C or SIGTERM to stop)", err=True)
+
+    run(config, host=host, port=port, workers=workers,
+        classifier=classifier if workers == 1 else None, on_listening=listening,
+        check_model=False)
 
 
 def main() -> None:

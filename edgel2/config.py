@@ -30,6 +30,8 @@ FINETUNE_CROP_SCALE = 0.6
 # input): the CIFAR ResNet-18's design size (3x3 stem, no max-pool). --image-size 64 keeps
 # more detail at 4x the compute per image.
 DEFAULT_IMAGE_SIZE = 32
+# edgel2 serve: the largest --max-body-mb (bodies are held in memory; more is a typo)
+MAX_BODY_MB = 1024.0
 # The width of the shipped pretrained ResNet-18 (models/resnet18-int8.onnx; a test checks it)
 PRETRAINED_WIDTH = 64
 

@@ -401,7 +401,27 @@ def held_out_images(ds: Dataset, count: int | None, seed: int = 0) -> tuple[np.n
 # --- image folders ---------------------------------------------------------------------------
 
 def _class_dirs(split_dir: Path) -> list[Path]:
-    return sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    dirs = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for d in dirs:
+        _check_class_name(d)
+    return dirs
+
+
+def _check_class_name(class_dir: Path) -> None:
+    """A class is named by its folder, and the name goes into the model's metadata, labels.txt
+    and every table: it must be text (UTF-8) and hold no control character (a newline would
+    forge rows)."""
+    from edgel2.runtime.io import printable
+
+    name = class_dir.name
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"class folder name is not UTF-8 text: {printable(str(class_dir))}; "
+                        "rename it") from None
+    if not name.isprintable():
+        raise DataError(f"class folder name holds a control character: "
+                        f"{printable(str(class_dir))!r}; rename it")
 
 
 def _image_files(class_dir: Path) -> list[Path]:

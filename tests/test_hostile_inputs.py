@@ -194,3 +194,78 @@ def test_non_finite_logits_are_that_images_error_and_json_stays_strict(tiny_onnx
                                     "predictions": None,
                                     "error": "the model produced non-finite logits"}
     assert records["colour.png"]["error"] is None
+
+
+# --- images that would be silently wrong, or decode before they are measured ----------------
+
+def _float_tiff(values: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(values.astype(np.float32), "F").save(buffer, "TIFF")
+    return buffer.getvalue()
+
+
+def test_a_float_tiff_in_0_to_1_is_scaled_not_read_as_black():
+    values = np.full((4, 4), 0.5, np.float32)
+    assert load_image(_float_tiff(values)).tolist() == np.full((4, 4, 3), 128).tolist()
+    assert load_image(_float_tiff(values * 255)).tolist() == np.full((4, 4, 3), 128).tolist()
+
+
+@pytest.mark.parametrize("values, reason", [
+    (np.full((4, 4), -3.0), "a floating-point image with values in -3..-3; edgel2 reads 0..1 or 0..255"),
+    (np.full((4, 4), 1000.0), "a floating-point image with values in 1000..1000; edgel2 reads 0..1 or 0..255"),
+    (np.full((4, 4), np.nan), "a floating-point image with NaN or infinite values"),
+])
+def test_a_float_image_outside_0_to_255_is_refused_not_guessed(values, reason):
+    with pytest.raises(ImageError) as error:
+        load_image(_float_tiff(values))
+    assert str(error.value) == reason
+
+
+def _ico_holding(payload: bytes) -> bytes:
+    """An ICO whose one entry claims 256x256 (0 in its size bytes) and holds ``payload``."""
+    return (struct.pack("<HHH", 0, 1, 1)
+            + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(payload), 22) + payload)
+
+
+def test_an_ico_hiding_a_huge_png_is_refused_from_its_headers_before_decoding():
+    buffer = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(buffer, "PNG")  # 81 Mpx, a few kB
+    ico = _ico_holding(buffer.getvalue())
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.raises(ImageError, match=r"^image too large \(9000x9000\): refused"):
+        load_image(ico, (8, 8))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 * 2**20  # Pillow alone would decode 81 Mpx while opening it
+
+
+def test_formats_edgel2_does_not_read_are_refused_by_name():
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "TGA")
+    with pytest.raises(ImageError) as error:
+        load_image(buffer.getvalue())
+    assert str(error.value) == ("not an image edgel2 reads (JPEG, PNG, BMP, GIF, WebP, TIFF, "
+                                "PPM/PGM/PBM or ICO)")
+
+
+def test_a_file_name_with_a_newline_cannot_forge_a_row_of_the_table(tiny_onnx, tmp_path):
+    image = _png(tmp_path / "a\nforged  cat 99.0%.png")
+    result = _infer(str(image), "--model", str(tiny_onnx))
+    assert result.exit_code == 0
+    assert result.stdout.count("\n") == 2  # the header and one row
+    assert "a\\nforged  cat 99.0%.png" in result.stdout
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"caf\xe9", "class folder name is not UTF-8 text: "),
+    (b"cat\nforged", "class folder name holds a control character: "),
+])
+def test_a_class_folder_name_that_is_not_text_stops_training_data_in_one_line(
+        tiny_folder, tmp_path, raw, reason):
+    folder = os.path.join(os.fsencode(tiny_folder / "train"), raw)
+    os.makedirs(folder)
+    Image.new("RGB", (8, 8)).save(os.path.join(os.fsdecode(folder), "x.png"))
+    with pytest.raises(DataError, match=f"^{reason}"):
+        load_dataset(tiny_folder, cache_dir=tmp_path / "cache")

@@ -61,6 +61,12 @@ BAD_METADATA = {
     "float input": (_with_input(dtype="float32"),
                     "tiny.onnx: metadata input is NHWC float32 [None, 8, 8, 3]; edgel2 models "
                     "take NHWC uint8 RGB"),
+    "a 20000x20000 input": (_with_input(shape=[None, 20000, 20000, 3]),
+                            "tiny.onnx: metadata input.shape [None, 20000, 20000, 3] is larger "
+                            "than 4096 pixels a side: refused"),
+    "a newline in a name": ({**GOOD, "class_names": ["ant", "bee\nforged,row", "cat"]},
+                            "tiny.onnx: metadata class_names holds a control character (a "
+                            "newline would forge rows in tables)"),
 }
 
 
@@ -97,11 +103,13 @@ def test_the_format_is_sniffed_from_the_bytes_whatever_the_name(name, tiny_onnx,
     (lambda d: d / "junk.onnx", "cannot load", 1),
     (lambda d: d / "fifo.onnx", "model path is not a regular file", 1),
     (lambda d: d / "missing.onnx", "model file does not exist", 1),
+    (lambda d: d / "empty.onnx", "model file is empty", 1),
     (lambda d: d, "model path is a folder, not a file", 2),  # click refuses it as an option
 ])
 def test_what_is_not_a_model_file_gets_one_line_and_an_exit_code(make, message, code, tmp_path):
     (tmp_path / "README.md").write_text("# readme\n")
     (tmp_path / "junk.onnx").write_bytes(b"\x08junk")
+    (tmp_path / "empty.onnx").write_bytes(b"")
     os.mkfifo(tmp_path / "fifo.onnx")
     with pytest.raises(ModelError, match=message.replace("(", r"\(")):
         Classifier(make(tmp_path))
@@ -207,3 +215,109 @@ def test_a_tflite_model_without_litert_says_what_to_install(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr == ('edgel2: error: LiteRT, which runs .tflite files, is not installed: '
                            'pip install "edgel2[litert]" (the ai-edge-litert package)\n')
+
+
+# --- hostile graphs: refused before an engine builds them, or at their first run ------------
+
+def _graph_model(path: Path, nodes, initializers, output_shape, classes=3) -> Path:
+    """A model of the given nodes from ``images`` (uint8 [N, 8, 8, 3]) to ``logits``, with
+    edgel2's metadata."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, "hostile",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", 8, 8, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, output_shape)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    meta = tiny_metadata(["ant", "bee", "cat"][:classes] if classes <= 3 else
+                         [f"c{i}" for i in range(classes)])
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=json.dumps(value))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_graph_that_would_allocate_gigabytes_is_refused_before_it_loads(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = _graph_model(tmp_path / "bomb.onnx", [
+        helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+        helper.make_node("Cast", ["images"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["pixels", "axes"], ["mean"], keepdims=0),
+        helper.make_node("ReduceMean", ["big"], ["one"], keepdims=1),
+        helper.make_node("Mul", ["mean", "one"], ["logits"])],
+        [numpy_helper.from_array(np.array([2**31], np.int64), "shape"),
+         numpy_helper.from_array(np.array([1, 2], np.int64), "axes")], ["batch", 3])
+    tracemalloc.start()
+    with pytest.raises(ModelError) as error:
+        Classifier(model, engine="onnxruntime")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert str(error.value) == ("bomb.onnx: its graph makes a ConstantOfShape tensor of "
+                                "2,147,483,648 elements (limit 268,435,456): refused")
+    assert peak < 64 * 2**20
+
+
+def test_weights_kept_in_a_separate_file_are_refused(tmp_path):
+    import onnx
+
+    model = onnx.load(str(make_tiny_onnx(tmp_path / "tiny.onnx")))
+    onnx.save(model, str(tmp_path / "external.onnx"), save_as_external_data=True,
+              location="weights.bin", size_threshold=0)
+    for engine in ("onnxruntime", "openvino"):
+        with pytest.raises(ModelError, match=r"external\.onnx: its weights are kept in a "
+                                             r"separate file \(ONNX external data\)"):
+            Classifier(tmp_path / "external.onnx", engine=engine)
+
+
+def test_a_file_that_loads_but_cannot_run_is_a_model_error_at_open(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    # 8 x 8 x 3 = 192 values per image cannot be reshaped into rows of 7: fails when run
+    model = _graph_model(tmp_path / "broken.onnx", [
+        helper.make_node("Cast", ["images"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["pixels", "rows"], ["logits"])],
+        [numpy_helper.from_array(np.array([-1, 7], np.int64), "rows")], ["batch", 7], classes=7)
+    with pytest.raises(ModelError, match=r"^broken\.onnx loads but fails on its first run: "):
+        Classifier(model, engine="onnxruntime")
+
+
+def _corrupt(path: Path, offset_from_end_of: bytes) -> None:
+    data = bytearray(path.read_bytes())
+    at = data.find(offset_from_end_of) + len(offset_from_end_of) + 2
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_an_onnx_files_weights_is_refused(tmp_path):
+    from edgel2.export.onnx import set_metadata
+    from edgel2.runtime.modelfile import read_metadata
+
+    model = make_tiny_onnx(tmp_path / "tiny.onnx")
+    set_metadata(model, {}, keep_others=True)  # as edgel2 export leaves it: with the checksum
+    assert len(read_metadata(model)["weights_sha256"]) == 64
+    assert Classifier(model).class_names == ["ant", "bee", "cat"]
+    _corrupt(model, b"B\x01wJ$")  # the raw data of the weights tensor named "w"
+    with pytest.raises(ModelError, match="tiny.onnx: its weights do not match the checksum in "
+                                         "its metadata"):
+        Classifier(model, engine="onnxruntime")
+
+
+def test_a_flipped_byte_in_a_tflite_files_weights_is_refused(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    from edgel2.export.tflite import pack_metadata
+    from edgel2.runtime.modelfile import flatbuffer_end, tflite_metadata
+
+    model = shutil.copy(shipped_model("resnet18-int8.tflite"), tmp_path / "m.tflite")
+    pack_metadata(model, tflite_metadata(model))
+    assert Classifier(model).class_names[0] == "airplane"
+    data = bytearray(model.read_bytes())
+    data[flatbuffer_end(bytes(data)) // 2] ^= 0x01  # a weight, in the middle of the flatbuffer
+    model.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="m.tflite: its weights do not match the checksum"):
+        Classifier(model)

@@ -29,7 +29,7 @@ from edgel2.runtime.shipped import shipped_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
 BAD = {"empty.png": "empty file", "fifo.png": "not a regular file (a FIFO)",
-       "notes.jpg": "not an image (unidentified format)"}
+       "notes.jpg": "not an image edgel2 reads (JPEG, PNG, BMP, GIF, WebP, TIFF, PPM/PGM/PBM or ICO)"}
 
 
 @pytest.fixture(scope="module")

@@ -141,7 +141,7 @@ def test_bad_files_are_reported_and_the_others_classified(classifier, tmp_path):
     assert results[0].prediction == classifier.predict(good)[0]
     reasons = {os.path.basename(r.source): r.error for r in results[1:]}
     assert reasons["empty.png"] == "empty file"
-    assert reasons["text.png"] == "not an image (unidentified format)"
+    assert reasons["text.png"] == "not an image edgel2 reads (JPEG, PNG, BMP, GIF, WebP, TIFF, PPM/PGM/PBM or ICO)"
     assert reasons["truncated.png"].startswith("cannot decode")
     assert "decompression bomb" in reasons["bomb.png"]
     assert reasons["missing.png"] == "no such file"

@@ -7,6 +7,7 @@ browser (Debian's chromium, driven by Selenium)."""
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import re
@@ -203,7 +204,7 @@ def test_an_undecodable_file_gets_422_with_its_reason_and_the_others_their_resul
     assert status == 422
     good, text, cut = response["results"]
     assert "predictions" in good
-    assert text == {"file": "notes.txt", "error": "not an image (unidentified format)"}
+    assert text == {"file": "notes.txt", "error": "not an image edgel2 reads (JPEG, PNG, BMP, GIF, WebP, TIFF, PPM/PGM/PBM or ICO)"}
     assert cut["file"] == "cut.jpg" and "error" in cut
 
 
@@ -255,12 +256,14 @@ def test_a_client_that_disconnects_leaves_the_server_serving_others(server, imag
     assert status == 200 and response["results"][0]["predictions"]
 
 
-def test_sigterm_finishes_the_request_in_flight_and_exits_0(images):
-    slow = Server("--max-delay-ms", "1500", "--max-batch", "64")
+def _sigterm_during_a_request(image: bytes, *server_args: str) -> tuple[Server, dict]:
+    """Start a server, send it one request, SIGTERM it once the request is in; the server
+    (exited) and the client's result."""
+    slow = Server(*server_args)
     result = {}
 
     def client():
-        result["status"], result["body"] = slow.json("POST", "/v1/classify", images[0][1])
+        result["status"], result["body"] = slow.json("POST", "/v1/classify", image)
 
     thread = threading.Thread(target=client)
     thread.start()
@@ -268,8 +271,14 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(images):
     while slow.metric('edgel2_in_flight{route="classify"}') < 1:  # the request is in
         assert time.monotonic() < deadline
     slow.proc.send_signal(signal.SIGTERM)
-    assert slow.proc.wait(timeout=15) == 0
-    thread.join(timeout=15)
+    assert slow.proc.wait(timeout=30) == 0
+    thread.join(timeout=30)
+    return slow, result
+
+
+def test_sigterm_finishes_the_request_in_flight_and_exits_0(images):
+    _, result = _sigterm_during_a_request(images[0][1], "--max-delay-ms", "1500",
+                                          "--max-batch", "64")
     assert result["status"] == 200 and result["body"]["results"][0]["predictions"]
 
 
@@ -334,3 +343,173 @@ def test_workers_serve_behind_one_port_and_stop_on_sigterm(classifier, images):
                 classifier.predict(data)[0][0][0]
     finally:
         assert pool.stop() == 0
+
+
+# --- one client cannot take the server down --------------------------------------------------
+
+def _png(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _answer(s: socket.socket) -> bytes:
+    """All the server sends until it closes the connection (or 30 s pass)."""
+    s.settimeout(30)
+    chunks = []
+    while chunk := s.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.fixture(scope="module")
+def guarded():
+    s = Server("--max-body-mb", "0.5", "--max-images", "4", "--max-request-mpx", "0.05",
+               "--client-timeout-s", "0.5")
+    yield s
+    assert s.stop() == 0
+
+
+def test_a_chunked_multipart_upload_counts_every_byte_against_the_body_limit(guarded):
+    with socket.create_connection(("127.0.0.1", guarded.port)) as s:
+        s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                  b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+        part = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+                + b"\0" * 600_000)
+        s.sendall(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        answer = _answer(s)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b'"request body over the limit of 0.5 MiB (--max-body-mb)"' in answer
+
+
+def test_a_request_over_its_pixel_budget_is_refused_before_decoding(guarded):
+    body, headers = multipart([("a.png", _png(200, 200)), ("b.png", _png(200, 200))])
+    status, response = guarded.json("POST", "/v1/classify", body, headers=headers)
+    assert status == 413
+    assert response["error"] == ("0.1 megapixels in one request; the limit is 0.05 "
+                                 "(--max-request-mpx)")
+
+
+def test_too_many_images_in_one_request_get_413(guarded, images):
+    body, headers = multipart([images[i] for i in range(5)])
+    status, response = guarded.json("POST", "/v1/classify", body, headers=headers)
+    assert status == 413
+    assert response["error"] == "5 files in one request; the limit is 4 (--max-images)"
+    tensor = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [5, 32, 32, 3],
+                          "data": [0] * (5 * 32 * 32 * 3)}]}
+    status, response = guarded.json("POST", f"/v2/models/{NAME}/infer", tensor)
+    assert status == 413
+    assert response["error"] == "5 images in one request; the limit is 4 (--max-images)"
+
+
+def test_a_v2_body_too_long_for_max_images_is_refused_unparsed(guarded):
+    body = b'{"inputs": [' + b" " * (4 * 32 * 32 * 3 * 6 + 65536) + b"]}"
+    status, response = guarded.json("POST", f"/v2/models/{NAME}/infer", body)
+    assert status == 413
+    assert response["error"] == ("a v2 body over 0.1 MiB is more than 4 images "
+                                 "(--max-images) can take in compact JSON")
+
+
+def test_deeply_nested_json_is_a_400_not_a_server_error(guarded):
+    status, response = guarded.json("POST", f"/v2/models/{NAME}/infer", b"[" * 100_000)
+    assert status == 400
+    assert response["error"] == "the body is not JSON edgel2 reads: nested too deeply"
+
+
+@pytest.mark.parametrize("extra, what", [
+    (b"X-Big: " + b"a" * 70_000 + b"\r\n", "one large header"),
+    (b"".join(b"X-%d: 1\r\n" % i for i in range(101)), "101 header lines"),
+])
+def test_oversized_headers_get_431_and_the_connection_closed(guarded, extra, what):
+    with socket.create_connection(("127.0.0.1", guarded.port)) as s:
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + extra + b"\r\n")
+        answer = _answer(s)
+    assert answer.startswith(b"HTTP/1.1 431 "), what
+    assert b"request headers over the limit of 64 KiB or 100 lines" in answer
+    assert guarded.get("/v2/health/live")[0] == 200
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n",
+                                  b"POST /v1/classify HTTP/1.1\r\nHost: x\r\n"
+                                  b"Content-Length: 1000\r\n\r\nonly this"])
+def test_a_client_silent_mid_request_is_disconnected(guarded, sent):
+    with socket.create_connection(("127.0.0.1", guarded.port)) as s:
+        s.sendall(sent)
+        start = time.monotonic()
+        answer = _answer(s)  # returns when the server closes the connection
+    assert time.monotonic() - start < 10  # --client-timeout-s 0.5, not forever
+    assert not answer.startswith(b"HTTP/1.1 200")
+
+
+def test_the_page_escapes_the_model_name(tmp_path):
+    model = tmp_path / "<b>model.onnx"
+    shutil.copyfile(MODEL, model)
+    hostile = Server(model=model)
+    try:
+        status, _, body = hostile.get("/")
+    finally:
+        assert hostile.stop() == 0
+    assert status == 200
+    assert b"<b>model" not in body and b"&lt;b&gt;model" in body
+
+
+def test_a_request_still_running_when_the_grace_period_ends_gets_a_json_503(images):
+    slow, result = _sigterm_during_a_request(images[0][1], "--max-delay-ms", "10000",
+                                             "--max-batch", "64", "--grace-s", "0.5")
+    assert result["status"] == 503
+    assert result["body"] == {"error": "the server is shutting down; retry"}
+    assert "Traceback" not in slow.proc.stderr.read()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-delay-ms", "1e13"], "Invalid value for '--max-delay-ms'"),
+    (["--max-body-mb", "inf"], "Invalid value for '--max-body-mb'"),
+    (["--max-body-mb", "nan"], "--max-body-mb must be a number in (0, 1024]"),
+])
+def test_serve_options_out_of_range_are_one_line_and_exit_2(args, message):
+    proc = subprocess.run([sys.executable, "-m", "edgel2", "serve", *args],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"edgel2: error: {message}") and proc.stderr.count("\n") == 1
+
+
+def test_a_port_in_use_is_one_line_and_exit_1():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "edgel2", "serve", "--model", str(MODEL),
+                               "--engine", "onnxruntime", "--port", str(port)],
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == (f"edgel2: error: cannot listen on 127.0.0.1:{port}: "
+                                            "Address already in use")
+    assert "Traceback" not in proc.stderr
+
+
+def test_port_0_prints_the_port_the_system_chose():
+    proc = subprocess.Popen([sys.executable, "-m", "edgel2", "serve", "--model", str(MODEL),
+                             "--engine", "onnxruntime", "--port", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()  # the first line says where the model is served
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/v2/models/", line).group(1))
+        assert port != 0
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/v2/health/live")
+        assert conn.getresponse().status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_several_workers_with_a_bad_model_exit_1_with_one_line(tmp_path):
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-m", "edgel2", "serve", "--model", str(empty),
+                           "--workers", "2", "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("edgel2: error: ") and proc.stderr.count("\n") == 1

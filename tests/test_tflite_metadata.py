@@ -195,9 +195,9 @@ def test_a_file_converted_with_args_0_output_0_is_renamed_and_keeps_its_weights(
 
 
 def _flatbuffer_end(path: Path) -> int:
-    from edgel2.export.tflite import _archive_start
+    from edgel2.runtime.modelfile import flatbuffer_end
 
-    return _archive_start(path.read_bytes())
+    return flatbuffer_end(path.read_bytes())
 
 
 def _weights(path: Path) -> list[bytes]:

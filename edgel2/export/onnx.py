@@ -6,6 +6,7 @@ is traced as a ``tf.function`` with an explicit uint8 input signature and conver
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgel2.errors import EdgeL2Error
+from edgel2.runtime.onnxfile import graph_sha256
 
 MIN_OPSET = 17
 MAX_OPSET = 18  # the newest opset tf2onnx 1.17 writes (pyproject pins tf2onnx < 1.18)
@@ -150,9 +152,16 @@ def set_metadata(path: Path, metadata: dict[str, str], keep_others: bool = False
             if keep_others and p.key not in metadata]
     del proto.metadata_props[:]
     for key, value in [*kept, *metadata.items()]:
-        proto.metadata_props.add(key=key, value=value)
+        if key != "weights_sha256":  # recomputed below, for the graph as saved
+            proto.metadata_props.add(key=key, value=value)
     tidy_header(proto)
+    # the checksum the runtime verifies at open: of the graph's bytes, which the metadata
+    # does not touch (a separate field of the ModelProto)
+    graph = graph_sha256(proto.SerializeToString())
+    proto.metadata_props.add(key="weights_sha256", value=json.dumps(graph))
     onnx.save(proto, str(path))
+    if graph_sha256(path.read_bytes()) != graph:  # protobuf serializes deterministically
+        raise EdgeL2Error(f"{path.name}: the graph changed while it was saved")
 
 
 # A dynamic-range file slower than fp32 by more than this is flagged in the export report.

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgel2.errors import EdgeL2Error, last_error_line
+from edgel2.runtime.modelfile import TFLITE, flatbuffer_end, weights_sha256
 
 
 def write_tflite(model, path: Path, precision: str,
@@ -91,7 +92,7 @@ def pack_metadata(path: Path, metadata: dict) -> None:
 
     data = path.read_bytes()
     if zipfile.is_zipfile(path):
-        data = data[:_archive_start(data)]
+        data = data[:flatbuffer_end(data)]
     model = schema.ModelT.InitFromPackedBuf(data, 0)
     _name_signature(model, metadata)
     described = schema.BufferT(data=np.frombuffer(support_metadata(metadata), np.uint8))
@@ -106,12 +107,15 @@ def pack_metadata(path: Path, metadata: dict) -> None:
     model.buffers = [_AlignedBuffer(b) for b in model.buffers]
     builder = flatbuffers.Builder(len(data) + 2**16)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    flatbuffer = bytes(builder.Output())
+    # the checksum the runtime verifies at open: of the flatbuffer, which the zip follows
+    metadata = {**metadata, "weights_sha256": weights_sha256(flatbuffer, TFLITE)}
     archive = io.BytesIO()
     # Stored, not deflated: the Task Library's C++ extractor reads associated files in place.
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
         z.writestr("labels.txt", "\n".join(metadata.get("class_names") or []) + "\n")
         z.writestr("edgel2.json", json.dumps(metadata, indent=1))
-    path.write_bytes(bytes(builder.Output()) + archive.getvalue())
+    path.write_bytes(flatbuffer + archive.getvalue())
 
 
 def _name_signature(model, metadata: dict) -> None:
@@ -223,15 +227,6 @@ def support_metadata(metadata: dict) -> bytes:
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"M001")
     return bytes(builder.Output())
-
-
-def _archive_start(data: bytes) -> int:
-    """Where an appended zip begins: its central directory ends at the EOCD record, and the
-    EOCD gives the directory's size and its offset from the archive's start."""
-    eocd = data.rfind(b"PK\x05\x06")
-    size_cd = int.from_bytes(data[eocd + 12:eocd + 16], "little")
-    offset_cd = int.from_bytes(data[eocd + 16:eocd + 20], "little")
-    return eocd - size_cd - offset_cd
 
 
 def _convert(saved_model: str, out: str, precision: str, batch: int,

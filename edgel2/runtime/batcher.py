@@ -97,14 +97,13 @@ class Batcher:
         raised, or the error its batch raised. Cancelling the future drops the request.
         Raises :class:`BusyError` when ``max_queue`` requests are waiting already. ``owner``:
         whose request it is (any hashable; None for a queue of its own), for fair turns."""
-        future: Future = Future()
         try:
             pixels = self.classifier.preprocess(image)
         except Exception as e:  # noqa: BLE001 - reported per request, as predict would raise
+            future: Future = Future()
             future.set_exception(e)
             return future
-        self._enqueue(pixels, future, owner=owner)
-        return future
+        return self.submit_pixels([pixels], owner)[0]
 
     async def submit_async(self, image: ImageLike, owner=None, executor=None) -> Prediction:
         """:meth:`submit` for an event loop: decodes in ``executor`` (default: the loop's),
@@ -112,28 +111,31 @@ class Batcher:
         disconnect) drops the request."""
         loop = asyncio.get_running_loop()
         pixels = await loop.run_in_executor(executor, self.classifier.preprocess, image)
-        future: Future = Future()
-        self._enqueue(pixels, future, owner=owner)
-        return await asyncio.wrap_future(future)
+        return await asyncio.wrap_future(self.submit_pixels([pixels], owner)[0])
 
     async def logits_async(self, pixels: np.ndarray, owner=None) -> np.ndarray:
         """The raw logits of one uint8 ``[H, W, 3]`` image already at the model's input size
         (a tensor API, e.g. KServe v2), batched with everything else; non-finite logits are
         returned as they are. Cancelling drops the request, as for :meth:`submit_async`."""
-        future: Future = Future()
-        self._enqueue(pixels, future, raw=True, owner=owner)
-        return await asyncio.wrap_future(future)
+        return await asyncio.wrap_future(self.submit_pixels([pixels], owner, raw=True)[0])
 
-    def _enqueue(self, pixels: np.ndarray, future: Future, raw: bool = False,
-                 owner=None) -> None:
+    def submit_pixels(self, images: list[np.ndarray], owner=None,
+                      raw: bool = False) -> "list[Future]":
+        """Queue images already decoded to the model's input size, all or none: one future
+        each (its top-k, or its logits if ``raw``), or :class:`BusyError` with nothing queued
+        when they do not all fit. A server admits a whole request or refuses it, so a refused
+        request never costs the model any work."""
+        futures = [Future() for _ in images]
         with self._changed:
             if self._closed:
                 raise EngineError("the batcher is closed")
-            if self._depth >= self.max_queue:
+            if self._depth + len(images) > self.max_queue:
                 raise BusyError(f"busy: {self.max_queue} requests are waiting; retry later")
-            self._waiting.setdefault(owner, deque()).append((pixels, future, raw))
-            self._depth += 1
+            waiting = self._waiting.setdefault(owner, deque())
+            waiting.extend(zip(images, futures, [raw] * len(images)))
+            self._depth += len(images)
             self._changed.notify()
+        return futures
 
     def _loop(self) -> None:
         stop = False

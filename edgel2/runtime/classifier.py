@@ -10,7 +10,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from edgel2.errors import ImageError, ModelError, PredictionError, require_whole
+from edgel2.errors import ImageError, ModelError, PredictionError, first_line, require_whole
 from edgel2.runtime.engines import Engine, open_engine
 from edgel2.runtime.modelfile import check_metadata
 from edgel2.runtime.preprocess import ImageLike, load_image
@@ -102,6 +102,22 @@ class Classifier:
         self.temperature, self.unsmooth = info.temperature, info.unsmooth
         self.batch_size = batch_size
         self.providers = self.engine.providers
+        self._first_run()
+
+    def _first_run(self) -> None:
+        """Run one black image when the file is opened: a file that loads but cannot run
+        (a hostile or damaged graph, a kernel the engine lacks) is a :class:`ModelError` now,
+        not a traceback on the first request."""
+        width, height = self.input_size
+        try:
+            logits = self.engine.run(np.zeros((1, height, width, 3), np.uint8))
+        except Exception as e:  # noqa: BLE001 - whatever the engine raised
+            raise ModelError(f"{self.path.name} loads but fails on its first run: "
+                             f"{first_line(e)}") from None
+        expected = (1, len(self.class_names))
+        if getattr(logits, "shape", None) != expected:
+            raise ModelError(f"{self.path.name}: its first run gave logits of shape "
+                             f"{getattr(logits, 'shape', None)}, not {expected}")
 
     @property
     def name(self) -> str:

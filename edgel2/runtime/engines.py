@@ -14,8 +14,8 @@ import numpy as np
 
 from edgel2.errors import (EdgeL2Error, EngineError, ModelError, OptionError, first_line,
                            missing_extra)
-from edgel2.runtime.modelfile import (ONNX, TFLITE, decode_onnx_metadata, sniff_format,
-                                      tflite_metadata)
+from edgel2.runtime.modelfile import (ONNX, TFLITE, check_weights, decode_onnx_metadata,
+                                      sniff_format, tflite_metadata)
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
@@ -180,6 +180,7 @@ class TFLiteEngine(Engine):
         self.path = path
         self.providers = ["LiteRT (CPU)"]
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count())
+        _check_tensor_bytes(self.interpreter.get_tensor_details(), path)
         inputs, outputs = _one_each(path, self.interpreter.get_input_details(),
                                     self.interpreter.get_output_details())
         self.input_index, self.output_index = inputs[0]["index"], outputs[0]["index"]
@@ -370,6 +371,11 @@ def open_engine(path: str | os.PathLike, providers: str | Sequence[str] | None =
         raise OptionError(f"precision must be {' or '.join(INFERENCE_PRECISIONS)}, got {precision!r}")
     precision = "f32" if precision == "fp32" else precision  # OpenVINO's own spelling
     candidates = engine_candidates(fmt, engine, providers)
+    data = _read_model(path)
+    if fmt == ONNX:  # before any engine builds the graph
+        from edgel2.runtime.onnxfile import check_graph
+
+        check_graph(data, path)
     skipped: list[str] = []
     for i, name in enumerate(candidates):
         try:
@@ -380,8 +386,31 @@ def open_engine(path: str | os.PathLike, providers: str | Sequence[str] | None =
             skipped.append(f"{name}: {e}")
             continue
         opened.fallback = "; ".join(skipped) or None
+        check_weights(opened.metadata, data, fmt, path)
         return FixedBatch(opened) if isinstance(opened.input_shape[0], int) else opened
     raise AssertionError("unreachable: the last candidate raises")  # pragma: no cover
+
+
+# The most memory a .tflite file's tensors may take for one image (their declared shapes):
+# the shipped ResNet-18 needs about 7 MB, a hostile file may declare terabytes.
+MAX_TENSOR_BYTES = 1 << 30
+
+
+def _check_tensor_bytes(details: list[dict], path: Path) -> None:
+    """Refuse a TFLite file whose tensors, as declared, would take more than
+    :data:`MAX_TENSOR_BYTES` for one image: LiteRT would allocate them on the first run."""
+    total = sum(int(np.prod(np.maximum(d["shape"], 1), dtype=np.float64))
+                * np.dtype(d["dtype"]).itemsize for d in details)
+    if total > MAX_TENSOR_BYTES:
+        raise ModelError(f"{path.name}: its tensors would take {total / 2**30:,.1f} GiB for "
+                         f"one image (limit {MAX_TENSOR_BYTES / 2**30:g} GiB): refused")
+
+
+def _read_model(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"cannot read model file {path}: {e.strerror or e}") from None
 
 
 def _open_one(name: str, path: Path, providers, threads, strict, precision) -> Engine:
@@ -396,7 +425,17 @@ def _open_one(name: str, path: Path, providers, threads, strict, precision) -> E
     except Exception as e:  # noqa: BLE001 - the engines refuse files that are not models
         raise ModelError(f"cannot load {path}"
                          + (" with OpenVINO" if name == "openvino" else "")
-                         + f": {first_line(e)}") from None
+                         + f": {_reason(e)}") from None
+
+
+def _reason(error: Exception) -> str:
+    """Why an engine refused a file, in a line: OpenVINO's messages start with where in its
+    sources the check failed (``Exception from src/inference/src/cpp/core.cpp:84:``) and say
+    what was wrong last."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(("Exception from", "Check '"))
+            and not line.endswith(":")]
+    return said[-1][:200] if said else first_line(error)
 
 
 def _call_back(request, done: Callable[[np.ndarray | Exception], None]) -> None:

@@ -131,6 +131,21 @@ def printable(name: str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def _one_line(text: str) -> str:
+    r"""``text`` with control characters escaped (``\n``, ``\t``, ``\x1b``): a file name
+    with a newline cannot forge a row of the table, nor an escape sequence recolour a
+    terminal. JSON and CSV quote such names themselves.
+
+    Example:
+        >>> _one_line("a\nb.png")
+        'a\\nb.png'
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
 def record(result: FileResult) -> dict:
     """One result as ``edgel2 infer --format json`` writes it (and ``--ray`` rows hold it):
     path, top-k predictions with probabilities rounded to 6 digits, error.
@@ -160,10 +175,11 @@ def render(results: list[FileResult], fmt: str, top_k: int) -> str:
             writer.writerow([printable(r.source)] + cells + [""] * (2 * top_k - len(cells))
                             + [r.error or ""])
         return buffer.getvalue()
-    names = [printable(r.source) for r in results]
+    names = [_one_line(printable(r.source)) for r in results]
     width = max([len(n) for n in names] + [4])
     lines = [f"{'path':<{width}}  prediction"]
     for name, r in zip(names, results):
-        shown = r.error and f"ERROR: {r.error}" or ", ".join(f"{l} {100 * p:.1f}%" for l, p in r.prediction)
+        shown = _one_line(r.error and f"ERROR: {r.error}"
+                          or ", ".join(f"{l} {100 * p:.1f}%" for l, p in r.prediction))
         lines.append(f"{name:<{width}}  {shown}")
     return "\n".join(lines) + "\n"

@@ -26,6 +26,9 @@ ONNX_FIRST_BYTE = b"\x08"
 MAX_METADATA_BYTES = 1 << 20
 MAX_ZIP_UNCOMPRESSED = 16 << 20
 METADATA_NAME = "edgel2.json"
+# The largest input side a model may declare: a classifier's input is a few hundred pixels;
+# 20000x20000 in the metadata would make every image a 1.2 GB tensor.
+MAX_INPUT_SIDE = 4096
 
 
 def sniff_format(path: str | os.PathLike) -> str:
@@ -43,6 +46,8 @@ def sniff_format(path: str | os.PathLike) -> str:
             raise ModelError(f"model path is a folder, not a file: {path}")
         if not stat.S_ISREG(mode):
             raise ModelError(f"model path is not a regular file: {path}")
+        if os.stat(path).st_size == 0:
+            raise ModelError(f"model file is empty: {path}")
         with open(path, "rb") as f:
             head = f.read(8)
     except FileNotFoundError:
@@ -168,6 +173,9 @@ def check_metadata(metadata: dict, path: str | os.PathLike, input_shape: tuple,
     if not isinstance(classes, list) or not classes \
             or not all(isinstance(c, str) and c for c in classes):
         raise bad("metadata class_names is not a list of non-empty strings")
+    if any(not c.isprintable() for c in classes):
+        raise bad("metadata class_names holds a control character (a newline would forge "
+                  "rows in tables)")
     if len(set(classes)) != len(classes):
         raise bad("metadata class_names repeats a name")
     if len(output_shape) != 2:
@@ -183,6 +191,9 @@ def check_metadata(metadata: dict, path: str | os.PathLike, input_shape: tuple,
     batch, *hwc = shape
     if not all(_positive_int(d) for d in hwc) or not (batch is None or _positive_int(batch)):
         raise bad(f"metadata input.shape {shape!r} needs positive whole numbers")
+    if max(hwc[:2]) > MAX_INPUT_SIDE:
+        raise bad(f"metadata input.shape {shape!r} is larger than {MAX_INPUT_SIDE} pixels a "
+                  "side: refused")
     if hwc[2] != 3 or spec.get("layout", "NHWC") != "NHWC" or spec.get("dtype", "uint8") != "uint8":
         raise bad(f"metadata input is {spec.get('layout')} {spec.get('dtype')} {shape}; "
                   "edgel2 models take NHWC uint8 RGB")
@@ -200,6 +211,47 @@ def check_metadata(metadata: dict, path: str | os.PathLike, input_shape: tuple,
     if not _number(unsmooth) or not 0 <= unsmooth < 1:
         raise bad(f"metadata unsmooth is {unsmooth!r}, not a number in [0, 1)")
     return ModelInfo(list(classes), (width, height), float(temperature), float(unsmooth))
+
+
+def check_weights(metadata: dict, data: bytes, fmt: str, path: str | os.PathLike) -> None:
+    """Compare the file's weights with the checksum its metadata records (``weights_sha256``,
+    written by ``edgel2 export``; files without one are not checked): a corrupted download or
+    a flipped byte is a :class:`ModelError`, not silently different answers. ONNX: the SHA-256
+    of the graph (every node and weight, not the metadata); TFLite: of the flatbuffer before
+    the appended metadata zip.
+
+    Example:
+        >>> check_weights({}, b"anything", "onnx", "m.onnx")    # nothing recorded: not checked
+    """
+    recorded = metadata.get("weights_sha256")
+    if recorded is None:
+        return
+    if weights_sha256(data, fmt) != recorded:
+        raise ModelError(f"{Path(path).name}: its weights do not match the checksum in its "
+                         "metadata (a corrupted or altered file); download or export it again")
+
+
+def weights_sha256(data: bytes, fmt: str) -> str:
+    """The checksum :func:`check_weights` compares, of a file's bytes in format ``fmt``."""
+    import hashlib
+
+    if fmt == ONNX:
+        from edgel2.runtime.onnxfile import graph_sha256
+
+        return graph_sha256(data)
+    return hashlib.sha256(data[:flatbuffer_end(data)]).hexdigest()
+
+
+def flatbuffer_end(data: bytes) -> int:
+    """Where a .tflite file's flatbuffer ends: at the zip edgel2 appends (its central
+    directory's end record gives the directory's size and offset), or at the end of the file."""
+    eocd = data.rfind(b"PK\x05\x06")
+    if eocd < 0 or len(data) - eocd < 22:
+        return len(data)
+    size_cd = int.from_bytes(data[eocd + 12:eocd + 16], "little")
+    offset_cd = int.from_bytes(data[eocd + 16:eocd + 20], "little")
+    start = eocd - size_cd - offset_cd
+    return start if 0 <= start <= eocd else len(data)
 
 
 def _number(value) -> bool:

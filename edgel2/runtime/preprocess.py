@@ -2,17 +2,21 @@
 
 The policy, in order:
 
-1. open from a path, bytes, a file object, a PIL image or an array; animated images (GIF,
-   APNG, WebP) give their **first frame**;
+1. open from a path, bytes, a file object, a PIL image or an array, in one of the formats of
+   :data:`FORMATS` (Pillow's other plugins are not tried: each is attack surface, and some
+   decode while they open); animated images (GIF, APNG, WebP) give their **first frame**;
 2. apply the EXIF orientation (``ImageOps.exif_transpose``), so phone photos stand upright;
-3. convert to RGB: 16-bit greyscale is scaled to 8 bits (``>> 8``), CMYK and palette images
-   go through Pillow's conversions, and any alpha (LA, RGBA, PA, transparent palettes) is
-   composited over **white** (:data:`BACKGROUND`);
+3. convert to RGB: 16-bit greyscale is scaled to 8 bits (``>> 8``); floating-point images
+   (32-bit TIFF) are read as 0..1 when every value is in 0..1, else as 0..255, and refused
+   outside 0..255 or with NaN; CMYK and palette images go through Pillow's conversions, and
+   any alpha (LA, RGBA, PA, transparent palettes) is composited over **white**
+   (:data:`BACKGROUND`);
 4. resize to the model's input size with Pillow's **bilinear** filter, which antialiases when
    it shrinks (``Image.resize`` widens the kernel by the scale factor).
 
 Training images go through the same steps (``edgel2.data``), so what the model saw and what it
-is shown match. Images larger than :data:`MAX_PIXELS` are refused as decompression bombs.
+is shown match. Images larger than :data:`MAX_PIXELS` are refused as decompression bombs, from
+their header, before any pixel is decoded (for an ICO, every image inside it).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import errno
 import io
 import os
 import stat
+import struct
 from typing import Union
 
 import numpy as np
@@ -33,6 +38,10 @@ MAX_PIXELS = 64 * 1024 * 1024  # 64 Mpx: far above any camera frame we classify
 # The file suffixes counted as images when a folder is searched (training data and infer).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
                             ".tiff", ".ppm", ".pgm", ".pbm", ".ico"})
+
+# The Pillow plugins edgel2 opens (MPO, a phone's multi-picture JPEG, comes through JPEG's).
+FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM", "ICO")
+FORMAT_NAMES = "JPEG, PNG, BMP, GIF, WebP, TIFF, PPM/PGM/PBM or ICO"
 
 ImageLike = Union[str, os.PathLike, bytes, "Image.Image", np.ndarray]
 
@@ -67,7 +76,7 @@ def open_image(source: ImageLike) -> Image.Image:
     except PermissionError:
         raise ImageError("permission denied") from None
     except Image.UnidentifiedImageError:
-        raise ImageError("not an image (unidentified format)") from None
+        raise ImageError(f"not an image edgel2 reads ({FORMAT_NAMES})") from None
     except Exception as e:  # noqa: BLE001 - Pillow's plugins raise TypeError, IndexError,
         # struct.error... on hostile files: each is that one file's problem, never the run's
         raise ImageError(f"cannot decode: {first_line(e, 120)}") from None
@@ -104,13 +113,70 @@ def _refuse_special(mode: int) -> None:
 
 
 def _decode(file) -> Image.Image:
-    image = Image.open(file)
-    if image.width * image.height > MAX_PIXELS:
-        raise ImageError(f"image too large ({image.width}x{image.height}): "
-                         "refused as a possible decompression bomb")
+    image = _open_checked(file)
     image.seek(0)
     image.load()
     return image
+
+
+def _open_checked(file) -> Image.Image:
+    """``Image.open`` for :data:`FORMATS` only, its size checked against :data:`MAX_PIXELS`
+    before any pixel is decoded. Pillow's ICO plugin decodes its largest image while it opens
+    (and trusts the directory's claimed size), so an ICO's images are measured from their own
+    headers first."""
+    head = file.read(4)
+    file.seek(0)
+    if head == b"\0\0\1\0":
+        for width, height in _ico_sizes(file):
+            _check_size(width, height)
+        file.seek(0)
+    image = Image.open(file, formats=FORMATS)
+    _check_size(image.width, image.height)
+    return image
+
+
+def _check_size(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"image too large ({width}x{height}): refused as a possible "
+                         "decompression bomb")
+
+
+def _ico_sizes(file) -> list[tuple[int, int]]:
+    """The (width, height) of every image in an ICO, from each image's own header (a PNG's
+    IHDR, or a BMP's info header), not the directory's one-byte claims."""
+    count = struct.unpack("<H", file.read(6)[4:6])[0]
+    entries = [struct.unpack("<4xHHII", file.read(16)) for _ in range(count)]
+    sizes = []
+    for _, _, length, offset in entries:
+        file.seek(offset)
+        header = file.read(24)
+        if header[:8] == b"\x89PNG\r\n\x1a\n" and len(header) >= 24:
+            sizes.append(struct.unpack(">II", header[16:24]))
+        elif len(header) >= 12:  # BITMAPINFOHEADER: width, then twice the height (with mask)
+            width, height = struct.unpack("<ii", header[4:12])
+            sizes.append((abs(width), abs(height) // 2))
+    return sizes
+
+
+def pixel_count(data: bytes) -> int:
+    """How many pixels ``data`` decodes to, read from its header (0 when it is not an image
+    edgel2 reads: decoding it will say why). What a server sums to bound a request's work
+    before decoding any of it.
+
+    Example:
+        >>> buffer = io.BytesIO(); Image.new("RGB", (40, 30)).save(buffer, "PNG")
+        >>> pixel_count(buffer.getvalue())
+        1200
+    """
+    try:
+        with _open_checked(io.BytesIO(data)) as image:
+            return image.width * image.height
+    except ImageError as e:
+        if "too large" in str(e):
+            return MAX_PIXELS + 1
+        return 0
+    except Exception:  # noqa: BLE001 - not an image: decoding reports it
+        return 0
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
@@ -128,6 +194,8 @@ def _from_array(array: np.ndarray) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Steps 2 and 3 of the policy: EXIF orientation, then RGB over a white background."""
     image = ImageOps.exif_transpose(image)
+    if image.mode == "F":
+        image = _from_float(np.asarray(image, dtype=np.float32))
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         pixels = np.asarray(image, dtype=np.uint32)
         image = Image.fromarray((pixels >> 8).clip(0, 255).astype(np.uint8), "L")
@@ -140,6 +208,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background.paste(image, mask=image.getchannel("A"))
         return background
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _from_float(pixels: np.ndarray) -> Image.Image:
+    """A floating-point greyscale image as 8 bits: 0..1 scaled by 255 when every value is in
+    0..1 (the convention of scientific tools), 0..255 as it is; anything else is refused
+    rather than guessed."""
+    if not np.isfinite(pixels).all():
+        raise ImageError("a floating-point image with NaN or infinite values")
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    if low < 0 or high > 255:
+        raise ImageError(f"a floating-point image with values in {low:g}..{high:g}; edgel2 "
+                         "reads 0..1 or 0..255")
+    scale = 255.0 if high <= 1.0 else 1.0
+    return Image.fromarray(np.round(pixels * scale).astype(np.uint8), "L")
 
 
 def load_image(source: ImageLike, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -169,6 +251,8 @@ def load_image_and_size(source: ImageLike, size: tuple[int, int] | None = None
         if size is not None and image.size != tuple(size):
             image = image.resize(tuple(size), RESAMPLE)
         return np.asarray(image, dtype=np.uint8), seen
+    except ImageError:
+        raise
     except Exception as e:  # noqa: BLE001 - a mode Pillow cannot convert (LAB, odd TIFFs...)
         raise ImageError(f"cannot convert a {image.mode} image to RGB: {first_line(e, 120)}") from None
 
@@ -189,7 +273,7 @@ def upright_size(data: bytes) -> tuple[int, int]:
         (40, 30)
     """
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with _open_checked(io.BytesIO(data)) as image:
             width, height = image.size
             orientation = image.getexif().get(_ORIENTATION_TAG) if hasattr(image, "getexif") else None
     except Exception as e:  # noqa: BLE001 - Pillow's plugins raise many types on bad headers

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
+from typing import Callable
 
 from edgel2.serve.app import ServeConfig, create_app
 
@@ -20,28 +22,85 @@ __all__ = ["ServeConfig", "create_app", "run", "app_from_env"]
 
 def app_from_env():
     """The app of a uvicorn worker process (``--workers N``): its config from the environment."""
-    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
+    from edgel2.serve.protocol import GuardedHttpToolsProtocol
+
+    config = ServeConfig(**json.loads(os.environ[CONFIG_ENV]))
+    GuardedHttpToolsProtocol.configure(config.client_timeout_s)
+    return create_app(config)
 
 
 def run(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-        graceful_s: float = 10.0, classifier=None) -> None:
+        classifier=None,
+        on_listening: Callable[[str], None] | None = None, check_model: bool = True) -> None:
     """Serve until SIGTERM or Ctrl-C: stop accepting, finish the requests in flight (at most
-    ``graceful_s`` seconds), close the batcher, exit 0. ``workers`` > 1 starts that many
-    processes, each with its own model, behind one port. ``classifier``: one already opened
-    from ``config`` (one worker only), so that the model is not loaded twice."""
+    ``config.grace_s`` seconds; those still running then get a JSON 503), close the batcher,
+    return. ``workers`` > 1 starts that many processes, each with its own model, behind one
+    port. ``classifier``: one already opened from ``config`` (one worker only), so that the
+    model is not loaded twice. With several workers the model is opened here once first
+    (unless ``check_model`` is False: the caller did), so that a bad file is one error
+    instead of workers failing over and over.
+
+    The port is bound before anything else is started: a port in use is one
+    :class:`~edgel2.errors.EdgeL2Error`, and with ``port=0`` the system's choice is what
+    ``on_listening`` gets (the base URL, once the socket is bound).
+    """
     import signal
 
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from edgel2.serve.protocol import GuardedHttpToolsProtocol
 
     config.validate()
+    if workers > 1 and check_model:  # the model opens, or this is the one error
+        from edgel2.runtime import Classifier, shipped_model
+
+        Classifier(config.model or shipped_model(), engine=config.engine, threads=config.threads)
+    sock = _listen(host, port)
+    if on_listening is not None:
+        bound = sock.getsockname()[1]
+        on_listening(f"http://{f'[{host}]' if ':' in host else host}:{bound}")
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the handler
-    # that was there before it; a handler that does nothing makes that a normal exit (0).
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)
-    options = dict(host=host, port=port, log_level="warning", access_log=False,
-                   timeout_graceful_shutdown=graceful_s)
-    if workers == 1:
-        uvicorn.run(create_app(config, classifier), **options)
-    else:
-        os.environ[CONFIG_ENV] = json.dumps(dataclasses.asdict(config))
-        uvicorn.run("edgel2.serve:app_from_env", factory=True, workers=workers, **options)
-    signal.signal(signal.SIGTERM, previous)
+    # that was there before it. This one ends run() normally, then or before uvicorn starts.
+    previous = signal.signal(signal.SIGTERM, _stop)
+    GuardedHttpToolsProtocol.configure(config.client_timeout_s)
+    options = dict(log_level="warning", access_log=False, http=GuardedHttpToolsProtocol,
+                   timeout_graceful_shutdown=config.grace_s)
+    try:
+        if workers == 1:
+            uvicorn.Server(uvicorn.Config(create_app(config, classifier), **options)).run(
+                sockets=[sock])
+        else:
+            os.environ[CONFIG_ENV] = json.dumps(dataclasses.asdict(config))
+            Multiprocess(uvicorn.Config("edgel2.serve:app_from_env", factory=True,
+                                        workers=workers, **options), sockets=[sock]).run()
+    except _Stopped:
+        pass
+    finally:
+        sock.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop(*_) -> None:
+    raise _Stopped()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (as uvicorn binds: address reuse, IPv6 for a host with
+    a colon); a port in use or an address that is not this machine's is one line."""
+    from edgel2.errors import EdgeL2Error
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:  # in use, not an address of this machine, a name that resolves not
+        sock.close()
+        raise EdgeL2Error(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(2048)  # uvicorn's backlog: clients queue from now on, even during start-up
+    sock.set_inheritable(True)
+    return sock

@@ -7,8 +7,15 @@ pure-Python packages (starlette, uvicorn, python-multipart, prometheus-client). 
 reference ASGI server and handles SIGTERM gracefully (stop accepting, finish in-flight
 requests, then the lifespan shutdown closes the batcher).
 
-The event loop never waits on the model: images are decoded in the loop's executor and the
-batcher's worker thread runs the model; handlers only await futures. Every error body is
+The event loop never waits on the model or on a large body: images are decoded, and JSON
+bodies parsed, in a bounded pool of threads, one item at a time per request so that requests
+take turns; the batcher's worker thread runs the model, again taking requests in turn; handlers
+only await. One client cannot take the server down: every byte of every body counts against
+``max_body_mb`` however it is framed (chunked, multipart), a request carries at most
+``max_images`` images and ``max_request_mpx`` megapixels (read from the headers before
+anything is decoded), a request is admitted to the model's queue whole or refused whole, and
+the work of a request whose client went away is dropped. Header size and slow or idle clients
+are bounded by the connection itself (:mod:`edgel2.serve.protocol`). Every error body is
 JSON, ``{"error": message}``, the KServe v2 shape.
 """
 from __future__ import annotations
@@ -16,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -29,9 +38,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from edgel2 import __version__
-from edgel2.config import check_name
-from edgel2.errors import BusyError, EdgeL2Error, ImageError, PredictionError
+from edgel2.config import MAX_BODY_MB, check_name
+from edgel2.errors import BusyError, ImageError, OptionError, PredictionError
 from edgel2.runtime import Batcher, Classifier
+from edgel2.runtime.batcher import MAX_DELAY_MS
+from edgel2.runtime.preprocess import pixel_count
 from edgel2.serve.page import PAGE
 
 PLATFORM = {"onnx": "onnxruntime_onnx", "tflite": "tensorflow_lite"}
@@ -51,20 +62,37 @@ class ServeConfig:
     max_delay_ms: float = 2.0
     max_queue: int = 1024
     max_body_mb: float = 16.0
-    max_files: int = 64
+    max_images: int = 64            # images in one request (files, or a v2 tensor's N)
+    max_request_mpx: float = 100.0  # decoded megapixels in one request (about 8 phone photos)
     top_k: int = 5
     retry_after_s: int = 1
+    decode_threads: int | None = None  # the decoding pool; None: one per CPU
+    client_timeout_s: float = 10.0  # silence allowed mid-request (edgel2.serve.protocol)
+    grace_s: float = 10.0           # after SIGTERM, for the requests in flight
 
     def validate(self) -> None:
+        def number(value, low: float, high: float) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value) and low <= value <= high
+
         checks = [(self.max_batch >= 1, "--max-batch must be >= 1"),
-                  (self.max_delay_ms >= 0, "--max-delay-ms must be >= 0"),
+                  (number(self.max_delay_ms, 0, MAX_DELAY_MS),
+                   f"--max-delay-ms must be a number in 0..{MAX_DELAY_MS:g}"),
                   (self.max_queue >= 1, "--max-queue must be >= 1"),
-                  (self.max_body_mb > 0, "--max-body-mb must be > 0"),
-                  (self.max_files >= 1, "--max-files must be >= 1"),
-                  (self.top_k >= 1, "--top-k must be >= 1")]
+                  (number(self.max_body_mb, 1e-6, MAX_BODY_MB),
+                   f"--max-body-mb must be a number in (0, {MAX_BODY_MB:g}]"),
+                  (self.max_images >= 1, "--max-images must be >= 1"),
+                  (number(self.max_request_mpx, 1e-6, 1e6),
+                   "--max-request-mpx must be a positive number"),
+                  (self.top_k >= 1, "--top-k must be >= 1"),
+                  (self.decode_threads is None or self.decode_threads >= 1,
+                   "--decode-threads must be >= 1"),
+                  (number(self.client_timeout_s, 0.01, 3600),
+                   "--client-timeout-s must be a number in 0.01..3600"),
+                  (number(self.grace_s, 0, 3600), "--grace-s must be a number in 0..3600")]
         for ok, message in checks:
             if not ok:
-                raise EdgeL2Error(message)
+                raise OptionError(message)
         if self.name is not None:
             check_name(self.name)
 
@@ -111,13 +139,23 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Sta
     classes = len(classifier.class_names)
     width, height = classifier.input_size
     max_body = int(config.max_body_mb * 2**20)
+    max_pixels = int(config.max_request_mpx * 1e6)
+    # the longest v2 body that can hold max_images images: 6 bytes a value is room for
+    # "255, " (json.dumps' separators) and nested lists' brackets
+    v2_body_limit = config.max_images * height * width * 3 * 6 + 65536
     state: dict = {}
 
     def batcher() -> Batcher:
         return state["batcher"]
 
+    async def in_pool(function, *args):
+        """``function(*args)`` in the bounded pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(state["pool"], function, *args)
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        state["pool"] = ThreadPoolExecutor(config.decode_threads or os.cpu_count() or 1,
+                                           thread_name_prefix="edgel2-decode")
         state["batcher"] = Batcher(classifier, config.max_batch, config.max_delay_ms,
                                    top_k=classes, max_queue=config.max_queue,
                                    on_batch=lambda n: state["metrics"].batch_size.observe(n))
@@ -129,15 +167,20 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Sta
             state["ready"] = False
             # uvicorn has finished the requests in flight; the batcher finishes its queue
             await asyncio.get_running_loop().run_in_executor(None, state["batcher"].close)
+            state["pool"].shutdown(wait=False, cancel_futures=True)
 
-    async def read_body(request: Request) -> bytes:
-        """The body, refused with 413 past ``max_body`` (by Content-Length, or while it
-        streams in for a chunked upload)."""
-        _refuse_declared_over(request, max_body)
+    def is_ready() -> bool:
+        return state.get("ready", False) and batcher().healthy
+
+    async def read_body(request: Request, limit: int | None = None) -> bytes:
+        """The body (every byte counted against ``max_body`` by :class:`_BodyLimit`); past a
+        smaller ``limit`` (by Content-Length, or as it streams in), _TooLarge with it."""
+        limit = max_body if limit is None else min(limit, max_body)
+        _refuse_declared_over(request, limit)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > max_body:
+            if size > limit:
                 raise _TooLarge()
             chunks.append(chunk)
         return b"".join(chunks)
@@ -154,10 +197,18 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Sta
                 except _TooLarge:
                     response = _error(413, f"request body over the limit of "
                                            f"{config.max_body_mb:g} MiB (--max-body-mb)")
+                    # the rest of the body is read and dropped (closing now would reset the
+                    # connection before the client reads this answer)
                 except BusyError as e:
                     response = _error(503, str(e), {"Retry-After": str(config.retry_after_s)})
                 except ClientDisconnect:
                     response = Response(status_code=499)  # nobody reads it; counted
+                except asyncio.CancelledError:
+                    # still running when SIGTERM's grace period ran out: its batcher work is
+                    # dropped, and the client gets an answer it can retry elsewhere
+                    response = _error(503, "the server is shutting down; retry",
+                                      {"Retry-After": str(config.retry_after_s),
+                                       "Connection": "close"})
                 finally:
                     in_flight.dec()
                 metrics = state["metrics"]
@@ -187,7 +238,7 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Sta
         return JSONResponse({"live": True})
 
     async def ready(request: Request):
-        ok = state.get("ready", False)
+        ok = is_ready()
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     async def server_metadata(request: Request):
@@ -220,19 +271,29 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Sta
     async def model_ready(request: Request):
         if (missing := known_model(request)) is not None:
             return missing
-        return JSONResponse({"name": name, "ready": state.get("ready", False)})
+        return JSONResponse({"name": name, "ready": is_ready()})
 
     @measured("infer")
     async def infer(request: Request):
         if (missing := known_model(request)) is not None:
             return missing
+        try:  # refused unread and unparsed: parsing holds the GIL ~40 ms a MiB
+            body = await read_body(request, v2_body_limit)
+        except _TooLarge:
+            if v2_body_limit >= max_body:  # --max-body-mb is the smaller limit: it answers
+                raise
+            return _error(413, f"a v2 body over {v2_body_limit / 2**20:.1f} MiB is more than "
+                               f"{config.max_images} images (--max-images) can take in "
+                               "compact JSON")
         try:
-            body = _json(await read_body(request))
-            request_id, images = _v2_images(body, height, width)
+            request_id, images = await until_disconnected(request, in_pool(
+                _v2_request, body, height, width, config.max_images))
+        except _TooMany as e:
+            return _error(413, str(e))
         except ValueError as e:
             return _error(400, str(e))
-        logits = await until_disconnected(
-            request, asyncio.gather(*(batcher().logits_async(image) for image in images)))
+        futures = batcher().submit_pixels(list(images), owner=object(), raw=True)
+        logits = await until_disconnected(request, _all(futures))
         logits = np.stack(logits) if logits else np.zeros((0, classes), np.float32)
         if not np.isfinite(logits).all():
             return _error(500, "the model produced non-finite logits")
@@ -247,6 +308,31 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Sta
 
     # --- what people reach for first ------------------------------------------------------
 
+    async def classify_files(files: list[tuple[str, bytes]], top_k: int) -> list[dict]:
+        """Decode one file at a time in the pool (so requests take turns), then queue the
+        request's images for the model all at once, or refuse them all (503)."""
+        decoded = []
+        for _, data in files:
+            try:
+                decoded.append(await in_pool(classifier.preprocess, data))
+            except ImageError as e:
+                decoded.append(e)
+        good = [d for d in decoded if not isinstance(d, ImageError)]
+        predictions = iter(await _all(batcher().submit_pixels(good, owner=object()),
+                                      return_exceptions=True))
+        results = []
+        for (filename, _), item in zip(files, decoded):
+            outcome = item if isinstance(item, ImageError) else next(predictions)
+            if isinstance(outcome, (ImageError, PredictionError)):
+                results.append({"file": filename, "error": str(outcome)})
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                results.append({"file": filename, "predictions": [
+                    {"label": label, "probability": round(float(p), 6)}
+                    for label, p in outcome[:top_k]]})
+        return results
+
     @measured("classify")
     async def classify(request: Request):
         try:
@@ -255,18 +341,14 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Sta
                 raise ValueError
         except ValueError:
             return _error(400, "top_k must be a whole number >= 1")
-        files = await _uploaded_files(request, read_body, max_body, config.max_files)
+        files = await _uploaded_files(request, read_body, max_body, config.max_images)
         if isinstance(files, Response):
             return files
-        results = await until_disconnected(request, asyncio.gather(
-            *(_classify_one(batcher(), filename, data, top_k) for filename, data in files),
-            return_exceptions=True))
-        busy = next((r for r in results if isinstance(r, BusyError)), None)
-        if busy is not None:
-            raise busy
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
+        pixels = sum(await in_pool(lambda: [pixel_count(data) for _, data in files]))
+        if pixels > max_pixels:
+            return _error(413, f"{pixels / 1e6:.1f} megapixels in one request; the limit is "
+                               f"{config.max_request_mpx:g} (--max-request-mpx)")
+        results = await until_disconnected(request, classify_files(files, top_k))
         state["metrics"].images.inc(sum("predictions" in r for r in results))
         failed = any("error" in r for r in results)
         return JSONResponse({"model": name, "results": results},
@@ -297,13 +379,54 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Sta
         Route("/v2/models/{name}/ready", model_ready),
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={404: not_found, 405: not_allowed,
-                                         Exception: server_error})
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={404: not_found, 405: not_allowed,
+                                        Exception: server_error})
+    return _BodyLimit(app, max_body)
 
 
 class _TooLarge(Exception):
     pass
+
+
+class _TooMany(ValueError):
+    pass
+
+
+class _BodyLimit:
+    """ASGI middleware: every byte of a request body, however it is framed (Content-Length,
+    chunked, multipart parts), counts against the limit; past it, reading raises _TooLarge,
+    which the handlers answer with 413."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        size = 0
+
+        async def counted():
+            nonlocal size
+            message = await receive()
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > self.limit:
+                    raise _TooLarge()
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+async def _all(futures, return_exceptions: bool = False) -> list:
+    """The outcomes of the batcher's futures; cancelling this (a client gone, a shutdown)
+    cancels them all, so that their images leave the queue unrun."""
+    wrapped = [asyncio.wrap_future(f) for f in futures]
+    try:
+        return await asyncio.gather(*wrapped, return_exceptions=return_exceptions)
+    finally:
+        for future in futures:
+            future.cancel()  # no-op for those that are done
 
 
 def _refuse_declared_over(request: Request, max_body: int) -> None:
@@ -322,18 +445,19 @@ async def _disconnect(request: Request) -> None:
             return
 
 
-def _json(body: bytes):
+def _v2_request(raw: bytes, height: int, width: int, max_images: int
+                ) -> tuple[str | None, np.ndarray]:
+    """The id and uint8 images of a v2 infer request body: one input, datatype UINT8, shape
+    [N, height, width, 3] with N <= ``max_images``, data flat (row-major) or nested. Runs in
+    the pool: parsing 16 MiB of JSON takes the better part of a second."""
     import json
 
     try:
-        return json.loads(body)
+        body = json.loads(raw)
+    except RecursionError:
+        raise ValueError("the body is not JSON edgel2 reads: nested too deeply") from None
     except ValueError as e:
         raise ValueError(f"the body is not JSON: {e}") from None
-
-
-def _v2_images(body, height: int, width: int) -> tuple[str | None, list[np.ndarray]]:
-    """The uint8 images of a v2 infer request: one input, datatype UINT8, shape
-    [N, height, width, 3], data flat (row-major) or nested."""
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) \
             or len(body["inputs"]) != 1 or not isinstance(body["inputs"][0], dict):
         raise ValueError('a v2 infer request has "inputs": [one tensor]')
@@ -345,6 +469,9 @@ def _v2_images(body, height: int, width: int) -> tuple[str | None, list[np.ndarr
             and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
             and shape[0] >= 1 and shape[1:] == [height, width, 3]):
         raise ValueError(f"input shape must be [N, {height}, {width}, 3] with N >= 1, got {shape!r}")
+    if shape[0] > max_images:
+        raise _TooMany(f"{shape[0]} images in one request; the limit is {max_images} "
+                       "(--max-images)")
     try:
         data = np.asarray(tensor.get("data"))
     except (ValueError, TypeError):
@@ -354,19 +481,20 @@ def _v2_images(body, height: int, width: int) -> tuple[str | None, list[np.ndarr
         raise ValueError(f"input data must be {int(np.prod(shape))} whole numbers in 0..255")
     images = data.astype(np.uint8).reshape(shape)
     request_id = body.get("id")
-    return (str(request_id) if request_id is not None else None), list(images)
+    return (str(request_id) if request_id is not None else None), images
 
 
-async def _uploaded_files(request: Request, read_body, max_body: int, max_files: int):
+async def _uploaded_files(request: Request, read_body, max_body: int, max_images: int):
     """(filename, bytes) of each uploaded file: every file part of a multipart form, or the
     raw body as one image; a JSON error response if there is none or too many."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         _refuse_declared_over(request, max_body)
         try:
-            form = await request.form(max_files=max_files, max_fields=max_files,
+            # one more than allowed: then the count below answers, with the option's name
+            form = await request.form(max_files=max_images + 1, max_fields=max_images + 1,
                                       max_part_size=max_body)
-        except ClientDisconnect:
+        except (ClientDisconnect, _TooLarge):
             raise
         except Exception as e:  # noqa: BLE001 - python-multipart's parse errors
             return _error(400, f"cannot read the multipart form: {e}")
@@ -378,16 +506,7 @@ async def _uploaded_files(request: Request, read_body, max_body: int, max_files:
         files = [("body", body)] if body else []
     if not files:
         return _error(400, "no image: send files as multipart/form-data, or one image as the body")
-    if len(files) > max_files:
-        return _error(413, f"{len(files)} files in one request; the limit is {max_files}")
+    if len(files) > max_images:
+        return _error(413, f"{len(files)} files in one request; the limit is {max_images} "
+                           "(--max-images)")
     return files
-
-
-async def _classify_one(batcher: Batcher, filename: str, data: bytes, top_k: int) -> dict:
-    try:
-        ranked = await batcher.submit_async(data)
-    except (ImageError, PredictionError) as e:
-        return {"file": filename, "error": str(e)}
-    return {"file": filename,
-            "predictions": [{"label": label, "probability": round(float(p), 6)}
-                            for label, p in ranked[:top_k]]}
