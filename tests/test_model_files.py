@@ -308,6 +308,21 @@ def test_a_flipped_byte_in_an_onnx_files_weights_is_refused(tmp_path):
         Classifier(model, engine="onnxruntime")
 
 
+
+def test_a_file_another_tool_rewrote_is_not_taken_for_a_corrupted_one(tmp_path):
+    import onnx
+
+    from edgel2.export.onnx import set_metadata
+
+    model = make_tiny_onnx(tmp_path / "tiny.onnx")
+    set_metadata(model, {}, keep_others=True)
+    proto = onnx.load(str(model))  # e.g. a quantizer: new weights, edgel2's metadata kept
+    proto.producer_name = "onnx.quantize"
+    proto.graph.initializer[-1].raw_data = bytes(len(proto.graph.initializer[-1].raw_data))
+    onnx.save(proto, str(model))
+    assert Classifier(model).class_names == ["ant", "bee", "cat"]
+
+
 def test_a_flipped_byte_in_a_tflite_files_weights_is_refused(tmp_path):
     pytest.importorskip("ai_edge_litert")
     from edgel2.export.tflite import pack_metadata

@@ -240,7 +240,9 @@ def test_a_body_over_the_limit_gets_413_and_a_full_queue_gets_503_with_retry_aft
         status, response_headers, raw = limited.request("POST", "/v1/classify", many, headers)
         assert status == 503 and response_headers["retry-after"] == "1"
         assert "busy: 2 requests are waiting" in json.loads(raw)["error"]
+        assert limited.metric("edgel2_batch_size_count") == 0  # refused whole: no model work
         assert limited.json("POST", "/v1/classify", images[0][1])[0] == 200  # and it recovers
+        assert limited.metric("edgel2_batch_size_count") == 1
     finally:
         assert limited.stop() == 0
 

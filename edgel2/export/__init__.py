@@ -68,13 +68,15 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     ``progress`` gets a line per step; ``check_progress(done, total)`` is called after each
     batch of check images (the Keras reference, then each file), for a progress bar.
     """
+    # first, so that an install without Keras says so before anything else is missed
+    from edgel2.export.source import model_name
+
     formats = _validated(formats, FORMATS, "format")
     precisions = _validated([precision_name(p) for p in precisions], PRECISIONS, "precision")
     if "onnx" in formats:
         from edgel2.export.onnx import check_opset
 
         check_opset(opset)
-    from edgel2.export.source import model_name
 
     model_path = Path(model_path)
     if batch is not None:

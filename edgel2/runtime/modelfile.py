@@ -217,8 +217,10 @@ def check_weights(metadata: dict, data: bytes, fmt: str, path: str | os.PathLike
     """Compare the file's weights with the checksum its metadata records (``weights_sha256``,
     written by ``edgel2 export``; files without one are not checked): a corrupted download or
     a flipped byte is a :class:`ModelError`, not silently different answers. ONNX: the SHA-256
-    of the graph (every node and weight, not the metadata); TFLite: of the flatbuffer before
-    the appended metadata zip.
+    of the graph (every node and weight, not the metadata), checked while the file still
+    names edgel2 as its producer (a tool that rewrote the graph and kept the metadata made a
+    new file, not a corrupted one); TFLite: of the flatbuffer before the appended metadata
+    zip.
 
     Example:
         >>> check_weights({}, b"anything", "onnx", "m.onnx")    # nothing recorded: not checked
@@ -226,6 +228,11 @@ def check_weights(metadata: dict, data: bytes, fmt: str, path: str | os.PathLike
     recorded = metadata.get("weights_sha256")
     if recorded is None:
         return
+    if fmt == ONNX:
+        from edgel2.runtime.onnxfile import producer_name
+
+        if producer_name(data) != "edgel2":  # rewritten by another tool (a quantizer, a
+            return                           # simplifier) that kept edgel2's metadata
     if weights_sha256(data, fmt) != recorded:
         raise ModelError(f"{Path(path).name}: its weights do not match the checksum in its "
                          "metadata (a corrupted or altered file); download or export it again")

@@ -81,6 +81,15 @@ def graph_sha256(data: bytes) -> str:
     return digest.hexdigest()
 
 
+def producer_name(data: bytes) -> str:
+    """The ModelProto's ``producer_name`` (field 2): ``edgel2`` for the files edgel2 writes,
+    ``onnx.quantize``, ``tf2onnx``... for files another tool wrote last."""
+    for number, wire, value in fields(data):
+        if number == 2 and wire == 2:
+            return data[value[0]:value[1]].decode("utf-8", "replace")
+    return ""
+
+
 def check_graph(data: bytes, path) -> None:
     """Refuse (:class:`ModelError`) a graph that would allocate a constant-shaped tensor of more
     than :data:`MAX_CONSTANT_ELEMENTS` elements (ConstantOfShape, Expand) when an engine builds
