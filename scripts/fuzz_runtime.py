@@ -4,7 +4,9 @@ Every input is made here by mutating a valid one (seeded, so every run tries the
 - images: every image format and mode edgel2 reads, each with single-byte mutations over its
   first bytes and truncations at many lengths, decoded by ``load_image``;
 - model files: a tiny valid ONNX classifier with byte mutations, and the shipped .tflite with
-  byte mutations of its appended metadata zip, opened by ``Classifier``;
+  byte mutations of its appended metadata zip, and of its flatbuffer (graph and weights) both
+  with its ``weights_sha256`` and without it (then only the first run at open can catch what
+  a mutation breaks), opened by ``Classifier``;
 - paths: FIFOs, sockets, devices, broken links, link loops, folders named like images,
   non-UTF-8 names, walked by ``expand_paths`` and classified by ``edgel2 infer``.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import io
+import itertools
 import os
 import socket
 import subprocess
@@ -98,9 +101,42 @@ def fuzz_models(folder: Path, step: int) -> collections.Counter:
     zip_start = tflite.index(b"PK\x03\x04", len(tflite) - 64 * 1024)
     candidate = folder / "candidate"
     tflite_mutations = (tflite[:zip_start] + m for m in mutations(tflite[zip_start:], 4096, step * 4))
-    for mutated in (*mutations(tiny, len(tiny), step), *tflite_mutations):
+    # one at a time: materialized, the 11 MB .tflite's mutations would take tens of GB
+    for mutated in itertools.chain(mutations(tiny, len(tiny), step), tflite_mutations):
         candidate.write_bytes(mutated)
         counts[outcome(lambda: Classifier(candidate))] += 1
+    return counts
+
+
+def fuzz_flatbuffer(folder: Path, step: int) -> collections.Counter:
+    """Single-byte changes spread over the shipped .tflite's flatbuffer, with its metadata zip
+    as shipped (the checksum catches them) and with the checksum taken out."""
+    import json
+    import zipfile
+
+    from edgel2.runtime.modelfile import flatbuffer_end
+
+    tflite = shipped_model("resnet18-int8.tflite").read_bytes()
+    end = flatbuffer_end(tflite)
+    unchecked = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(tflite[end:])) as z, \
+            zipfile.ZipFile(unchecked, "w", zipfile.ZIP_STORED) as out:
+        for info in z.infolist():
+            data = z.read(info)
+            if info.filename == "edgel2.json":
+                data = json.dumps({k: v for k, v in json.loads(data).items()
+                                   if k != "weights_sha256"}).encode()
+            out.writestr(info.filename, data)
+    counts: collections.Counter = collections.Counter()
+    candidate = folder / "candidate.tflite"
+    positions = range(0, end, max(1, end // (300 // step)))
+    for label, tail in (("with checksum", tflite[end:]), ("without checksum", unchecked.getvalue())):
+        for pos in positions:
+            for value in (0x00, 0xFF):
+                if tflite[pos] == value:
+                    continue
+                candidate.write_bytes(tflite[:pos] + bytes([value]) + tflite[pos + 1:end] + tail)
+                counts[f"{label}: {outcome(lambda: Classifier(candidate))}"] += 1
     return counts
 
 
@@ -122,7 +158,7 @@ def fuzz_paths(folder: Path, model: Path) -> collections.Counter:
     counts: collections.Counter = collections.Counter()
     for pattern in (str(root), f"{root}/**/*.png", f"{root}/*"):
         proc = subprocess.run([sys.executable, "-m", "edgel2", "infer", pattern, "--model",
-                               str(model), "--format", "csv"], capture_output=True, text=True,
+                               str(model), "--out-format", "csv"], capture_output=True, text=True,
                               timeout=120)
         if "Traceback" in proc.stderr or proc.returncode not in (0, 3):
             counts[f"BUG: exit {proc.returncode}: {proc.stderr.strip()[-80:]}"] += 1
@@ -144,6 +180,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for title, counts in (("images", fuzz_images(step)), ("model files", fuzz_models(folder, step)),
+                              ("tflite flatbuffers", fuzz_flatbuffer(folder, step)),
                               ("paths", fuzz_paths(folder, folder / "tiny.onnx"))):
             print(f"\n{title}: {sum(counts.values())} tried")
             for key, count in counts.most_common():

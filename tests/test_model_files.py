@@ -336,3 +336,21 @@ def test_a_flipped_byte_in_a_tflite_files_weights_is_refused(tmp_path):
     model.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="m.tflite: its weights do not match the checksum"):
         Classifier(model)
+
+
+def test_a_graph_with_a_scalar_input_is_a_model_error(tmp_path):
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["images"], ["logits"], to=TensorProto.FLOAT)], "scalar",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, [])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    for key, value in tiny_metadata().items():
+        model.metadata_props.add(key=key, value=json.dumps(value))
+    onnx.save(model, str(tmp_path / "scalar.onnx"))
+    with pytest.raises(ModelError, match=r"^scalar\.onnx: the model's output has shape \[\]"):
+        Classifier(tmp_path / "scalar.onnx", engine="onnxruntime")

@@ -387,7 +387,8 @@ def open_engine(path: str | os.PathLike, providers: str | Sequence[str] | None =
             continue
         opened.fallback = "; ".join(skipped) or None
         check_weights(opened.metadata, data, fmt, path)
-        return FixedBatch(opened) if isinstance(opened.input_shape[0], int) else opened
+        fixed = len(opened.input_shape) > 0 and isinstance(opened.input_shape[0], int)
+        return FixedBatch(opened) if fixed else opened  # a rank-0 input: check_metadata says so
     raise AssertionError("unreachable: the last candidate raises")  # pragma: no cover
 
 
