@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -31,6 +32,19 @@ CLIENT_TIMEOUT_S = 10.0
 
 class _HeaderTooLarge(Exception):
     pass
+
+
+class _QuietRefusals(logging.Filter):
+    """Drops the warning uvicorn logs when the parser stops on our header limit (it cannot
+    tell that from a malformed request): the 431 is the answer, not a server problem. The
+    event loop runs the refusal, uvicorn's warning and the 431 in one call, so one flag is
+    enough."""
+
+    refusing = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_QuietRefusals.refusing
+                    and record.getMessage() == "Invalid HTTP request received.")
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -44,6 +58,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Set the timeout for every connection of this process (``edgel2 serve``'s
         ``--client-timeout-s``; each worker process sets it from its config)."""
         cls.client_timeout_s = float(client_timeout_s)
+        logger = logging.getLogger("uvicorn.error")
+        if not any(isinstance(f, _QuietRefusals) for f in logger.filters):
+            logger.addFilter(_QuietRefusals())
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -129,9 +146,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes += size
         self._header_lines += lines
         if self._header_bytes > MAX_HEADER_BYTES or self._header_lines > MAX_HEADERS:
+            _QuietRefusals.refusing = True
             raise _HeaderTooLarge()  # httptools stops parsing; send_400_response answers
 
     def send_400_response(self, msg: str) -> None:
+        _QuietRefusals.refusing = False
         if self._header_bytes > MAX_HEADER_BYTES or self._header_lines > MAX_HEADERS:
             self._refuse_headers()
             return
