@@ -16,11 +16,12 @@ request of one wait behind all of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
-from collections import OrderedDict, deque
 import time
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from numbers import Real
 from typing import Callable
@@ -43,6 +44,16 @@ class _Delivering(threading.local):
 
 
 _delivering = _Delivering()
+
+
+@contextlib.contextmanager
+def _delivering_results():
+    """Mark this thread as the one whose futures' done-callbacks run (see :class:`_Delivering`)."""
+    _delivering.active = True
+    try:
+        yield
+    finally:
+        _delivering.active = False
 
 
 class Batcher:
@@ -196,16 +207,12 @@ class Batcher:
             probabilities = self.classifier.to_probabilities(logits, len(live))
             predictions = self.classifier.ranked(probabilities, self.top_k)
         except Exception as e:  # noqa: BLE001 - fails this batch only
-            _delivering.active = True
-            try:
+            with _delivering_results():
                 for _, future, _ in live:
                     future.set_exception(e)
-            finally:
-                _delivering.active = False
             return
         self.batches_run += 1
-        _delivering.active = True  # the futures' done-callbacks run in this thread
-        try:
+        with _delivering_results():
             for (_, future, raw), row, prediction in zip(live, logits, predictions):
                 if raw:
                     future.set_result(row)
@@ -213,8 +220,6 @@ class Batcher:
                     future.set_exception(PredictionError(NON_FINITE))
                 else:
                     future.set_result(prediction)
-        finally:
-            _delivering.active = False
 
     def close(self) -> None:
         """Finish what was submitted, then stop the worker. Called from the worker or an

@@ -41,12 +41,12 @@ def sniff_format(path: str | os.PathLike) -> str:
     """
     path = Path(path)
     try:
-        mode = os.stat(path).st_mode
-        if stat.S_ISDIR(mode):
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
             raise ModelError(f"model path is a folder, not a file: {path}")
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(info.st_mode):
             raise ModelError(f"model path is not a regular file: {path}")
-        if os.stat(path).st_size == 0:
+        if info.st_size == 0:
             raise ModelError(f"model file is empty: {path}")
         with open(path, "rb") as f:
             head = f.read(8)

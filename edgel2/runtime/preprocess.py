@@ -135,10 +135,14 @@ def _open_checked(file) -> Image.Image:
     return image
 
 
+class _Oversized(ImageError):
+    """An image over :data:`MAX_PIXELS`, found from its header."""
+
+
 def _check_size(width: int, height: int) -> None:
     if width * height > MAX_PIXELS:
-        raise ImageError(f"image too large ({width}x{height}): refused as a possible "
-                         "decompression bomb")
+        raise _Oversized(f"image too large ({width}x{height}): refused as a possible "
+                        "decompression bomb")
 
 
 def _ico_sizes(file) -> list[tuple[int, int]]:
@@ -171,10 +175,8 @@ def pixel_count(data: bytes) -> int:
     try:
         with _open_checked(io.BytesIO(data)) as image:
             return image.width * image.height
-    except ImageError as e:
-        if "too large" in str(e):
-            return MAX_PIXELS + 1
-        return 0
+    except _Oversized:
+        return MAX_PIXELS + 1
     except Exception:  # noqa: BLE001 - not an image: decoding reports it
         return 0
 

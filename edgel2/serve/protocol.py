@@ -145,13 +145,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _count(self, size: int, lines: int) -> None:
         self._header_bytes += size
         self._header_lines += lines
-        if self._header_bytes > MAX_HEADER_BYTES or self._header_lines > MAX_HEADERS:
+        if self._headers_over_limit():
             _QuietRefusals.refusing = True
             raise _HeaderTooLarge()  # httptools stops parsing; send_400_response answers
 
+    def _headers_over_limit(self) -> bool:
+        return self._header_bytes > MAX_HEADER_BYTES or self._header_lines > MAX_HEADERS
+
     def send_400_response(self, msg: str) -> None:
         _QuietRefusals.refusing = False
-        if self._header_bytes > MAX_HEADER_BYTES or self._header_lines > MAX_HEADERS:
+        if self._headers_over_limit():
             self._refuse_headers()
             return
         super().send_400_response(msg)
