@@ -44,10 +44,9 @@ import numpy as np
 from edgel2.errors import DataError, first_line
 from edgel2.runtime.preprocess import (IMAGE_SUFFIXES, ImageError, load_image_and_size,
                                        open_regular_file, upright_size)
-from edgel2.utils import run_config
+from edgel2.utils import cache_folder, run_config
 
 DATA_ENV = "EDGEL2_DATA"
-CACHE_ENV = "EDGEL2_CACHE"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
 TEST_SPLIT_NAMES = ("test", "val")
@@ -615,11 +614,6 @@ def split_stratified(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -
     is_test = np.zeros(len(y), bool)
     is_test[test] = True
     return {"x_train": x[~is_test], "y_train": y[~is_test], "x_test": x[is_test], "y_test": y[is_test]}
-
-
-def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
-    """edgel2's cache: ``cache_dir``, else ``$EDGEL2_CACHE``, else ``~/.cache/edgel2``."""
-    return Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgel2")
 
 
 def _cache_path(cache_dir: str | os.PathLike | None, fingerprint: str,

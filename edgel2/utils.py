@@ -13,6 +13,14 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+CACHE_ENV = "EDGEL2_CACHE"
+
+
+def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
+    """edgel2's cache (decoded datasets, engine choices): ``cache_dir``, else
+    ``$EDGEL2_CACHE``, else ``~/.cache/edgel2``."""
+    return Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgel2")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, durable: bool = False,
