@@ -10,6 +10,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# `auto` follows its fixed rule in tests, so that which engine runs does not depend on this
+# machine's speed; the tests of the race turn it on, with a cache folder of their own.
+os.environ["EDGEL2_ENGINE_PROBE"] = "0"
 
 
 @pytest.fixture(scope="session")

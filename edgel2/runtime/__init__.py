@@ -6,7 +6,7 @@ Every expected failure is an :class:`EdgeL2Error` (``ModelError``, ``EngineError
 
 Example:
     >>> from edgel2.runtime import Classifier, shipped_model              # doctest: +SKIP
-    >>> clf = Classifier(shipped_model())  # the int8 ONNX edgel2 ships  # doctest: +SKIP
+    >>> clf = Classifier()  # the int8 pair edgel2 ships: ONNX and TFLite  # doctest: +SKIP
     >>> clf.predict(["cat.png", "ship.jpg"], top_k=3)                     # doctest: +SKIP
 """
 
@@ -17,9 +17,11 @@ from edgel2.runtime.classifier import NON_FINITE, Classifier, FileResult
 from edgel2.runtime.engines import Engine, ProviderFallbackWarning, open_engine, resolve_providers
 from edgel2.runtime.modelfile import read_metadata, sniff_format
 from edgel2.runtime.preprocess import load_image
-from edgel2.runtime.shipped import shipped_model
+from edgel2.runtime.probe import WORKLOADS, EngineChoice
+from edgel2.runtime.shipped import shipped_model, shipped_models
 
-__all__ = ["NON_FINITE", "Batcher", "BusyError", "Classifier", "EdgeL2Error", "Engine",
-           "EngineError", "FileResult", "ImageError", "MissingExtraError", "ModelError",
-           "OptionError", "PredictionError", "ProviderFallbackWarning", "load_image", "open_engine",
-           "read_metadata", "resolve_providers", "shipped_model", "sniff_format"]
+__all__ = ["NON_FINITE", "WORKLOADS", "Batcher", "BusyError", "Classifier", "EdgeL2Error",
+           "Engine", "EngineChoice", "EngineError", "FileResult", "ImageError",
+           "MissingExtraError", "ModelError", "OptionError", "PredictionError",
+           "ProviderFallbackWarning", "load_image", "open_engine", "read_metadata",
+           "resolve_providers", "shipped_model", "shipped_models", "sniff_format"]

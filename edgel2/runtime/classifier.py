@@ -14,6 +14,7 @@ from edgel2.errors import ImageError, ModelError, PredictionError, first_line, r
 from edgel2.runtime.engines import Engine, open_engine
 from edgel2.runtime.modelfile import check_metadata
 from edgel2.runtime.preprocess import ImageLike, load_image
+from edgel2.runtime.probe import LATENCY
 
 Prediction = list[tuple[str, float]]  # top-k (label, probability), best first
 NON_FINITE = "the model produced non-finite logits"
@@ -72,29 +73,45 @@ def calibrated_probabilities(logits: np.ndarray, temperature: float = 1.0,
 class Classifier:
     """Classify images with an exported edgel2 model (``.onnx``, or ``.tflite`` with LiteRT).
 
-    Class names, input size and layout come from the model's own metadata. ``providers`` is
-    ``"auto"`` (TensorRT, then CUDA, then CPU), a name (``cpu``, ``cuda``, ``tensorrt``) or a
-    list; ``self.providers`` says what the session really uses, and asking for a GPU that is
-    not there warns (:class:`ProviderFallbackWarning`) or, with ``strict=True``, raises.
-    ``engine`` is ``auto`` (see :func:`~edgel2.runtime.engines.engine_candidates`),
-    ``onnxruntime``, ``openvino`` or ``litert``; ``self.engine.name`` says which one runs.
-    Thread-safe: one instance can serve many threads.
+    Class names, input size and layout come from the model's own metadata. ``path`` is a
+    model file, or a folder holding one model's ONNX and TFLite files (an export folder,
+    ``models/``), either of which ``auto`` may run; None for the shipped pair
+    (:func:`~edgel2.runtime.shipped.shipped_models`). ``providers`` is ``"auto"`` (TensorRT,
+    then CUDA, then CPU), a name (``cpu``, ``cuda``, ``tensorrt``) or a list;
+    ``self.providers`` says what the session really uses, and asking for a GPU that is not
+    there warns (:class:`ProviderFallbackWarning`) or, with ``strict=True``, raises.
+    ``engine`` is ``auto``, ``onnxruntime``, ``openvino`` or ``litert``; on a CPU ``auto``
+    runs the engine and settings measured fastest on this machine for ``workload``:
+    ``latency`` (one image at a time, as :meth:`predict` and a server call it) or
+    ``throughput`` (batches of ``batch_size``, as :meth:`predict_files` calls it); see
+    :func:`~edgel2.runtime.engines.open_engine`. ``self.engine.name`` says which engine runs,
+    ``self.engine.choice`` what was measured. Thread-safe: one instance can serve many
+    threads.
 
     Example:
-        >>> clf = Classifier("models/resnet18-int8.onnx")           # doctest: +SKIP
+        >>> clf = Classifier("models/")                                  # doctest: +SKIP
         >>> clf.predict("cat.png", top_k=2)                              # doctest: +SKIP
         [[('cat', 0.91), ('dog', 0.05)]]
+        >>> clf                                                          # doctest: +SKIP
+        Classifier(resnet18-int8.tflite (int8) on litert: LiteRT (CPU); auto: ...)
     """
 
-    def __init__(self, path: str | os.PathLike, providers: str | Sequence[str] | None = "auto",
+    def __init__(self, path: str | os.PathLike | None = None, providers: str | Sequence[str] | None = "auto",
                  threads: int | None = None, batch_size: int = 64, strict: bool = False,
-                 engine: str = "auto", precision: str = "fp32"):
+                 engine: str = "auto", precision: str = "fp32", workload: str = LATENCY,
+                 probe: bool | None = None):
         require_whole("batch_size", batch_size)
-        path = Path(path)
-        self.engine: Engine = open_engine(path, providers, threads, strict, engine, precision)
+        if path is None:
+            from edgel2.runtime.shipped import shipped_models
+
+            path = shipped_models()
+        self.engine: Engine = open_engine(path, providers, threads, strict, engine, precision,
+                                          workload, batch_size, probe)
+        path = self.engine.path
         info = check_metadata(self.engine.metadata, path, self.engine.input_shape,
                               self.engine.input_dtype, self.engine.output_shape)
         self.path = path
+        self.workload = workload
         self.metadata = self.engine.metadata
         self.class_names: list[str] = info.class_names
         self.input_size = info.input_size
@@ -128,12 +145,23 @@ class Classifier:
             return f"{name}-{precision}"
         return self.path.stem
 
-    def describe(self) -> str:
+    def describe(self, why: bool = False) -> str:
         """What runs: the file, its precision and the engine, in a few words
-        (``model-int8.onnx (int8) on openvino: OpenVINO CPU``)."""
+        (``model-int8.onnx (int8) on openvino: OpenVINO CPU``); with ``why``, also
+        :meth:`reasons`."""
         precision = self.metadata.get("quantization")
-        return (f"{self.path.name}" + (f" ({precision})" if isinstance(precision, str) else "")
+        text = (f"{self.path.name}" + (f" ({precision})" if isinstance(precision, str) else "")
                 + f" on {self.engine.name}: {', '.join(self.providers)}")
+        return "; ".join([text, *self.reasons()]) if why else text
+
+    def reasons(self) -> list[str]:
+        """Why this engine runs, a line each: what ``auto`` measured to choose it, and the
+        engines it skipped (and why); none for an engine asked for by name."""
+        lines = [f"auto for {self.workload}: {self.engine.choice}"] if self.engine.choice else []
+        return lines + ([f"auto skipped {self.engine.fallback}"] if self.engine.fallback else [])
+
+    def __repr__(self) -> str:
+        return f"Classifier({self.describe(why=True)})"
 
     # --- arrays in, probabilities out ---------------------------------------------------
 

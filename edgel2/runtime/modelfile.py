@@ -62,6 +62,44 @@ def sniff_format(path: str | os.PathLike) -> str:
                      f"{head[:8]!r})")
 
 
+# A folder holding several precisions of one model runs the first of these it holds.
+FOLDER_PRECISIONS = ("int8", "fp32", "fp16", "dynamic")
+MODEL_SUFFIXES = (".onnx", ".tflite")
+
+
+def model_files(path: str | os.PathLike) -> list[Path]:
+    """The files that are one model: ``path`` itself, or, for a folder (an export folder,
+    ``models/``), its ONNX and TFLite files of one name and precision
+    (``resnet18-int8.onnx`` and ``resnet18-int8.tflite``), either of which ``auto`` may run.
+    A folder of several precisions of one model gives the first of
+    :data:`FOLDER_PRECISIONS` it holds; of several models, a :class:`ModelError` naming them.
+
+    Example:
+        >>> [p.name for p in model_files("models")]     # doctest: +SKIP
+        ['resnet18-int8.onnx', 'resnet18-int8.tflite']
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    try:
+        files = sorted(p for p in path.iterdir()
+                       if p.suffix.lower() in MODEL_SUFFIXES and p.is_file())
+    except OSError as e:
+        raise ModelError(f"cannot read the model folder {path}: {e.strerror or e}") from None
+    stems = sorted({p.stem for p in files})
+    if not stems:
+        raise ModelError(f"no .onnx or .tflite model in the folder {path}")
+    names = {stem.rsplit("-", 1)[0] for stem in stems}
+    stem = stems[0] if len(stems) == 1 else None
+    if stem is None and len(names) == 1:
+        name = names.pop()
+        stem = next((f"{name}-{p}" for p in FOLDER_PRECISIONS if f"{name}-{p}" in stems), None)
+    if stem is None:
+        raise ModelError(f"the folder {path} holds several models ({', '.join(stems)}): "
+                         "pass one of its files")
+    return [p for p in files if p.stem == stem]
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
     """The metadata edgel2 wrote into an exported file ({} if there is none).
 

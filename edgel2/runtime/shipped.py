@@ -8,6 +8,7 @@ from pathlib import Path
 from edgel2.errors import ModelError
 
 DEFAULT_MODEL = "resnet18-int8.onnx"  # the full-width ResNet-18, int8 ONNX (models/README.md)
+# ... and its int8 TFLite twin beside it: together, the default model of infer, serve and Ray
 SOURCE_CHECKOUT_MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
@@ -27,3 +28,15 @@ def shipped_model(name: str = DEFAULT_MODEL) -> Path:
             return candidate
     raise ModelError(f"the shipped model {name} is not in this install of edgel2 (looked in "
                      f"{packaged.parent}); pass --model FILE")
+
+
+def shipped_models() -> Path:
+    """The folder of the shipped models: the int8 ONNX and TFLite files of one ResNet-18,
+    either of which ``auto`` may run (the default model of ``Classifier``, ``edgel2 infer``,
+    ``edgel2 serve`` and Ray).
+
+    Example:
+        >>> sorted(p.suffix for p in shipped_models().glob("resnet18-int8.*"))
+        ['.onnx', '.tflite']
+    """
+    return shipped_model().parent
