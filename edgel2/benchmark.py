@@ -100,7 +100,7 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
 
     if export_missing:
         _export_missing(keras_path, export_dir, rows, ds, progress, **_made_as(export_dir))
-    threads = threads or os.cpu_count() or 1
+    asked_threads, threads = threads, threads or os.cpu_count() or 1
     results, paths = [], []
     for fmt, precision in rows:
         path = keras_path if fmt == "keras" else exported_file(
@@ -146,10 +146,71 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
                               for b in batch_sizes}
             if row["accuracy"] is not None:  # None with --check 0
                 row["accuracy_delta"] = row["accuracy"] - baseline["accuracy"]
-    return {"source": str(source), "export_dir": str(export_dir), "data": ds.name,
-            "check_images": int(len(labels)),
-            "batch_sizes": list(batch_sizes), "threads": threads, "seconds_per_cell": seconds,
-            "repeat": repeat, "provider": provider, "machine": machine(load), "rows": results}
+    report = {"source": str(source), "export_dir": str(export_dir), "data": ds.name,
+              "check_images": int(len(labels)),
+              "batch_sizes": list(batch_sizes), "threads": threads, "seconds_per_cell": seconds,
+              "repeat": repeat, "provider": provider, "machine": machine(load), "rows": results}
+    from edgel2.runtime.choices import probe_enabled
+
+    if provider in ("auto", "cpu") and probe_enabled():  # what `auto` runs on this CPU
+        report["auto"] = remember_choices(results, list(batch_sizes), asked_threads, repeat)
+    return report
+
+
+def remember_choices(rows: list[dict], batch_sizes: list[int], threads: int | None,
+                     rounds: int) -> dict:
+    """Store what ``auto`` should run on this machine, from the benchmark's rows: for each
+    precision, for the ONNX file, the TFLite file and the pair of both, the engine with the
+    lowest batch-1 p50 (the latency workload) and the highest throughput at each batch size
+    above 1 (the throughput workload), where :mod:`edgel2.runtime.choices` finds them when a
+    model is opened. A fuller measurement than the first open's race replaces it.
+
+    Returns:
+        What a folder of these files runs, with its figure: ``{"precision": p, "latency":
+        "litert m-int8.tflite 1.58 ms", "64": ...}`` for the precision it opens
+        (``FOLDER_PRECISIONS``), or {} when none was measured.
+    """
+    from edgel2.runtime.modelfile import FOLDER_PRECISIONS
+
+    measured = [r for r in rows if r["status"] == "ok" and r["format"] != "keras"
+                and r["precision"] != "bf16"]
+    summary: dict = {}
+    for precision in FOLDER_PRECISIONS:
+        group = [r for r in measured if r["precision"] == precision]
+        if group:
+            picks = _remember_group(group, precision, batch_sizes, threads, rounds)
+            summary = summary or {"precision": precision, **picks}
+    return summary
+
+
+def _remember_group(group: list[dict], precision: str, batch_sizes: list[int],
+                    threads: int | None, rounds: int) -> dict:
+    """:func:`remember_choices` for the rows of one precision; what the pair (or the one
+    file measured) runs, by workload (``latency`` or a batch size)."""
+    from edgel2.runtime import choices
+    from edgel2.runtime.probe import LATENCY, THROUGHPUT, Candidate, EngineChoice, Measured
+
+    hashes = {Path(r["file"]): choices.file_hash(Path(r["file"]).read_bytes()) for r in group}
+    formats = sorted({file_of(r["format"], precision)[0] for r in group})
+    workloads = [(LATENCY, 1, lambda r: r["latency_ms"]["p50"] / 1000)] + [
+        (THROUGHPUT, b, lambda r, b=b: 1 / r["throughput"][str(b)]) for b in batch_sizes if b > 1]
+    picks: dict = {}
+    for subset in [[f] for f in formats] + ([formats] if len(formats) > 1 else []):
+        rows = [r for r in group if file_of(r["format"], precision)[0] in subset]
+        files = sorted({hashes[Path(r["file"])] for r in rows})
+        for workload, batch, seconds in workloads:
+            def candidate(r: dict) -> Candidate:
+                return Candidate(ENGINE[r["format"]], Path(r["file"]), threads,
+                                 workload if r["format"] == "openvino" else None)
+            ranked = [(candidate(r), seconds(r)) for r in sorted(rows, key=seconds)]
+            choice = EngineChoice(workload, batch, [Measured(c, c.label, s, rounds)
+                                                    for c, s in ranked],
+                                  "edgel2 benchmark", choices.now())
+            choices.save(choices.choice_key(files, workload, batch, threads, "f32"), choice,
+                         hashes)
+            picks[workload if batch == 1 else str(batch)] = \
+                f"{choice.chosen} {choice.figure(choice.measured[0])}"
+    return picks
 
 
 def _locate(source: Path) -> tuple[Path | None, Path]:
@@ -342,17 +403,17 @@ def _child(spec: dict) -> dict:
 def machine(load: float | None = None) -> dict:
     """CPU model, cores, clock, load and library versions."""
     from edgel2.backend import library_versions
+    from edgel2.runtime.choices import cpu_model
 
-    cpu, mhz = platform.processor() or platform.machine(), None
+    mhz = None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("cpu MHz") and mhz is None:
+            if line.startswith("cpu MHz"):
                 mhz = float(line.split(":", 1)[1])
-    except OSError:
+                break
+    except (OSError, ValueError):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "mhz": mhz, "load_1min_at_start": load,
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "mhz": mhz, "load_1min_at_start": load,
             "platform": platform.platform(), "versions": library_versions()}
 
 
@@ -413,6 +474,11 @@ def fastest_line(report: dict) -> str:
         parts.append(f"b{b} {name(best)} {best['throughput'][str(b)]:.1f} img/s" + (
             f" ({best['throughput'][str(b)] / other['throughput'][str(b)]:.2f}x the next engine)"
             if other else ""))
+    auto = report.get("auto") or {}
+    if auto:
+        parts.append(f"auto here ({auto['precision']}, remembered): batch-1 {auto['latency']}"
+                     + "".join(f", b{b} {auto[str(b)]}" for b in report["batch_sizes"]
+                               if str(b) in auto))
     return "fastest: " + "; ".join(parts)
 
 

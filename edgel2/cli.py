@@ -20,6 +20,7 @@ from edgel2.errors import EdgeL2Error, OptionError, missing_extra
 from edgel2.export.onnx import MAX_OPSET, MIN_OPSET
 from edgel2.runtime.batcher import MAX_DELAY_MS
 from edgel2.runtime.engines import ENGINES, INFERENCE_PRECISION_ALIASES, INFERENCE_PRECISIONS
+from edgel2.runtime.probe import LATENCY, THROUGHPUT, WORKLOADS
 from edgel2.variants import BENCHMARK_FORMATS, FORMATS, PRECISION_ALIASES, PRECISIONS
 
 DEFAULTS = TrainConfig()
@@ -641,8 +642,8 @@ def _ray_address(text: str) -> bool:
     return text in ("auto", "local") or "://" in text or bool(re.fullmatch(r"[\w.-]+:\d+", text))
 
 
-def _infer_on_ray(paths, model, top_k, batch_size, engine, fmt, output, address, actors,
-                  cpus_per_actor) -> None:
+def _infer_on_ray(paths, model, top_k, batch_size, engine, workload, fmt, output, address,
+                  actors, cpus_per_actor) -> None:
     """``edgel2 infer --ray``: edgel2.cluster.classify_on_ray, and its one-line summary."""
     if fmt not in RAY_FORMATS:
         raise click.UsageError(f"with --ray, --out-format is one of {', '.join(RAY_FORMATS)}")
@@ -653,7 +654,7 @@ def _infer_on_ray(paths, model, top_k, batch_size, engine, fmt, output, address,
     report = classify_on_ray(paths, output, model=model, output_format=fmt,
                              address=None if address == "local" else address, top_k=top_k,
                              batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
-                             engine=engine, progress=sys.stderr.isatty())
+                             engine=engine, workload=workload, progress=sys.stderr.isatty())
     click.echo(f"edgel2: {_plural(report.images, 'image')} in {report.seconds:.2f} s "
                f"({report.images / max(report.seconds, 1e-9):.1f} img/s) on Ray, "
                f"{report.actors} actor{'s' * (report.actors != 1)} x {report.cpus_per_actor} "
@@ -665,8 +666,9 @@ def _infer_on_ray(paths, model, top_k, batch_size, engine, fmt, output, address,
 
 @cli.command()
 @click.argument("paths", nargs=-1)
-@click.option("--model", type=click.Path(dir_okay=False), default=None,
-              help="Exported .onnx or .tflite (default: the int8 ONNX shipped with edgel2).")
+@click.option("--model", type=click.Path(), default=None,
+              help="Exported .onnx or .tflite, or a folder holding one model's ONNX and "
+                   "TFLite files (default: the int8 pair shipped with edgel2).")
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True,
               help="Labels per image (at most the model's class count).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
@@ -675,8 +677,12 @@ def _infer_on_ray(paths, model, top_k, batch_size, engine, fmt, output, address,
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Intra-op threads (default: all cores).")
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
-              help="auto: LiteRT for .tflite; for ONNX, ONNX Runtime on a GPU, else OpenVINO "
-                   "when installed (pip install \"edgel2[openvino]\"), else ONNX Runtime.")
+              help="auto: on a CPU, the engine and settings measured fastest here for "
+                   "--workload (measured once per machine and model, then remembered; "
+                   "EDGEL2_ENGINE_PROBE=0 turns that off); on a GPU, ONNX Runtime.")
+@click.option("--workload", type=click.Choice(WORKLOADS), default=THROUGHPUT, show_default=True,
+              help="What auto measures: images per second at --batch-size (throughput), or "
+                   "the time for one image (latency).")
 @click.option("--precision", type=_ChoiceList(INFERENCE_PRECISIONS, INFERENCE_PRECISION_ALIASES,
                                               single=True),
               default="fp32", show_default=True,
@@ -702,9 +708,10 @@ def _infer_on_ray(paths, model, top_k, batch_size, engine, fmt, output, address,
 @click.option("--cpus-per-actor", type=click.IntRange(min=1), default=None,
               help="With --ray: CPUs (engine and decoding threads) of each actor (default 2, "
                    "or 1 on nodes of 1 CPU).")
-@click.option("-v", "--verbose", is_flag=True, help="Say why `auto` skipped an engine.")
-def infer(paths, model, top_k, batch_size, provider, threads, engine, precision, fmt, output,
-          save_dir, ray_address, actors, cpus_per_actor, verbose) -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Say which engine auto chose and the figures behind the choice.")
+def infer(paths, model, top_k, batch_size, provider, threads, engine, workload, precision, fmt,
+          output, save_dir, ray_address, actors, cpus_per_actor, verbose) -> None:
     """Classify images: files, folders (recursive) and globs.
 
     \b
@@ -731,8 +738,8 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
     if ray_address is not None:
         if save_dir:
             raise click.UsageError("--save draws on local copies: it does not go with --ray")
-        _infer_on_ray(paths, model, top_k, batch_size, engine, fmt or "parquet", output,
-                      ray_address, actors, cpus_per_actor)
+        _infer_on_ray(paths, model, top_k, batch_size, engine, workload, fmt or "parquet",
+                      output, ray_address, actors, cpus_per_actor)
         return
     if fmt in RAY_FORMATS:
         raise click.UsageError(f"--out-format {fmt} is written by --ray; without it use one of "
@@ -744,7 +751,6 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
 
     from edgel2.runtime import Classifier, FileResult, ProviderFallbackWarning
     from edgel2.runtime.io import expand_paths, render
-    from edgel2.runtime.shipped import shipped_model
     from edgel2.utils import check_output, deliver_text
 
     if output:
@@ -759,13 +765,14 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
         prepare_folder(save_dir)  # before the work: an unwritable folder is one line at once
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProviderFallbackWarning)
-        classifier = Classifier(model or shipped_model(), providers=provider, threads=threads,
-                                batch_size=batch_size, engine=engine, precision=precision)
+        classifier = Classifier(model, providers=provider, threads=threads,
+                                batch_size=batch_size, engine=engine, precision=precision,
+                                workload=workload)
     for w in caught:
         if issubclass(w.category, ProviderFallbackWarning):
             click.echo(f"edgel2: warning: {w.message}", err=True)
-    if verbose and classifier.engine.fallback:
-        click.echo(f"edgel2: auto skipped {classifier.engine.fallback}", err=True)
+    for line in classifier.reasons() if verbose else []:
+        click.echo(f"edgel2: {line}", err=True)
     top_k = min(top_k, len(classifier.class_names))
     start = time.perf_counter()
     files = [e for e in entries if not isinstance(e, FileResult)]
@@ -790,10 +797,15 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
 
 
 @cli.command()
-@click.option("--model", type=click.Path(dir_okay=False), default=None,
-              help="Exported .onnx or .tflite model (default: the shipped int8 ONNX).")
+@click.option("--model", type=click.Path(), default=None,
+              help="As for edgel2 infer: a file, or a folder holding one model's pair "
+                   "(default: the int8 pair shipped with edgel2).")
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
               help="As for edgel2 infer.")
+@click.option("--workload", type=click.Choice(WORKLOADS), default=LATENCY, show_default=True,
+              help="What auto measures: the time for one image (latency: an interactive "
+                   "app's requests), or images per second (throughput: clients that send "
+                   "batches).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Engine threads (default: the engine's choice).")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -826,7 +838,7 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, precision,
               help="The served model's name in the URLs and the page (default: the run's name "
                    "and precision from the file's metadata, e.g. photos-int8; else the file's "
                    "name without suffix).")
-def serve(model, engine, threads, host, port, max_batch, max_delay_ms, max_queue, max_body_mb,
+def serve(model, engine, workload, threads, host, port, max_batch, max_delay_ms, max_queue, max_body_mb,
           max_images, max_request_mpx, client_timeout_s, grace_s, top_k, workers, name) -> None:
     """Serve the model over HTTP until SIGTERM or Ctrl-C (then finish what is in flight and
     exit 0). Needs the serve extra: pip install "edgel2[serve]".
@@ -847,20 +859,21 @@ def serve(model, engine, threads, host, port, max_batch, max_delay_ms, max_queue
     """
     from edgel2.serve import ServeConfig, run
 
-    config = ServeConfig(model=model, name=name, engine=engine, threads=threads, max_batch=max_batch,
+    config = ServeConfig(model=model, name=name, engine=engine, workload=workload,
+                         threads=threads, max_batch=max_batch,
                          max_delay_ms=max_delay_ms, max_queue=max_queue,
                          max_body_mb=max_body_mb, max_images=max_images,
                          max_request_mpx=max_request_mpx, client_timeout_s=client_timeout_s,
                          grace_s=grace_s, top_k=top_k)
-    from edgel2.runtime import Classifier, shipped_model
+    from edgel2.serve import open_model
 
-    # opened here (once, even for several workers), so that a bad file is one line before
-    # anything listens
-    classifier = Classifier(model or shipped_model(), engine=engine, threads=threads)
+    # opened here (once, even for several workers, whose own opens find the choice it
+    # measured), so that a bad file is one line before anything listens
+    classifier = open_model(config)
     served = name or classifier.name
 
     def listening(url: str) -> None:
-        click.echo(f"edgel2 serve: {served} ({classifier.describe()}) at "
+        click.echo(f"edgel2 serve: {served} ({classifier.describe(why=True)}) at "
                    f"{url}/v2/models/{served}", err=True)
         click.echo(f"edgel2 serve: {url}/ (Ctrl-C or SIGTERM to stop)", err=True)
 

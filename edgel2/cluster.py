@@ -40,6 +40,7 @@ from typing import Iterable, Sequence
 from edgel2.errors import EdgeL2Error, OptionError, first_line
 from edgel2.runtime.classifier import Classifier, FileResult
 from edgel2.runtime.io import expand_paths, record
+from edgel2.runtime.probe import THROUGHPUT
 from edgel2.utils import atomic_path, check_output
 
 OUTPUT_FORMATS = ("parquet", "jsonl")
@@ -96,8 +97,11 @@ class ClassifyBatch:
     """A Ray Data ``map_batches`` callable class: a batch of ``path`` rows in, result rows
     (:func:`result_schema`) out. One :class:`~edgel2.runtime.Classifier` per actor.
 
-    ``model`` is the model file's bytes (or a list holding an object reference to them,
-    which the actor fetches); ``threads`` defaults to the CPUs Ray assigned the actor.
+    ``model`` is the model file's bytes, or ``{file name: bytes}`` for a pair of files that
+    are one model (or a list holding an object reference to either, which the actor
+    fetches); ``threads`` defaults to the CPUs Ray assigned the actor. With ``engine="auto"``
+    each node measures its engines for ``workload`` once (the actors of a node share the
+    measurement through the cache; see :mod:`edgel2.runtime.choices`).
 
     Example:
         >>> import ray                                                       # doctest: +SKIP
@@ -109,7 +113,7 @@ class ClassifyBatch:
     """
 
     def __init__(self, model, top_k: int = 1, batch_size: int = 64, engine: str = "auto",
-                 threads: int | None = None):
+                 threads: int | None = None, workload: str = THROUGHPUT):
         import ray
 
         if isinstance(model, list):  # [ObjectRef]: fetched here, not pinned as an argument
@@ -117,10 +121,13 @@ class ClassifyBatch:
         self.threads = threads or _assigned_cpus()
         # the engines read a path: a private copy of the model for this actor
         self._model_dir = tempfile.TemporaryDirectory(prefix="edgel2-model-")
-        path = Path(self._model_dir.name) / "model"
-        path.write_bytes(model)
+        folder = Path(self._model_dir.name)
+        files = model if isinstance(model, dict) else {"model": model}
+        for name, content in files.items():
+            (folder / Path(name).name).write_bytes(content)
+        path = folder if isinstance(model, dict) else folder / "model"
         self.classifier = Classifier(path, providers="cpu", threads=self.threads,
-                                     batch_size=batch_size, engine=engine)
+                                     batch_size=batch_size, engine=engine, workload=workload)
         self.top_k = min(top_k, len(self.classifier.class_names))
 
     def __call__(self, batch):
@@ -220,7 +227,7 @@ def classify_on_ray(paths: Sequence[str], output: str | os.PathLike, *,
                     model: str | os.PathLike | None = None, output_format: str = "parquet",
                     address: str | None = None, top_k: int = 1, batch_size: int = 64,
                     actors: int | None = None, cpus_per_actor: int | None = None,
-                    engine: str = "auto",
+                    engine: str = "auto", workload: str = THROUGHPUT,
                     progress: bool = False, classify: type = ClassifyBatch) -> RayReport:
     """Classify every image under ``paths`` on Ray and write the results into the folder
     ``output`` (Parquet or JSON-lines part files; see the module's notes).
@@ -228,7 +235,9 @@ def classify_on_ray(paths: Sequence[str], output: str | os.PathLike, *,
     ``address``: a running cluster (``auto``, ``ray://host:10001``), else a local Ray on this
     machine's CPUs. ``cpus_per_actor`` defaults to :data:`CPUS_PER_ACTOR` (1 on a cluster
     whose nodes have 1 CPU), ``actors`` to every CPU of the cluster divided by it. The folder
-    must not exist yet. ``classify`` is the callable class each actor runs:
+    must not exist yet. ``model`` is a file or a folder holding one model's pair (default:
+    the shipped pair); ``engine`` and ``workload`` are as for
+    :class:`~edgel2.runtime.Classifier`. ``classify`` is the callable class each actor runs:
     :class:`ClassifyBatch`, or a subclass that does more per batch.
 
     Example:
@@ -239,7 +248,8 @@ def classify_on_ray(paths: Sequence[str], output: str | os.PathLike, *,
     import ray
     import ray.data
 
-    from edgel2.runtime.shipped import shipped_model
+    from edgel2.runtime.modelfile import model_files
+    from edgel2.runtime.shipped import shipped_models
 
     if output_format not in OUTPUT_FORMATS:
         raise OptionError(f"--format must be one of {', '.join(OUTPUT_FORMATS)} with --ray, "
@@ -249,8 +259,12 @@ def classify_on_ray(paths: Sequence[str], output: str | os.PathLike, *,
     output = str(output)
     if not _is_uri(output):  # before the work: a place it could not go is one line now
         check_output(output, "--out (Ray writes a folder of part files)", folder=True)
-    model_path = Path(model) if model else shipped_model()
-    Classifier(model_path, providers="cpu", threads=1)  # a bad model is one line, before Ray
+    model_path = Path(model) if model else shipped_models()
+    # a bad model is one line, before Ray; each node measures its own engines
+    Classifier(model_path, providers="cpu", threads=1, engine=engine, probe=False)
+    files = model_files(model_path)
+    shipped = {f.name: f.read_bytes() for f in files} if model_path.is_dir() \
+        else files[0].read_bytes()
     entries = list_images(paths)
     if not entries:
         raise EdgeL2Error("no image files found under " + ", ".join(paths))
@@ -270,8 +284,9 @@ def classify_on_ray(paths: Sequence[str], output: str | os.PathLike, *,
     results = results.map_batches(
         classify, batch_size=None, batch_format="pyarrow", num_cpus=cpus_per_actor,  # a block a call
         compute=ray.data.ActorPoolStrategy(size=actors),
-        fn_constructor_kwargs={"model": [ray.put(model_path.read_bytes())], "top_k": top_k,
-                               "batch_size": batch_size, "engine": engine}).materialize()
+        fn_constructor_kwargs={"model": [ray.put(shipped)], "top_k": top_k,
+                               "batch_size": batch_size, "engine": engine,
+                               "workload": workload}).materialize()
     # a local folder is written under a temporary name and renamed into place; a URI in
     # place (object stores have no rename). Another job that took the name meanwhile does
     # not cost these results: they keep a name of their own.

@@ -59,8 +59,10 @@ def evaluate_file(path: str | os.PathLike, dataset: Dataset, *, engine: str = "a
     from edgel2.calibration import calibration_figures
     from edgel2.export.check import run_batches
     from edgel2.runtime import Classifier
+    from edgel2.runtime.probe import THROUGHPUT
 
-    classifier = Classifier(path, engine=engine, threads=threads, batch_size=batch_size)
+    classifier = Classifier(path, engine=engine, threads=threads, batch_size=batch_size,
+                            workload=THROUGHPUT)
     _check_classes(len(classifier.class_names), dataset)
     width, height = classifier.input_size
     if dataset.x_test.shape[1:3] != (height, width):

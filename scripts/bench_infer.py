@@ -101,7 +101,8 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"# {os.cpu_count()} cores, onnxruntime threads: {args.threads or 'default (all cores)'}")
-    classifiers = {name: Classifier(getattr(args, name), threads=args.threads, batch_size=64)
+    classifiers = {name: Classifier(getattr(args, name), threads=args.threads, batch_size=64,
+                                      workload="throughput")
                    for name in ("fp32", "int8")}
     print("\n1. model-only throughput, images/s")
     base = {}

@@ -45,12 +45,17 @@ def test_shipped_file_carries_metadata_and_matches_its_card(path, cifar):
     assert abs(accuracy - stated) <= 3 * sampling_error + 1e-9
 
 
-def test_infer_uses_the_shipped_int8_onnx_by_default(data_dir):
-    assert shipped_model().suffix == ".onnx" and "int8" in shipped_model().name
+def test_infer_uses_the_shipped_int8_pair_by_default(data_dir):
+    from edgel2.runtime import shipped_models
+    from edgel2.runtime.modelfile import model_files
+
+    assert [p.name for p in model_files(shipped_models())] == [
+        "resnet18-int8.onnx", "resnet18-int8.tflite"]
     image = next((data_dir / "test" / "ship").iterdir())
-    result = CliRunner().invoke(cli, ["infer", str(image), "--out-format", "csv"])
+    result = CliRunner().invoke(cli, ["infer", str(image), "--out-format", "csv", "-v"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[1].split(",")[1] in Classifier(shipped_model()).class_names
+    assert result.stdout.splitlines()[1].split(",")[1] in Classifier().class_names
+    assert "resnet18-int8.onnx (int8) on openvino" in result.stderr  # the fixed rule in tests
 
 
 def test_the_shipped_files_still_answer_their_test_vectors():

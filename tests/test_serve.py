@@ -135,6 +135,25 @@ def test_model_metadata_has_the_v2_shape_and_the_files_metadata(server, classifi
                                          "unsmooth": classifier.unsmooth}
 
 
+def test_the_server_says_which_engine_auto_measured_fastest_and_why(tmp_path):
+    env = {**os.environ, "EDGEL2_ENGINE_PROBE": "1", "EDGEL2_CACHE": str(tmp_path)}
+    server = Server("--engine", "auto", model=MODEL.parent, env=env)  # the shipped pair
+    try:
+        parameters = server.json("GET", f"/v2/models/{NAME}")[1]["parameters"]
+    finally:
+        assert server.stop() == 0
+    choice = parameters["engine_choice"]
+    assert (choice["workload"], choice["batch"], choice["source"]) == ("latency", 1, "measured")
+    assert choice["chosen"].startswith(parameters["engine"] + " resnet18-int8.")
+    # --threads 1: each engine once, OpenVINO compiled for latency
+    assert sorted(m["candidate"] for m in choice["measured"]) == [
+        "litert resnet18-int8.tflite (1 thread)", "onnxruntime resnet18-int8.onnx (1 thread)",
+        "openvino resnet18-int8.onnx (1 thread, LATENCY hint)"]
+    assert all(re.fullmatch(r"\d+\.\d\d ms", m["figure"]) for m in choice["measured"])
+    log = server.proc.stderr.read()
+    assert f"; auto for latency: {choice['chosen']}, batch-1 median " in log.splitlines()[0]
+
+
 def test_classify_gives_what_classifier_predict_gives(server, classifier, images):
     body, headers = multipart(images)
     status, response = server.json("POST", "/v1/classify?top_k=3", body, headers=headers)

@@ -13,11 +13,11 @@ import os
 import socket
 from typing import Callable
 
-from edgel2.serve.app import ServeConfig, create_app
+from edgel2.serve.app import ServeConfig, create_app, open_model
 
 CONFIG_ENV = "EDGEL2_SERVE_CONFIG"  # how `--workers N` hands the config to each worker
 
-__all__ = ["ServeConfig", "create_app", "run", "app_from_env"]
+__all__ = ["ServeConfig", "create_app", "open_model", "run", "app_from_env"]
 
 
 def app_from_env():
@@ -53,9 +53,7 @@ def run(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers:
 
     config.validate()
     if workers > 1 and check_model:  # the model opens, or this is the one error
-        from edgel2.runtime import Classifier, shipped_model
-
-        Classifier(config.model or shipped_model(), engine=config.engine, threads=config.threads)
+        open_model(config)
     sock = _listen(host, port)
     if on_listening is not None:
         bound = sock.getsockname()[1]

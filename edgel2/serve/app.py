@@ -43,6 +43,7 @@ from edgel2.errors import BusyError, ImageError, OptionError, PredictionError
 from edgel2.runtime import Batcher, Classifier
 from edgel2.runtime.batcher import MAX_DELAY_MS
 from edgel2.runtime.preprocess import pixel_count
+from edgel2.runtime.probe import LATENCY
 from edgel2.serve.page import PAGE
 
 PLATFORM = {"onnx": "onnxruntime_onnx", "tflite": "tensorflow_lite"}
@@ -57,6 +58,7 @@ class ServeConfig:
     model: str | None = None        # None: the shipped int8 ONNX
     name: str | None = None         # the served model's name; None: the file's (Classifier.name)
     engine: str = "auto"
+    workload: str = LATENCY         # what `auto` measures engines for (edgel2.runtime.probe)
     threads: int | None = None
     max_batch: int = 32
     max_delay_ms: float = 2.0
@@ -121,6 +123,13 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def open_model(config: ServeConfig) -> Classifier:
+    """The classifier ``config`` names: its model (None: the shipped pair), engine, workload
+    and threads."""
+    return Classifier(config.model, engine=config.engine, threads=config.threads,
+                      workload=config.workload)
+
+
 def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Starlette:
     """The ASGI app. ``classifier`` defaults to one opened from ``config`` (the model, engine
     and threads).
@@ -131,10 +140,7 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Sta
     """
     config.validate()
     if classifier is None:
-        from edgel2.runtime import shipped_model
-
-        classifier = Classifier(config.model or shipped_model(), engine=config.engine,
-                                threads=config.threads)
+        classifier = open_model(config)
     name = config.name or classifier.name
     classes = len(classifier.class_names)
     width, height = classifier.input_size
@@ -266,7 +272,9 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Sta
                            "calibration": {"temperature": classifier.temperature,
                                            "unsmooth": classifier.unsmooth},
                            "quantization": meta.get("quantization"),
-                           "engine": classifier.engine.name}})
+                           "engine": classifier.engine.name,
+                           "engine_choice": None if classifier.engine.choice is None
+                           else classifier.engine.choice.summary()}})
 
     async def model_ready(request: Request):
         if (missing := known_model(request)) is not None:
