@@ -23,18 +23,27 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from edgel2.data import held_out_images, load_dataset, load_dataset_for, load_model_data
 from edgel2.errors import EdgeL2Error, last_error_line
-from edgel2.utils import run_config
 from edgel2.export import exported_file, report_model
-from edgel2.variants import (BENCHMARK_FORMATS, BENCHMARK_ROWS, COLOR, ENGINE, MARKER, RUNTIME,
-                             SHORT_NAME, SUFFIX)
 from edgel2.export.check import run_batches
+from edgel2.utils import run_config
+from edgel2.variants import (
+    BENCHMARK_FORMATS,
+    BENCHMARK_ROWS,
+    COLOR,
+    ENGINE,
+    MARKER,
+    RUNTIME,
+    SHORT_NAME,
+    SUFFIX,
+)
 
 ROWS = BENCHMARK_ROWS
 FORMATS = BENCHMARK_FORMATS
@@ -98,14 +107,14 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
     ds = dataset if dataset is not None else _load_data(data, keras_path, export_dir)
     images, labels = held_out_images(ds, check)
 
-    if export_missing:
+    if export_missing and keras_path is not None:  # (checked above: one line if missing)
         _export_missing(keras_path, export_dir, rows, ds, progress, **_made_as(export_dir))
     asked_threads, threads = threads, threads or os.cpu_count() or 1
     results, paths = [], []
     for fmt, precision in rows:
         path = keras_path if fmt == "keras" else exported_file(
             export_dir, _stem(keras_path, export_dir), *file_of(fmt, precision))
-        row = {"format": fmt, "precision": precision, "runtime": RUNTIME[fmt],
+        row: dict[str, Any] = {"format": fmt, "precision": precision, "runtime": RUNTIME[fmt],
                "file": None if path is None else str(path), "status": "failed", "reason": None}
         if path is None or not path.is_file():  # not there to measure: listed, not a failure
             row.update(status="skipped",
@@ -199,7 +208,7 @@ def _remember_group(group: list[dict], precision: str, batch_sizes: list[int],
         rows = [r for r in group if file_of(r["format"], precision)[0] in subset]
         files = sorted({hashes[Path(r["file"])] for r in rows})
         for workload, batch, seconds in workloads:
-            def candidate(r: dict) -> Candidate:
+            def candidate(r: dict, workload: str = workload) -> Candidate:
                 return Candidate(ENGINE[r["format"]], Path(r["file"]), threads,
                                  workload if r["format"] == "openvino" else None)
             ranked = [(candidate(r), seconds(r)) for r in sorted(rows, key=seconds)]
@@ -362,7 +371,8 @@ def time_cells(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
     one = batch_of(1)
     for _ in range(5):
         run(one)
-    latencies, start = [], time.perf_counter()
+    latencies: list[float] = []
+    start = time.perf_counter()
     while time.perf_counter() - start < seconds or len(latencies) < 10:
         t = time.perf_counter()
         run(one)
@@ -375,9 +385,9 @@ def time_cells(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
             pass
         count, start = 0, time.perf_counter()
 
-        def batches():
-            while time.perf_counter() - start < seconds or count < 3 * n:
-                yield None, batch
+        def batches():  # one stream, for at least `seconds` and 3 batches: read as it goes
+            while time.perf_counter() - start < seconds or count < 3 * n:  # noqa: B023
+                yield None, batch  # noqa: B023
 
         for _ in stream(batches()):
             count += n
@@ -392,7 +402,7 @@ def _child(spec: dict) -> dict:
     run, stream = _runner(spec["format"], spec["precision"], path, spec["threads"], spec["provider"])
     check = np.load(spec["check"])
     images, labels = check["images"], check["labels"]
-    result = {"size_mb": path.stat().st_size / 2**20}
+    result: dict[str, Any] = {"size_mb": path.stat().st_size / 2**20}
     if not len(images):                          # --check 0: speed only, on zero images
         result["accuracy"], images = None, np.zeros((1, *images.shape[1:]), np.uint8)
     elif spec.get("accuracy", True):             # later rounds measure speed only

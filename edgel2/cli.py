@@ -9,13 +9,13 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from edgel2 import __version__
 from edgel2.backend import BACKENDS, use_backend
-from edgel2.config import (DEFAULT_IMAGE_SIZE, MAX_BODY_MB, TrainConfig, check_name,
-                           parse_devices)
+from edgel2.config import DEFAULT_IMAGE_SIZE, MAX_BODY_MB, TrainConfig, check_name, parse_devices
 from edgel2.errors import EdgeL2Error, OptionError, missing_extra
 from edgel2.export.onnx import MAX_OPSET, MIN_OPSET
 from edgel2.runtime.batcher import MAX_DELAY_MS
@@ -42,7 +42,7 @@ def _renamed(args: list[str]) -> list[str]:
         >>> _renamed(["infer", "x.png", "--output=r.json", "--format", "json"])
         ['infer', 'x.png', '--out=r.json', '--out-format', 'json']
     """
-    command = next((a for a in args if not a.startswith("-")), None)
+    command = next((a for a in args if not a.startswith("-")), "")
     renames = RENAMED_OPTIONS.get(command, {})
     out = []
     for arg in args:
@@ -72,7 +72,7 @@ class _Cli(click.Group):
     not classify some images, 4 when finished results could not be written where asked (they
     go to stdout instead), 130 for Ctrl-C."""
 
-    def main(self, args=None, prog_name=None, **kwargs):
+    def main(self, args=None, prog_name=None, **kwargs):  # type: ignore[override]
         kwargs["standalone_mode"] = False
         try:
             args = _renamed(list(sys.argv[1:] if args is None else args))
@@ -112,7 +112,8 @@ def cli() -> None:
 
     \b
     Quick start on a CPU (what scripts/quickstart.sh runs; a few minutes on 2 cores):
-      edgel2 train --width 16 --epochs 4 --subset 10000 --batch-size 128 --lr 0.2 --test-subset 2000 --name quickstart --out runs/train/quickstart
+      edgel2 train --width 16 --epochs 4 --subset 10000 --batch-size 128 --lr 0.2 \\
+          --test-subset 2000 --name quickstart --out runs/train/quickstart
       edgel2 eval runs/train/quickstart/model.keras
       edgel2 export runs/train/quickstart/model.keras --format all --quantize all --allow-drop
       edgel2 infer photos/ --model runs/train/quickstart/export/quickstart-int8.onnx --top-k 2
@@ -291,7 +292,8 @@ def train(backend, out, resume, checkpoint_every, quiet, pretrained, devices, nu
     \b
     Several GPUs or hosts (JAX; Keras' DataParallel, batch norm synchronised):
       edgel2 train --backend jax --devices all
-      edgel2 train --backend jax --devices all --num-processes 2 --process-id 0 --coordinator 10.0.0.1:1234 --out /shared/run
+      edgel2 train --backend jax --devices all --num-processes 2 --process-id 0 \\
+          --coordinator 10.0.0.1:1234 --out /shared/run
     """
     if pretrained and options["weights"]:
         raise click.UsageError("--pretrained and --weights each name the weights to start "
@@ -542,7 +544,8 @@ class _ProgressBars:
     it is a terminal, and nothing otherwise (a log or a pipe gets no bars and no escapes)."""
 
     def __init__(self, label: str):
-        self.label, self.bar = label, None
+        self.label = label
+        self.bar: Any = None  # a click progress bar, once the first pass starts
         self.shown = sys.stderr.isatty()
 
     def __call__(self, done: int, total: int) -> None:
@@ -597,9 +600,8 @@ def benchmark(source, data, formats, engine, batch_sizes, threads, provider, sec
     \b
     Each runtime runs in its own process; speed-ups are against Keras fp32 in the same run.
     """
-    from edgel2.benchmark import ENGINE, default_formats
+    from edgel2.benchmark import ENGINE, default_formats, format_table, plot_report
     from edgel2.benchmark import benchmark as run_benchmark
-    from edgel2.benchmark import format_table, plot_report
     from edgel2.utils import check_output, deliver_text
 
     if json_path:

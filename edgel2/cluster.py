@@ -32,10 +32,10 @@ import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from edgel2.errors import EdgeL2Error, OptionError, first_line
 from edgel2.runtime.classifier import Classifier, FileResult

@@ -80,7 +80,7 @@ class TrainConfig:
     patience: int = 0                  # stop after this many epochs without a better val top-1
 
     @classmethod
-    def finetune(cls, weights: str = "pretrained", **overrides) -> "TrainConfig":
+    def finetune(cls, weights: str = "pretrained", **overrides) -> TrainConfig:
         """The fine-tuning recipe: start from ``weights`` (``"pretrained"``: the shipped
         ResNet-18; or an edgel2 ``.keras``/``.onnx`` file) with a tenth of the learning
         rate, a short warm-up, small batches and the augmentation a photo folder needs
@@ -151,7 +151,7 @@ class TrainConfig:
                 raise OptionError(message)
 
     @classmethod
-    def from_saved(cls, saved: dict) -> "TrainConfig":
+    def from_saved(cls, saved: dict) -> TrainConfig:
         """The config a run directory's ``config.json`` recorded. Runs from before the
         validation split named the test fraction of a bare class folder ``val_split``.
 
@@ -182,10 +182,10 @@ def check_name(name: str) -> str:
     Example:
         >>> check_name("photos-v2")
         'photos-v2'
-        >>> check_name("my photos")
+        >>> check_name("my photos")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        edgel2.errors.OptionError: name 'my photos' may hold only letters, digits, '.', '_' and '-' (it names files and URLs)
+        edgel2.errors.OptionError: name 'my photos' may hold only letters, digits, '.', '_' ...
     """
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise OptionError(f"name {name!r} may hold only letters, digits, '.', '_' and '-' "

@@ -41,9 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgel2.errors import DataError, first_line
-from edgel2.runtime.preprocess import (IMAGE_SUFFIXES, ImageError, load_image_and_size,
-                                       open_regular_file, upright_size)
+from edgel2.errors import DataError, ImageError, first_line
+from edgel2.runtime.preprocess import (
+    IMAGE_SUFFIXES,
+    load_image_and_size,
+    open_regular_file,
+    upright_size,
+)
 from edgel2.utils import cache_folder, run_config
 
 DATA_ENV = "EDGEL2_DATA"
@@ -198,7 +202,7 @@ class DataRecord:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "recorded_in"}
 
     @classmethod
-    def from_run(cls, described: dict, recorded_in: str = "") -> "DataRecord | None":
+    def from_run(cls, described: dict, recorded_in: str = "") -> DataRecord | None:
         """The record in a run's ``config.json`` (None when it has none)."""
         data, config = described.get("data"), described.get("config") or {}
         if not isinstance(data, dict) or not isinstance(data.get("source"), str) \
@@ -208,7 +212,7 @@ class DataRecord:
                    **_split_fields(config), recorded_in=recorded_in)
 
     @classmethod
-    def from_metadata(cls, entry, recorded_in: str = "") -> "DataRecord | None":
+    def from_metadata(cls, entry, recorded_in: str = "") -> DataRecord | None:
         """The record in an exported file's ``data`` metadata entry (None when unusable)."""
         if not isinstance(entry, dict) or not isinstance(entry.get("source"), str) \
                 or not entry["source"]:
@@ -493,7 +497,7 @@ def _load_image_folder(root: Path, *, test_split: float, image_size: int | None,
 
     if "x_all" in arrays:
         arrays = {**arrays, **split_stratified(arrays["x_all"], arrays["y_all"], test_split, seed)}
-    extra = {"test_split": test_split} if "all" in splits else {}
+    extra: dict[str, object] = {"test_split": test_split} if "all" in splits else {}
     extra["images_seen"] = _describe_sizes(arrays["seen"], arrays["x_train"].shape[1:3],
                                            _format_counts(all_files))
     return Dataset(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],

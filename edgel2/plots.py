@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def _save(fig, plt, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def plot_reliability(curves: dict[str, Sequence[dict]], path: str | os.PathLike,
+def plot_reliability(curves: Mapping[str, Sequence[dict]], path: str | os.PathLike,
                      title: str = "") -> Path:
     """A reliability diagram: accuracy against confidence per bin (from
     :func:`edgel2.calibration.reliability_bins`), one line per entry of ``curves`` (e.g.

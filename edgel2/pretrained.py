@@ -84,14 +84,15 @@ def network_from_onnx(path: str | os.PathLike):
         elif node.op_type in ("Gemm", "MatMul"):
             transposed = any(a.name == "transB" and a.i for a in node.attribute)
             kernel = value(node.input[1])
+            dense_bias: np.ndarray | None
             if len(node.input) > 2:  # Gemm's own bias
-                bias = value(node.input[2])
+                dense_bias = value(node.input[2])
             else:  # MatMul, then an Add of the bias (tf2onnx's fp32 Dense)
                 add = next((n for n in graph.node if n.op_type == "Add"
                             and node.output[0] in n.input), None)
-                bias = (value(next(i for i in add.input if i != node.output[0]))
-                        if add is not None else None)
-            dense = (kernel.T if transposed else kernel, bias)
+                dense_bias = (value(next(i for i in add.input if i != node.output[0]))
+                              if add is not None else None)
+            dense = (kernel.T if transposed else kernel, dense_bias)
     if "stem_conv" not in convs or dense is None:
         raise ModelError(f"{path} is not an edgel2 ResNet-18 export: no stem convolution or "
                          "no classifier")
@@ -110,10 +111,10 @@ def network_from_onnx(path: str | os.PathLike):
         model.get_layer(name[:-len("_conv")] + "_bn").set_weights([
             np.ones(channels, np.float32), bias.astype(np.float32),
             np.zeros(channels, np.float32), np.full(channels, 1.0 - BN_EPSILON, np.float32)])
-    kernel, bias = dense
+    kernel, head_bias = dense
     model.get_layer(HEAD).set_weights([kernel.astype(np.float32),
-                                       (bias if bias is not None else np.zeros(kernel.shape[1]))
-                                       .astype(np.float32)])
+                                       (head_bias if head_bias is not None
+                                        else np.zeros(kernel.shape[1])).astype(np.float32)])
     return model
 
 

@@ -10,8 +10,8 @@ import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 CACHE_ENV = "EDGEL2_CACHE"
 
@@ -304,7 +304,7 @@ def scratch_space(folder: str | os.PathLike) -> Iterator[Path]:
 def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
     """Remove from ``folder`` the scratch folders and temporary files of edgel2 processes that
     are no longer running (killed mid-write); returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(Path(folder).iterdir())
     except OSError:

@@ -120,8 +120,9 @@ def main() -> None:
     print("| regularizer | test top-1 % | train top-1 % | gap (points) | mean ‖u‖ |")
     print("| --- | --- | --- | --- | --- |")
     for name, rows in results.items():
-        cell = lambda k, scale=100: (f"{scale * np.mean([r[k] for r in rows]):.2f} ± "
-                                     f"{scale * np.std([r[k] for r in rows]):.2f}")
+        def cell(k, scale=100, rows=rows):
+            return (f"{scale * np.mean([r[k] for r in rows]):.2f} ± "
+                    f"{scale * np.std([r[k] for r in rows]):.2f}")
         print(f"| {name} | {cell('test')} | {cell('train')} | {cell('gap')} | {cell('feature_norm', 1)} |")
 
 

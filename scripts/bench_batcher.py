@@ -92,7 +92,7 @@ def main() -> int:
         for r in range(args.rounds):
             for cancel in rates:
                 result = one_round(batcher, images, args.callers, args.requests, cancel, seed=r)
-                labels_differ = sum([l for l, _ in got] != [l for l, _ in expected[i]]
+                labels_differ = sum([lab for lab, _ in got] != [lab for lab, _ in expected[i]]
                                     for i, got in result["answered"])
                 worst = max(abs(p - q) for i, got in result["answered"]
                             for (_, p), (_, q) in zip(got, expected[i]))

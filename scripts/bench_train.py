@@ -46,7 +46,7 @@ def measure(width: int, batch_size: int, warmup: int, steps: int, sizes: list[in
             trainer.train_on_batch(x, y)
         cells[size] = (trainer, x, time.perf_counter() - start, [])
     for _ in range(rounds):  # interleaved, so drift hits every size alike
-        for size, (trainer, x, _, rates) in cells.items():
+        for trainer, x, _, rates in cells.values():
             start = time.perf_counter()
             for _ in range(steps):
                 trainer.train_on_batch(x, y)  # returns host floats: each step is waited for

@@ -44,7 +44,6 @@ def main() -> None:
 
     import keras
 
-    from edgel2.config import TrainConfig
     from edgel2.data import load_dataset
     from edgel2.train import train
 

@@ -88,9 +88,9 @@ def outcome(action) -> str:
 
 def fuzz_images(step: int) -> collections.Counter:
     counts: collections.Counter = collections.Counter()
-    for name, data in valid_images().items():
+    for _name, data in valid_images().items():
         for mutated in mutations(data, 400, step):
-            counts[outcome(lambda: load_image(mutated, (32, 32)))] += 1
+            counts[outcome(lambda m=mutated: load_image(m, (32, 32)))] += 1
     return counts
 
 

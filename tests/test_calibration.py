@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgel2.calibration import (calibration_figures, calibration_split,
-                                expected_calibration_error, fit_calibration, fit_temperature)
+from edgel2.calibration import (
+    calibration_figures,
+    calibration_split,
+    expected_calibration_error,
+    fit_calibration,
+    fit_temperature,
+)
 from edgel2.cli import cli
 from edgel2.data import Dataset
 from edgel2.errors import ModelError

@@ -109,7 +109,7 @@ def test_the_quick_start_in_help_is_what_quickstart_sh_runs():
     script = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", script)            # ${EPOCHS:-4} -> 4
     script = script.replace('"$run"', "runs/train/quickstart").replace("$run", "runs/train/quickstart")
     script = re.sub(r"\\\n\s*", "", script).replace('"', "")          # join continued lines
-    shown = CliRunner().invoke(cli, ["--help"]).output
+    shown = re.sub(r"\\\n\s*", "", CliRunner().invoke(cli, ["--help"]).output)  # joined too
     quick_start = shown.split("Quick start on a CPU")[1]
     commands = [line.strip() for line in quick_start.splitlines()
                 if line.strip().startswith("edgel2 ")]

@@ -7,9 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import write_images
 from PIL import Image
 
-from conftest import write_images
 from edgel2.data import CIFAR10_CLASSES, balanced_subset, load_dataset
 from edgel2.errors import DataError
 

@@ -21,8 +21,16 @@ from edgel2.errors import ModelError, OptionError
 from edgel2.runtime import Classifier, choices, engines
 from edgel2.runtime.engines import Engine, open_engine
 from edgel2.runtime.modelfile import model_files
-from edgel2.runtime.probe import (DROP_RATIO, LATENCY_RUNS, MAX_ROUNDS, Candidate,
-                                  candidates, latency_sample, race, throughput_sample)
+from edgel2.runtime.probe import (
+    DROP_RATIO,
+    LATENCY_RUNS,
+    MAX_ROUNDS,
+    Candidate,
+    candidates,
+    latency_sample,
+    race,
+    throughput_sample,
+)
 
 # Milliseconds a fake engine takes for a batch of n: fixed + per_image * n. Batch 1: LiteRT
 # 1.6, ONNX Runtime 1.9, OpenVINO 2.0; batch 64: OpenVINO's THROUGHPUT streams 1,320 img/s,

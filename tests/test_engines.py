@@ -100,9 +100,8 @@ def test_openvino_f32_matches_onnxruntime_to_float_rounding(tiny_onnx):
 
 
 def test_the_exported_fp32_file_through_openvino_matches_keras(exported, small_model, cifar):
-    from edgel2.checkpoint import load_model
+    from edgel2.checkpoint import as_float32, load_model
     from edgel2.export.check import FP32_TOLERANCE
-    from edgel2.checkpoint import as_float32
 
     images = cifar.x_test[:64]
     keras_logits = np.asarray(as_float32(load_model(small_model)).predict_on_batch(images))

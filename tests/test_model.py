@@ -23,7 +23,7 @@ def test_model_takes_uint8_pixels_and_returns_float32_logits():
 
 
 def test_width_scales_every_stage():
-    convs = [l for l in resnet18(width=4).layers if isinstance(l, keras.layers.Conv2D)]
+    convs = [layer for layer in resnet18(width=4).layers if isinstance(layer, keras.layers.Conv2D)]
     assert sorted({c.filters for c in convs}) == [4, 8, 16, 32]
     assert feature_extractor(resnet18(width=4)).output.shape == (None, 32)
 
@@ -63,23 +63,23 @@ def test_feature_penalty_is_identity_and_adds_nothing_at_inference():
 
 def test_weight_l2_penalises_conv_and_dense_kernels_only():
     model = resnet18(width=4, weight_l2=1e-3, feature_l2=0)
-    kernels = [l.kernel for l in model.layers
-               if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense))]
+    kernels = [layer.kernel for layer in model.layers
+               if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
     by_hand = 1e-3 * sum(float(np.sum(keras.ops.convert_to_numpy(k) ** 2)) for k in kernels)
     assert len(kernels) == 21  # stem + 16 block convs + 3 projections + classifier
-    assert float(sum(keras.ops.convert_to_numpy(l) for l in model.losses)) == pytest.approx(
+    assert float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses)) == pytest.approx(
         by_hand, rel=1e-5)
 
 
 def test_bn_l2_penalises_batch_norm_scales_offsets_and_the_classifier_bias_only():
     model = resnet18(width=4, weight_l2=0, feature_l2=0, bn_l2=1e-3)
-    norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
-    params = [w for l in norms for w in (l.gamma, l.beta)] + [model.get_layer("logits").bias]
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    params = [w for layer in norms for w in (layer.gamma, layer.beta)] + [model.get_layer("logits").bias]
     for i, w in enumerate(params):  # away from the initial ones and zeros
         w.assign(np.random.default_rng(i).normal(size=w.shape).astype("float32"))
     by_hand = 1e-3 * sum(float(np.sum(keras.ops.convert_to_numpy(w) ** 2)) for w in params)
     assert len(norms) == 20  # one per conv
-    assert float(sum(keras.ops.convert_to_numpy(l) for l in model.losses)) == pytest.approx(
+    assert float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses)) == pytest.approx(
         by_hand, rel=1e-5)
     assert resnet18(width=4, weight_l2=0, feature_l2=0).losses == []  # off by default
 

@@ -21,8 +21,15 @@ from PIL import Image
 
 from edgel2.cli import cli
 from edgel2.errors import EdgeL2Error
-from edgel2.runtime import (Batcher, Classifier, ImageError, ModelError, PredictionError,
-                            read_metadata, sniff_format)
+from edgel2.runtime import (
+    Batcher,
+    Classifier,
+    ImageError,
+    ModelError,
+    PredictionError,
+    read_metadata,
+    sniff_format,
+)
 from edgel2.runtime.modelfile import MAX_METADATA_BYTES
 from edgel2.runtime.shipped import shipped_model
 

@@ -13,7 +13,6 @@ from click.testing import CliRunner
 from edgel2.cli import cli
 from edgel2.data import balanced_subset
 from edgel2.runtime import Classifier
-from edgel2.runtime.shipped import shipped_model
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SHIPPED = sorted(MODELS.glob("*.onnx")) + sorted(MODELS.glob("*.tflite"))

@@ -21,8 +21,14 @@ from PIL import Image
 
 from edgel2.cli import cli
 from edgel2.errors import OutputError
-from edgel2.utils import (SCRATCH_PREFIX, atomic_path, check_output, deliver_text,
-                          remove_leftovers, scratch_space)
+from edgel2.utils import (
+    SCRATCH_PREFIX,
+    atomic_path,
+    check_output,
+    deliver_text,
+    remove_leftovers,
+    scratch_space,
+)
 
 
 @pytest.fixture

@@ -14,8 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgel2.data import (DataRecord, carve, data_record, download_cifar10, load_dataset,
-                         load_model_data, summary_lines)
+from edgel2.data import (
+    DataRecord,
+    carve,
+    data_record,
+    download_cifar10,
+    load_dataset,
+    load_model_data,
+    summary_lines,
+)
 from edgel2.errors import DataError
 
 PHOTO_CLASSES = {"astronaut": "astronaut", "cat": "chelsea", "coffee": "coffee"}
@@ -332,8 +339,8 @@ def test_zoom_and_jitter_leave_images_alone_when_off_and_stay_in_range_when_on()
 def test_infer_save_writes_a_labelled_copy_of_each_image_keeping_the_folders_apart(
         tiny_onnx, tmp_path):
     from click.testing import CliRunner
-
     from conftest import write_images
+
     from edgel2.cli import cli
 
     write_images(tmp_path / "in" / "a", 2, size=(8, 8))
@@ -366,6 +373,7 @@ def test_infer_save_into_a_place_that_cannot_be_a_folder_is_one_line_before_any_
 
 def test_a_served_model_is_named_by_its_run_and_precision_and_serve_name_overrides(tmp_path):
     from conftest import make_tiny_onnx, tiny_metadata
+
     from edgel2.runtime import Classifier
 
     named = make_tiny_onnx(tmp_path / "model-int8.onnx",
@@ -409,8 +417,8 @@ def test_a_name_that_cannot_name_files_and_urls_is_one_line_and_exit_2(tmp_path)
 def test_older_spellings_of_infer_options_still_work_with_a_note(old, new, tiny_onnx, tmp_path,
                                                                   monkeypatch):
     from click.testing import CliRunner
-
     from conftest import write_images
+
     from edgel2.cli import cli
 
     write_images(tmp_path / "in", 1)

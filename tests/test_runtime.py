@@ -16,8 +16,16 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgel2.cli import cli
-from edgel2.runtime import (Batcher, Classifier, EngineError, ImageError, ModelError,
-                            ProviderFallbackWarning, load_image, resolve_providers)
+from edgel2.runtime import (
+    Batcher,
+    Classifier,
+    EngineError,
+    ImageError,
+    ModelError,
+    ProviderFallbackWarning,
+    load_image,
+    resolve_providers,
+)
 
 pytestmark = pytest.mark.slow
 RNG = np.random.default_rng(0)
@@ -120,7 +128,7 @@ def test_batched_streamed_micro_batched_and_single_predictions_are_identical(nam
             t.join()
     assert batcher.batches_run < len(images)  # requests really were gathered
     for other in (single, streamed, results):
-        assert [[l for l, _ in p] for p in other] == [[l for l, _ in p] for p in batched]
+        assert [[lab for lab, _ in p] for p in other] == [[lab for lab, _ in p] for p in batched]
         np.testing.assert_allclose([[p for _, p in r] for r in other],
                                    [[p for _, p in r] for r in batched], rtol=0, atol=1e-6)
 

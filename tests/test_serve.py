@@ -223,7 +223,8 @@ def test_an_undecodable_file_gets_422_with_its_reason_and_the_others_their_resul
     assert status == 422
     good, text, cut = response["results"]
     assert "predictions" in good
-    assert text == {"file": "notes.txt", "error": "not an image edgel2 reads (JPEG, PNG, BMP, GIF, WebP, TIFF, PPM/PGM/PBM or ICO)"}
+    assert text == {"file": "notes.txt", "error": "not an image edgel2 reads (JPEG, PNG, BMP, "
+                                                  "GIF, WebP, TIFF, PPM/PGM/PBM or ICO)"}
     assert cut["file"] == "cut.jpg" and "error" in cut
 
 
@@ -357,7 +358,7 @@ def test_the_page_classifies_an_uploaded_image_in_a_headless_browser(server, cla
 def test_workers_serve_behind_one_port_and_stop_on_sigterm(classifier, images):
     pool = Server("--workers", "2")
     try:
-        for name, data in images[:4]:
+        for _name, data in images[:4]:
             status, response = pool.json("POST", "/v1/classify?top_k=1", data)
             assert status == 200
             assert response["results"][0]["predictions"][0]["label"] == \

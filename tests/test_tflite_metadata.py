@@ -20,8 +20,8 @@ import flatbuffers
 import numpy as np
 import pytest
 
-from edgel2.export import tflite_metadata_schema as fb
 from edgel2.export.tflite import MIN_PARSER_VERSION, SUPPORT_METADATA, pack_metadata
+from edgel2.export.vendor import tflite_metadata_schema as fb
 from edgel2.runtime.modelfile import tflite_metadata
 from edgel2.runtime.shipped import shipped_model
 

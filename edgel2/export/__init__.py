@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from itertools import product
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -24,7 +24,6 @@ from edgel2.errors import EdgeL2Error, first_line, require_whole
 from edgel2.export.check import run_batches
 from edgel2.utils import atomic_path, scratch_space, writable_folder, write_json
 from edgel2.variants import FORMATS, PRECISIONS, SUFFIX, precision_name
-
 
 
 def exported_file(out_dir: Path, stem: str, fmt: str, precision_name: str) -> Path:
@@ -145,8 +144,9 @@ def _export_targets(model_path: Path, out_dir: Path, targets: list, *, data, cal
         calibration_result = keras_calibration(model, ds, check_progress, logits=logits)
         base_metadata.update(metadata_record(calibration_result))
 
-    checked = {"data": None if images is None else ds.name,
-               "check_images": 0 if images is None else int(len(labels)),
+    checked_on = None if images is None else ds.name
+    checked = {"data": checked_on,
+               "check_images": 0 if labels is None else int(len(labels)),
                "keras_accuracy": None if reference is None
                else float(np.mean(reference.argmax(1) == labels))}
     rows = []
@@ -154,7 +154,7 @@ def _export_targets(model_path: Path, out_dir: Path, targets: list, *, data, cal
         progress(f"{fmt} {precision} -> {target}")
         rows.append({**_export_one(model, fmt, precision, target, opset, calibration,
                                    calib_method, images, labels, reference, base_metadata,
-                                   max_drop, allow_drop, check_progress, checked["data"], batch),
+                                   max_drop, allow_drop, check_progress, checked_on, batch),
                      **checked})
     # the model as seen from the report's folder: valid from any directory, and after the
     # run directory is moved as a whole
@@ -351,7 +351,8 @@ def format_table(report: dict) -> str:
     header = (f"{'format':<7} {'precision':<9} {'file':<28} {'size MB':>8} {'top-1 %':>8} "
               f"{'agree %':>8} {'max|dlogit|':>11} {'export s':>8}  status")
     lines = [header, "-" * len(header)]
-    pct = lambda v: "-" if v is None else f"{100 * v:.2f}"
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}"
     for r in report["rows"]:
         lines.append(
             f"{r['format']:<7} {r['precision']:<9} {r['file']:<28} "

@@ -19,16 +19,22 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from edgel2.calibration import (CALIBRATION_SEED, calibration_figures, calibration_refusal,
-                                calibration_split, fit_calibration, reliability_bins)
-from edgel2.runtime.classifier import calibrated_probabilities
+from edgel2.calibration import (
+    CALIBRATION_SEED,
+    calibration_figures,
+    calibration_refusal,
+    calibration_split,
+    fit_calibration,
+    reliability_bins,
+)
 from edgel2.errors import DataError, ModelError
 from edgel2.export.check import run_batches
+from edgel2.runtime.classifier import calibrated_probabilities
 from edgel2.utils import atomic_path
 
 PLAIN_SOFTMAX = {"temperature": 1.0, "unsmooth": 0.0}
@@ -59,7 +65,7 @@ def fit_held_out(fit_logits: np.ndarray, fit_labels: np.ndarray, report_logits: 
         after = calibration_figures(report_logits, report_labels, **params)
         refused = calibration_refusal(fitted, len(fit_labels), before["nll"], after["nll"])
     else:  # a test split of one image a class: nothing left to judge the fit on
-        before = after = None
+        before = after = None  # type: ignore[assignment]  # no figures: `refused` says why
         refused = (calibration_refusal(fitted, len(fit_labels), 1.0, 0.0)
                    or "no held-out images are left to judge it on")
     written = PLAIN_SOFTMAX if refused else params

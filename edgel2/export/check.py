@@ -1,8 +1,8 @@
 """Parity of an exported file with the Keras model it came from, on held-out test images."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

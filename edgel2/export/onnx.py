@@ -59,7 +59,8 @@ def quantize_dynamic(src: Path, dst: Path) -> None:
     quantization's calibration; it is kept out of the command's output."""
     import logging
 
-    from onnxruntime.quantization import QuantType, quantize_dynamic as ort_dynamic
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_dynamic
 
     def not_the_advice(record: logging.LogRecord) -> bool:
         return "consider to run pre-processing before quantization" not in record.getMessage()
@@ -79,8 +80,13 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "
     convolutions fuse into integer kernels on x86), after ``quant_pre_process``, calibrated
     on ``calibration`` (uint8 NHWC images). ``fold_input`` then lets the stem convolution read
     the uint8 pixels directly (:mod:`edgel2.export.qdq`), where the graph allows it."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in CALIB_METHODS:
@@ -256,6 +262,9 @@ def write_onnx(model, path: Path, precision: str, opset: int,
             if precision == "dynamic":
                 quantize_dynamic(fp32, path)
                 return slowdown(path, fp32)
+            elif calibration is None:
+                raise ValueError("int8 export needs calibration images")
             else:
                 quantize_int8(fp32, path, calibration, calib_method, batch)
     os.chmod(path, 0o644)
+    return None

@@ -185,7 +185,8 @@ def _front(graph) -> list:
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    chain, tensor = [], graph.input[0].name
+    chain: list = []
+    tensor = graph.input[0].name
     while len(chain) < len(FRONT) and (not chain or chain[-1].op_type != "Conv"):
         nodes = consumers.get(tensor, [])
         if len(nodes) != 1:

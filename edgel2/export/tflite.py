@@ -45,6 +45,8 @@ def write_tflite(model, path: Path, precision: str,
         args = [sys.executable, "-m", "edgel2.export.tflite", str(os.getpid()), str(saved),
                 str(path), precision, str(batch or 1)]
         if precision == "int8":
+            if calibration is None:
+                raise ValueError("int8 export needs calibration images")
             np.save(Path(tmp) / "calib.npy", calibration.astype(np.float32))
             args.append(str(Path(tmp) / "calib.npy"))
         proc = subprocess.run(args, capture_output=True, text=True,
@@ -161,7 +163,7 @@ def support_metadata(metadata: dict) -> bytes:
     of its class axis, the fields Android Studio, the Task Library and MediaPipe read.
 
     Example:
-        >>> from edgel2.export import tflite_metadata_schema as fb
+        >>> from edgel2.export.vendor import tflite_metadata_schema as fb
         >>> meta = {"model_name": "resnet18_w4", "class_names": ["cat", "dog"],
         ...         "input": {"name": "images", "shape": [None, 32, 32, 3]},
         ...         "output": {"name": "logits"}, "config_hash": "abc", "producer": "edgel2"}
@@ -172,7 +174,7 @@ def support_metadata(metadata: dict) -> bytes:
     """
     import flatbuffers
 
-    from edgel2.export import tflite_metadata_schema as fb
+    from edgel2.export.vendor import tflite_metadata_schema as fb
 
     def associated(name: str, kind: int, description: str):
         file = fb.AssociatedFileT()
@@ -238,7 +240,7 @@ def _convert(saved_model: str, out: str, precision: str, batch: int,
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if precision == "fp16":
         converter.target_spec.supported_types = [tf.float16]
-    if precision == "int8":
+    if precision == "int8" and calib is not None:
         images = np.load(calib)
 
         def representative():

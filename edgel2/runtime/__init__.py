@@ -10,8 +10,16 @@ Example:
     >>> clf.predict(["cat.png", "ship.jpg"], top_k=3)                     # doctest: +SKIP
 """
 
-from edgel2.errors import (BusyError, EdgeL2Error, EngineError, ImageError, MissingExtraError,
-                           ModelError, OptionError, PredictionError)
+from edgel2.errors import (
+    BusyError,
+    EdgeL2Error,
+    EngineError,
+    ImageError,
+    MissingExtraError,
+    ModelError,
+    OptionError,
+    PredictionError,
+)
 from edgel2.runtime.batcher import Batcher
 from edgel2.runtime.classifier import NON_FINITE, Classifier, FileResult
 from edgel2.runtime.engines import Engine, ProviderFallbackWarning, open_engine, resolve_providers

@@ -9,8 +9,8 @@ that each pixel stays visible) until the label fits.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -24,14 +24,14 @@ BANNER = (0, 0, 0)      # the label's background, behind white text
 KEPT_SUFFIXES = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP"}
 
 
-def prepare_folder(folder: str | os.PathLike) -> Path:
+def prepare_folder(folder: str | os.PathLike[str]) -> Path:
     """Create ``folder`` (and its parents) before any image is classified, so that a place
     that cannot be written is one line at once, not after the work."""
     writable_folder(folder, "the folder for annotated copies")
     return Path(folder)
 
 
-def annotated(source: str | os.PathLike, label: str) -> Image.Image:
+def annotated(source: str | os.PathLike[str], label: str) -> Image.Image:
     """The image at ``source`` (upright, RGB) with ``label`` drawn in a banner across its top.
 
     Example:
@@ -56,7 +56,7 @@ def annotated(source: str | os.PathLike, label: str) -> Image.Image:
     return image
 
 
-def save_annotated(results: Sequence[FileResult], folder: str | os.PathLike) -> list[Path]:
+def save_annotated(results: Sequence[FileResult], folder: str | os.PathLike[str]) -> list[Path]:
     """Write an annotated copy of every classified image in ``results`` into ``folder`` (the
     failed ones have no copy); returns the paths written, each written atomically.
 
@@ -65,14 +65,13 @@ def save_annotated(results: Sequence[FileResult], folder: str | os.PathLike) -> 
         [PosixPath('annotated/cat.jpg')]
     """
     folder = prepare_folder(folder)
-    done = [r for r in results if r.error is None and r.prediction]
+    done = [(r, r.prediction[0]) for r in results if r.error is None and r.prediction]
     if not done:
         return []
-    parents = [os.path.dirname(os.path.abspath(r.source)) for r in done]
+    parents = [os.path.dirname(os.path.abspath(r.source)) for r, _ in done]
     common = os.path.commonpath(parents)
     written = []
-    for result in done:
-        label, probability = result.prediction[0]
+    for result, (label, probability) in done:
         relative = Path(os.path.relpath(os.path.abspath(result.source), common))
         fmt = KEPT_SUFFIXES.get(relative.suffix.lower())
         target = folder / (relative if fmt else relative.with_name(relative.name + ".png"))

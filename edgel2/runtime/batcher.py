@@ -22,9 +22,10 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import Future
+from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import Executor, Future
 from numbers import Real
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ _delivering = _Delivering()
 
 
 @contextlib.contextmanager
-def _delivering_results():
+def _delivering_results() -> Iterator[None]:
     """Mark this thread as the one whose futures' done-callbacks run (see :class:`_Delivering`)."""
     _delivering.active = True
     try:
@@ -76,7 +77,7 @@ class Batcher:
                  on_batch: Callable[[int], None] | None = None):
         for name, value in (("max_batch", max_batch), ("top_k", top_k), ("max_queue", max_queue)):
             require_whole(name, value)
-        if isinstance(max_delay_ms, bool) or not isinstance(max_delay_ms, Real) \
+        if isinstance(max_delay_ms, bool) or not isinstance(max_delay_ms, (int, float, Real)) \
                 or not math.isfinite(max_delay_ms) or not 0 <= max_delay_ms <= MAX_DELAY_MS:
             raise OptionError(f"max_delay_ms must be a number in 0..{MAX_DELAY_MS:g}, got "
                               f"{max_delay_ms!r}")
@@ -84,7 +85,8 @@ class Batcher:
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue = max_queue
         # owner -> its waiting (pixels, future, raw); owners are served in turn
-        self._waiting: OrderedDict = OrderedDict()
+        self._waiting: OrderedDict[Hashable, deque[tuple[np.ndarray, Future[Any], bool]]] = \
+            OrderedDict()
         self._depth = 0
         self._closed = False
         self._changed = threading.Condition()
@@ -103,7 +105,7 @@ class Batcher:
         """Whether requests can still be answered: open, and its worker alive (readiness)."""
         return not self._closed and self._worker.is_alive()
 
-    def submit(self, image: ImageLike, owner=None) -> "Future[Prediction]":
+    def submit(self, image: ImageLike, owner: Hashable = None) -> Future[Prediction]:
         """Queue one image; the future holds its top-k, or the :class:`ImageError` its decoding
         raised, or the error its batch raised. Cancelling the future drops the request.
         Raises :class:`BusyError` when ``max_queue`` requests are waiting already. ``owner``:
@@ -111,12 +113,13 @@ class Batcher:
         try:
             pixels = self.classifier.preprocess(image)
         except Exception as e:  # noqa: BLE001 - reported per request, as predict would raise
-            future: Future = Future()
+            future: Future[Prediction] = Future()
             future.set_exception(e)
             return future
         return self.submit_pixels([pixels], owner)[0]
 
-    async def submit_async(self, image: ImageLike, owner=None, executor=None) -> Prediction:
+    async def submit_async(self, image: ImageLike, owner: Hashable = None,
+                           executor: Executor | None = None) -> Prediction:
         """:meth:`submit` for an event loop: decodes in ``executor`` (default: the loop's),
         never blocks the loop, and cancelling the awaiting task (a client timeout, a
         disconnect) drops the request."""
@@ -124,19 +127,19 @@ class Batcher:
         pixels = await loop.run_in_executor(executor, self.classifier.preprocess, image)
         return await asyncio.wrap_future(self.submit_pixels([pixels], owner)[0])
 
-    async def logits_async(self, pixels: np.ndarray, owner=None) -> np.ndarray:
+    async def logits_async(self, pixels: np.ndarray, owner: Hashable = None) -> np.ndarray:
         """The raw logits of one uint8 ``[H, W, 3]`` image already at the model's input size
         (a tensor API, e.g. KServe v2), batched with everything else; non-finite logits are
         returned as they are. Cancelling drops the request, as for :meth:`submit_async`."""
         return await asyncio.wrap_future(self.submit_pixels([pixels], owner, raw=True)[0])
 
-    def submit_pixels(self, images: list[np.ndarray], owner=None,
-                      raw: bool = False) -> "list[Future]":
+    def submit_pixels(self, images: list[np.ndarray], owner: Hashable = None,
+                      raw: bool = False) -> list[Future[Any]]:
         """Queue images already decoded to the model's input size, all or none: one future
         each (its top-k, or its logits if ``raw``), or :class:`BusyError` with nothing queued
         when they do not all fit. A server admits a whole request or refuses it, so a refused
         request never costs the model any work."""
-        futures = [Future() for _ in images]
+        futures: list[Future[Any]] = [Future() for _ in images]
         with self._changed:
             if self._closed:
                 raise EngineError("the batcher is closed")
@@ -157,9 +160,9 @@ class Batcher:
             except Exception:  # noqa: BLE001 - _run already failed its futures; stay alive
                 log.exception("edgel2 batcher: a batch failed outside the model call")
 
-    def _take(self, limit: int) -> list:
+    def _take(self, limit: int) -> list[Any]:
         """Up to ``limit`` waiting requests, one per owner in turn (called holding the lock)."""
-        items = []
+        items: list[Any] = []
         while self._waiting and len(items) < limit:
             owner, waiting = next(iter(self._waiting.items()))
             items.append(waiting.popleft())
@@ -169,7 +172,7 @@ class Batcher:
         self._depth -= len(items)
         return items
 
-    def _gather(self) -> tuple[list, bool]:
+    def _gather(self) -> tuple[list[Any], bool]:
         """The next batch: what arrives within max_delay of the first request, up to max_batch;
         and whether the batcher is closing with nothing left to run."""
         with self._changed:
@@ -184,7 +187,7 @@ class Batcher:
                     break
             return self._take(self.max_batch), False
 
-    def _run(self, items: list) -> None:
+    def _run(self, items: list[Any]) -> None:
         # A future cancelled while queued is dropped here; once running it can no longer be
         # cancelled, so setting its result later cannot fail.
         live = [item for item in items if item[1].set_running_or_notify_cancel()]
@@ -200,7 +203,7 @@ class Batcher:
         except Exception as e:  # noqa: BLE001 - fails this batch only
             self._finish(live, e)
 
-    def _finish(self, live: list, logits: np.ndarray | Exception) -> None:
+    def _finish(self, live: list[Any], logits: np.ndarray | Exception) -> None:
         try:
             if isinstance(logits, Exception):
                 raise logits
@@ -234,8 +237,8 @@ class Batcher:
             self._worker.join()
             self.classifier.engine.wait()  # batches still running on other streams
 
-    def __enter__(self) -> "Batcher":
+    def __enter__(self) -> Batcher:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -24,10 +24,11 @@ import json
 import math
 import os
 import platform
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from importlib import metadata as package_metadata
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any
 
 from edgel2.runtime.probe import Candidate, EngineChoice, Measured
 
@@ -79,7 +80,7 @@ def engine_versions() -> dict[str, str | None]:
 
 
 def choice_key(file_hashes: Sequence[str], workload: str, batch: int, threads: int | None,
-               precision: str) -> dict:
+               precision: str) -> dict[str, Any]:
     """Everything a choice depends on. The files are named by the SHA-256 of their bytes:
     a copied or renamed model keeps its choice, a changed one does not.
 
@@ -98,13 +99,13 @@ def file_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def candidate_id(candidate: Candidate, hashes: dict[Path, str]) -> dict:
+def candidate_id(candidate: Candidate, hashes: dict[Path, str]) -> dict[str, Any]:
     """A candidate as an entry names it: the file by its hash, not its path."""
     return {"engine": candidate.engine, "file": hashes[candidate.path],
             "threads": candidate.threads, "streams": candidate.streams}
 
 
-def load(key: dict, candidates: Sequence[Candidate], hashes: dict[Path, str]
+def load(key: dict[str, Any], candidates: Sequence[Candidate], hashes: dict[Path, str]
          ) -> EngineChoice | None:
     """The remembered choice for ``key`` (its first figure is the chosen candidate), if its
     entry is whole, is for exactly this key, and names only candidates of ``candidates``
@@ -130,7 +131,7 @@ def load(key: dict, candidates: Sequence[Candidate], hashes: dict[Path, str]
                         "cached" if source == "measured" else source, date)
 
 
-def save(key: dict, choice: EngineChoice, hashes: dict[Path, str]) -> bool:
+def save(key: dict[str, Any], choice: EngineChoice, hashes: dict[Path, str]) -> bool:
     """Remember ``choice`` (whose figures' contenders are candidates) for ``key``,
     atomically: a reader sees the old entry or the new one. False when the cache folder
     cannot be written (the choice then lasts this run)."""
@@ -159,7 +160,7 @@ def _prune(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def measuring(key: dict) -> Iterator[None]:
+def measuring(key: dict[str, Any]) -> Iterator[None]:
     """Hold the lock for measuring ``key`` on this machine (no lock where the cache folder
     cannot be written or the platform has no ``fcntl``)."""
     try:
@@ -184,7 +185,7 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
 
 
-def _entry_path(key: dict) -> Path:
+def _entry_path(key: dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     return choices_folder() / f"{digest[:32]}.json"
 

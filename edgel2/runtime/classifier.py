@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     logits = np.where(np.isfinite(logits).all(axis=-1, keepdims=True), logits, np.nan)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)
+    return np.asarray(e / e.sum(axis=-1, keepdims=True))
 
 
 # Probabilities below this fraction of the softmax's are not cut further by the inverse of
@@ -96,7 +96,7 @@ class Classifier:
         Classifier(resnet18-int8.tflite (int8) on litert: LiteRT (CPU); auto: ...)
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, providers: str | Sequence[str] | None = "auto",
+    def __init__(self, path: str | os.PathLike[str] | None = None, providers: str | Sequence[str] | None = "auto",
                  threads: int | None = None, batch_size: int = 64, strict: bool = False,
                  engine: str = "auto", precision: str = "fp32", workload: str = LATENCY,
                  probe: bool | None = None):
@@ -211,7 +211,7 @@ class Classifier:
         """One image (path, bytes, PIL image, HWC uint8 array) -> uint8 ``[H, W, 3]``."""
         return load_image(image, self.input_size)
 
-    def predict(self, images, top_k: int = 1) -> list[Prediction]:
+    def predict(self, images: Any, top_k: int = 1) -> list[Prediction]:
         """Top-k (label, probability) per image.
 
         ``images``: a path, bytes, PIL image or HWC uint8 array; an NHWC uint8 batch; or a list
@@ -235,21 +235,22 @@ class Classifier:
         workers = workers or os.cpu_count() or 1
         chunks = _chunks(sources, self.batch_size)
 
-        def decode(source):
+        def decode(source: ImageLike) -> tuple[np.ndarray | None, str | None]:
             try:
                 return self.preprocess(source), None
             except ImageError as e:
                 return None, str(e)
 
         with ThreadPoolExecutor(workers) as pool:
-            pending: deque = deque()
+            pending: deque[tuple[list[Any], list[Future[Any]]]] = deque()
 
             def submit_next() -> None:
                 chunk = next(chunks, None)
                 if chunk is not None:
                     pending.append((chunk, [pool.submit(decode, s) for s in chunk]))
 
-            def decoded_batches():  # (chunk, decoded, indices of good images), their batch
+            def decoded_batches() -> Iterator[tuple[Any, np.ndarray | None]]:
+                # (chunk, decoded, indices of good images), their batch
                 for _ in range(prefetch):
                     submit_next()
                 while pending:
@@ -271,7 +272,7 @@ class Classifier:
                     yield FileResult(_name(source), prediction, error)
 
 
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     chunk = []
     for item in items:
         chunk.append(item)
@@ -282,5 +283,5 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _name(source) -> str:
+def _name(source: object) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"

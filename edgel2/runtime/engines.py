@@ -8,23 +8,46 @@ import platform
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
-from edgel2.errors import (EdgeL2Error, EngineError, ModelError, OptionError, first_line,
-                           missing_extra)
+from edgel2.errors import (
+    EdgeL2Error,
+    EngineError,
+    ModelError,
+    OptionError,
+    first_line,
+    missing_extra,
+)
 from edgel2.runtime.choices import probe_enabled
-from edgel2.runtime.modelfile import (ONNX, TFLITE, check_metadata, check_weights,
-                                      decode_onnx_metadata, model_files, sniff_format,
-                                      tflite_metadata)
-from edgel2.runtime.probe import (LATENCY, Candidate, EngineChoice, candidates, check_workload,
-                                  latency_sample, race, throughput_sample)
+from edgel2.runtime.modelfile import (
+    ONNX,
+    TFLITE,
+    check_metadata,
+    check_weights,
+    decode_onnx_metadata,
+    model_files,
+    sniff_format,
+    tflite_metadata,
+)
+from edgel2.runtime.probe import (
+    LATENCY,
+    Candidate,
+    EngineChoice,
+    candidates,
+    check_workload,
+    latency_sample,
+    race,
+    throughput_sample,
+)
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
 AUTO_ORDER = (TENSORRT, CUDA, CPU)
+Tag = TypeVar("Tag")  # what run_stream's caller tags each batch with
 # Per-provider options: cuDNN's HEURISTIC search picks conv algorithms without benchmarking
 # each new input shape (EXHAUSTIVE re-tunes for every batch size a dynamic batch brings).
 PROVIDER_OPTIONS = {
@@ -64,13 +87,13 @@ class Engine:
 
     name: str  # onnxruntime, openvino or litert
     path: Path
-    metadata: dict
+    metadata: dict[str, Any]
     providers: list[str]
     fallback: str | None = None  # why `auto` skipped the engines before this one
     choice: EngineChoice | None = None  # what `auto` measured to choose this one
-    input_shape: tuple
+    input_shape: tuple[Any, ...]
     input_dtype: str
-    output_shape: tuple
+    output_shape: tuple[Any, ...]
 
     def run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -94,21 +117,21 @@ class Engine:
         """How many batches :meth:`submit` runs at once (OpenVINO's streams; else 1)."""
         return 1
 
-    def run_stream(self, items: Iterable[tuple[object, np.ndarray | None]]
-                   ) -> Iterator[tuple[object, np.ndarray | None]]:
+    def run_stream(self, items: Iterable[tuple[Tag, np.ndarray | None]]
+                   ) -> Iterator[tuple[Tag, np.ndarray | None]]:
         """``(tag, logits)`` for each ``(tag, batch)``, in order (None for a None batch), built
         on :meth:`submit`: engines with several streams keep a batch in flight on each."""
         done: dict[int, object] = {}  # filled by the callbacks, maybe from another thread
-        tags: list = []
+        tags: list[Any] = []
         position = 0  # the next result to leave
 
-        def leave():  # the results that are ready, in order
+        def leave() -> Iterator[tuple[Tag, np.ndarray | None]]:  # those ready, in order
             nonlocal position
             while position in done:
                 out = done.pop(position)
                 if isinstance(out, Exception):
                     raise out
-                yield tags[position], out
+                yield tags[position], out  # type: ignore[misc]  # logits or None
                 position += 1
 
         for index, (tag, batch) in enumerate(items):
@@ -144,7 +167,7 @@ class OnnxEngine(Engine):
         wanted = resolve_providers(providers, ort.get_available_providers())
         self.path = path
 
-        def session(names: list[str]):
+        def session(names: list[str]) -> Any:
             # enable_fallback=0: onnxruntime's own retry prints a banner on stdout; the CPU
             # retry below goes through ProviderFallbackWarning instead
             return ort.InferenceSession(str(path), options, providers=names, enable_fallback=0,
@@ -174,13 +197,13 @@ class OnnxEngine(Engine):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if not self.on_gpu:
-            return self.session.run([self.output_name], {self.input_name: batch})[0]
+            return np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0])
         # On a GPU, I/O binding copies the input once and skips ORT's per-call staging.
         binding = self.session.io_binding()
         binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
         binding.bind_output(self.output_name)
         self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        return np.asarray(binding.copy_outputs_to_cpu()[0])
 
 
 class TFLiteEngine(Engine):
@@ -202,7 +225,7 @@ class TFLiteEngine(Engine):
         self.input_shape = _static(inputs[0]["shape_signature"])
         self.input_dtype = np.dtype(inputs[0]["dtype"]).name
         self.output_shape = _static(outputs[0]["shape_signature"])
-        self._batch = None
+        self._batch: int | None = None
         self._lock = threading.Lock()  # an interpreter is not thread-safe
         self.metadata = tflite_metadata(path)  # the format is known: no second sniff
 
@@ -214,7 +237,7 @@ class TFLiteEngine(Engine):
                 self._batch = len(batch)
             self.interpreter.set_tensor(self.input_index, np.ascontiguousarray(batch))
             self.interpreter.invoke()
-            return self.interpreter.get_tensor(self.output_index).copy()
+            return np.array(self.interpreter.get_tensor(self.output_index))  # a copy
 
 
 class OpenVinoEngine(Engine):
@@ -238,8 +261,8 @@ class OpenVinoEngine(Engine):
         self.streams = streams
         self.core = ov.Core()
         self.model = self.core.read_model(str(path))
-        self._compiled: dict = {}
-        self._submitted = None  # the async queue behind submit(), made on first use
+        self._compiled: dict[str, Any] = {}
+        self._submitted: Any = None  # the async queue behind submit(), made on first use
         self._local = threading.local()
         self._lock = threading.Lock()  # compiling
         self._submit_lock = threading.Lock()  # one thread at a time starts requests
@@ -255,11 +278,12 @@ class OpenVinoEngine(Engine):
         self.metadata = decode_onnx_metadata({k: str(v) for k, v in props.items()})
         self.compiled("LATENCY")  # compile errors surface when the file is opened
 
-    def compiled(self, hint: str):
+    def compiled(self, hint: str) -> Any:
         """The model compiled with PERFORMANCE_HINT ``hint`` (LATENCY or THROUGHPUT), once."""
         with self._lock:
             if hint not in self._compiled:
-                config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": self.precision}
+                config: dict[str, str | int] = {"PERFORMANCE_HINT": hint,
+                                                "INFERENCE_PRECISION_HINT": self.precision}
                 if self.threads:
                     config["INFERENCE_NUM_THREADS"] = self.threads
                 self._compiled[hint] = self.core.compile_model(self.model, "CPU", config)
@@ -269,7 +293,7 @@ class OpenVinoEngine(Engine):
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled("LATENCY").create_infer_request()
-        return request.infer({0: np.ascontiguousarray(batch)})[0]
+        return np.asarray(request.infer({0: np.ascontiguousarray(batch)})[0])
 
     @property
     def parallel_batches(self) -> int:
@@ -284,9 +308,10 @@ class OpenVinoEngine(Engine):
         with self._submit_lock:
             if self._submitted is None:
                 compiled = self.compiled("THROUGHPUT")
-                self._submitted = ov.AsyncInferQueue(
+                queue = ov.AsyncInferQueue(
                     compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-                self._submitted.set_callback(_call_back)
+                queue.set_callback(_call_back)
+                self._submitted = queue
             self._submitted.start_async({0: np.ascontiguousarray(batch)}, done)  # waits for a stream
 
     def wait(self) -> None:
@@ -376,7 +401,7 @@ INFERENCE_PRECISIONS = ("fp32", "bf16")
 INFERENCE_PRECISION_ALIASES = {"f32": "fp32"}  # OpenVINO's spelling, read as edgel2's
 
 
-def open_engine(path: str | os.PathLike, providers: str | Sequence[str] | None = "auto",
+def open_engine(path: str | os.PathLike[str], providers: str | Sequence[str] | None = "auto",
                 threads: int | None = None, strict: bool = False, engine: str = "auto",
                 precision: str = "fp32", workload: str = LATENCY, batch_size: int = 64,
                 probe: bool | None = None) -> Engine:
@@ -472,7 +497,7 @@ def open_engine(path: str | os.PathLike, providers: str | Sequence[str] | None =
 probe_clock = time.perf_counter  # what the race times with (tests give it a fake clock)
 
 
-def _onnx_on_gpu(providers) -> bool:
+def _onnx_on_gpu(providers: str | Sequence[str] | None) -> bool:
     import onnxruntime as ort
 
     return resolve_providers(providers, ort.get_available_providers())[0] != CPU
@@ -542,7 +567,7 @@ MAX_RACE_BATCH_BYTES = 1 << 28
 
 
 def _race(opened: dict[Candidate, Engine], workload: str, batch: int, pair: bool
-          ) -> tuple[list, list[str]]:
+          ) -> tuple[list[Any], list[str]]:
     """Check every engine's metadata (the files of a pair must classify the same things at
     the same size), warm the engines up, then :func:`~edgel2.runtime.probe.race` those that
     ran; the figures, and why the others were left out."""
@@ -582,7 +607,7 @@ def _race(opened: dict[Candidate, Engine], workload: str, batch: int, pair: bool
 MAX_TENSOR_BYTES = 1 << 30
 
 
-def _check_tensor_bytes(details: list[dict], path: Path) -> None:
+def _check_tensor_bytes(details: list[dict[str, Any]], path: Path) -> None:
     """Refuse a TFLite file whose tensors, as declared, would take more than
     :data:`MAX_TENSOR_BYTES` for one image: LiteRT would allocate them on the first run."""
     total = sum(int(np.prod(np.maximum(d["shape"], 1), dtype=np.float64))
@@ -599,7 +624,8 @@ def _read_model(path: Path) -> bytes:
         raise ModelError(f"cannot read model file {path}: {e.strerror or e}") from None
 
 
-def _open_one(candidate: Candidate, providers, strict, precision) -> Engine:
+def _open_one(candidate: Candidate, providers: str | Sequence[str] | None, strict: bool,
+              precision: str) -> Engine:
     name, path, threads = candidate.engine, candidate.path, candidate.threads
     try:
         if name == "onnxruntime":
@@ -625,7 +651,7 @@ def _reason(error: Exception) -> str:
     return said[-1][:200] if said else first_line(error)
 
 
-def _call_back(request, done: Callable[[np.ndarray | Exception], None]) -> None:
+def _call_back(request: Any, done: Callable[[np.ndarray | Exception], None]) -> None:
     """OpenVINO's completion callback for :meth:`OpenVinoEngine.submit`."""
     try:
         logits = request.get_output_tensor(0).data.copy()
@@ -635,7 +661,7 @@ def _call_back(request, done: Callable[[np.ndarray | Exception], None]) -> None:
     done(logits)
 
 
-def _one_each(path: Path, inputs: list, outputs: list) -> tuple[list, list]:
+def _one_each(path: Path, inputs: list[Any], outputs: list[Any]) -> tuple[list[Any], list[Any]]:
     """The graph's inputs and outputs, if it has one of each (an image classifier)."""
     if len(inputs) != 1 or len(outputs) != 1:
         raise ModelError(f"{path.name}: the model has {len(inputs)} inputs and {len(outputs)} "
@@ -643,11 +669,11 @@ def _one_each(path: Path, inputs: list, outputs: list) -> tuple[list, list]:
     return inputs, outputs
 
 
-def _ov_dims(port) -> list:
+def _ov_dims(port: Any) -> list[Any]:
     """An OpenVINO port's dimensions: their length, or None where dynamic."""
     return [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
 
 
-def _static(shape) -> tuple:
+def _static(shape: Iterable[Any]) -> tuple[Any, ...]:
     """A graph's shape with every dynamic dimension (a name, None, -1) as None."""
     return tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape)

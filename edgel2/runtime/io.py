@@ -15,12 +15,13 @@ import io
 import json
 import os
 import stat
-from typing import Iterable, Union
+from collections.abc import Iterable
+from typing import Any
 
 from edgel2.runtime.classifier import FileResult
 from edgel2.runtime.preprocess import IMAGE_SUFFIXES
 
-Entry = Union[str, FileResult]  # a path to classify, or a folder the walk could not read
+Entry = str | FileResult  # a path to classify, or a folder the walk could not read
 
 
 def expand_paths(patterns: Iterable[str]) -> list[Entry]:
@@ -54,9 +55,9 @@ def _split_glob(pattern: str) -> tuple[str, list[str]]:
 
 
 def _walk(root: str, segments: list[str], images_only: bool) -> list[Entry]:
-    files: dict[tuple, str] = {}  # (device, inode) of the real file -> the first path to it
+    files: dict[tuple[Any, ...], str] = {}  # (device, inode) of the real file -> the first path to it
     unreadable: list[FileResult] = []
-    visited: set[tuple] = set()
+    visited: set[tuple[Any, ...]] = set()
 
     def join(folder: str, name: str) -> str:
         return os.path.join(folder, name) if folder else name
@@ -108,7 +109,7 @@ def _walk(root: str, segments: list[str], images_only: bool) -> list[Entry]:
     return sorted(files.values()) + unreadable
 
 
-def _is_dir(entry: os.DirEntry) -> bool:
+def _is_dir(entry: os.DirEntry[str]) -> bool:
     try:
         return entry.is_dir()  # follows symbolic links; loops are cut by the visited set
     except OSError:
@@ -146,7 +147,7 @@ def _one_line(text: str) -> str:
                    for c in text)
 
 
-def record(result: FileResult) -> dict:
+def record(result: FileResult) -> dict[str, Any]:
     """One result as ``edgel2 infer --format json`` writes it (and ``--ray`` rows hold it):
     path, top-k predictions with probabilities rounded to 6 digits, error.
 
@@ -171,7 +172,7 @@ def render(results: list[FileResult], fmt: str, top_k: int) -> str:
         writer.writerow(["path"] + [f"{c}{i}" for i in range(1, top_k + 1)
                                     for c in ("label", "probability")] + ["error"])
         for r in results:
-            cells = [v for l, p in (r.prediction or []) for v in (l, f"{p:.6f}")]
+            cells = [v for label, p in (r.prediction or []) for v in (label, f"{p:.6f}")]
             writer.writerow([printable(r.source)] + cells + [""] * (2 * top_k - len(cells))
                             + [r.error or ""])
         return buffer.getvalue()
@@ -180,6 +181,6 @@ def render(results: list[FileResult], fmt: str, top_k: int) -> str:
     lines = [f"{'path':<{width}}  prediction"]
     for name, r in zip(names, results):
         shown = _one_line(r.error and f"ERROR: {r.error}"
-                          or ", ".join(f"{l} {100 * p:.1f}%" for l, p in r.prediction))
+                          or ", ".join(f"{label} {100 * p:.1f}%" for label, p in r.prediction or []))
         lines.append(f"{name:<{width}}  {shown}")
     return "\n".join(lines) + "\n"

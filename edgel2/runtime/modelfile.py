@@ -14,6 +14,7 @@ import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgel2.errors import ModelError, first_line
 
@@ -31,7 +32,7 @@ METADATA_NAME = "edgel2.json"
 MAX_INPUT_SIDE = 4096
 
 
-def sniff_format(path: str | os.PathLike) -> str:
+def sniff_format(path: str | os.PathLike[str]) -> str:
     """``"onnx"`` or ``"tflite"``, from the file's first bytes (any suffix, any case);
     :class:`ModelError` for a missing, special or unrecognised file.
 
@@ -67,7 +68,7 @@ FOLDER_PRECISIONS = ("int8", "fp32", "fp16", "dynamic")
 MODEL_SUFFIXES = (".onnx", ".tflite")
 
 
-def model_files(path: str | os.PathLike) -> list[Path]:
+def model_files(path: str | os.PathLike[str]) -> list[Path]:
     """The files that are one model: ``path`` itself, or, for a folder (an export folder,
     ``models/``), its ONNX and TFLite files of one name and precision
     (``resnet18-int8.onnx`` and ``resnet18-int8.tflite``), either of which ``auto`` may run.
@@ -100,7 +101,7 @@ def model_files(path: str | os.PathLike) -> list[Path]:
     return [p for p in files if p.stem == stem]
 
 
-def read_metadata(path: str | os.PathLike) -> dict:
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata edgel2 wrote into an exported file ({} if there is none).
 
     ONNX keeps it in ``metadata_props`` (JSON values); TFLite in a zip appended to the
@@ -127,9 +128,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return decode_onnx_metadata(session.get_modelmeta().custom_metadata_map)
 
 
-def decode_onnx_metadata(props: dict[str, str]) -> dict:
+def decode_onnx_metadata(props: dict[str, str]) -> dict[str, Any]:
     """edgel2 stores JSON values; other tools (the ORT quantizer) add plain strings."""
-    def value(text: str):
+    def value(text: str) -> Any:
         try:
             return json.loads(text)
         except ValueError:
@@ -137,7 +138,7 @@ def decode_onnx_metadata(props: dict[str, str]) -> dict:
     return {key: value(text) for key, text in props.items()}
 
 
-def tflite_metadata(path: Path) -> dict:
+def tflite_metadata(path: Path) -> dict[str, Any]:
     """The ``edgel2.json`` packed into a .tflite file ({} if there is none), within bounds."""
     try:
         with zipfile.ZipFile(path) as z:
@@ -183,8 +184,8 @@ class ModelInfo:
     unsmooth: float = 0.0
 
 
-def check_metadata(metadata: dict, path: str | os.PathLike, input_shape: tuple,
-                   input_dtype: str, output_shape: tuple) -> ModelInfo:
+def check_metadata(metadata: dict[str, Any], path: str | os.PathLike[str], input_shape: tuple[Any, ...],
+                   input_dtype: str, output_shape: tuple[Any, ...]) -> ModelInfo:
     """The class names and input size, after checking that the metadata is well-formed and
     agrees with the graph: one ``[N, H, W, 3]`` uint8 input, ``[N, classes]`` output (the
     graph's shapes hold ints, and None where a dimension is dynamic).
@@ -251,7 +252,7 @@ def check_metadata(metadata: dict, path: str | os.PathLike, input_shape: tuple,
     return ModelInfo(list(classes), (width, height), float(temperature), float(unsmooth))
 
 
-def check_weights(metadata: dict, data: bytes, fmt: str, path: str | os.PathLike) -> None:
+def check_weights(metadata: dict[str, Any], data: bytes, fmt: str, path: str | os.PathLike[str]) -> None:
     """Compare the file's weights with the checksum its metadata records (``weights_sha256``,
     written by ``edgel2 export``; files without one are not checked): a corrupted download or
     a flipped byte is a :class:`ModelError`, not silently different answers. ONNX: the SHA-256
@@ -299,9 +300,9 @@ def flatbuffer_end(data: bytes) -> int:
     return start if 0 <= start <= eocd else len(data)
 
 
-def _number(value) -> bool:
+def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _positive_int(value) -> bool:
+def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import struct
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from edgel2.errors import ModelError
 
@@ -42,14 +44,16 @@ def _varint(data: bytes, i: int) -> tuple[int, int]:
 
 
 def fields(data: bytes, start: int = 0, end: int | None = None
-           ) -> Iterator[tuple[int, int, int | tuple[int, int]]]:
+           ) -> Iterator[tuple[int, int, Any]]:
     """``(field number, wire type, value)`` of a protobuf message in ``data[start:end]``: the
-    value is an int for varints and fixed-width fields, the ``(start, end)`` of the bytes for
-    length-delimited ones. :class:`ValueError` on a malformed message."""
+    value is an int for varints and fixed-width fields (wire types 0, 1, 5), the ``(start,
+    end)`` of the bytes for length-delimited ones (wire type 2). :class:`ValueError` on a
+    malformed message."""
     i, end = start, len(data) if end is None else end
     while i < end:
         key, i = _varint(data, i)
         number, wire = key >> 3, key & 7
+        value: int | tuple[int, int]
         if wire == 0:
             value, i = _varint(data, i)
         elif wire == 1:
@@ -90,7 +94,7 @@ def producer_name(data: bytes) -> str:
     return ""
 
 
-def check_graph(data: bytes, path) -> None:
+def check_graph(data: bytes, path: str | os.PathLike[str]) -> None:
     """Refuse (:class:`ModelError`) a graph that would allocate a constant-shaped tensor of more
     than :data:`MAX_CONSTANT_ELEMENTS` elements (ConstantOfShape, Expand) when an engine builds
     or first runs it (engines fold such constants while they load, before any memory limit of
@@ -123,7 +127,7 @@ def _check_shaped_ops(data: bytes, start: int, end: int, name: str) -> None:
                 shapes[found[0]] = found[1]
         elif number == 1:
             nodes.append(_node(data, *value))
-    for op_type, inputs, outputs, tensors in nodes:
+    for op_type, _, outputs, tensors in nodes:
         if op_type == "Constant" and outputs and tensors:
             shapes[outputs[0]] = tensors[0]
     for op_type, inputs, _, _ in nodes:
@@ -136,7 +140,7 @@ def _check_shaped_ops(data: bytes, start: int, end: int, name: str) -> None:
                              f"elements (limit {MAX_CONSTANT_ELEMENTS:,}): refused")
 
 
-def _node(data: bytes, start: int, end: int) -> tuple[str, list[str], list[str], list]:
+def _node(data: bytes, start: int, end: int) -> tuple[str, list[str], list[str], list[Any]]:
     op_type, inputs, outputs, tensors = "", [], [], []
     for number, wire, value in fields(data, start, end):
         if wire != 2:
@@ -183,7 +187,7 @@ def _int64_tensor(data: bytes, start: int, end: int) -> tuple[str, list[int]] | 
     return name, values
 
 
-def _ints(data: bytes, wire: int, value) -> list[int]:
+def _ints(data: bytes, wire: int, value: Any) -> list[int]:
     """A repeated int64 field's values, packed (wire type 2) or not; as signed numbers."""
     if wire == 0:
         out = [value]

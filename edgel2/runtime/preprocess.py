@@ -25,7 +25,7 @@ import io
 import os
 import stat
 import struct
-from typing import Union
+from typing import BinaryIO, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -43,7 +43,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".
 FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM", "ICO")
 FORMAT_NAMES = "JPEG, PNG, BMP, GIF, WebP, TIFF, PPM/PGM/PBM or ICO"
 
-ImageLike = Union[str, os.PathLike, bytes, "Image.Image", np.ndarray]
+ImageLike = Union[str, os.PathLike[str], bytes, "Image.Image", np.ndarray]
 
 # Non-regular files are refused by what they are, before any read: reading a FIFO would block.
 _SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
@@ -82,7 +82,7 @@ def open_image(source: ImageLike) -> Image.Image:
         raise ImageError(f"cannot decode: {first_line(e, 120)}") from None
 
 
-def open_regular_file(path: str | os.PathLike):
+def open_regular_file(path: str | os.PathLike[str]) -> BinaryIO:
     """Open ``path`` for reading (binary) only if it is a non-empty regular file, else raise
     :class:`ImageError` saying what it is. O_NONBLOCK makes
     opening a FIFO return at once, and fstat on the open descriptor leaves no window in which
@@ -112,14 +112,14 @@ def _refuse_special(mode: int) -> None:
         raise ImageError(f"not a regular file ({kind})")
 
 
-def _decode(file) -> Image.Image:
+def _decode(file: BinaryIO) -> Image.Image:
     image = _open_checked(file)
     image.seek(0)
     image.load()
     return image
 
 
-def _open_checked(file) -> Image.Image:
+def _open_checked(file: BinaryIO) -> Image.Image:
     """``Image.open`` for :data:`FORMATS` only, its size checked against :data:`MAX_PIXELS`
     before any pixel is decoded. Pillow's ICO plugin decodes its largest image while it opens
     (and trusts the directory's claimed size), so an ICO's images are measured from their own
@@ -145,13 +145,13 @@ def _check_size(width: int, height: int) -> None:
                         "decompression bomb")
 
 
-def _ico_sizes(file) -> list[tuple[int, int]]:
+def _ico_sizes(file: BinaryIO) -> list[tuple[int, int]]:
     """The (width, height) of every image in an ICO, from each image's own header (a PNG's
     IHDR, or a BMP's info header), not the directory's one-byte claims."""
     count = struct.unpack("<H", file.read(6)[4:6])[0]
     entries = [struct.unpack("<4xHHII", file.read(16)) for _ in range(count)]
     sizes = []
-    for _, _, length, offset in entries:
+    for _, _, _length, offset in entries:
         file.seek(offset)
         header = file.read(24)
         if header[:8] == b"\x89PNG\r\n\x1a\n" and len(header) >= 24:
@@ -174,7 +174,7 @@ def pixel_count(data: bytes) -> int:
     """
     try:
         with _open_checked(io.BytesIO(data)) as image:
-            return image.width * image.height
+            return int(image.width * image.height)
     except _Oversized:
         return MAX_PIXELS + 1
     except Exception:  # noqa: BLE001 - not an image: decoding reports it
@@ -251,7 +251,7 @@ def load_image_and_size(source: ImageLike, size: tuple[int, int] | None = None
         image = to_rgb(image)
         seen = image.size
         if size is not None and image.size != tuple(size):
-            image = image.resize(tuple(size), RESAMPLE)
+            image = image.resize((int(size[0]), int(size[1])), RESAMPLE)
         return np.asarray(image, dtype=np.uint8), seen
     except ImageError:
         raise

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Hashable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -46,6 +47,7 @@ DROP_RATIO = 1.2
 LATENCY_RUNS = 10
 
 Clock = Callable[[], float]
+Contender = TypeVar("Contender", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -108,14 +110,14 @@ def candidates(engines: Sequence[tuple[str, Path]], workload: str, threads: int 
 class Measured:
     """A contender's figure from the race: seconds per image, the median over its rounds."""
 
-    contender: Hashable  # a Candidate, when auto races engines
+    contender: Any  # a Candidate, when auto races engines
     label: str
     seconds: float
     rounds: int
 
 
-def race(contenders: Sequence[Hashable], sample: Callable[[Hashable], float], *,
-         label: Callable[[Hashable], str], budget_s: float = PROBE_BUDGET_S,
+def race(contenders: Sequence[Contender], sample: Callable[[Contender], float], *,
+         label: Callable[[Contender], str], budget_s: float = PROBE_BUDGET_S,
          clock: Clock = time.perf_counter) -> list[Measured]:
     """Measure ``contenders`` in interleaved rounds (see the module docstring) and rank them.
 
@@ -131,11 +133,11 @@ def race(contenders: Sequence[Hashable], sample: Callable[[Hashable], float], *,
         Every contender's figure, best first: those still in the race by their median, then
         those dropped, also by their median. The first is the winner.
     """
-    samples: dict[Hashable, list[float]] = {c: [] for c in contenders}
+    samples: dict[Contender, list[float]] = {c: [] for c in contenders}
     running = list(contenders)
     start = clock()
 
-    def median(c) -> float:
+    def median(c: Contender) -> float:
         return statistics.median(samples[c])
 
     for _ in range(MAX_ROUNDS):
@@ -166,7 +168,7 @@ def latency_sample(run: Callable[[np.ndarray], object], image: np.ndarray,
     return statistics.median(times)
 
 
-def throughput_sample(run_stream: Callable, batch: np.ndarray, batches: int,
+def throughput_sample(run_stream: Callable[..., Iterable[object]], batch: np.ndarray, batches: int,
                       clock: Clock = time.perf_counter) -> float:
     """Seconds per image over ``batches`` copies of ``batch`` through an engine's
     ``run_stream`` (which keeps a batch in flight on each of an engine's streams)."""
@@ -206,7 +208,7 @@ class EngineChoice:
             return f"{1000 * m.seconds:.2f} ms"
         return f"{1 / m.seconds:,.0f} img/s"
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """The choice as JSON-ready fields (the server's metadata endpoint)."""
         return {"workload": self.workload, "batch": self.batch, "source": self.source,
                 "date": self.date, "chosen": self.chosen,

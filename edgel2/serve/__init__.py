@@ -11,7 +11,8 @@ import dataclasses
 import json
 import os
 import socket
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from edgel2.serve.app import ServeConfig, create_app, open_model
 
@@ -62,7 +63,8 @@ def run(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers:
     # that was there before it. This one ends run() normally, then or before uvicorn starts.
     previous = signal.signal(signal.SIGTERM, _stop)
     GuardedHttpToolsProtocol.configure(config.client_timeout_s)
-    options = dict(log_level="warning", access_log=False, http=GuardedHttpToolsProtocol,
+    options: dict[str, Any] = dict(log_level="warning", access_log=False,
+                                   http=GuardedHttpToolsProtocol,
                    timeout_graceful_shutdown=config.grace_s)
     try:
         if workers == 1:

@@ -30,12 +30,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from edgel2 import __version__
 from edgel2.config import MAX_BODY_MB, check_name
@@ -130,7 +137,7 @@ def open_model(config: ServeConfig) -> Classifier:
                       workload=config.workload)
 
 
-def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Starlette:
+def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASGIApp:
     """The ASGI app. ``classifier`` defaults to one opened from ``config`` (the model, engine
     and threads).
 
@@ -263,7 +270,7 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Sta
         meta = classifier.metadata
         return JSONResponse({
             "name": name, "versions": ["1"],
-            "platform": PLATFORM.get(meta.get("format"), "edgel2"),
+            "platform": PLATFORM.get(str(meta.get("format")), "edgel2"),
             "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, height, width, 3]}],
             "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, classes]}],
             "parameters": {"class_names": classifier.class_names,
@@ -328,7 +335,7 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> Sta
         good = [d for d in decoded if not isinstance(d, ImageError)]
         predictions = iter(await _all(batcher().submit_pixels(good, owner=object()),
                                       return_exceptions=True))
-        results = []
+        results: list[dict] = []
         for (filename, _), item in zip(files, decoded):
             outcome = item if isinstance(item, ImageError) else next(predictions)
             if isinstance(outcome, (ImageError, PredictionError)):
@@ -507,7 +514,7 @@ async def _uploaded_files(request: Request, read_body, max_body: int, max_images
         except Exception as e:  # noqa: BLE001 - python-multipart's parse errors
             return _error(400, f"cannot read the multipart form: {e}")
         files = [(v.filename or key, await v.read()) for key, v in form.multi_items()
-                 if hasattr(v, "read")]
+                 if not isinstance(v, str)]
         await form.close()
     else:
         body = await read_body(request)

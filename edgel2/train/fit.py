@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -24,13 +25,21 @@ from edgel2.data import Dataset, balanced_subset, carve, load_dataset, summary_l
 from edgel2.errors import DataError, OptionError, TrainingError, reported_write
 from edgel2.model import count_params, network_of, resnet18
 from edgel2.train.batches import HeldOutBatches, ShuffledBatches, one_hot
-from edgel2.train.callbacks import (Checkpoint, CurvesPlot, EpochLine, MetricsCSV, NameHeldOut,
-                                    StopOnNaN, StopWhenStalled, history_rows, read_metrics,
-                                    stalled)
+from edgel2.train.callbacks import (
+    Checkpoint,
+    CurvesPlot,
+    EpochLine,
+    MetricsCSV,
+    NameHeldOut,
+    StopOnNaN,
+    StopWhenStalled,
+    history_rows,
+    read_metrics,
+    stalled,
+)
 from edgel2.train.distribute import ONE_DEVICE, Placement, check_batch_size, global_batch_size
 from edgel2.train.schedule import OneCycle
-from edgel2.utils import (config_hash, next_run_dir, remove_if_empty, writable_folder,
-                          write_json)
+from edgel2.utils import config_hash, next_run_dir, remove_if_empty, writable_folder, write_json
 
 
 @dataclass
@@ -238,6 +247,7 @@ def _train(config: TrainConfig, run_dir: Path, name: str, state: dict | None,
                 callbacks.append(EpochLine(config.epochs, held_out))
             x_held, y_held = ((ds.x_val, ds.y_val) if held_out == "val"
                               else (ds.x_test, ds.y_test))
+            assert x_held is not None and y_held is not None  # held_out "val" has a val split
             fitted = trainer.fit(
                 ShuffledBatches(ds.x_train, one_hot(ds.y_train, ds.num_classes), batch_size,
                                 seed=config.seed, epoch=start_epoch, shard=placement.shard),
@@ -316,7 +326,7 @@ def _finish(run_dir: Path, model: keras.Model, ds: Dataset, held_out: str,
     save_model(model, run_dir / "model.keras")
     # measured on this process alone: a distributed predict would wait for the others
     keras.distribution.set_distribution(None)
-    summary = {"test_data": test_data,
+    summary: dict[str, Any] = {"test_data": test_data,
                "model.keras": {"test_acc": _test_top1(run_dir / "model.keras", ds)}}
     best = checkpoint_state(run_dir / "best.keras")
     if best:
@@ -399,7 +409,8 @@ def _held_out_name(ds: Dataset, split: str, config: TrainConfig) -> str:
         'a class-balanced subset of 4 images of the CIFAR-10-JPEG test split'
     """
     if split == "val":
-        return (f"validation: {len(ds.y_val):,} of the {ds.name} training images, held out "
+        return (f"validation: {len(ds.y_val if ds.y_val is not None else ()):,} of the "
+                f"{ds.name} training images, held out "
                 "(class-balanced)")
     if config.test_subset:
         return (f"a class-balanced subset of {len(ds.y_test):,} images of the {ds.name} "
