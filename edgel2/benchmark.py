@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 
 from edgel2.data import held_out_images, load_dataset, load_dataset_for, load_model_data
-from edgel2.errors import EdgeL2Error, last_error_line
+from edgel2.errors import EdgeL2Error, OptionError, last_error_line
 from edgel2.export import exported_file, report_model
 from edgel2.export.check import run_batches
 from edgel2.utils import run_config
 from edgel2.variants import (
     BENCHMARK_FORMATS,
     BENCHMARK_ROWS,
+    CHECK_IMAGES,
     COLOR,
     ENGINE,
     MARKER,
@@ -78,9 +79,9 @@ def has_bf16() -> bool:
 
 
 def benchmark(source: str | os.PathLike, *, data: str | None = None,
-              formats: Sequence[str] | None = None,
+              formats: Sequence[str] | None = None, engine: str = "auto",
               batch_sizes: Sequence[int] = (1, 8, 64), threads: int | None = None,
-              provider: str = "auto", seconds: float = 2.0, check: int | None = 1000,
+              provider: str = "auto", seconds: float = 2.0, check: int | None = CHECK_IMAGES,
               min_accuracy: float | None = None, repeat: int = 1, dataset=None,
               export_missing: bool | None = None,
               progress: Callable[[str], None] = lambda _: None) -> dict:
@@ -100,6 +101,10 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
         raise EdgeL2Error(f"cannot export the missing files: {export_dir}/export_report.json "
                           "names no .keras model that is still there")
     formats = default_formats() if formats is None else formats
+    if engine != "auto":  # that engine's rows, and Keras as the baseline
+        formats = [f for f in formats if ENGINE.get(f, engine) == engine]
+        if formats in ([], ["keras"]):
+            raise OptionError(f"engine {engine} runs none of the formats asked for")
     rows = [(f, p) for f, p in ROWS if f in formats and (p != "bf16" or has_bf16())]
     if not rows:
         raise EdgeL2Error(f"no known format in {', '.join(formats)}; choose from {', '.join(FORMATS)}")
@@ -353,7 +358,7 @@ def _runner(fmt: str, precision: str, path: Path, threads: int, provider: str
 
         model = as_float32(load_model(path))
         return (lambda batch: np.asarray(model.predict_on_batch(batch))), None
-    from edgel2.runtime.engines import open_engine
+    from edgel2.runtime.auto import open_engine
 
     engine = open_engine(path, providers=provider, threads=threads, engine=ENGINE[fmt],
                          precision="bf16" if precision == "bf16" else "f32")

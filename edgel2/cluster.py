@@ -223,6 +223,19 @@ def list_images(patterns: Sequence[str]) -> list[FileResult | str]:
     return entries
 
 
+def is_ray_address(text: str) -> bool:
+    """Whether ``text`` is a Ray address (``auto``, ``local``, ``ray://HOST:PORT``,
+    ``HOST:PORT``) rather than a path to classify (``edgel2 infer --ray photos/``).
+
+    Example:
+        >>> [is_ray_address(t) for t in ("auto", "ray://head:10001", "10.0.0.1:6379", "photos/")]
+        [True, True, True, False]
+    """
+    import re
+
+    return text in ("auto", "local") or "://" in text or bool(re.fullmatch(r"[\w.-]+:\d+", text))
+
+
 def classify_on_ray(paths: Sequence[str], output: str | os.PathLike, *,
                     model: str | os.PathLike | None = None, output_format: str = "parquet",
                     address: str | None = None, top_k: int = 1, batch_size: int = 64,

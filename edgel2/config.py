@@ -32,6 +32,10 @@ FINETUNE_CROP_SCALE = 0.6
 DEFAULT_IMAGE_SIZE = 32
 # edgel2 serve: the largest --max-body-mb (bodies are held in memory; more is a typo)
 MAX_BODY_MB = 1024.0
+# The learning-rate schedules and training precisions `edgel2 train` offers (auto: mixed bf16
+# on a GPU, fp32 on the CPU).
+SCHEDULES = ("onecycle", "cosine")
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 # The width of the shipped pretrained ResNet-18 (models/resnet18-int8.onnx; a test checks it)
 PRETRAINED_WIDTH = 64
 
@@ -58,7 +62,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 512
     lr: float = 0.4
-    schedule: str = "onecycle"         # or "cosine"
+    schedule: str = SCHEDULES[0]       # see SCHEDULES
     warmup: float = 0.25               # fraction of all steps spent warming up
     momentum: float = 0.9
     nesterov: bool = True
@@ -73,7 +77,7 @@ class TrainConfig:
     crop_scale: float = 1.0            # smallest share of the area a random zoom crop keeps
     cutout: int = 0                    # side of the square cut out of each training image
     ema: float = 0.0                   # momentum of an EMA of the weights (0: off)
-    precision: str = "auto"            # auto: bf16 on a GPU, fp32 on the CPU
+    precision: str = TRAIN_PRECISIONS[0]  # auto: bf16 on a GPU, fp32 on the CPU
     seed: int = 0
     weights: str | None = None         # start from: "pretrained" (shipped) or a .keras/.onnx
     freeze: int = 0                    # stages kept frozen with the stem (0-4), when fine-tuning
@@ -133,8 +137,8 @@ class TrainConfig:
             (0 <= self.ema < 1, f"EMA momentum must be in [0, 1), got {self.ema}"),
             (0 < self.test_split < 1, f"test split must be in (0, 1), got {self.test_split}"),
             (0 <= self.val_split < 1, f"val split must be in [0, 1), got {self.val_split}"),
-            (self.schedule in ("onecycle", "cosine"), f"unknown schedule {self.schedule!r}"),
-            (self.precision in ("auto", "fp32", "bf16"), f"unknown precision {self.precision!r}"),
+            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}"),
+            (self.precision in TRAIN_PRECISIONS, f"unknown precision {self.precision!r}"),
             (self.subset is None or self.subset >= 1, f"subset must be >= 1, got {self.subset}"),
             (self.test_subset is None or self.test_subset >= 1,
              f"test subset must be >= 1, got {self.test_subset}"),

@@ -79,7 +79,7 @@ def test_list_options_take_commas_and_repetition_alike(monkeypatch, tmp_path, ar
         return {"rows": [], "out": str(tmp_path), "keras_accuracy": None}
 
     monkeypatch.setattr(edgel2.export, "export_model", fake_export)
-    monkeypatch.setattr(edgel2.cli, "use_backend", lambda backend: None)
+    monkeypatch.setattr(edgel2.cli.export, "use_backend", lambda backend: None)
     result = CliRunner().invoke(cli, ["export", "m.keras", *args])
     assert result.exit_code == 0, result.output
     assert seen == {"formats": formats, "precisions": precisions}

@@ -18,8 +18,9 @@ from conftest import make_tiny_onnx, tiny_metadata
 
 from edgel2.cli import cli
 from edgel2.errors import ModelError, OptionError
-from edgel2.runtime import Classifier, choices, engines
-from edgel2.runtime.engines import Engine, open_engine
+from edgel2.runtime import Classifier, auto, choices
+from edgel2.runtime.auto import open_engine
+from edgel2.runtime.engines import Engine
 from edgel2.runtime.modelfile import model_files
 from edgel2.runtime.probe import (
     DROP_RATIO,
@@ -79,9 +80,9 @@ def fakes(monkeypatch, tmp_path):
         opened.append(candidate)
         return FakeEngine(candidate, clock)
 
-    monkeypatch.setattr(engines, "_open_one", open_one)
-    monkeypatch.setattr(engines, "probe_clock", clock)
-    monkeypatch.setattr(engines.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(auto, "_open_one", open_one)
+    monkeypatch.setattr(auto, "probe_clock", clock)
+    monkeypatch.setattr(auto.platform, "machine", lambda: "x86_64")
     monkeypatch.setenv("EDGEL2_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("EDGEL2_ENGINE_PROBE", "1")
     opened.clock = clock
@@ -268,14 +269,14 @@ def test_an_engine_named_is_opened_as_asked_without_a_race(fakes, tmp_path):
 
 
 def test_a_candidate_that_cannot_open_is_left_out_and_named(fakes, tmp_path, monkeypatch):
-    opened_fake = engines._open_one
+    opened_fake = auto._open_one
 
     def no_openvino(candidate, *args):
         if candidate.engine == "openvino":
             raise ModelError("cannot load m-int8.onnx with OpenVINO: unsupported")
         return opened_fake(candidate, *args)
 
-    monkeypatch.setattr(engines, "_open_one", no_openvino)
+    monkeypatch.setattr(auto, "_open_one", no_openvino)
     engine = open_engine(make_pair(tmp_path / "pair"), workload="throughput")
     assert engine.name == "onnxruntime"
     assert engine.fallback == ("openvino m-int8.onnx (THROUGHPUT hint): cannot load "
@@ -291,7 +292,7 @@ def test_the_files_of_a_pair_must_classify_the_same_things(fakes, tmp_path, monk
             if candidate.engine == "litert":
                 self.metadata = tiny_metadata(["x", "y", "z"])
 
-    monkeypatch.setattr(engines, "_open_one", lambda c, *a: OtherClasses(c, fakes.clock))
+    monkeypatch.setattr(auto, "_open_one", lambda c, *a: OtherClasses(c, fakes.clock))
     with pytest.raises(ModelError, match="m-int8.tflite and m-int8.onnx are not one model"):
         open_engine(pair)
 
@@ -310,9 +311,9 @@ def test_the_race_never_allocates_more_than_its_cap_for_a_huge_input(fakes, tmp_
             batches.append(batch.shape)
             return super().run(batch)
 
-    monkeypatch.setattr(engines, "_open_one", lambda c, *a: Huge(c, fakes.clock))
+    monkeypatch.setattr(auto, "_open_one", lambda c, *a: Huge(c, fakes.clock))
     open_engine(make_pair(tmp_path / "pair"), workload="throughput", batch_size=64)
-    assert set(batches) == {(engines.MAX_RACE_BATCH_BYTES // (4096 * 4096 * 3), 4096, 4096, 3)}
+    assert set(batches) == {(auto.MAX_RACE_BATCH_BYTES // (4096 * 4096 * 3), 4096, 4096, 3)}
 
 
 def test_a_folder_is_one_model_its_int8_pair_first(tmp_path):

@@ -16,7 +16,7 @@ from edgel2.cli import cli
 from edgel2.data import balanced_subset
 from edgel2.errors import EngineError, ModelError, OptionError
 from edgel2.runtime import Classifier, shipped_model
-from edgel2.runtime.engines import engine_candidates, open_engine
+from edgel2.runtime.auto import engine_candidates, open_engine
 
 openvino = pytest.importorskip("openvino")
 

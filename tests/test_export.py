@@ -16,8 +16,8 @@ from edgel2.cli import cli
 from edgel2.errors import EdgeL2Error
 from edgel2.export import export_model, format_table
 from edgel2.runtime import read_metadata
-from edgel2.runtime.engines import REFERENCE_ENGINE, open_engine
-from edgel2.runtime.modelfile import sniff_format
+from edgel2.runtime.auto import open_engine
+from edgel2.runtime.modelfile import REFERENCE_ENGINE, sniff_format
 
 pytestmark = pytest.mark.slow
 

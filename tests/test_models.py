@@ -64,8 +64,7 @@ def test_the_shipped_files_still_answer_their_test_vectors():
     import json
 
     from edgel2.runtime import load_image, shipped_model
-    from edgel2.runtime.engines import REFERENCE_ENGINE
-    from edgel2.runtime.modelfile import sniff_format
+    from edgel2.runtime.modelfile import REFERENCE_ENGINE, sniff_format
 
     vectors = json.loads(shipped_model("test-vectors.json").read_text())
     pixels = np.array([image["pixels"] for image in vectors["images"]], np.uint8).reshape(-1, 32, 32, 3)

@@ -22,8 +22,9 @@ import numpy as np
 from edgel2.data import balanced_subset, held_out_images, load_model_data
 from edgel2.errors import EdgeL2Error, first_line, require_whole
 from edgel2.export.check import run_batches
+from edgel2.export.onnx import CALIB_IMAGES, CALIB_METHODS, MIN_OPSET
 from edgel2.utils import atomic_path, scratch_space, writable_folder, write_json
-from edgel2.variants import FORMATS, PRECISIONS, SUFFIX, precision_name
+from edgel2.variants import CHECK_IMAGES, FORMATS, PRECISIONS, SUFFIX, precision_name
 
 
 def exported_file(out_dir: Path, stem: str, fmt: str, precision_name: str) -> Path:
@@ -38,8 +39,9 @@ def exported_file(out_dir: Path, stem: str, fmt: str, precision_name: str) -> Pa
 
 def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx",),
                  precisions: Sequence[str] = ("fp32",), *, data: str | None = None,
-                 calib: int = 512, calib_method: str = "minmax", opset: int = 17,
-                 out: str | os.PathLike | None = None, check: int | None = 1000,
+                 calib: int = CALIB_IMAGES, calib_method: str = CALIB_METHODS[0],
+                 opset: int = MIN_OPSET, out: str | os.PathLike | None = None,
+                 check: int | None = CHECK_IMAGES,
                  force: bool = False, max_drop: float = 2.0, allow_drop: bool = False,
                  calibrate: bool = True, flip_average: bool = False,
                  batch: int | None = None, dataset=None, progress: Callable[[str], None] = lambda _: None,

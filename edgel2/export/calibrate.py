@@ -139,8 +139,8 @@ def calibrate_file(path: str | os.PathLike, *, data: str | None = None, dataset=
     """
     from edgel2.data import load_model_data
     from edgel2.export import embed_metadata
-    from edgel2.runtime.engines import REFERENCE_ENGINE, open_engine
-    from edgel2.runtime.modelfile import check_metadata, sniff_format
+    from edgel2.runtime.auto import open_engine
+    from edgel2.runtime.modelfile import REFERENCE_ENGINE, check_metadata, sniff_format
 
     path = Path(path)
     # the engine its exporter targets, the one export checks it on

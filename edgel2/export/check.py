@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgel2.runtime.engines import REFERENCE_ENGINE, open_engine
-from edgel2.runtime.modelfile import sniff_format
+from edgel2.runtime.auto import open_engine
+from edgel2.runtime.modelfile import REFERENCE_ENGINE, sniff_format
 
 # fp32 exports must match Keras to float rounding: logits within this fraction of their scale.
 FP32_TOLERANCE = 1e-3

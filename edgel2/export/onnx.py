@@ -19,7 +19,8 @@ from edgel2.runtime.onnxfile import graph_sha256
 
 MIN_OPSET = 17
 MAX_OPSET = 18  # the newest opset tf2onnx 1.17 writes (pyproject pins tf2onnx < 1.18)
-CALIB_METHODS = ("minmax", "entropy", "percentile")
+CALIB_METHODS = ("minmax", "entropy", "percentile")  # the first is the default
+CALIB_IMAGES = 512  # class-balanced training images an int8 export is calibrated on
 
 
 def check_opset(opset: int) -> None:

@@ -20,9 +20,10 @@ from edgel2.errors import (
     OptionError,
     PredictionError,
 )
+from edgel2.runtime.auto import open_engine
 from edgel2.runtime.batcher import Batcher
 from edgel2.runtime.classifier import NON_FINITE, Classifier, FileResult
-from edgel2.runtime.engines import Engine, ProviderFallbackWarning, open_engine, resolve_providers
+from edgel2.runtime.engines import Engine, ProviderFallbackWarning, resolve_providers
 from edgel2.runtime.modelfile import read_metadata, sniff_format
 from edgel2.runtime.preprocess import load_image
 from edgel2.runtime.probe import WORKLOADS, EngineChoice

@@ -34,6 +34,11 @@ from edgel2.runtime.classifier import NON_FINITE, Classifier, Prediction
 from edgel2.runtime.preprocess import ImageLike
 
 MAX_DELAY_MS = 10_000.0  # a longer wait to fill a batch is a typo, not a setting
+# The defaults (edgel2 serve's too): batches of up to 32 images, the first waiting at most
+# 2 ms for others, and at most 1024 images waiting before requests are refused.
+DEFAULT_MAX_BATCH = 32
+DEFAULT_MAX_DELAY_MS = 2.0
+DEFAULT_MAX_QUEUE = 1024
 log = logging.getLogger(__name__)
 
 
@@ -72,8 +77,9 @@ class Batcher:
         [('cat', 0.91)]
     """
 
-    def __init__(self, classifier: Classifier, max_batch: int = 32, max_delay_ms: float = 2.0,
-                 top_k: int = 1, max_queue: int = 1024,
+    def __init__(self, classifier: Classifier, max_batch: int = DEFAULT_MAX_BATCH,
+                 max_delay_ms: float = DEFAULT_MAX_DELAY_MS, top_k: int = 1,
+                 max_queue: int = DEFAULT_MAX_QUEUE,
                  on_batch: Callable[[int], None] | None = None):
         for name, value in (("max_batch", max_batch), ("top_k", top_k), ("max_queue", max_queue)):
             require_whole(name, value)

@@ -12,7 +12,7 @@ the first one's result instead of racing it for the same cores.
 
 Environment:
     ``EDGEL2_ENGINE_PROBE=0``: no race and no cache; ``auto`` follows the fixed rule
-    (:func:`edgel2.runtime.engines.engine_candidates`), for apps that need a deterministic
+    (:func:`edgel2.runtime.auto.engine_candidates`), for apps that need a deterministic
     start. ``EDGEL2_CACHE``: edgel2's cache folder (default ``~/.cache/edgel2``); choices go
     in its ``engine-choices`` folder.
 """

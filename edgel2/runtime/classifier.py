@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from edgel2.errors import ImageError, ModelError, PredictionError, first_line, require_whole
-from edgel2.runtime.engines import Engine, open_engine
+from edgel2.runtime.auto import open_engine
+from edgel2.runtime.engines import Engine
 from edgel2.runtime.modelfile import check_metadata
 from edgel2.runtime.preprocess import ImageLike, load_image
 from edgel2.runtime.probe import LATENCY
@@ -84,7 +85,7 @@ class Classifier:
     runs the engine and settings measured fastest on this machine for ``workload``:
     ``latency`` (one image at a time, as :meth:`predict` and a server call it) or
     ``throughput`` (batches of ``batch_size``, as :meth:`predict_files` calls it); see
-    :func:`~edgel2.runtime.engines.open_engine`. ``self.engine.name`` says which engine runs,
+    :func:`~edgel2.runtime.auto.open_engine`. ``self.engine.name`` says which engine runs,
     ``self.engine.choice`` what was measured. Thread-safe: one instance can serve many
     threads.
 

@@ -1,12 +1,12 @@
-"""One interface over ONNX Runtime sessions and LiteRT interpreters: uint8 NHWC batch in,
-float32 logits out, plus the metadata that edgel2 packed into the file."""
+"""One interface over ONNX Runtime sessions, OpenVINO compiled models and LiteRT
+interpreters: uint8 NHWC batch in, float32 logits out, plus the metadata that edgel2 packed
+into the file. Which engine opens a model, and how ``auto`` chooses, is
+:mod:`edgel2.runtime.auto`."""
 from __future__ import annotations
 
 import functools
 import os
-import platform
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -14,39 +14,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from edgel2.errors import (
-    EdgeL2Error,
-    EngineError,
-    ModelError,
-    OptionError,
-    first_line,
-    missing_extra,
-)
-from edgel2.runtime.choices import probe_enabled
-from edgel2.runtime.modelfile import (
-    ONNX,
-    TFLITE,
-    check_metadata,
-    check_weights,
-    decode_onnx_metadata,
-    model_files,
-    sniff_format,
-    tflite_metadata,
-)
-from edgel2.runtime.probe import (
-    LATENCY,
-    Candidate,
-    EngineChoice,
-    candidates,
-    check_workload,
-    latency_sample,
-    race,
-    throughput_sample,
-)
+from edgel2.errors import EngineError, ModelError, first_line, missing_extra
+from edgel2.runtime.modelfile import decode_onnx_metadata, tflite_metadata
+from edgel2.runtime.probe import EngineChoice
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
 AUTO_ORDER = (TENSORRT, CUDA, CPU)
+PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")  # what --provider offers
 Tag = TypeVar("Tag")  # what run_stream's caller tags each batch with
 # Per-provider options: cuDNN's HEURISTIC search picks conv algorithms without benchmarking
 # each new input shape (EXHAUSTIVE re-tunes for every batch size a dynamic batch brings).
@@ -359,249 +334,6 @@ class FixedBatch(Engine):
         self.inner.wait()
 
 
-ENGINES = ("auto", "onnxruntime", "openvino", "litert")
-ENGINE_FORMATS = {"onnxruntime": ONNX, "openvino": ONNX, "litert": TFLITE}
-# The engine each format is checked with against Keras: the one its exporter targets.
-REFERENCE_ENGINE = {ONNX: "onnxruntime", TFLITE: "litert"}
-# The fixed rule for an ONNX file on a CPU, when `auto` does not race (EDGEL2_ENGINE_PROBE=0):
-# OpenVINO when it is installed, else ONNX Runtime; fastest first on the Intel Xeon and AMD
-# EPYC measured (README, "Which engine"). With the race on, the order of its candidates.
-AUTO_ONNX_ON_CPU = ("openvino", "onnxruntime")
-
-
-def engine_candidates(fmt: str, engine: str = "auto",
-                      providers: str | Sequence[str] | None = "auto") -> tuple[str, ...]:
-    """The engines for a file of format ``fmt``, in order: the one asked for, or for ``auto``
-    LiteRT for TFLite, ONNX Runtime for ONNX when it will run on a GPU, else
-    :data:`AUTO_ONNX_ON_CPU` on x86 (OpenVINO's ARM plugin has not been measured or checked
-    against ONNX Runtime on ARM). With its race on, ``auto`` races these; with it off, it
-    takes the first that opens.
-
-    Example:
-        >>> engine_candidates("tflite"), engine_candidates("onnx", "onnxruntime")
-        (('litert',), ('onnxruntime',))
-    """
-    if engine not in ENGINES:
-        raise OptionError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    if engine != "auto":
-        if ENGINE_FORMATS[engine] != fmt:
-            raise EngineError(f"{engine} runs {ENGINE_FORMATS[engine].upper()} files, not {fmt.upper()}")
-        return (engine,)
-    if fmt == TFLITE:
-        return ("litert",)
-    import onnxruntime as ort
-
-    on_gpu = resolve_providers(providers, ort.get_available_providers())[0] != CPU
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-    return ("onnxruntime",) if on_gpu or not x86 else AUTO_ONNX_ON_CPU
-
-
-# What floating-point layers compute in (OpenVINO; the other engines run the file as it is)
-INFERENCE_PRECISIONS = ("fp32", "bf16")
-INFERENCE_PRECISION_ALIASES = {"f32": "fp32"}  # OpenVINO's spelling, read as edgel2's
-
-
-def open_engine(path: str | os.PathLike[str], providers: str | Sequence[str] | None = "auto",
-                threads: int | None = None, strict: bool = False, engine: str = "auto",
-                precision: str = "fp32", workload: str = LATENCY, batch_size: int = 64,
-                probe: bool | None = None) -> Engine:
-    """Open a model with ``engine`` (``auto``, ``onnxruntime``, ``openvino`` or ``litert``).
-
-    ``path`` is an ONNX or TFLite file, whatever its suffix (the format is sniffed from its
-    first bytes), or a folder holding one model's ONNX and TFLite files
-    (:func:`~edgel2.runtime.modelfile.model_files`). On a CPU, ``auto`` races the engines that
-    can run the files, with the settings worth trying for ``workload``
-    (:mod:`edgel2.runtime.probe`), and keeps the fastest; the choice is remembered for this
-    machine (:mod:`edgel2.runtime.choices`) and said in ``engine.choice``. With ``probe=False``
-    or ``EDGEL2_ENGINE_PROBE=0``, or on a GPU, ``auto`` follows the fixed rule of
-    :func:`engine_candidates` instead, falling back to the next engine when one is not
-    installed or cannot compile the file (``engine.fallback`` says why). A file no engine
-    accepts raises :class:`ModelError`.
-
-    Args:
-        path: A model file or a folder holding one model's pair of files.
-        providers: ONNX Runtime's providers (see :func:`resolve_providers`).
-        threads: The engine's threads; None for every core.
-        strict: Raise :class:`EngineError` instead of warning when a provider asked for is
-            not used.
-        engine: ``auto`` or an engine's name.
-        precision: ``fp32``, or ``bf16`` to let OpenVINO run float layers in bfloat16.
-        workload: ``latency`` (one image at a time) or ``throughput`` (batches of
-            ``batch_size``): what ``auto`` measures.
-        batch_size: The batch size of the throughput workload.
-        probe: Whether ``auto`` measures; None reads ``EDGEL2_ENGINE_PROBE``.
-
-    Returns:
-        The opened engine.
-
-    Example:
-        >>> engine = open_engine("models/", workload="latency")     # doctest: +SKIP
-        >>> engine.name, engine.run(np.zeros((1, 32, 32, 3), np.uint8)).shape  # doctest: +SKIP
-        ('litert', (1, 10))
-        >>> print(engine.choice)                                      # doctest: +SKIP
-        litert resnet18-int8.tflite, batch-1 median 1.52 ms: the fastest of 5 measured ...
-    """
-    check_workload(workload)
-    files = model_files(path)
-    formats = {file: sniff_format(file) for file in files}
-    if engine in ENGINE_FORMATS and len(files) > 1:  # a pair: the file that engine runs
-        files = [f for f in files if formats[f] == ENGINE_FORMATS[engine]] or files[:1]
-    if list(formats.values()) == [TFLITE] and providers not in (None, "auto", "cpu"):
-        message = f"{files[0].name}: LiteRT runs on the CPU here, not {providers}"
-        if strict:
-            raise EngineError(message)
-        warnings.warn(f"{message} (providers are for ONNX Runtime)", ProviderFallbackWarning,
-                      stacklevel=3)
-    precision = INFERENCE_PRECISION_ALIASES.get(precision, precision)
-    if precision not in INFERENCE_PRECISIONS:
-        raise OptionError(f"precision must be {' or '.join(INFERENCE_PRECISIONS)}, got {precision!r}")
-    precision = "f32" if precision == "fp32" else precision  # OpenVINO's own spelling
-    plan = [(name, file) for file in files
-            for name in engine_candidates(formats[file], engine, providers)]
-    data = {file: _read_model(file) for file in files}
-    for file in files:
-        if formats[file] == ONNX:  # before any engine builds the graph
-            from edgel2.runtime.onnxfile import check_graph
-
-            check_graph(data[file], file)
-
-    def open_candidate(candidate: Candidate) -> Engine:
-        opened = _open_one(candidate, providers, strict, precision)
-        check_weights(opened.metadata, data[candidate.path], formats[candidate.path],
-                      candidate.path)
-        fixed = len(opened.input_shape) > 0 and isinstance(opened.input_shape[0], int)
-        return FixedBatch(opened) if fixed else opened  # a rank-0 input: check_metadata says so
-
-    on_gpu = plan[0][0] == "onnxruntime" and ONNX in formats.values() and \
-        _onnx_on_gpu(providers)
-    if engine == "auto" and not on_gpu and probe_enabled(probe):
-        raced = candidates(plan, workload, threads, os.cpu_count() or 1)
-        if len(raced) > 1:
-            return _fastest(raced, open_candidate, data, workload,
-                            1 if workload == LATENCY else batch_size, threads, precision)
-        plan = [(c.engine, c.path) for c in raced]
-    skipped: list[str] = []
-    for i, (name, file) in enumerate(plan):
-        try:
-            opened = open_candidate(Candidate(name, file, threads))
-        except EdgeL2Error as e:
-            if i + 1 == len(plan):
-                raise
-            skipped.append(f"{name}: {e}")
-            continue
-        opened.fallback = "; ".join(skipped) or None
-        return opened
-    raise AssertionError("unreachable: the last candidate raises")  # pragma: no cover
-
-
-probe_clock = time.perf_counter  # what the race times with (tests give it a fake clock)
-
-
-def _onnx_on_gpu(providers: str | Sequence[str] | None) -> bool:
-    import onnxruntime as ort
-
-    return resolve_providers(providers, ort.get_available_providers())[0] != CPU
-
-
-def _fastest(raced: list[Candidate], open_candidate: Callable[[Candidate], Engine],
-             data: dict[Path, bytes], workload: str, batch: int, threads: int | None,
-             precision: str) -> Engine:
-    """The fastest of ``raced`` for ``workload``: as remembered for this machine, else raced
-    now (and remembered). A candidate that cannot be opened or run is left out, and
-    ``engine.fallback`` says why."""
-    from edgel2.runtime import choices
-
-    hashes = {file: choices.file_hash(content) for file, content in data.items()}
-    key = choices.choice_key(list(hashes.values()), workload, batch, threads, precision)
-
-    def remembered() -> Engine | None:
-        found = choices.load(key, raced, hashes)
-        if found is None:
-            return None
-        try:
-            opened = open_candidate(found.measured[0].contender)
-        except EdgeL2Error:
-            return None  # e.g. an engine uninstalled since: measure what is there now
-        opened.choice = found
-        return opened
-
-    cached = remembered()
-    if cached is not None:
-        return cached
-    with choices.measuring(key):
-        cached = remembered()  # another process measured while this one waited
-        if cached is not None:
-            return cached
-        opened, skipped = _open_all(raced, open_candidate)
-        measured, failed = _race(opened, workload, batch, len(data) > 1)
-        skipped += failed
-        if not measured:
-            raise ModelError(skipped[-1])
-        choice = EngineChoice(workload, batch, measured, "measured", choices.now())
-        if not failed:  # a candidate that failed may only have been unlucky: measure again
-            choices.save(key, choice, hashes)
-    chosen = opened[measured[0].contender]
-    chosen.choice, chosen.fallback = choice, "; ".join(skipped) or None
-    return chosen
-
-
-def _open_all(raced: list[Candidate], open_candidate: Callable[[Candidate], Engine]
-              ) -> tuple[dict[Candidate, Engine], list[str]]:
-    """Every candidate that opens, and why the others did not; the last one's error is
-    raised when none opens."""
-    opened: dict[Candidate, Engine] = {}
-    skipped: list[str] = []
-    for i, candidate in enumerate(raced):
-        try:
-            opened[candidate] = open_candidate(candidate)
-        except EdgeL2Error as e:
-            if not opened and i + 1 == len(raced):
-                raise
-            skipped.append(f"{candidate.label}: {e}")
-    return opened, skipped
-
-
-# The race's throughput batch holds at most this many bytes of pixels (a 32x32 model's batch
-# of 64 takes 192 KB; a 4096x4096 one's would take 3.2 GB before the app asked for any).
-MAX_RACE_BATCH_BYTES = 1 << 28
-
-
-def _race(opened: dict[Candidate, Engine], workload: str, batch: int, pair: bool
-          ) -> tuple[list[Any], list[str]]:
-    """Check every engine's metadata (the files of a pair must classify the same things at
-    the same size), warm the engines up, then :func:`~edgel2.runtime.probe.race` those that
-    ran; the figures, and why the others were left out."""
-    infos = {c: check_metadata(e.metadata, e.path, e.input_shape, e.input_dtype, e.output_shape)
-             for c, e in opened.items()}
-    first = next(iter(infos.values()))
-    for candidate, info in infos.items():
-        if pair and (info.class_names, info.input_size) != (first.class_names, first.input_size):
-            raise ModelError(f"{candidate.path.name} and {next(iter(opened)).path.name} are not "
-                             "one model: their metadata disagree on the classes or the input size")
-    width, height = first.input_size
-    batch = max(1, min(batch, MAX_RACE_BATCH_BYTES // (width * height * 3)))
-    images = np.zeros((batch, height, width, 3), np.uint8)
-    ran: dict[Candidate, Engine] = {}
-    failed: list[str] = []
-    for candidate, engine in opened.items():
-        try:  # the first run allocates, and compiles OpenVINO's THROUGHPUT streams
-            for _ in engine.run_stream([(None, images)]):
-                pass
-        except Exception as e:  # noqa: BLE001 - whatever the engine raised
-            failed.append(f"{candidate.label}: fails on its first run: {first_line(e)}")
-            continue
-        ran[candidate] = engine
-
-    def sample(candidate: Candidate) -> float:
-        engine = ran[candidate]
-        if workload == LATENCY:
-            return latency_sample(engine.run, images, clock=probe_clock)
-        return throughput_sample(engine.run_stream, images, max(2, engine.parallel_batches),
-                                 clock=probe_clock)
-    measured = race(list(ran), sample, label=lambda c: c.label, clock=probe_clock) if ran else []
-    return measured, failed
-
-
 # The most memory a .tflite file's tensors may take for one image (their declared shapes):
 # the shipped ResNet-18 needs about 7 MB, a hostile file may declare terabytes.
 MAX_TENSOR_BYTES = 1 << 30
@@ -617,31 +349,7 @@ def _check_tensor_bytes(details: list[dict[str, Any]], path: Path) -> None:
                          f"one image (limit {MAX_TENSOR_BYTES / 2**30:g} GiB): refused")
 
 
-def _read_model(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise ModelError(f"cannot read model file {path}: {e.strerror or e}") from None
-
-
-def _open_one(candidate: Candidate, providers: str | Sequence[str] | None, strict: bool,
-              precision: str) -> Engine:
-    name, path, threads = candidate.engine, candidate.path, candidate.threads
-    try:
-        if name == "onnxruntime":
-            return OnnxEngine(path, providers, threads, strict)
-        if name == "openvino":
-            return OpenVinoEngine(path, threads, precision, candidate.streams or "throughput")
-        return TFLiteEngine(path, threads)
-    except EdgeL2Error:
-        raise
-    except Exception as e:  # noqa: BLE001 - the engines refuse files that are not models
-        raise ModelError(f"cannot load {path}"
-                         + (" with OpenVINO" if name == "openvino" else "")
-                         + f": {_reason(e)}") from None
-
-
-def _reason(error: Exception) -> str:
+def reason(error: Exception) -> str:
     """Why an engine refused a file, in a line: OpenVINO's messages start with where in its
     sources the check failed (``Exception from src/inference/src/cpp/core.cpp:84:``) and say
     what was wrong last."""

@@ -15,10 +15,10 @@ import io
 import json
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from edgel2.runtime.classifier import FileResult
+from edgel2.runtime.classifier import Classifier, FileResult
 from edgel2.runtime.preprocess import IMAGE_SUFFIXES
 
 Entry = str | FileResult  # a path to classify, or a folder the walk could not read
@@ -44,6 +44,37 @@ def expand_paths(patterns: Iterable[str]) -> list[Entry]:
         else:
             out.append(pattern)
     return out
+
+
+def classify_paths(classifier: Classifier, paths: Iterable[str], top_k: int = 1,
+                   progress: Callable[[int, int], None] | None = None) -> list[FileResult]:
+    """Classify every image under ``paths``: what ``edgel2 infer`` does without Ray.
+
+    Args:
+        classifier: The model to run (:class:`~edgel2.runtime.Classifier`; for a folder of
+            files, opened with ``workload="throughput"`` is usually fastest).
+        paths: Files, folders (searched recursively for image files) and globs
+            (:func:`expand_paths`).
+        top_k: Labels per image, at most the model's class count.
+        progress: Called with (images done, images in all) as results come.
+
+    Returns:
+        One result per file, in the order found; a file that could not be classified, or a
+        folder that could not be read, is a result with its ``error`` in its place.
+
+    Example:
+        >>> results = classify_paths(Classifier(), ["photos/"], top_k=2)   # doctest: +SKIP
+        >>> print(render(results, "table", 2))                              # doctest: +SKIP
+    """
+    entries = expand_paths(paths)
+    files = [e for e in entries if not isinstance(e, FileResult)]
+    classified: list[FileResult] = []
+    for result in classifier.predict_files(files, top_k=min(top_k, len(classifier.class_names))):
+        classified.append(result)
+        if progress is not None:
+            progress(len(classified), len(files))
+    in_order = iter(classified)  # walk failures keep their place among the classified files
+    return [e if isinstance(e, FileResult) else next(in_order) for e in entries]
 
 
 def _split_glob(pattern: str) -> tuple[str, list[str]]:
@@ -159,6 +190,10 @@ def record(result: FileResult) -> dict[str, Any]:
             "predictions": None if result.prediction is None else
             [{"label": label, "probability": round(p, 6)} for label, p in result.prediction],
             "error": result.error}
+
+
+# What `edgel2 infer` writes without Ray: a table for people, JSON and CSV for programs.
+OUTPUT_FORMATS = ("table", "json", "csv")
 
 
 def render(results: list[FileResult], fmt: str, top_k: int) -> str:

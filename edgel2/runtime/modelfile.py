@@ -19,6 +19,10 @@ from typing import Any
 from edgel2.errors import ModelError, first_line
 
 ONNX, TFLITE = "onnx", "tflite"
+# The engines that run each format, and the one each format is checked with against Keras
+# (the one its exporter targets).
+ENGINE_FORMATS = {"onnxruntime": ONNX, "openvino": ONNX, "litert": TFLITE}
+REFERENCE_ENGINE = {ONNX: "onnxruntime", TFLITE: "litert"}
 # A TFLite flatbuffer carries its file identifier at bytes 4-8; an ONNX ModelProto starts with
 # field 1 (ir_version, a varint), whose tag byte is 0x08.
 TFLITE_IDENTIFIER = b"TFL3"

@@ -14,15 +14,25 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from edgel2.serve.app import ServeConfig, create_app, open_model
+from edgel2.serve.config import ServeConfig, open_model
 
 CONFIG_ENV = "EDGEL2_SERVE_CONFIG"  # how `--workers N` hands the config to each worker
 
 __all__ = ["ServeConfig", "create_app", "open_model", "run", "app_from_env"]
 
 
+def __getattr__(name: str) -> Any:
+    """``create_app`` is imported on first use: ServeConfig and open_model need no serve extra."""
+    if name == "create_app":
+        from edgel2.serve.app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def app_from_env():
     """The app of a uvicorn worker process (``--workers N``): its config from the environment."""
+    from edgel2.serve.app import create_app
     from edgel2.serve.protocol import GuardedHttpToolsProtocol
 
     config = ServeConfig(**json.loads(os.environ[CONFIG_ENV]))
@@ -50,6 +60,7 @@ def run(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from edgel2.serve.app import create_app
     from edgel2.serve.protocol import GuardedHttpToolsProtocol
 
     config.validate()

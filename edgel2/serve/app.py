@@ -23,11 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
-import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import (
@@ -45,65 +43,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from edgel2 import __version__
-from edgel2.config import MAX_BODY_MB, check_name
-from edgel2.errors import BusyError, ImageError, OptionError, PredictionError
+from edgel2.errors import BusyError, ImageError, PredictionError
 from edgel2.runtime import Batcher, Classifier
-from edgel2.runtime.batcher import MAX_DELAY_MS
 from edgel2.runtime.preprocess import pixel_count
-from edgel2.runtime.probe import LATENCY
+from edgel2.serve.config import ServeConfig, open_model
 from edgel2.serve.page import PAGE
 
 PLATFORM = {"onnx": "onnxruntime_onnx", "tflite": "tensorflow_lite"}
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-
-
-@dataclass
-class ServeConfig:
-    """Every knob of ``edgel2 serve`` (one validation: :meth:`validate`)."""
-
-    model: str | None = None        # None: the shipped int8 ONNX
-    name: str | None = None         # the served model's name; None: the file's (Classifier.name)
-    engine: str = "auto"
-    workload: str = LATENCY         # what `auto` measures engines for (edgel2.runtime.probe)
-    threads: int | None = None
-    max_batch: int = 32
-    max_delay_ms: float = 2.0
-    max_queue: int = 1024
-    max_body_mb: float = 16.0
-    max_images: int = 64            # images in one request (files, or a v2 tensor's N)
-    max_request_mpx: float = 100.0  # decoded megapixels in one request (about 8 phone photos)
-    top_k: int = 5
-    retry_after_s: int = 1
-    decode_threads: int | None = None  # the decoding pool; None: one per CPU
-    client_timeout_s: float = 10.0  # silence allowed mid-request (edgel2.serve.protocol)
-    grace_s: float = 10.0           # after SIGTERM, for the requests in flight
-
-    def validate(self) -> None:
-        def number(value, low: float, high: float) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool) \
-                and math.isfinite(value) and low <= value <= high
-
-        checks = [(self.max_batch >= 1, "--max-batch must be >= 1"),
-                  (number(self.max_delay_ms, 0, MAX_DELAY_MS),
-                   f"--max-delay-ms must be a number in 0..{MAX_DELAY_MS:g}"),
-                  (self.max_queue >= 1, "--max-queue must be >= 1"),
-                  (number(self.max_body_mb, 1e-6, MAX_BODY_MB),
-                   f"--max-body-mb must be a number in (0, {MAX_BODY_MB:g}]"),
-                  (self.max_images >= 1, "--max-images must be >= 1"),
-                  (number(self.max_request_mpx, 1e-6, 1e6),
-                   "--max-request-mpx must be a positive number"),
-                  (self.top_k >= 1, "--top-k must be >= 1"),
-                  (self.decode_threads is None or self.decode_threads >= 1,
-                   "--decode-threads must be >= 1"),
-                  (number(self.client_timeout_s, 0.01, 3600),
-                   "--client-timeout-s must be a number in 0.01..3600"),
-                  (number(self.grace_s, 0, 3600), "--grace-s must be a number in 0..3600")]
-        for ok, message in checks:
-            if not ok:
-                raise OptionError(message)
-        if self.name is not None:
-            check_name(self.name)
 
 
 class _Metrics:
@@ -128,13 +76,6 @@ class _Metrics:
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def open_model(config: ServeConfig) -> Classifier:
-    """The classifier ``config`` names: its model (None: the shipped pair), engine, workload
-    and threads."""
-    return Classifier(config.model, engine=config.engine, threads=config.threads,
-                      workload=config.workload)
 
 
 def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASGIApp:

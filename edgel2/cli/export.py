@@ -1,0 +1,78 @@
+"""``edgel2 export``: options in, :func:`edgel2.export.export_model` called, its report out."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgel2.backend import use_backend
+from edgel2.cli.base import RECORDED_DATA, CheckCount, ChoiceList, ProgressBars, cli, flat
+from edgel2.errors import EdgeL2Error
+from edgel2.export.onnx import CALIB_IMAGES, CALIB_METHODS, MAX_OPSET, MIN_OPSET
+from edgel2.variants import CHECK_IMAGES, FORMATS, PRECISION_ALIASES, PRECISIONS
+
+
+@cli.command(name="export")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--format", "formats", type=ChoiceList([*FORMATS, "all"]), multiple=True,
+              default=["onnx"], show_default=True, callback=flat,
+              help="Several comma-separated or repeated, or 'all'.")
+@click.option("--quantize", "precisions",
+              type=ChoiceList([*PRECISIONS, "all"], aliases=PRECISION_ALIASES),
+              multiple=True, default=["fp32"], show_default=True, callback=flat,
+              help="fp32 (full precision; 'none' is read as fp32), fp16, dynamic (int8 weights), "
+                   "int8 (full integer, calibrated); several comma-separated or repeated, "
+                   "or 'all'.")
+@click.option("--data", type=str, default=None,
+              help="Images to quantize, calibrate and check on. " + RECORDED_DATA)
+@click.option("--calib", type=click.IntRange(min=1), default=CALIB_IMAGES, show_default=True,
+              help="Class-balanced training images for int8 calibration.")
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS),
+              default=CALIB_METHODS[0], show_default=True, help="ONNX int8 calibration.")
+@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=MIN_OPSET,
+              show_default=True, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: export/ beside MODEL).")
+@click.option("--check", type=CheckCount(), default=str(CHECK_IMAGES), show_default=True,
+              help="Held-out test images to compare each file with Keras on; 'all' or 0.")
+@click.option("--allow-drop", is_flag=True,
+              help="Keep quantized files that lose more than 2 points of top-1.")
+@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
+              help="Fit a calibration on the run's validation split (else half of the test "
+                   "split) and record it in every file when it lowers the held-out NLL, so "
+                   "that probabilities match accuracy (see `edgel2 calibrate`).")
+@click.option("--flip-average", is_flag=True,
+              help="Put the left-right mirror image into the graph and average the two logits "
+                   "(test-time augmentation: more accurate, twice the compute). Files go to "
+                   "export-flip/ unless --out.")
+@click.option("--fixed-batch", "batch", type=click.IntRange(min=1), default=None,
+              help="Fix the batch dimension at N images (NPUs, NNAPI and delegates want static "
+                   "shapes); the file refuses other batches, edgel2's runtime pads to it. "
+                   "Files go to export-bN/ unless --out. Default: any batch.")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def export(model, formats, precisions, data, calib, calib_method, opset, out, check, allow_drop,
+           calibrate, flip_average, batch, force) -> None:
+    """Export MODEL (.keras, trained on any backend) to ONNX and/or TFLite, in fp32, fp16,
+    dynamic-range or int8, and check every file against the Keras model.
+
+    \b
+    Every file takes uint8 NHWC pixels, returns float32 logits, and carries its metadata
+    (class names, input layout, normalization, quantization, measured accuracy). Writes
+    export_report.json beside the files and exits 1 if any file failed its check.
+    """
+    use_backend("tensorflow")  # tf2onnx and the TFLite converter need TensorFlow
+    from edgel2.export import export_model, format_table
+
+    report = export_model(model, formats, precisions, data=data, calib=calib,
+                          calib_method=calib_method, opset=opset, out=out, check=check,
+                          force=force, allow_drop=allow_drop, calibrate=calibrate,
+                          flip_average=flip_average, batch=batch,
+                          progress=lambda line: click.echo(f"export: {line}", err=True),
+                          check_progress=ProgressBars("running the check images"))
+    click.echo(format_table(report))
+    click.echo(f"report: {Path(report['out']) / 'export_report.json'}")
+    failed = [r for r in report["rows"] if r["status"] != "ok"]
+    if failed:
+        raise EdgeL2Error(f"{len(failed)} of {len(report['rows'])} exports failed: "
+                          + "; ".join(f"{r['file']}: {r['reason']}" for r in failed))
+
