@@ -9,8 +9,9 @@ import inspect
 import pytest
 from click.testing import CliRunner
 
-import edgel2.cli
 from edgel2.cli import cli
+from edgel2.cli import export as export_command
+from edgel2.cli import train as train_command
 
 
 class Called(Exception):
@@ -57,7 +58,7 @@ def test_train_builds_the_library_default_config_or_the_fine_tuning_recipe(monke
 
     calls: list = []
     library = edgel2.train.train
-    monkeypatch.setattr(edgel2.cli.train, "use_backend", lambda backend: None)
+    monkeypatch.setattr(train_command, "use_backend", lambda backend: None)
     monkeypatch.setattr(edgel2.train, "train", recorder(calls))
     run(["train"])
     run(["train", "--pretrained"])
@@ -70,7 +71,7 @@ def test_export_passes_export_models_defaults(monkeypatch):
 
     calls: list = []
     library = edgel2.export.export_model
-    monkeypatch.setattr(edgel2.cli.export, "use_backend", lambda backend: None)
+    monkeypatch.setattr(export_command, "use_backend", lambda backend: None)
     monkeypatch.setattr(edgel2.export, "export_model", recorder(calls))
     run(["export", "m.keras"])
     (args, kwargs), = calls
