@@ -10,7 +10,8 @@ import numpy as np
 from edgel2.utils import atomic_path
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot, drawing into files only (the Agg backend: never a window)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -24,7 +25,7 @@ def plot_curves(rows: Sequence[dict], path: str | os.PathLike, title: str = "") 
     whole-number epoch ticks."""
     from matplotlib.ticker import MaxNLocator
 
-    plt = _pyplot()
+    plt = pyplot()
     held = "val" if rows and "val_acc" in rows[0] else "test"
     epochs = [int(r["epoch"]) for r in rows]
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 4))
@@ -46,13 +47,13 @@ def plot_curves(rows: Sequence[dict], path: str | os.PathLike, title: str = "") 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
                    title: str = "") -> Path:
     """A row-normalised confusion matrix (true class down, predicted across) as a PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.asarray(matrix, dtype=np.float64)
     normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     n = len(class_names)
@@ -66,10 +67,11 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str | o
             ax.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", fontsize=7,
                     color="white" if normalised[i, j] > 0.5 else "black")
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
-def _save(fig, plt, path: str | os.PathLike) -> Path:
+def save_figure(fig, plt, path: str | os.PathLike) -> Path:
+    """Write ``fig`` to ``path`` as a PNG, atomically, and close it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
@@ -82,7 +84,7 @@ def plot_reliability(curves: Mapping[str, Sequence[dict]], path: str | os.PathLi
     :func:`edgel2.calibration.reliability_bins`), one line per entry of ``curves`` (e.g.
     before and after calibration, its ECE in the label), with the diagonal a perfectly
     calibrated model would follow and a bar of how many images fall in each bin."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True,
                                        gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
@@ -101,4 +103,4 @@ def plot_reliability(curves: Mapping[str, Sequence[dict]], path: str | os.PathLi
         a.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)

@@ -212,7 +212,7 @@ def test_profile_script_attributes_the_int8_run_to_its_fused_integer_kernels(exp
 
 
 def test_a_flip_averaged_folder_is_filled_with_flip_averaged_files(small_model, cifar, tmp_path):
-    from edgel2.benchmark import _export_missing, _made_as
+    from edgel2.benchmark.run import _export_missing, _made_as
     from edgel2.export import export_model
     from edgel2.runtime import read_metadata
 

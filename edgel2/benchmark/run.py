@@ -1,50 +1,24 @@
-"""``edgel2 benchmark``: every format and precision side by side on this machine.
-
-For a ``.keras`` model (exporting what is missing) or an export folder, each row (Keras fp32 as
-the baseline; ONNX Runtime fp32/fp16/int8/dynamic; LiteRT fp32/fp16/dynamic/int8) is measured
-in its own process, so one runtime cannot slow another: file size, top-1 on held-out test
-images, batch-1 latency p50/p90/p99, and throughput at each batch size after a warm-up, over a
-fixed time per cell. With ``repeat`` > 1 every row is measured again in each of several rounds,
-one row after another, and each cell reports its median over the rounds: a virtual machine's
-speed drifts by tens of percent over minutes, and interleaving spreads that drift over every
-row instead of charging it to whichever row ran in the slow minute. Results: a table, JSON (with
-a machine description and each round's figures) and a PNG chart.
-
-Example:
-    >>> report = benchmark("runs/train/exp/model.keras", seconds=1.0)   # doctest: +SKIP
-    >>> print(format_table(report))                                       # doctest: +SKIP
-"""
+"""Measuring every row: which files, in which child processes, over how many rounds, and
+the engine choices the figures leave behind (:func:`benchmark`)."""
 from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgel2.benchmark.report import machine
 from edgel2.data import held_out_images, load_dataset, load_dataset_for, load_model_data
 from edgel2.errors import EdgeL2Error, OptionError, last_error_line
 from edgel2.export import exported_file, report_model
-from edgel2.export.check import run_batches
 from edgel2.utils import run_config
-from edgel2.variants import (
-    BENCHMARK_FORMATS,
-    BENCHMARK_ROWS,
-    CHECK_IMAGES,
-    COLOR,
-    ENGINE,
-    MARKER,
-    RUNTIME,
-    SHORT_NAME,
-    SUFFIX,
-)
+from edgel2.variants import BENCHMARK_FORMATS, BENCHMARK_ROWS, CHECK_IMAGES, ENGINE, RUNTIME, SUFFIX
 
 ROWS = BENCHMARK_ROWS
 FORMATS = BENCHMARK_FORMATS
@@ -320,7 +294,7 @@ def _measure_in_child(fmt, precision, path, check_file, batch_sizes, threads, pr
                        "batch_sizes": list(batch_sizes), "threads": threads,
                        "provider": provider, "seconds": seconds, "accuracy": accuracy})
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
-    proc = subprocess.run([sys.executable, "-m", "edgel2.benchmark", str(os.getpid()), spec], env=env,
+    proc = subprocess.run([sys.executable, "-m", "edgel2.benchmark.child", str(os.getpid()), spec], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         return {"reason": last_error_line(proc.stderr, proc.returncode)[:300]}
@@ -344,216 +318,3 @@ def _median_cells(measured: list[dict]) -> dict:
                        for key in first[group]} for group in ("latency_ms", "throughput")}}
 
 
-# --- the child process ------------------------------------------------------------------
-
-def _runner(fmt: str, precision: str, path: Path, threads: int, provider: str
-            ) -> tuple[Callable[[np.ndarray], np.ndarray], Callable | None]:
-    """The row's ``run(batch)``, and its engine's ``run_stream`` (None for Keras)."""
-    if fmt == "keras":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-        from edgel2.checkpoint import as_float32, load_model
-
-        model = as_float32(load_model(path))
-        return (lambda batch: np.asarray(model.predict_on_batch(batch))), None
-    from edgel2.runtime.auto import open_engine
-
-    engine = open_engine(path, providers=provider, threads=threads, engine=ENGINE[fmt],
-                         precision="bf16" if precision == "bf16" else "f32")
-    return engine.run, engine.run_stream
-
-
-def time_cells(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
-               batch_sizes: Sequence[int], seconds: float, stream: Callable | None = None) -> dict:
-    """Batch-1 latency percentiles (ms) of ``run``, and throughput (images/s) per batch size
-    through ``stream`` (an engine's ``run_stream``, which may keep several batches in flight,
-    as ``Classifier.predict_files`` does) or, without it, ``run`` in a loop."""
-    def batch_of(n: int) -> np.ndarray:
-        return np.ascontiguousarray(np.resize(images, (n, *images.shape[1:])))
-
-    one = batch_of(1)
-    for _ in range(5):
-        run(one)
-    latencies: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or len(latencies) < 10:
-        t = time.perf_counter()
-        run(one)
-        latencies.append(1000 * (time.perf_counter() - t))
-    stream = stream or (lambda items: ((tag, run(batch)) for tag, batch in items))
-    throughput = {}
-    for n in batch_sizes:
-        batch = batch_of(n)
-        for _ in stream((None, batch) for _ in range(2)):
-            pass
-        count, start = 0, time.perf_counter()
-
-        def batches():  # one stream, for at least `seconds` and 3 batches: read as it goes
-            while time.perf_counter() - start < seconds or count < 3 * n:  # noqa: B023
-                yield None, batch  # noqa: B023
-
-        for _ in stream(batches()):
-            count += n
-        throughput[str(n)] = count / (time.perf_counter() - start)
-    p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
-    return {"latency_ms": {"p50": float(p50), "p90": float(p90), "p99": float(p99)},
-            "throughput": throughput}
-
-
-def _child(spec: dict) -> dict:
-    path = Path(spec["path"])
-    run, stream = _runner(spec["format"], spec["precision"], path, spec["threads"], spec["provider"])
-    check = np.load(spec["check"])
-    images, labels = check["images"], check["labels"]
-    result: dict[str, Any] = {"size_mb": path.stat().st_size / 2**20}
-    if not len(images):                          # --check 0: speed only, on zero images
-        result["accuracy"], images = None, np.zeros((1, *images.shape[1:]), np.uint8)
-    elif spec.get("accuracy", True):             # later rounds measure speed only
-        result["accuracy"] = float(np.mean(run_batches(run, images, 100).argmax(1) == labels))
-    return {**result, **time_cells(run, images, spec["batch_sizes"], spec["seconds"], stream)}
-
-
-def machine(load: float | None = None) -> dict:
-    """CPU model, cores, clock, load and library versions."""
-    from edgel2.backend import library_versions
-    from edgel2.runtime.choices import cpu_model
-
-    mhz = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("cpu MHz"):
-                mhz = float(line.split(":", 1)[1])
-                break
-    except (OSError, ValueError):
-        pass
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "mhz": mhz, "load_1min_at_start": load,
-            "platform": platform.platform(), "versions": library_versions()}
-
-
-def format_table(report: dict) -> str:
-    """The report as a table read at a glance; speed-ups are against Keras fp32 in this run."""
-    sizes = report["batch_sizes"]
-    head = (f"{'runtime':<13} {'prec':<7} {'size MB':>7} {'top-1 %':>7} {'p50 ms':>7} {'p90 ms':>7} "
-            f"{'p99 ms':>7} " + " ".join(f"{'img/s b' + str(b):>10}" for b in sizes) +
-            f" {'x Keras':>8}  status")
-    lines = [head, "-" * len(head)]
-    for r in report["rows"]:
-        name = SHORT_NAME[r["format"]]
-        if "throughput" not in r:
-            lines.append(f"{name:<13} {r['precision']:<7} {'-':>7} {'-':>7} {'-':>7} {'-':>7} {'-':>7} "
-                         + " ".join(f"{'-':>10}" for _ in sizes) + f" {'-':>8}  {r['status']}: {r['reason']}")
-            continue
-        lat = r["latency_ms"]
-        speed = r.get("speedup", {}).get(str(sizes[-1]))
-        lines.append(
-            f"{name:<13} {r['precision']:<7} {r['size_mb']:>7.2f} "
-            f"{'-' if r['accuracy'] is None else format(100 * r['accuracy'], '.2f'):>7} "
-            f"{lat['p50']:>7.2f} {lat['p90']:>7.2f} {lat['p99']:>7.2f} "
-            + " ".join(f"{r['throughput'][str(b)]:>10.1f}" for b in sizes)
-            + f" {'-' if speed is None else format(speed, '.2f') + 'x':>8}  {r['status']}"
-            + (f": {r['reason']}" if r["reason"] else ""))
-    lines.append(fastest_line(report))
-    m = report["machine"]
-    lines.append(f"{m['cpu']}, {m['cores']} cores, {report['threads']} threads, load {_load_text(m)}; "
-                 f"top-1 on {report['check_images']} {report['data']} test images; "
-                 f"x Keras at batch {sizes[-1]}")
-    return "\n".join(lines)
-
-
-def fastest_line(report: dict) -> str:
-    """Which exported row is fastest at batch-1 latency and at each batch size.
-
-    Example:
-        >>> rows = [{"format": "onnx", "precision": "int8", "status": "ok",
-        ...          "latency_ms": {"p50": 1.3}, "throughput": {"64": 1100.0}},
-        ...         {"format": "openvino", "precision": "int8", "status": "ok",
-        ...          "latency_ms": {"p50": 1.2}, "throughput": {"64": 1250.0}}]
-        >>> fastest_line({"batch_sizes": [64], "rows": rows})
-        'fastest: batch-1 p50 OpenVINO int8 1.20 ms; b64 OpenVINO int8 1250.0 img/s (1.14x the next engine)'
-    """
-    rows = [r for r in report["rows"] if r["status"] == "ok" and r["format"] != "keras"]
-    if not rows:
-        return "fastest: no exported file was measured"
-
-    def name(r):
-        return f"{SHORT_NAME[r['format']]} {r['precision']}"
-
-    quickest = min(rows, key=lambda r: r["latency_ms"]["p50"])
-    parts = [f"batch-1 p50 {name(quickest)} {quickest['latency_ms']['p50']:.2f} ms"]
-    for b in report["batch_sizes"]:
-        ranked = sorted(rows, key=lambda r: -r["throughput"][str(b)])
-        best = ranked[0]
-        other = next((r for r in ranked if r["format"] != best["format"]), None)
-        parts.append(f"b{b} {name(best)} {best['throughput'][str(b)]:.1f} img/s" + (
-            f" ({best['throughput'][str(b)] / other['throughput'][str(b)]:.2f}x the next engine)"
-            if other else ""))
-    auto = report.get("auto") or {}
-    if auto:
-        parts.append(f"auto here ({auto['precision']}, remembered): batch-1 {auto['latency']}"
-                     + "".join(f", b{b} {auto[str(b)]}" for b in report["batch_sizes"]
-                               if str(b) in auto))
-    return "fastest: " + "; ".join(parts)
-
-
-def _load_text(machine_info: dict) -> str:
-    load = machine_info["load_1min_at_start"]
-    return "unknown" if load is None else f"{load:.2f}"
-
-
-# Rings of one size per runtime: two rows at the same spot (ONNX Runtime and LiteRT fp32 often
-# are) stay visible as concentric rings instead of one hiding the other.
-RING_SIZE = {"keras": 260, "onnx": 180, "tflite": 110, "openvino": 60}
-MIN_ACCURACY_SPAN = 2.0  # points: a 0.1-point gap must not fill the whole axis
-
-
-def plot_report(report: dict, path: str | os.PathLike) -> Path:
-    """The :func:`benchmark_figure` as a PNG."""
-    from edgel2.plots import _pyplot, _save
-
-    return _save(benchmark_figure(report), _pyplot(), path)
-
-
-def benchmark_figure(report: dict):
-    """Accuracy against batch-1 latency, one ring per measured row, titled with the model,
-    data and machine; the legend sits outside the axes and the accuracy axis spans at least
-    :data:`MIN_ACCURACY_SPAN` points."""
-    from matplotlib.ticker import LogLocator, ScalarFormatter
-
-    from edgel2.plots import _pyplot
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 4.8))
-    measured = [r for r in report["rows"] if "latency_ms" in r and r["accuracy"] is not None]
-    for r in measured:
-        ax.scatter(r["latency_ms"]["p50"], 100 * r["accuracy"], s=RING_SIZE[r["format"]],
-                   facecolors="none", edgecolors=COLOR[r["format"]], linewidths=1.6,
-                   marker=MARKER[r["precision"]], label=f"{SHORT_NAME[r['format']]} {r['precision']}")
-    if measured:
-        accuracies = [100 * r["accuracy"] for r in measured]
-        middle = (max(accuracies) + min(accuracies)) / 2
-        half = max(MIN_ACCURACY_SPAN / 2, (max(accuracies) - min(accuracies)) / 2 + 0.25)
-        ax.set_ylim(middle - half, middle + half)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-    model = Path(next((r["file"] for r in measured if r.get("file")), report["source"])).stem
-    rounds = f", median of {report['repeat']} rounds" if report.get("repeat", 1) > 1 else ""
-    ax.set(xlabel="batch-1 latency p50 (ms, log scale)",
-           ylabel=f"top-1 on {report['check_images']} {report['data']} test images (%)",
-           xscale="log",
-           title=f"{model.rsplit('-', 1)[0]}: accuracy against batch-1 latency\n"
-                 f"{report['machine']['cpu']}, {report['threads']} threads{rounds}")
-    # plain millisecond ticks ("2", "5", "10") rather than matplotlib's "2x10^0"
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(plt.NullFormatter())
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-if __name__ == "__main__":
-    from edgel2.utils import die_with_parent
-
-    die_with_parent(int(sys.argv[1]))
-    print(json.dumps(_child(json.loads(sys.argv[2]))))

@@ -1,0 +1,148 @@
+"""The benchmark report read at a glance: the machine it ran on, the table, the
+``fastest:`` line and the chart."""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+from edgel2.variants import COLOR, MARKER, SHORT_NAME
+
+
+def machine(load: float | None = None) -> dict:
+    """CPU model, cores, clock, load and library versions."""
+    from edgel2.backend import library_versions
+    from edgel2.runtime.choices import cpu_model
+
+    mhz = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                mhz = float(line.split(":", 1)[1])
+                break
+    except (OSError, ValueError):
+        pass
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "mhz": mhz, "load_1min_at_start": load,
+            "platform": platform.platform(), "versions": library_versions()}
+
+
+def format_table(report: dict) -> str:
+    """The report as a table read at a glance; speed-ups are against Keras fp32 in this run."""
+    sizes = report["batch_sizes"]
+    head = (f"{'runtime':<13} {'prec':<7} {'size MB':>7} {'top-1 %':>7} {'p50 ms':>7} {'p90 ms':>7} "
+            f"{'p99 ms':>7} " + " ".join(f"{'img/s b' + str(b):>10}" for b in sizes) +
+            f" {'x Keras':>8}  status")
+    lines = [head, "-" * len(head)]
+    for r in report["rows"]:
+        name = SHORT_NAME[r["format"]]
+        if "throughput" not in r:
+            lines.append(f"{name:<13} {r['precision']:<7} {'-':>7} {'-':>7} {'-':>7} {'-':>7} {'-':>7} "
+                         + " ".join(f"{'-':>10}" for _ in sizes) + f" {'-':>8}  {r['status']}: {r['reason']}")
+            continue
+        lat = r["latency_ms"]
+        speed = r.get("speedup", {}).get(str(sizes[-1]))
+        lines.append(
+            f"{name:<13} {r['precision']:<7} {r['size_mb']:>7.2f} "
+            f"{'-' if r['accuracy'] is None else format(100 * r['accuracy'], '.2f'):>7} "
+            f"{lat['p50']:>7.2f} {lat['p90']:>7.2f} {lat['p99']:>7.2f} "
+            + " ".join(f"{r['throughput'][str(b)]:>10.1f}" for b in sizes)
+            + f" {'-' if speed is None else format(speed, '.2f') + 'x':>8}  {r['status']}"
+            + (f": {r['reason']}" if r["reason"] else ""))
+    lines.append(fastest_line(report))
+    m = report["machine"]
+    lines.append(f"{m['cpu']}, {m['cores']} cores, {report['threads']} threads, load {_load_text(m)}; "
+                 f"top-1 on {report['check_images']} {report['data']} test images; "
+                 f"x Keras at batch {sizes[-1]}")
+    return "\n".join(lines)
+
+
+def fastest_line(report: dict) -> str:
+    """Which exported row is fastest at batch-1 latency and at each batch size.
+
+    Example:
+        >>> rows = [{"format": "onnx", "precision": "int8", "status": "ok",
+        ...          "latency_ms": {"p50": 1.3}, "throughput": {"64": 1100.0}},
+        ...         {"format": "openvino", "precision": "int8", "status": "ok",
+        ...          "latency_ms": {"p50": 1.2}, "throughput": {"64": 1250.0}}]
+        >>> fastest_line({"batch_sizes": [64], "rows": rows})
+        'fastest: batch-1 p50 OpenVINO int8 1.20 ms; b64 OpenVINO int8 1250.0 img/s (1.14x the next engine)'
+    """
+    rows = [r for r in report["rows"] if r["status"] == "ok" and r["format"] != "keras"]
+    if not rows:
+        return "fastest: no exported file was measured"
+
+    def name(r):
+        return f"{SHORT_NAME[r['format']]} {r['precision']}"
+
+    quickest = min(rows, key=lambda r: r["latency_ms"]["p50"])
+    parts = [f"batch-1 p50 {name(quickest)} {quickest['latency_ms']['p50']:.2f} ms"]
+    for b in report["batch_sizes"]:
+        ranked = sorted(rows, key=lambda r: -r["throughput"][str(b)])
+        best = ranked[0]
+        other = next((r for r in ranked if r["format"] != best["format"]), None)
+        parts.append(f"b{b} {name(best)} {best['throughput'][str(b)]:.1f} img/s" + (
+            f" ({best['throughput'][str(b)] / other['throughput'][str(b)]:.2f}x the next engine)"
+            if other else ""))
+    auto = report.get("auto") or {}
+    if auto:
+        parts.append(f"auto here ({auto['precision']}, remembered): batch-1 {auto['latency']}"
+                     + "".join(f", b{b} {auto[str(b)]}" for b in report["batch_sizes"]
+                               if str(b) in auto))
+    return "fastest: " + "; ".join(parts)
+
+
+def _load_text(machine_info: dict) -> str:
+    load = machine_info["load_1min_at_start"]
+    return "unknown" if load is None else f"{load:.2f}"
+
+
+# Rings of one size per runtime: two rows at the same spot (ONNX Runtime and LiteRT fp32 often
+# are) stay visible as concentric rings instead of one hiding the other.
+RING_SIZE = {"keras": 260, "onnx": 180, "tflite": 110, "openvino": 60}
+MIN_ACCURACY_SPAN = 2.0  # points: a 0.1-point gap must not fill the whole axis
+
+
+def plot_report(report: dict, path: str | os.PathLike) -> Path:
+    """The :func:`benchmark_figure` as a PNG."""
+    from edgel2.plots import pyplot, save_figure
+
+    return save_figure(benchmark_figure(report), pyplot(), path)
+
+
+def benchmark_figure(report: dict):
+    """Accuracy against batch-1 latency, one ring per measured row, titled with the model,
+    data and machine; the legend sits outside the axes and the accuracy axis spans at least
+    :data:`MIN_ACCURACY_SPAN` points."""
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    from edgel2.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    measured = [r for r in report["rows"] if "latency_ms" in r and r["accuracy"] is not None]
+    for r in measured:
+        ax.scatter(r["latency_ms"]["p50"], 100 * r["accuracy"], s=RING_SIZE[r["format"]],
+                   facecolors="none", edgecolors=COLOR[r["format"]], linewidths=1.6,
+                   marker=MARKER[r["precision"]], label=f"{SHORT_NAME[r['format']]} {r['precision']}")
+    if measured:
+        accuracies = [100 * r["accuracy"] for r in measured]
+        middle = (max(accuracies) + min(accuracies)) / 2
+        half = max(MIN_ACCURACY_SPAN / 2, (max(accuracies) - min(accuracies)) / 2 + 0.25)
+        ax.set_ylim(middle - half, middle + half)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    model = Path(next((r["file"] for r in measured if r.get("file")), report["source"])).stem
+    rounds = f", median of {report['repeat']} rounds" if report.get("repeat", 1) > 1 else ""
+    ax.set(xlabel="batch-1 latency p50 (ms, log scale)",
+           ylabel=f"top-1 on {report['check_images']} {report['data']} test images (%)",
+           xscale="log",
+           title=f"{model.rsplit('-', 1)[0]}: accuracy against batch-1 latency\n"
+                 f"{report['machine']['cpu']}, {report['threads']} threads{rounds}")
+    # plain millisecond ticks ("2", "5", "10") rather than matplotlib's "2x10^0"
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
