@@ -38,7 +38,7 @@ def evaluate(model, dataset: Dataset, batch_size: int = 256, on_batch=None) -> d
         >>> report["accuracy"]                                                             # doctest: +SKIP
         0.9312
     """
-    from edgel2.export.check import run_batches
+    from edgel2.utils import run_batches
 
     _check_classes(model.output.shape[-1], dataset)
     logits = run_batches(model.predict_on_batch, dataset.x_test, batch_size, on_batch)
@@ -57,9 +57,9 @@ def evaluate_file(path: str | os.PathLike, dataset: Dataset, *, engine: str = "a
         0.9255
     """
     from edgel2.calibration import calibration_figures
-    from edgel2.export.check import run_batches
     from edgel2.runtime import Classifier
     from edgel2.runtime.probe import THROUGHPUT
+    from edgel2.utils import run_batches
 
     classifier = Classifier(path, engine=engine, threads=threads, batch_size=batch_size,
                             workload=THROUGHPUT)

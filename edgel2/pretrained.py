@@ -40,9 +40,9 @@ def network_from_onnx(path: str | os.PathLike):
     import onnx
     from onnx import numpy_helper
 
-    from edgel2.export.qdq import PREFIX, unfold_stem
     from edgel2.model import resnet18
     from edgel2.runtime.modelfile import read_metadata
+    from edgel2.stem import PREFIX, unfold_stem
 
     path = Path(path)
     metadata = read_metadata(path)

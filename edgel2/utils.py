@@ -10,8 +10,9 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 CACHE_ENV = "EDGEL2_CACHE"
 
@@ -361,3 +362,23 @@ def next_run_dir(parent: str | os.PathLike, name: str) -> Path:
     while candidate.exists():
         candidate, i = parent / f"{name}{i}", i + 1
     return candidate
+
+
+def run_batches(run: Callable[[Any], Any], images: Any, batch_size: int = 100,
+                on_batch: Callable[[int, int], None] | None = None) -> Any:
+    """``run`` over ``images`` in batches, concatenated; reports ``(done, total)`` as it goes.
+
+    Example:
+        >>> import numpy as np
+        >>> seen = []
+        >>> run_batches(lambda b: b * 2, np.arange(5), 2, lambda d, t: seen.append(d)), seen
+        (array([0, 2, 4, 6, 8]), [2, 4, 5])
+    """
+    import numpy as np
+
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        outputs.append(run(images[start:start + batch_size]))
+        if on_batch:
+            on_batch(min(start + batch_size, len(images)), len(images))
+    return np.concatenate(outputs)

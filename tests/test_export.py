@@ -80,7 +80,7 @@ def path_to_first_conv(graph) -> list[str]:
 @pytest.fixture(scope="module")
 def unfolded_int8(full_matrix, cifar, tmp_path_factory):
     """The same calibration as the exported int8 file, without the input folding."""
-    from edgel2.export import _calibration_images
+    from edgel2.export.exporter import _calibration_images
     from edgel2.export.onnx import quantize_int8
 
     out, _ = full_matrix

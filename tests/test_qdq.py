@@ -1,11 +1,11 @@
 """The arithmetic of folding ``(x - mean_c) / std_c`` into the stem convolution
-(edgel2.export.qdq.fold_stem): exact inside the image, a known error on the padded border."""
+(edgel2.stem.fold_stem): exact inside the image, a known error on the padded border."""
 from __future__ import annotations
 
 import numpy as np
 
-from edgel2.export.qdq import fold_stem
 from edgel2.model import CIFAR10_MEAN, CIFAR10_STD
+from edgel2.stem import fold_stem
 
 MEAN, STD = np.array(CIFAR10_MEAN), np.array(CIFAR10_STD)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edgel2.export.check import run_batches
+from edgel2.utils import run_batches
 from edgel2.variants import ENGINE
 
 

@@ -33,9 +33,8 @@ from edgel2.calibration import (
     reliability_bins,
 )
 from edgel2.errors import DataError, ModelError
-from edgel2.export.check import run_batches
 from edgel2.runtime.classifier import calibrated_probabilities
-from edgel2.utils import atomic_path
+from edgel2.utils import atomic_path, run_batches
 
 PLAIN_SOFTMAX = {"temperature": 1.0, "unsmooth": 0.0}
 

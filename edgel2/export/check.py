@@ -8,6 +8,7 @@ import numpy as np
 
 from edgel2.runtime.auto import open_engine
 from edgel2.runtime.modelfile import REFERENCE_ENGINE, sniff_format
+from edgel2.utils import run_batches
 
 # fp32 exports must match Keras to float rounding: logits within this fraction of their scale.
 FP32_TOLERANCE = 1e-3
@@ -19,24 +20,6 @@ def run_file(path: Path, images: np.ndarray, batch_size: int = 100,
     after every batch (a progress bar)."""
     engine = open_engine(path, engine=REFERENCE_ENGINE[sniff_format(path)])
     return run_batches(engine.run, images, batch_size, on_batch)
-
-
-def run_batches(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
-                batch_size: int = 100, on_batch: Callable[[int, int], None] | None = None
-                ) -> np.ndarray:
-    """``run`` over ``images`` in batches, concatenated; reports ``(done, total)`` as it goes.
-
-    Example:
-        >>> seen = []
-        >>> run_batches(lambda b: b * 2, np.arange(5), 2, lambda d, t: seen.append(d)), seen
-        (array([0, 2, 4, 6, 8]), [2, 4, 5])
-    """
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        outputs.append(run(images[start:start + batch_size]))
-        if on_batch:
-            on_batch(min(start + batch_size, len(images)), len(images))
-    return np.concatenate(outputs)
 
 
 def compare(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict:

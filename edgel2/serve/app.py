@@ -48,6 +48,16 @@ from edgel2.runtime import Batcher, Classifier
 from edgel2.runtime.preprocess import pixel_count
 from edgel2.serve.config import ServeConfig, open_model
 from edgel2.serve.page import PAGE
+from edgel2.serve.reading import (
+    BodyLimit,
+    TooLarge,
+    TooMany,
+    disconnected,
+    error_response,
+    refuse_declared_over,
+    uploaded_files,
+    v2_request,
+)
 
 PLATFORM = {"onnx": "onnxruntime_onnx", "tflite": "tensorflow_lite"}
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -72,10 +82,6 @@ class _Metrics:
         queue = Gauge("edgel2_queue_depth", "Images waiting for the model",
                       registry=self.registry)
         queue.set_function(lambda: batcher.queue_depth)
-
-
-def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASGIApp:
@@ -127,15 +133,15 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASG
         return state.get("ready", False) and batcher().healthy
 
     async def read_body(request: Request, limit: int | None = None) -> bytes:
-        """The body (every byte counted against ``max_body`` by :class:`_BodyLimit`); past a
-        smaller ``limit`` (by Content-Length, or as it streams in), _TooLarge with it."""
+        """The body (every byte counted against ``max_body`` by :class:`BodyLimit`); past a
+        smaller ``limit`` (by Content-Length, or as it streams in), TooLarge with it."""
         limit = max_body if limit is None else min(limit, max_body)
-        _refuse_declared_over(request, limit)
+        refuse_declared_over(request, limit)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise _TooLarge()
+                raise TooLarge()
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -148,19 +154,19 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASG
                 in_flight.inc()
                 try:
                     response = await handler(request)
-                except _TooLarge:
-                    response = _error(413, f"request body over the limit of "
+                except TooLarge:
+                    response = error_response(413, f"request body over the limit of "
                                            f"{config.max_body_mb:g} MiB (--max-body-mb)")
                     # the rest of the body is read and dropped (closing now would reset the
                     # connection before the client reads this answer)
                 except BusyError as e:
-                    response = _error(503, str(e), {"Retry-After": str(config.retry_after_s)})
+                    response = error_response(503, str(e), {"Retry-After": str(config.retry_after_s)})
                 except ClientDisconnect:
                     response = Response(status_code=499)  # nobody reads it; counted
                 except asyncio.CancelledError:
                     # still running when SIGTERM's grace period ran out: its batcher work is
                     # dropped, and the client gets an answer it can retry elsewhere
-                    response = _error(503, "the server is shutting down; retry",
+                    response = error_response(503, "the server is shutting down; retry",
                                       {"Retry-After": str(config.retry_after_s),
                                        "Connection": "close"})
                 finally:
@@ -176,7 +182,7 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASG
         """Run ``work`` unless the client goes away first: then cancel it (its images leave
         the batcher's queue) and raise ClientDisconnect."""
         task = asyncio.ensure_future(work)
-        watcher = asyncio.ensure_future(_disconnect(request))
+        watcher = asyncio.ensure_future(disconnected(request))
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             watcher.cancel()
@@ -201,7 +207,7 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASG
     def known_model(request: Request) -> JSONResponse | None:
         asked = request.path_params["name"]
         if asked != name:
-            return _error(404, f"unknown model {asked!r}; this server has {name!r}")
+            return error_response(404, f"unknown model {asked!r}; this server has {name!r}")
         return None
 
     @measured("model_metadata")
@@ -235,24 +241,24 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASG
             return missing
         try:  # refused unread and unparsed: parsing holds the GIL ~40 ms a MiB
             body = await read_body(request, v2_body_limit)
-        except _TooLarge:
+        except TooLarge:
             if v2_body_limit >= max_body:  # --max-body-mb is the smaller limit: it answers
                 raise
-            return _error(413, f"a v2 body over {v2_body_limit / 2**20:.1f} MiB is more than "
+            return error_response(413, f"a v2 body over {v2_body_limit / 2**20:.1f} MiB is more than "
                                f"{config.max_images} images (--max-images) can take in "
                                "compact JSON")
         try:
             request_id, images = await until_disconnected(request, in_pool(
-                _v2_request, body, height, width, config.max_images))
-        except _TooMany as e:
-            return _error(413, str(e))
+                v2_request, body, height, width, config.max_images))
+        except TooMany as e:
+            return error_response(413, str(e))
         except ValueError as e:
-            return _error(400, str(e))
+            return error_response(400, str(e))
         futures = batcher().submit_pixels(list(images), owner=object(), raw=True)
         logits = await until_disconnected(request, _all(futures))
         logits = np.stack(logits) if logits else np.zeros((0, classes), np.float32)
         if not np.isfinite(logits).all():
-            return _error(500, "the model produced non-finite logits")
+            return error_response(500, "the model produced non-finite logits")
         state["metrics"].images.inc(len(images))
         response = {"model_name": name, "model_version": "1",
                     "outputs": [{"name": "logits", "datatype": "FP32",
@@ -296,13 +302,13 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASG
             if top_k < 1:
                 raise ValueError
         except ValueError:
-            return _error(400, "top_k must be a whole number >= 1")
-        files = await _uploaded_files(request, read_body, max_body, config.max_images)
+            return error_response(400, "top_k must be a whole number >= 1")
+        files = await uploaded_files(request, read_body, max_body, config.max_images)
         if isinstance(files, Response):
             return files
         pixels = sum(await in_pool(lambda: [pixel_count(data) for _, data in files]))
         if pixels > max_pixels:
-            return _error(413, f"{pixels / 1e6:.1f} megapixels in one request; the limit is "
+            return error_response(413, f"{pixels / 1e6:.1f} megapixels in one request; the limit is "
                                f"{config.max_request_mpx:g} (--max-request-mpx)")
         results = await until_disconnected(request, classify_files(files, top_k))
         state["metrics"].images.inc(sum("predictions" in r for r in results))
@@ -319,13 +325,13 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASG
         return HTMLResponse(PAGE.replace("{{MODEL}}", html.escape(name)))
 
     async def not_found(request: Request, exc):
-        return _error(404, f"no route {request.method} {request.url.path}")
+        return error_response(404, f"no route {request.method} {request.url.path}")
 
     async def not_allowed(request: Request, exc):
-        return _error(405, f"method {request.method} not allowed on {request.url.path}")
+        return error_response(405, f"method {request.method} not allowed on {request.url.path}")
 
     async def server_error(request: Request, exc):
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
 
     routes = [
         Route("/", page), Route("/v1/classify", classify, methods=["POST"]),
@@ -338,40 +344,7 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASG
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: not_allowed,
                                         Exception: server_error})
-    return _BodyLimit(app, max_body)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _TooMany(ValueError):
-    pass
-
-
-class _BodyLimit:
-    """ASGI middleware: every byte of a request body, however it is framed (Content-Length,
-    chunked, multipart parts), counts against the limit; past it, reading raises _TooLarge,
-    which the handlers answer with 413."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        size = 0
-
-        async def counted():
-            nonlocal size
-            message = await receive()
-            if message["type"] == "http.request":
-                size += len(message.get("body", b""))
-                if size > self.limit:
-                    raise _TooLarge()
-            return message
-
-        return await self.app(scope, counted, send)
+    return BodyLimit(app, max_body)
 
 
 async def _all(futures, return_exceptions: bool = False) -> list:
@@ -385,84 +358,3 @@ async def _all(futures, return_exceptions: bool = False) -> list:
             future.cancel()  # no-op for those that are done
 
 
-def _refuse_declared_over(request: Request, max_body: int) -> None:
-    """413 before reading a body whose Content-Length already says it is over the limit."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_body:
-        raise _TooLarge()
-
-
-async def _disconnect(request: Request) -> None:
-    """Return when the client has gone (the body was read already, so the next ASGI message
-    can only be the disconnect)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-def _v2_request(raw: bytes, height: int, width: int, max_images: int
-                ) -> tuple[str | None, np.ndarray]:
-    """The id and uint8 images of a v2 infer request body: one input, datatype UINT8, shape
-    [N, height, width, 3] with N <= ``max_images``, data flat (row-major) or nested. Runs in
-    the pool: parsing 16 MiB of JSON takes the better part of a second."""
-    import json
-
-    try:
-        body = json.loads(raw)
-    except RecursionError:
-        raise ValueError("the body is not JSON edgel2 reads: nested too deeply") from None
-    except ValueError as e:
-        raise ValueError(f"the body is not JSON: {e}") from None
-    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) \
-            or len(body["inputs"]) != 1 or not isinstance(body["inputs"][0], dict):
-        raise ValueError('a v2 infer request has "inputs": [one tensor]')
-    tensor = body["inputs"][0]
-    shape, datatype = tensor.get("shape"), tensor.get("datatype")
-    if datatype != "UINT8":
-        raise ValueError(f'input datatype must be "UINT8", got {datatype!r}')
-    if not (isinstance(shape, list) and len(shape) == 4
-            and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
-            and shape[0] >= 1 and shape[1:] == [height, width, 3]):
-        raise ValueError(f"input shape must be [N, {height}, {width}, 3] with N >= 1, got {shape!r}")
-    if shape[0] > max_images:
-        raise _TooMany(f"{shape[0]} images in one request; the limit is {max_images} "
-                       "(--max-images)")
-    try:
-        data = np.asarray(tensor.get("data"))
-    except (ValueError, TypeError):
-        data = np.asarray(None)
-    if data.dtype.kind not in "iu" or data.size != int(np.prod(shape)) \
-            or data.min() < 0 or data.max() > 255:
-        raise ValueError(f"input data must be {int(np.prod(shape))} whole numbers in 0..255")
-    images = data.astype(np.uint8).reshape(shape)
-    request_id = body.get("id")
-    return (str(request_id) if request_id is not None else None), images
-
-
-async def _uploaded_files(request: Request, read_body, max_body: int, max_images: int):
-    """(filename, bytes) of each uploaded file: every file part of a multipart form, or the
-    raw body as one image; a JSON error response if there is none or too many."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        _refuse_declared_over(request, max_body)
-        try:
-            # one more than allowed: then the count below answers, with the option's name
-            form = await request.form(max_files=max_images + 1, max_fields=max_images + 1,
-                                      max_part_size=max_body)
-        except (ClientDisconnect, _TooLarge):
-            raise
-        except Exception as e:  # noqa: BLE001 - python-multipart's parse errors
-            return _error(400, f"cannot read the multipart form: {e}")
-        files = [(v.filename or key, await v.read()) for key, v in form.multi_items()
-                 if not isinstance(v, str)]
-        await form.close()
-    else:
-        body = await read_body(request)
-        files = [("body", body)] if body else []
-    if not files:
-        return _error(400, "no image: send files as multipart/form-data, or one image as the body")
-    if len(files) > max_images:
-        return _error(413, f"{len(files)} files in one request; the limit is {max_images} "
-                           "(--max-images)")
-    return files
