@@ -198,10 +198,10 @@ def test_a_run_with_a_validation_split_fits_on_it_and_reports_on_the_whole_test_
 
 
 def test_calibrate_cli_dry_run_measures_but_leaves_the_file(tiny_onnx, labelled, monkeypatch):
-    import edgel2.data
+    import edgel2.data.sources
 
     dataset, _ = labelled
-    monkeypatch.setattr(edgel2.data, "load_dataset", lambda *a, **k: dataset)
+    monkeypatch.setattr(edgel2.data.sources, "load_dataset", lambda *a, **k: dataset)
     original = tiny_onnx.read_bytes()
     result = CliRunner().invoke(cli, ["calibrate", str(tiny_onnx), "--dry-run", "--json"])
     assert result.exit_code == 0, result.output
@@ -212,11 +212,11 @@ def test_calibrate_cli_dry_run_measures_but_leaves_the_file(tiny_onnx, labelled,
 
 
 def test_calibrate_refuses_data_with_other_classes_in_one_line(tiny_onnx, labelled, monkeypatch):
-    import edgel2.data
+    import edgel2.data.sources
 
     dataset, _ = labelled
     dataset.class_names = ["a", "b"]
-    monkeypatch.setattr(edgel2.data, "load_dataset", lambda *a, **k: dataset)
+    monkeypatch.setattr(edgel2.data.sources, "load_dataset", lambda *a, **k: dataset)
     result = CliRunner().invoke(cli, ["calibrate", str(tiny_onnx)])
     assert result.exit_code == 1
     assert result.stderr == "edgel2: error: tiny.onnx has 3 classes but the data has 2\n"

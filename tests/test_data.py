@@ -98,14 +98,14 @@ def test_offline_download_fails_with_one_line_naming_the_reason_and_data(monkeyp
     import urllib.error
     import urllib.request
 
-    import edgel2.data
+    import edgel2.data.sources
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
 
     monkeypatch.delenv("EDGEL2_DATA", raising=False)
     monkeypatch.setenv("EDGEL2_CACHE", str(tmp_path))
-    monkeypatch.setattr(edgel2.data, "CHECKOUT_CIFAR10", tmp_path / "no-checkout-copy")
+    monkeypatch.setattr(edgel2.data.sources, "CHECKOUT_CIFAR10", tmp_path / "no-checkout-copy")
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(DataError, match=r"could not download CIFAR-10 \(no network\? Temporary "
                                         r"failure in name resolution\); pass --data PATH") as e:

@@ -343,7 +343,7 @@ def test_int8_of_a_model_with_no_data_record_offline_says_how_to_get_some(small_
     import urllib.error
     import urllib.request
 
-    import edgel2.data
+    import edgel2.data.sources
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError(OSError(101, "Network is unreachable"))
@@ -353,7 +353,7 @@ def test_int8_of_a_model_with_no_data_record_offline_says_how_to_get_some(small_
     shutil.copy(small_model, bare)
     monkeypatch.delenv("EDGEL2_DATA", raising=False)
     monkeypatch.setenv("EDGEL2_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(edgel2.data, "CHECKOUT_CIFAR10", tmp_path / "no-checkout-copy")
+    monkeypatch.setattr(edgel2.data.sources, "CHECKOUT_CIFAR10", tmp_path / "no-checkout-copy")
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     result = _export_cli(str(bare), "--quantize", "int8", "--check", "0", "--out", str(tmp_path))
     assert result.exit_code == 1 and result.stdout == ""
