@@ -35,7 +35,7 @@ MAX_UNSMOOTH = 0.9  # label smoothing rates searched: [0, 0.9]
 # When a fitted calibration is written (calibration_refusal): never when it could make the
 # probabilities worse than plain softmax.
 # - At least MIN_CALIBRATION_IMAGES fitting images. Fitted on n random CIFAR-10-JPEG test
-#   images of the shipped int8 ONNX and judged on 5,000 others (scripts/calibration_sample_size.py,
+#   images of the shipped int8 ONNX and judged on 5,000 others (scripts/repro/calibration_sample_size.py,
 #   100 draws each), the fit made the held-out NLL worse in 51 % of draws at n = 10, 34 % at
 #   20, 10 % at 30, 4 % at 50 (each as bad as +2.19 nats: a temperature driven to its bound by
 #   a sample the model got all right) and in none from 100 on (worst -0.066).

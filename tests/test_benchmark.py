@@ -199,7 +199,7 @@ def test_profile_script_attributes_the_int8_run_to_its_fused_integer_kernels(exp
     import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "scripts" / "profile_onnx.py"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench" / "profile_onnx.py"
     spec = importlib.util.spec_from_file_location("profile_onnx", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

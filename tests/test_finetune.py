@@ -180,12 +180,12 @@ def test_a_folder_with_one_class_is_one_line(tmp_path):
 
 
 def test_the_real_image_sets_are_written_with_a_seeded_class_balanced_split(tmp_path):
-    """scripts/make_finetune_data.py on scikit-image's LFW subset (100 faces, 100 not)."""
+    """scripts/tools/make_finetune_data.py on scikit-image's LFW subset (100 faces, 100 not)."""
     import subprocess
     import sys
 
     for out in ("a", "b"):
-        proc = subprocess.run([sys.executable, "scripts/make_finetune_data.py", tmp_path / out,
+        proc = subprocess.run([sys.executable, "scripts/tools/make_finetune_data.py", tmp_path / out,
                                "--sets", "lfw"], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == f"{tmp_path / 'b' / 'lfw'}: 160 train, 40 test images\n"

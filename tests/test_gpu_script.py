@@ -1,4 +1,4 @@
-"""scripts/gpu_train.sh, the one prepared script for the lent GPU machine, run here with a tiny
+"""scripts/repro/gpu_train.sh, the one prepared script for the lent GPU machine, run here with a tiny
 setting: device minutes are too few to find its bugs there."""
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _run_script(tmp_path, data_dir, **knobs) -> Path:
     env = {**os.environ, "OUT": str(out), "EDGEL2_DATA": str(data_dir),
            "PYTHONPATH": str(blocker), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "WIDTH": "2", "SUBSET": "256", "BUDGET_S": "100000", "RUN_S": "1", **knobs}
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train.sh")], env=env, cwd=ROOT,
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "repro" / "gpu_train.sh")], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert len(list(out.iterdir())) <= 8  # the device tool brings back at most 8 files

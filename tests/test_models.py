@@ -58,7 +58,7 @@ def test_infer_uses_the_shipped_int8_pair_by_default(data_dir):
 
 
 def test_the_shipped_files_still_answer_their_test_vectors():
-    """models/test-vectors.json (scripts/make_test_vectors.py) is what ports check against:
+    """models/test-vectors.json (scripts/tools/make_test_vectors.py) is what ports check against:
     the JPEGs decode to its pixels, and each shipped file gives its logits and top-1."""
     import base64
     import json

@@ -2,9 +2,9 @@
 """Load and soak test of ``edgel2 serve`` over real HTTP on loopback, against the same load
 through the in-process ``Batcher`` (the baseline of the ratio).
 
-    python scripts/load_serve.py                       # 32 and 64 clients, 5,000 requests each
-    python scripts/load_serve.py --soak 20000          # plus the soak: 10 % of clients hang up early
-    python scripts/load_serve.py --clients 8 --requests 500 --soak 0   # a quick look
+    python scripts/bench/load_serve.py                       # 32 and 64 clients, 5,000 requests each
+    python scripts/bench/load_serve.py --soak 20000          # plus the soak: 10 % of clients hang up early
+    python scripts/bench/load_serve.py --clients 8 --requests 500 --soak 0   # a quick look
 
 Each client is a thread with one keep-alive connection sending single-image raw-body
 ``POST /v1/classify`` requests (CIFAR-10-JPEG test images); the Batcher baseline is the same
@@ -26,8 +26,6 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def rss_mib(pid: int) -> float:

@@ -13,7 +13,7 @@ folders, each with a fixed, seeded, class-balanced train/test split:
 Grey images are written as RGB (the channel repeated). Needs scikit-learn and scikit-image
 (both in edgel2[dev]).
 
-    python scripts/make_finetune_data.py .data/finetune
+    python scripts/tools/make_finetune_data.py .data/finetune
 """
 from __future__ import annotations
 

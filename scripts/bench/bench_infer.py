@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Inference benchmarks of the edgel2 runtime (no TensorFlow in the measured process).
 
-    python scripts/bench_infer.py --fp32 model-fp32.onnx --int8 model-int8.onnx [--images DIR]
+    python scripts/bench/bench_infer.py --fp32 model-fp32.onnx --int8 model-int8.onnx [--images DIR]
 
 Prints, each as a ratio against a baseline measured in the same run:
 1. model-only throughput (images/s) of the fp32 and int8 ONNX at batch 1 and 64;
@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from edgel2.runtime import Batcher, Classifier  # noqa: E402
+from edgel2.runtime import Batcher, Classifier
 
 
 def model_only(clf: Classifier, batch: int, seconds: float) -> float:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where ONNX Runtime spends its time: per-operator totals from ORT's own profiler.
 
-    python scripts/profile_onnx.py runs/train/exp/export/model-int8.onnx --batch 64 --runs 20
+    python scripts/bench/profile_onnx.py runs/train/exp/export/model-int8.onnx --batch 64 --runs 20
 
 Prints a table (operator type, node count, share of the run time, ms per batch) for the
 graph ONNX Runtime actually runs after its optimizations (QDQ groups become QLinear* ops).

@@ -2,7 +2,7 @@
 """How close ``--engine auto`` comes to the fastest engine on this CPU, and what its race
 costs the first open.
 
-    python scripts/bench_auto.py [--model DIR] [--rounds 5] [--seconds 2] [--json FILE]
+    python scripts/bench/bench_auto.py [--model DIR] [--rounds 5] [--seconds 2] [--json FILE]
 
 Speed: each row is measured in a process of its own, as ``edgel2 benchmark`` measures
 (batch-1 latency p50 over ``--seconds`` of ``engine.run`` on one image; throughput at
@@ -30,8 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ENGINE_ROWS = [("LiteRT", "litert"), ("ONNX Runtime", "onnxruntime"), ("OpenVINO", "openvino")]
 AUTO_ROWS = [("auto, race off (fixed rule)", "auto", "latency", False),

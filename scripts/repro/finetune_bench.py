@@ -1,6 +1,6 @@
 """Does starting from the shipped pretrained ResNet-18 help on small sets of real images?
 
-For each image folder written by scripts/make_finetune_data.py, each fraction of its training
+For each image folder written by scripts/tools/make_finetune_data.py, each fraction of its training
 images (a class-balanced --subset) and each seed, the full-width ResNet-18 in each arm:
 
     pretrained        `edgel2 train --pretrained`: TrainConfig.finetune() (lr 0.04, 10 %
@@ -12,9 +12,9 @@ with the same epochs, batch and image size. Test top-1 is of the saved model.ker
 cells run first; --stop-after starts no run past a time budget, and results.json is written
 after every run, so a cut-short run keeps what it measured.
 
-    python scripts/make_finetune_data.py .data/finetune
-    python scripts/finetune_bench.py .data/finetune --epochs 5 --stop-after 1800
-    python scripts/finetune_bench.py .data/finetune --arms pretrained,pretrained-plain
+    python scripts/tools/make_finetune_data.py .data/finetune
+    python scripts/repro/finetune_bench.py .data/finetune --epochs 5 --stop-after 1800
+    python scripts/repro/finetune_bench.py .data/finetune --arms pretrained,pretrained-plain
 """
 from __future__ import annotations
 

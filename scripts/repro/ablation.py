@@ -6,8 +6,8 @@ Columns: CIFAR-10-JPEG test top-1, train top-1 (un-augmented training images, in
 mode), the gap, and the mean ||u|| of the pooled features on the test images; mean and spread
 over the seeds.
 
-    python scripts/ablation.py --width 8 --subset 5000 --epochs 10 --seeds 0,1,2   # CPU-sized
-    KERAS_BACKEND=jax python scripts/ablation.py --width 64 --epochs 30            # on a GPU
+    python scripts/repro/ablation.py --width 8 --subset 5000 --epochs 10 --seeds 0,1,2   # CPU-sized
+    KERAS_BACKEND=jax python scripts/repro/ablation.py --width 64 --epochs 30            # on a GPU
 """
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from edgel2.config import DEFAULT_FEATURE_L2, DEFAULT_WEIGHT_L2, TrainConfig  # noqa: E402
+from edgel2.config import DEFAULT_FEATURE_L2, DEFAULT_WEIGHT_L2, TrainConfig
 
 ROWS = {
     "no L2": dict(weight_l2=0.0, feature_l2=0.0),

@@ -2,9 +2,9 @@
 """A hostile probe of ``edgel2 serve`` on loopback: one misbehaving client at a time, with a
 normal client beside it, and the life-cycle cases of the command line.
 
-    python scripts/probe_serve.py                        # this checkout
-    python scripts/probe_serve.py --checkout ../old      # another checkout, same interpreter
-    python scripts/probe_serve.py --quick                # smaller attacks, for a first look
+    python scripts/bench/probe_serve.py                        # this checkout
+    python scripts/bench/probe_serve.py --checkout ../old      # another checkout, same interpreter
+    python scripts/bench/probe_serve.py --quick                # smaller attacks, for a first look
 
 Each attack runs for a bounded time while a normal client sends one 32x32 PNG to
 ``/v1/classify`` every 20 ms (a fresh connection each, 60 s timeout). The table gives, per
@@ -44,7 +44,7 @@ from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 
 

@@ -4,7 +4,7 @@ the uint8 pixels Pillow decodes from them) and what each shipped file answers fo
 logits on its reference engine, calibrated probabilities, top-1), so that a port in another
 language checks its decoding and its model call against known numbers.
 
-    python scripts/make_test_vectors.py            # after the shipped models change
+    python scripts/tools/make_test_vectors.py            # after the shipped models change
 
 ``tests/test_models.py`` checks that the shipped files still give these numbers.
 """
@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: models/ is written
 
 FILES = ("resnet18-int8.onnx", "resnet18-int8.tflite")
 PER_CLASS = 1  # the first test image of each class: 10 images, about 160 KB of JSON
@@ -37,7 +35,7 @@ def main() -> None:
         "about": "edgel2 test vectors: images as JPEG (base64) and as the uint8 HWC RGB pixels "
                  "Pillow decodes from them; per shipped file, its raw logits on its reference "
                  "engine, the calibrated probabilities and the top-1 label. Made by "
-                 "scripts/make_test_vectors.py; README, 'Test vectors for ports'.",
+                 "scripts/tools/make_test_vectors.py; README, 'Test vectors for ports'.",
         "images": [{"name": f"{p.parent.name}/{p.name}", "label": p.parent.name,
                     "jpeg_base64": base64.b64encode(j).decode(), "pixels": x.ravel().tolist()}
                    for p, j, x in zip(picked, jpegs, pixels)],

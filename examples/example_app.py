@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """An app that embeds the edgel2 runtime: numpy, pillow and onnxruntime only, no TensorFlow.
 
-    python scripts/example_app.py MODEL.onnx IMAGE [IMAGE ...]
+    python examples/example_app.py MODEL.onnx IMAGE [IMAGE ...]
 
 It classifies the images in one call, then serves them as if they were requests arriving
 one at a time from many threads (a web handler, a camera loop), through the micro-batcher.

@@ -12,7 +12,7 @@ runs on the first SMALL files, to split its own time into a fixed cost (actor st
 process, imports, the model compiled) and a per-image rate:
 steady img/s = (N - SMALL) / (own seconds on N - own seconds on SMALL).
 
-    python scripts/bench_ray.py --images .data/cifar10-jpeg/test --rounds 3
+    python scripts/bench/bench_ray.py --images .data/cifar10-jpeg/test --rounds 3
 """
 from __future__ import annotations
 

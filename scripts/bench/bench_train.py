@@ -5,9 +5,9 @@ Each backend runs in its own process (Keras fixes its backend at import). A cell
 `--steps` train steps (augmentation, forward, backward, SGD update, exactly as
 `edgel2 train` compiles them) after `--warmup` steps that absorb compilation.
 
-    python scripts/bench_train.py                        # tensorflow and jax, widths 64 and 16
-    python scripts/bench_train.py --widths 64 --batch-size 512 --backends jax
-    python scripts/bench_train.py --backends tensorflow --widths 64 --image-sizes 8,16,32
+    python scripts/bench/bench_train.py                        # tensorflow and jax, widths 64 and 16
+    python scripts/bench/bench_train.py --widths 64 --batch-size 512 --backends jax
+    python scripts/bench/bench_train.py --backends tensorflow --widths 64 --image-sizes 8,16,32
 
 Several --image-sizes are timed in one process, in interleaved rounds (--rounds, medians),
 so their ratios hold on a machine whose speed drifts.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""One JSON line per finished GPU run (scripts/gpu_train.sh), and the pick of the best.
+"""One JSON line per finished GPU run (scripts/repro/gpu_train.sh), and the pick of the best.
 
     gpu_summary.py NAME RUN_DIR WALL_S OPTIONS   # a line for runs.jsonl
     gpu_summary.py --best runs.jsonl             # the name of the best run within 60 s

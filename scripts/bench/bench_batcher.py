@@ -3,7 +3,7 @@
 at a time through one ``Batcher``; in the cancelling runs each request is cancelled right
 after it is submitted with probability P (a client timeout or disconnect).
 
-    python scripts/bench_batcher.py [--model FILE] [--engine E] [--callers 64] [--requests 40] [--cancel 0.1]
+    python scripts/bench/bench_batcher.py [--model FILE] [--engine E] [--callers 64] [--requests 40] [--cancel 0.1]
 
 Rounds with and without cancels alternate (medians over ``--rounds``; this VM's speed drifts).
 Every request that was not cancelled must resolve, with the same labels as single-threaded
@@ -19,13 +19,11 @@ import random
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from edgel2.runtime import Batcher, Classifier  # noqa: E402
-from edgel2.runtime.shipped import shipped_model  # noqa: E402
+from edgel2.runtime import Batcher, Classifier
+from edgel2.runtime.shipped import shipped_model
 
 
 def test_images(clf: Classifier, count: int) -> np.ndarray:

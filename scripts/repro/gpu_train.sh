@@ -2,10 +2,10 @@
 # Full-width ResNet-18 runs on the lent GPU machine (JAX backend; it has no TensorFlow), in one
 # device call: a prepared list of runs (SET), each trained and then measured by `edgel2 eval`.
 #
-#   bash scripts/gpu_train.sh --prepare      # here, once: wheels into .whl/, the data pack into .data/
-#   device run: command "SET=published bash scripts/gpu_train.sh",
+#   bash scripts/repro/gpu_train.sh --prepare      # here, once: wheels into .whl/, the data pack into .data/
+#   device run: command "SET=published bash scripts/repro/gpu_train.sh",
 #               carry [".whl", ".data/cifar10-jpeg.npz", ".data/cifar10_jpeg.py"], timeout_s 560
-#   SET=published LONG=1 SHORT=1 WIDTH=4 SUBSET=512 bash scripts/gpu_train.sh   # a tiny CPU try
+#   SET=published LONG=1 SHORT=1 WIDTH=4 SUBSET=512 bash scripts/repro/gpu_train.sh   # a tiny CPU try
 #
 # SET (README, "Training on a GPU", has every run's result):
 #   shipped    (default) the recipe of the shipped model, once, seed SEED (0), LONG (80) epochs,
@@ -17,7 +17,7 @@
 #   next       not run yet: the shipped recipe with --bn-l2 2.5e-4 at LONG (80) epochs, the
 #              published recipe exactly (BN decayed too) at PUBLISHED_LONG (75), the shipped
 #              recipe at width WIDE (5/4 WIDTH) for WIDE_EPOCHS (52), a second seed of the best
-#   ablation   scripts/ablation.py at full width, ABLATION_EPOCHS (15) epochs, ABLATION_SEEDS (0)
+#   ablation   scripts/repro/ablation.py at full width, ABLATION_EPOCHS (15) epochs, ABLATION_SEEDS (0)
 # Other knobs: WIDTH (64), SUBSET; BUDGET_S (520), the seconds after which no new run starts
 # (keep it under the device call's timeout); RUN_S (110), what one run is expected to take
 # (compile + training + eval + save).
@@ -29,7 +29,7 @@
 # ablation.log and ablation.json for SET=ablation. Back here:
 #   mkdir runs && tar -xzf results.tar.gz -C runs && cat model.keras.part-* > model.keras
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROOT=$PWD
 START=$SECONDS
 
@@ -97,7 +97,7 @@ run() {
     return
   fi
   python3 -m edgel2 eval "$dir/model.keras" --data "$EDGEL2_DATA" --json > "$dir/eval.json" 2> "$dir/eval.log"
-  python3 scripts/gpu_summary.py "$name" "$dir" "$wall" "$*" >> "$OUT/runs.jsonl"
+  python3 scripts/repro/gpu_summary.py "$name" "$dir" "$wall" "$*" >> "$OUT/runs.jsonl"
   tail -n 1 "$OUT/runs.jsonl" | python3 -c "import json,sys; print(json.load(sys.stdin)['line'])" \
     | tee -a "$OUT/summary.txt"
 }
@@ -160,7 +160,7 @@ case ${SET:=shipped} in
     second_seed "$pick" next-wide ;;
   ablation)
     abl=$RUNS/ablation
-    python3 scripts/ablation.py --data "$EDGEL2_DATA" --width "$WIDTH" --subset "${SUBSET:-50000}" \
+    python3 scripts/repro/ablation.py --data "$EDGEL2_DATA" --width "$WIDTH" --subset "${SUBSET:-50000}" \
       --epochs "${ABLATION_EPOCHS:-15}" --batch-size 512 --lr 0.4 --seeds "${ABLATION_SEEDS:-0}" \
       --eval-subset 2000 --out "$abl" --stop-after "$((BUDGET_S - (SECONDS - START) - RUN_S))" \
       2>&1 | tee "$OUT/ablation.log"
@@ -169,7 +169,7 @@ case ${SET:=shipped} in
 esac
 
 # Bring back every run's small files and the best run's model.
-best=$(python3 scripts/gpu_summary.py --best "$OUT/runs.jsonl")
+best=$(python3 scripts/repro/gpu_summary.py --best "$OUT/runs.jsonl")
 for d in "$RUNS"/*/; do
   [ -f "$d/metrics.csv" ] || continue
   (cd "$d" && ls train.log metrics.csv config.json eval.json curves.png 2>/dev/null | sed "s|^|$(basename "$d")/|")

@@ -13,8 +13,8 @@ Every input is made here by mutating a valid one (seeded, so every run tries the
 An outcome is ``ok``, an ``EdgeL2Error`` subclass (the expected refusals, by class and the
 first words of the reason), or ``BUG:`` anything else; the script exits 1 if any BUG was seen.
 
-    python scripts/fuzz_runtime.py              # about a minute on 2 cores
-    python scripts/fuzz_runtime.py --quick      # a tenth of the mutations
+    python scripts/bench/fuzz_runtime.py              # about a minute on 2 cores
+    python scripts/bench/fuzz_runtime.py --quick      # a tenth of the mutations
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))  # the tests' tiny model
 from conftest import make_tiny_onnx  # noqa: E402 - the same tiny model the tests use
 
 from edgel2.errors import EdgeL2Error  # noqa: E402

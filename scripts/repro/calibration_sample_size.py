@@ -3,8 +3,8 @@
 logits, judge it on 5,000 other test images, and count the fits that make the held-out NLL
 worse than plain softmax. The figures behind edgel2.calibration.MIN_CALIBRATION_IMAGES.
 
-    python scripts/calibration_sample_size.py                      # the shipped int8 ONNX
-    python scripts/calibration_sample_size.py --model FILE --data PATH --draws 100
+    python scripts/repro/calibration_sample_size.py                      # the shipped int8 ONNX
+    python scripts/repro/calibration_sample_size.py --model FILE --data PATH --draws 100
 """
 from __future__ import annotations
 
