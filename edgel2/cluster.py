@@ -265,7 +265,7 @@ def classify_on_ray(paths: Sequence[str], output: str | os.PathLike, *,
     from edgel2.runtime.shipped import shipped_models
 
     if output_format not in OUTPUT_FORMATS:
-        raise OptionError(f"--format must be one of {', '.join(OUTPUT_FORMATS)} with --ray, "
+        raise OptionError(f"`output_format` must be one of {', '.join(OUTPUT_FORMATS)} on Ray, "
                           f"got {output_format!r}")
     if (cpus_per_actor is not None and cpus_per_actor < 1) or (actors is not None and actors < 1):
         raise OptionError("actors and CPUs per actor must be >= 1")
@@ -324,7 +324,7 @@ def _layout(actors: int | None, cpus_per_actor: int | None) -> tuple[int, int]:
     largest = max(node_cpus, default=0)
     cpus = cpus_per_actor or max(1, min(CPUS_PER_ACTOR, largest))
     if cpus > largest:
-        raise EdgeL2Error(f"--cpus-per-actor {cpus}: no node of this Ray cluster has more than "
+        raise EdgeL2Error(f"`cpus_per_actor` {cpus}: no node of this Ray cluster has more than "
                           f"{largest} CPU{'s' * (largest != 1)}")
     return actors or max(1, sum(n // cpus for n in node_cpus)), cpus
 

@@ -213,5 +213,5 @@ def parse_devices(text: str | int) -> int | None:
     except ValueError:
         count = 0
     if count < 1:
-        raise OptionError(f"--devices takes 'all' or a count >= 1, got {text!r}")
+        raise OptionError(f"`devices` takes 'all' or a count >= 1, got {text!r}")
     return count

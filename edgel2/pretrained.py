@@ -135,7 +135,7 @@ def load_backbone(source: str | os.PathLike):
     if path.suffix.lower() == ".onnx":
         return network_from_onnx(path), True
     if path.suffix.lower() != ".keras":
-        raise ModelError(f"--weights takes an edgel2 .keras or .onnx file, got {path}")
+        raise ModelError(f"`weights` takes an edgel2 .keras or .onnx file, got {path}")
     network = network_of(load_model(path))
     if not _is_resnet18(network):
         raise ModelError(f"{path} is not an edgel2 ResNet-18 (no stem_conv ... logits layers)")

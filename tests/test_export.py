@@ -250,7 +250,7 @@ def test_interrupted_export_leaves_no_file_behind(small_model, cifar, tmp_path, 
 
 def test_existing_file_is_kept_without_force(small_model, cifar, tmp_path):
     (tmp_path / "model-fp32.onnx").write_bytes(b"precious")
-    with pytest.raises(EdgeL2Error, match="exists; pass --force to overwrite"):
+    with pytest.raises(EdgeL2Error, match="exists; pass `force` to overwrite"):
         export_model(small_model, ["onnx"], ["fp32"], dataset=cifar, check=0, out=tmp_path)
     assert (tmp_path / "model-fp32.onnx").read_bytes() == b"precious"
     export_model(small_model, ["onnx"], ["fp32"], dataset=cifar, check=0, out=tmp_path, force=True)

@@ -125,7 +125,7 @@ def test_a_failed_job_leaves_no_output_folder(local_ray, images, tmp_path):
 
 
 def test_an_actor_larger_than_every_node_is_refused_instead_of_waiting(local_ray, images, tmp_path):
-    with pytest.raises(EdgeL2Error, match="--cpus-per-actor 3: no node of this Ray cluster "
+    with pytest.raises(EdgeL2Error, match="`cpus_per_actor` 3: no node of this Ray cluster "
                                           "has more than 2 CPUs"):
         classify_on_ray([str(images)], tmp_path / "out", cpus_per_actor=3)
     assert os.listdir(tmp_path) == []

@@ -78,7 +78,7 @@ def test_nan_loss_stops_the_run_with_a_clear_message(cifar, tmp_path):
                                       "lr": 1e30, "warmup": 0.0})
     with pytest.raises(TrainingError) as raised:
         train(config, tmp_path / "nan", dataset=cifar, verbose=0)
-    assert str(raised.value) == ("loss became NaN in epoch 1; lower --lr (now 1e+30) or the L2 "
+    assert str(raised.value) == ("loss became NaN in epoch 1; lower `lr` (now 1e+30) or the L2 "
                                  "weights; no checkpoint had been written yet")
     assert not (tmp_path / "nan" / "last.keras").exists()
     assert not (tmp_path / "nan" / "metrics.csv").exists()  # nothing of the NaN epoch is kept

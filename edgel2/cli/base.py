@@ -55,28 +55,31 @@ def plural(count: int, noun: str, plural: str = "") -> str:
     return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
 
 
-def as_flag(group: click.Group, args: list[str], message: str) -> str:
-    """A library message that starts with an argument's name (``max_body_mb must be ...``),
-    with the name of the option that sets it instead (``--max-body-mb must be ...``), when
-    the command being run has that option; else the message as it is.
+def as_flags(group: click.Group, args: list[str], message: str, leading: bool) -> str:
+    """A library message as the command line says it: each argument the library names in
+    backticks (```force```), and with ``leading`` an argument that starts the message
+    (``max_body_mb must be ...``), shown as the option that sets it (``--force``,
+    ``--max-body-mb``) when the command being run has one; other backticks dropped.
 
     Example:
         >>> @click.command()
         ... @click.option("--max-body-mb", type=float)
-        ... def serve(max_body_mb): ...
+        ... @click.option("--force", is_flag=True)
+        ... def serve(max_body_mb, force): ...
         >>> group = click.Group(commands={"serve": serve})
-        >>> as_flag(group, ["serve"], "max_body_mb must be a positive number")
+        >>> as_flags(group, ["serve"], "max_body_mb must be a positive number", True)
         '--max-body-mb must be a positive number'
-        >>> as_flag(group, ["serve"], "model file is empty")
-        'model file is empty'
+        >>> as_flags(group, ["serve"], "m.onnx exists; pass `force` to overwrite (`name`)", False)
+        'm.onnx exists; pass --force to overwrite (name)'
     """
-    name = next((a for a in args if not a.startswith("-")), "")
-    command = group.commands.get(name)
+    import re
+
+    command = group.commands.get(next((a for a in args if not a.startswith("-")), ""))
+    flags = {} if command is None else {
+        p.name: p.opts[0] for p in command.params if isinstance(p, click.Option)}
+    message = re.sub(r"`([a-z_]+)`", lambda m: flags.get(m.group(1), m.group(1)), message)
     argument, space, rest = message.partition(" ")
-    if command is None or not space:
-        return message
-    flags = {p.name: p.opts[0] for p in command.params if isinstance(p, click.Option)}
-    return f"{flags[argument]} {rest}" if argument in flags else message
+    return f"{flags[argument]} {rest}" if leading and space and argument in flags else message
 
 
 class _Cli(click.Group):
@@ -101,7 +104,7 @@ class _Cli(click.Group):
             click.echo(f"edgel2: error: {error}", err=True)
             sys.exit(error.exit_code)
         except EdgeL2Error as e:
-            message = as_flag(self, args, str(e)) if isinstance(e, OptionError) else str(e)
+            message = as_flags(self, args, str(e), leading=isinstance(e, OptionError))
             click.echo(f"edgel2: error: {message}", err=True)
             sys.exit(e.exit_code)
         except (click.Abort, KeyboardInterrupt):

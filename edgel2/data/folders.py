@@ -86,7 +86,7 @@ def _load_image_folder(root: Path, *, test_split: float, image_size: int | None,
         raise DataError(f"{root} has a train/ or test/ folder but not both")
     else:
         if not 0.0 < test_split < 1.0:
-            raise DataError(f"--test-split must be between 0 and 1, got {test_split}")
+            raise DataError(f"`test_split` must be between 0 and 1, got {test_split}")
         splits = {"all": _list_split(root)}
     class_names = sorted({c for _, labels in splits.values() for c in labels})
     if "train" in splits:

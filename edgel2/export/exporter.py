@@ -78,13 +78,13 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     stem = model_name(model_path)
     targets = [(f, p, exported_file(out_dir, stem, f, p)) for f in formats for p in precisions]
     if flip_average and any((f, p) == ("tflite", "int8") for f, p, _ in targets):
-        raise EdgeL2Error("--flip-average is not exported to TFLite int8: the full-integer "
+        raise EdgeL2Error("`flip_average` is not exported to TFLite int8: the full-integer "
                           "converter quantizes the two-view graph badly (80.5 % against 92.9 % "
                           "in Keras, measured); use --format onnx, or a float TFLite "
                           "(--quantize none, fp16 or dynamic)")
     existing = [str(t) for _, _, t in targets if t.exists()]
     if existing and not force:
-        raise EdgeL2Error(f"{existing[0]} exists; pass --force to overwrite")
+        raise EdgeL2Error(f"{existing[0]} exists; pass `force` to overwrite")
     writable_folder(out_dir, "the output folder")
     # every temporary file (SavedModels, converters' inputs) goes to a scratch folder inside
     # out_dir: removed at the end, and by the next export if this one is killed

@@ -113,7 +113,7 @@ class StopOnNaN(keras.callbacks.Callback):
         state = checkpoint_state(self.checkpoint)
         where = (f"the last good checkpoint (epoch {state['epoch']}) is {self.checkpoint}"
                  if state else "no checkpoint had been written yet")
-        raise TrainingError(f"loss became NaN in epoch {epoch + 1}; lower --lr (now {self.lr}) "
+        raise TrainingError(f"loss became NaN in epoch {epoch + 1}; lower `lr` (now {self.lr}) "
                             f"or the L2 weights; {where}")
 
 

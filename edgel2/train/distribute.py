@@ -93,7 +93,7 @@ def place(devices: str | int = 1, num_processes: int | None = None,
     wanted = parse_devices(devices)
     multi = multi_process_requested(num_processes)
     if not multi and (process_id is not None or coordinator):
-        raise OptionError("--process-id and --coordinator go with --num-processes N (N > 1)")
+        raise OptionError("`process_id` and `coordinator` go with `num_processes` N (N > 1)")
     import keras
 
     if keras.backend.backend() != "jax":
@@ -109,7 +109,7 @@ def place(devices: str | int = 1, num_processes: int | None = None,
     local = jax.local_devices()
     count = len(local) if wanted is None else wanted
     if count > len(local):
-        raise OptionError(f"--devices {count}: this process sees {len(local)} "
+        raise OptionError(f"`devices` {count}: this process sees {len(local)} "
                           f"{local[0].platform.upper()} device{'s' * (len(local) > 1)}")
     # The same first `count` local devices of every process, in process order: the mesh's
     # batch axis then follows the process order the data shards are put together in.
@@ -130,10 +130,10 @@ def _join(keras, num_processes: int | None, process_id: int | None,
     reached."""
     if num_processes and num_processes > 1:
         if process_id is None or not coordinator:
-            raise OptionError("--num-processes needs --process-id and --coordinator "
+            raise OptionError("`num_processes` needs `process_id` and `coordinator` "
                               "HOST:PORT (the address of process 0) on every process")
         if not 0 <= process_id < num_processes:
-            raise OptionError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+            raise OptionError(f"`process_id` must be in [0, {num_processes}), got {process_id}")
     try:
         # Gloo (JAX's CPU collectives) announces each connection on stdout
         with native_output_without(("[Gloo] Rank",), fd=1):
@@ -156,7 +156,7 @@ def check_batch_size(wanted: int, placement: Placement) -> None:
     """
     if wanted % placement.devices:
         lower = wanted - wanted % placement.devices
-        raise OptionError(f"--batch-size {wanted} does not split over {placement.devices} "
+        raise OptionError(f"`batch_size` {wanted} does not split over {placement.devices} "
                           f"devices: pass a multiple of {placement.devices} (e.g. "
                           f"{lower or placement.devices} or {lower + placement.devices})")
 

@@ -160,7 +160,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
         config.validate()
         check_batch_size(config.batch_size, placement)
         if out is None and not chief:
-            raise OptionError("with several processes every process needs the same --out")
+            raise OptionError("with several processes every process needs the same `out`")
         run_dir = Path(out) if out else next_run_dir("runs/train", "exp")
         name = check_name(name) if name else _default_name(run_dir)
         if chief:

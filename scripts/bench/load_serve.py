@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 
-
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
