@@ -215,9 +215,22 @@ class Classifier:
     def predict(self, images: Any, top_k: int = 1) -> list[Prediction]:
         """Top-k (label, probability) per image.
 
-        ``images``: a path, bytes, PIL image or HWC uint8 array; an NHWC uint8 batch; or a list
-        of any of these. Raises :class:`ImageError` for an unusable image and
-        :class:`PredictionError` when the model's logits for one are not finite.
+        Args:
+            images: A path, bytes, PIL image or HWC uint8 array; an NHWC uint8 batch; or a
+                list of any of these.
+            top_k: Labels per image, best first (at most the class count).
+
+        Returns:
+            One list of ``(label, probability)`` per image, the probabilities calibrated as
+            the file says.
+
+        Raises:
+            ImageError: An image that cannot be used.
+            PredictionError: The model's logits for an image are not finite.
+
+        Example:
+            >>> Classifier().predict(["cat.png", "ship.jpg"], top_k=2)   # doctest: +SKIP
+            [[('cat', 0.91), ('dog', 0.05)], [('ship', 0.97), ('airplane', 0.02)]]
         """
         if isinstance(images, np.ndarray) and images.ndim == 4:
             batch = images if images.shape[1:3] == self.input_size[::-1] else \
@@ -230,9 +243,24 @@ class Classifier:
 
     def predict_files(self, sources: Iterable[ImageLike], top_k: int = 1,
                       workers: int | None = None, prefetch: int = 4) -> Iterator[FileResult]:
-        """Stream results over many inputs, in order. Decoding and resizing run on a thread pool
-        ``prefetch`` batches ahead of the model; a bad file (or one whose logits are not
-        finite) yields a result with ``error`` and the others go on."""
+        """Stream results over many inputs, in order: decoding and resizing run on a thread
+        pool ``prefetch`` batches ahead of the model, which runs ``batch_size`` images a call.
+
+        Args:
+            sources: Paths, bytes, PIL images or arrays, any number (read lazily).
+            top_k: Labels per image, best first.
+            workers: Decoding threads (default: one per CPU).
+            prefetch: Batches decoded ahead of the model.
+
+        Returns:
+            A :class:`FileResult` per source, in order; a bad file (or one whose logits are
+            not finite) has ``error`` set and the others go on.
+
+        Example:
+            >>> clf = Classifier(workload="throughput")                     # doctest: +SKIP
+            >>> for r in clf.predict_files(glob.glob("photos/*.jpg")):      # doctest: +SKIP
+            ...     print(r.source, r.error or r.prediction[0])
+        """
         workers = workers or os.cpu_count() or 1
         chunks = _chunks(sources, self.batch_size)
 
