@@ -16,12 +16,12 @@ from edgel2.calibration import (
     fit_calibration,
     fit_temperature,
 )
+from edgel2.calibration.apply import calibrated_probabilities, softmax
+from edgel2.calibration.files import calibrate_file
 from edgel2.cli import cli
 from edgel2.data import Dataset
 from edgel2.errors import ModelError
-from edgel2.export.calibrate import calibrate_file
 from edgel2.runtime import Classifier, read_metadata
-from edgel2.runtime.classifier import calibrated_probabilities, softmax
 from tests.conftest import TINY_CLASSES, make_tiny_onnx, tiny_metadata
 
 
@@ -176,8 +176,8 @@ def test_a_smoothing_fit_at_its_bound_is_refused_too():
 
 
 def test_a_run_with_a_validation_split_fits_on_it_and_reports_on_the_whole_test_split():
+    from edgel2.calibration.files import calibrate_on
     from edgel2.data import Dataset
-    from edgel2.export.calibrate import calibrate_on
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 60)

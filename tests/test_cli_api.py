@@ -82,16 +82,16 @@ def test_export_passes_export_models_defaults(monkeypatch):
 
 
 def test_eval_and_calibrate_pass_their_functions_defaults(monkeypatch):
+    import edgel2.calibration.files
     import edgel2.evaluate
-    import edgel2.export.calibrate
 
     calls: list = []
     evaluate_path, calibrate_file = (edgel2.evaluate.evaluate_path,
-                                     edgel2.export.calibrate.calibrate_file)
+                                     edgel2.calibration.files.calibrate_file)
     monkeypatch.setattr(edgel2.evaluate, "evaluate_path", recorder(calls))
     run(["eval", "m.keras"])
     same_as_defaults(evaluate_path, calls[-1][1])
-    monkeypatch.setattr(edgel2.export.calibrate, "calibrate_file", recorder(calls))
+    monkeypatch.setattr(edgel2.calibration.files, "calibrate_file", recorder(calls))
     run(["calibrate", "m.onnx"])
     # the CLI draws the reliability diagram beside the file unless told where
     assert calls[-1][1]["plot"].name == "m-onnx-reliability.png"

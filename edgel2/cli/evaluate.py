@@ -1,5 +1,5 @@
 """``edgel2 eval`` and ``edgel2 calibrate``: options in, :func:`edgel2.evaluate.evaluate_path`
-or :func:`edgel2.export.calibrate.calibrate_file` called, the report out."""
+or :func:`edgel2.calibration.files.calibrate_file` called, the report out."""
 from __future__ import annotations
 
 import json
@@ -76,7 +76,7 @@ def calibrate(model, data, plot, dry_run, as_json) -> None:
     The graph is not touched: the edgel2 runtime applies the calibration to the logits,
     and it never changes the order of the classes. `edgel2 export` does this by default.
     """
-    from edgel2.export.calibrate import calibrate_file, describe, format_calibration
+    from edgel2.calibration.files import calibrate_file, describe, format_calibration
 
     path = Path(model)
     plot = plot or path.with_name(f"{path.stem}-{path.suffix.lstrip('.')}-reliability.png")

@@ -43,7 +43,7 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     split, ``check=0`` skips checking. Files that fail their check are not kept.
 
     ``calibrate`` fits a calibration to the Keras model's logits on half of the test split
-    (:mod:`edgel2.export.calibrate`) and records it in every file's metadata, so that the
+    (:mod:`edgel2.calibration.files`) and records it in every file's metadata, so that the
     runtime's probabilities match its accuracy; the report's ``calibration`` entry has the
     figures before and after, on the other half.
 
@@ -127,7 +127,7 @@ def _export_targets(model_path: Path, out_dir: Path, targets: list, *, data, cal
 
     calibration_result = None
     if calibrate:
-        from edgel2.export.calibrate import keras_calibration, metadata_record
+        from edgel2.calibration.files import keras_calibration, metadata_record
 
         if check is None:  # the reference already covers the whole test split, in order
             logits = reference
@@ -362,7 +362,7 @@ def format_table(report: dict) -> str:
                         f"{calibration['reported_on']})" if before and after else ""))
     elif calibration:
         before, after = calibration["before"], calibration["after"]
-        from edgel2.export.calibrate import describe
+        from edgel2.calibration.files import describe
 
         lines.append(f"calibrated ({describe(calibration)}, in every file's "
                      f"metadata): Keras ECE {before['ece']:.4f} -> {after['ece']:.4f}, NLL "

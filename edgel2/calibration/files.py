@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgel2.calibration import (
+from edgel2.calibration.apply import calibrated_probabilities
+from edgel2.calibration.fit import (
     CALIBRATION_SEED,
     calibration_figures,
     calibration_refusal,
@@ -33,7 +34,6 @@ from edgel2.calibration import (
     reliability_bins,
 )
 from edgel2.errors import DataError, ModelError
-from edgel2.runtime.classifier import calibrated_probabilities
 from edgel2.utils import atomic_path, run_batches
 
 PLAIN_SOFTMAX = {"temperature": 1.0, "unsmooth": 0.0}

@@ -1,30 +1,10 @@
-"""Probabilities a user can threshold: one-parameter calibration and the numbers that judge it.
-
-A network trained with label smoothing (the shipped one used 0.2) is under-confident: its
-top-1 probability sits near 0.8 even where it is right 99 % of the time. Two one-parameter
-maps fix that, both keeping every row's order of classes (top-k cannot change), fitted by
-minimum negative log-likelihood on held-out images:
-
-* temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", 2017):
-  ``softmax(logits / T)``;
-* the inverse of label smoothing: a model trained with smoothing ``a`` learns to say
-  ``(1 - a) * onehot + a / classes``; ``p ~ max(q - a / classes, 0.01 q)`` maps that back.
-  Temperature scaling cannot fix such a model: smoothing caps the logit gap, so one ``T``
-  that is right for the many confident images is wrong for the uncertain ones.
-
-:func:`fit_calibration` fits both and keeps the one with the lower NLL on the fitting images.
-edgel2 records the result in the model file's metadata (``"temperature"``, ``"unsmooth"``) and
-the runtime applies it (:func:`edgel2.runtime.classifier.calibrated_probabilities`): the
-graph's logits stay exactly those checked against Keras, and a file can be calibrated again
-on a user's own images without re-exporting or re-quantizing it.
-
-Numpy only, so the runtime, export and the report share it.
-"""
+"""Fitting a one-parameter calibration to held-out logits, and the numbers that judge it
+(ECE, NLL, reliability bins, when a fit is refused); numpy only. See the package docstring."""
 from __future__ import annotations
 
 import numpy as np
 
-from edgel2.runtime.classifier import calibrated_probabilities
+from edgel2.calibration.apply import calibrated_probabilities
 
 ECE_BINS = 15                   # the usual choice (Guo et al.)
 CALIBRATION_SEED = 0
