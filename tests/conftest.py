@@ -72,7 +72,7 @@ def exported(small_model, cifar, tmp_path_factory):
     from edgel2.export import export_model
 
     out = tmp_path_factory.mktemp("exported")
-    export_model(small_model, ["onnx"], ["int8", "fp32"], dataset=cifar, calib=64, check=0,
+    export_model(small_model, ["onnx"], ["int8", "fp32"], dataset=cifar, int8_images=64, check=0,
                  out=out)
     export_model(small_model, ["tflite"], ["fp32"], dataset=cifar, check=0, out=out)
     return {p.name: p for p in out.glob("model-*")}

@@ -217,7 +217,7 @@ def test_a_flip_averaged_folder_is_filled_with_flip_averaged_files(small_model, 
     from edgel2.runtime import read_metadata
 
     folder = tmp_path / "export-flip"
-    export_model(small_model, ["onnx"], ["int8"], dataset=cifar, calib=64, check=0,
+    export_model(small_model, ["onnx"], ["int8"], dataset=cifar, int8_images=64, check=0,
                  calibrate=False, flip_average=True, out=folder)
     assert _made_as(folder) == {"flip_average": True, "batch": None}
 

@@ -130,3 +130,21 @@ def test_serve_builds_the_default_serve_config(monkeypatch):
     monkeypatch.setattr(edgel2.serve, "open_model", recorder(calls))
     run(["serve"])
     assert calls[0][0] == (ServeConfig(),)
+
+
+def test_the_older_int8_option_spellings_reach_the_renamed_arguments(monkeypatch):
+    """--calib and --calib-method (int8's representative images, not probability
+    calibration) are now --int8-images and --int8-method; the old spellings still work."""
+    import edgel2.export
+
+    calls: list = []
+    monkeypatch.setattr(export_command, "use_backend", lambda backend: None)
+    monkeypatch.setattr(edgel2.export, "export_model", recorder(calls))
+    result = CliRunner().invoke(cli, ["export", "m.keras", "--calib", "64",
+                                      "--calib-method", "entropy"])
+    assert isinstance(result.exception, Called), result.output
+    assert (calls[0][1]["int8_images"], calls[0][1]["int8_method"]) == (64, "entropy")
+    assert result.stderr.splitlines() == [
+        "edgel2: note: export --calib is now --int8-images; the old spelling still works for now",
+        "edgel2: note: export --calib-method is now --int8-method; the old spelling still works "
+        "for now"]

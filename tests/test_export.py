@@ -30,7 +30,7 @@ def _reference(path):
 @pytest.fixture(scope="module")
 def full_matrix(small_model, cifar, tmp_path_factory):
     out = tmp_path_factory.mktemp("matrix")
-    report = export_model(small_model, ["all"], ["all"], dataset=cifar, calib=64, check=200,
+    report = export_model(small_model, ["all"], ["all"], dataset=cifar, int8_images=64, check=200,
                           out=out, allow_drop=True)
     return out, report
 
@@ -80,12 +80,12 @@ def path_to_first_conv(graph) -> list[str]:
 @pytest.fixture(scope="module")
 def unfolded_int8(full_matrix, cifar, tmp_path_factory):
     """The same calibration as the exported int8 file, without the input folding."""
-    from edgel2.export.exporter import _calibration_images
+    from edgel2.export.exporter import _representative_images
     from edgel2.export.onnx import quantize_int8
 
     out, _ = full_matrix
     path = tmp_path_factory.mktemp("unfolded") / "int8.onnx"
-    quantize_int8(out / "model-fp32.onnx", path, _calibration_images(cifar, 64), fold_input=False)
+    quantize_int8(out / "model-fp32.onnx", path, _representative_images(cifar, 64), fold_input=False)
     return path
 
 
@@ -229,7 +229,7 @@ def test_parity_check_catches_a_wrong_normalization(small_model, cifar, tmp_path
 
 def test_quantized_file_below_the_accuracy_limit_fails_unless_allowed(small_model, cifar,
                                                                       tmp_path):
-    report = export_model(small_model, ["onnx"], ["int8"], dataset=cifar, calib=16, check=100,
+    report = export_model(small_model, ["onnx"], ["int8"], dataset=cifar, int8_images=16, check=100,
                           out=tmp_path, max_drop=-100.0)  # any file misses an impossible bar
     assert report["rows"][0]["status"] == "failed"
     assert "points below Keras" in report["rows"][0]["reason"]
@@ -419,7 +419,7 @@ def test_eval_on_every_exported_format_agrees_with_the_export_report(small_model
     from edgel2.evaluate import evaluate_file
 
     report = export_model(small_model, ["all"], ["fp32", "int8"], dataset=small_test_split,
-                          calib=64, check=None, calibrate=False, allow_drop=True, out=tmp_path)
+                          int8_images=64, check=None, calibrate=False, allow_drop=True, out=tmp_path)
     for row in report["rows"]:
         engine = REFERENCE_ENGINE[row["format"]]  # the engine export checked the file on
         evaluated = evaluate_file(tmp_path / row["file"], small_test_split, engine=engine)

@@ -19,7 +19,8 @@ NON_NEGATIVE = click.FloatRange(min=0)
 # Older spellings of options, one word per meaning now: still accepted, with a one-line note.
 RENAMED_OPTIONS = {
     "infer": {"--output": "--out", "--format": "--out-format"},
-    "export": {"--batch": "--fixed-batch"},
+    "export": {"--batch": "--fixed-batch", "--calib": "--int8-images",
+               "--calib-method": "--int8-method"},
     "benchmark": {"--formats": "--format", "--json": "--out"},
 }
 

@@ -8,7 +8,7 @@ import click
 from edgel2.backend import use_backend
 from edgel2.cli.base import RECORDED_DATA, CheckCount, ChoiceList, ProgressBars, cli, flat
 from edgel2.errors import EdgeL2Error
-from edgel2.export.onnx import CALIB_IMAGES, CALIB_METHODS, MAX_OPSET, MIN_OPSET
+from edgel2.export.onnx import INT8_IMAGES, INT8_METHODS, MAX_OPSET, MIN_OPSET
 from edgel2.variants import CHECK_IMAGES, FORMATS, PRECISION_ALIASES, PRECISIONS
 
 
@@ -25,10 +25,12 @@ from edgel2.variants import CHECK_IMAGES, FORMATS, PRECISION_ALIASES, PRECISIONS
                    "or 'all'.")
 @click.option("--data", type=str, default=None,
               help="Images to quantize, calibrate and check on. " + RECORDED_DATA)
-@click.option("--calib", type=click.IntRange(min=1), default=CALIB_IMAGES, show_default=True,
-              help="Class-balanced training images for int8 calibration.")
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS),
-              default=CALIB_METHODS[0], show_default=True, help="ONNX int8 calibration.")
+@click.option("--int8-images", type=click.IntRange(min=1), default=INT8_IMAGES, show_default=True,
+              help="Class-balanced training images int8 quantization picks its ranges on (the "
+                   "representative images).")
+@click.option("--int8-method", type=click.Choice(INT8_METHODS),
+              default=INT8_METHODS[0], show_default=True,
+              help="How ONNX int8 quantization picks its ranges on them.")
 @click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=MIN_OPSET,
               show_default=True, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -50,7 +52,7 @@ from edgel2.variants import CHECK_IMAGES, FORMATS, PRECISION_ALIASES, PRECISIONS
                    "shapes); the file refuses other batches, edgel2's runtime pads to it. "
                    "Files go to export-bN/ unless --out. Default: any batch.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
-def export(model, formats, precisions, data, calib, calib_method, opset, out, check, allow_drop,
+def export(model, formats, precisions, data, int8_images, int8_method, opset, out, check, allow_drop,
            calibrate, flip_average, batch, force) -> None:
     """Export MODEL (.keras, trained on any backend) to ONNX and/or TFLite, in fp32, fp16,
     dynamic-range or int8, and check every file against the Keras model.
@@ -63,8 +65,8 @@ def export(model, formats, precisions, data, calib, calib_method, opset, out, ch
     use_backend("tensorflow")  # tf2onnx and the TFLite converter need TensorFlow
     from edgel2.export import export_model, format_table
 
-    report = export_model(model, formats, precisions, data=data, calib=calib,
-                          calib_method=calib_method, opset=opset, out=out, check=check,
+    report = export_model(model, formats, precisions, data=data, int8_images=int8_images,
+                          int8_method=int8_method, opset=opset, out=out, check=check,
                           force=force, allow_drop=allow_drop, calibrate=calibrate,
                           flip_average=flip_average, batch=batch,
                           progress=lambda line: click.echo(f"export: {line}", err=True),

@@ -14,7 +14,7 @@ import numpy as np
 
 from edgel2.data import balanced_subset, held_out_images, load_model_data
 from edgel2.errors import EdgeL2Error, first_line, require_whole
-from edgel2.export.onnx import CALIB_IMAGES, CALIB_METHODS, MIN_OPSET
+from edgel2.export.onnx import INT8_IMAGES, INT8_METHODS, MIN_OPSET
 from edgel2.utils import atomic_path, run_batches, scratch_space, writable_folder, write_json
 from edgel2.variants import CHECK_IMAGES, FORMATS, PRECISIONS, SUFFIX, precision_name
 
@@ -31,7 +31,7 @@ def exported_file(out_dir: Path, stem: str, fmt: str, precision_name: str) -> Pa
 
 def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx",),
                  precisions: Sequence[str] = ("fp32",), *, data: str | None = None,
-                 calib: int = CALIB_IMAGES, calib_method: str = CALIB_METHODS[0],
+                 int8_images: int = INT8_IMAGES, int8_method: str = INT8_METHODS[0],
                  opset: int = MIN_OPSET, out: str | os.PathLike | None = None,
                  check: int | None = CHECK_IMAGES,
                  force: bool = False, max_drop: float = 2.0, allow_drop: bool = False,
@@ -89,14 +89,14 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx"
     # every temporary file (SavedModels, converters' inputs) goes to a scratch folder inside
     # out_dir: removed at the end, and by the next export if this one is killed
     with scratch_space(out_dir):
-        return _export_targets(model_path, out_dir, targets, data=data, calib=calib,
-                               calib_method=calib_method, opset=opset, check=check,
+        return _export_targets(model_path, out_dir, targets, data=data, int8_images=int8_images,
+                               int8_method=int8_method, opset=opset, check=check,
                                max_drop=max_drop, allow_drop=allow_drop, calibrate=calibrate,
                                flip_average=flip_average, batch=batch, dataset=dataset,
                                progress=progress, check_progress=check_progress)
 
 
-def _export_targets(model_path: Path, out_dir: Path, targets: list, *, data, calib, calib_method,
+def _export_targets(model_path: Path, out_dir: Path, targets: list, *, data, int8_images, int8_method,
                     opset, check, max_drop, allow_drop, calibrate, flip_average, batch, dataset,
                     progress, check_progress) -> dict:
     """The work of :func:`export_model`, once its arguments are checked."""
@@ -114,7 +114,7 @@ def _export_targets(model_path: Path, out_dir: Path, targets: list, *, data, cal
     ds = (dataset if dataset is not None or not needs_data else
           load_model_data(model_path, tuple(model.input.shape[1:3]), data=data))
     # Data is loaded whenever int8 is asked for; a missing source already raised, saying --data.
-    calibration = _calibration_images(ds, calib) if "int8" in precisions else None
+    representative = _representative_images(ds, int8_images) if "int8" in precisions else None
     if base_metadata["class_names"] is None:
         base_metadata["class_names"] = _class_names(model_path, model.output.shape[-1], ds, progress)
 
@@ -146,8 +146,8 @@ def _export_targets(model_path: Path, out_dir: Path, targets: list, *, data, cal
     rows = []
     for fmt, precision, target in targets:
         progress(f"{fmt} {precision} -> {target}")
-        rows.append({**_export_one(model, fmt, precision, target, opset, calibration,
-                                   calib_method, images, labels, reference, base_metadata,
+        rows.append({**_export_one(model, fmt, precision, target, opset, representative,
+                                   int8_method, images, labels, reference, base_metadata,
                                    max_drop, allow_drop, check_progress, checked_on, batch),
                      **checked})
     # the model as seen from the report's folder: valid from any directory, and after the
@@ -219,7 +219,7 @@ def _with_earlier_rows(path: Path, report: dict) -> dict:
     return {**report, "rows": rows}
 
 
-def _export_one(model, fmt, precision, target, opset, calibration, calib_method, images, labels,
+def _export_one(model, fmt, precision, target, opset, representative, int8_method, images, labels,
                 reference, base_metadata, max_drop, allow_drop, check_progress,
                 data_name: str | None, batch: int | None = None) -> dict:
     from edgel2.export import check as checks
@@ -230,7 +230,7 @@ def _export_one(model, fmt, precision, target, opset, calibration, calib_method,
     start = time.perf_counter()
     try:
         with atomic_path(target) as tmp:
-            slower = _write(fmt, model, tmp, precision, opset, calibration, calib_method, batch)
+            slower = _write(fmt, model, tmp, precision, opset, representative, int8_method, batch)
             result = None
             if images is not None:
                 try:
@@ -270,17 +270,17 @@ def _export_one(model, fmt, precision, target, opset, calibration, calib_method,
     return row
 
 
-def _write(fmt, model, path, precision, opset, calibration, calib_method,
+def _write(fmt, model, path, precision, opset, representative, int8_method,
            batch: int | None = None) -> float | None:
     """Write the file; for a dynamic-range ONNX, how much slower than fp32 it runs here."""
     if fmt == "onnx":
         from edgel2.export.onnx import write_onnx
 
-        return write_onnx(model, path, precision, opset, calibration, calib_method, batch)
+        return write_onnx(model, path, precision, opset, representative, int8_method, batch)
     else:
         from edgel2.export.tflite import write_tflite
 
-        write_tflite(model, path, precision, calibration, batch)
+        write_tflite(model, path, precision, representative, batch)
         return None
 
 
@@ -336,7 +336,7 @@ def _class_names(model_path: Path, count: int, ds, progress) -> list[str]:
     return [f"class_{i}" for i in range(count)]
 
 
-def _calibration_images(ds, count: int) -> np.ndarray:
+def _representative_images(ds, count: int) -> np.ndarray:
     return balanced_subset(ds.x_train, ds.y_train, count, seed=0)[0]
 
 

@@ -19,8 +19,10 @@ from edgel2.runtime.onnxfile import graph_sha256
 
 MIN_OPSET = 17
 MAX_OPSET = 18  # the newest opset tf2onnx 1.17 writes (pyproject pins tf2onnx < 1.18)
-CALIB_METHODS = ("minmax", "entropy", "percentile")  # the first is the default
-CALIB_IMAGES = 512  # class-balanced training images an int8 export is calibrated on
+# How int8 quantization picks its ranges, and on how many class-balanced training images (the
+# representative images, TFLite's word): the first method is the default.
+INT8_METHODS = ("minmax", "entropy", "percentile")
+INT8_IMAGES = 512
 
 
 def check_opset(opset: int) -> None:
@@ -74,12 +76,12 @@ def quantize_dynamic(src: Path, dst: Path) -> None:
         root.removeFilter(not_the_advice)
 
 
-def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "minmax",
+def quantize_int8(src: Path, dst: Path, representative: np.ndarray, method: str = "minmax",
                   batch: int | None = None,
                   fold_input: bool = True) -> None:
     """Static QDQ int8: int8 per-channel weights, uint8 activations (the variant whose
     convolutions fuse into integer kernels on x86), after ``quant_pre_process``, calibrated
-    on ``calibration`` (uint8 NHWC images). ``fold_input`` then lets the stem convolution read
+    on the ``representative`` images (uint8 NHWC). ``fold_input`` then lets the stem convolution read
     the uint8 pixels directly (:mod:`edgel2.export.qdq`), where the graph allows it."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -90,16 +92,16 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, method: str = "
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if method not in CALIB_METHODS:
-        raise EdgeL2Error(f"unknown calibration method {method!r}; choose {', '.join(CALIB_METHODS)}")
+    if method not in INT8_METHODS:
+        raise EdgeL2Error(f"unknown int8 method {method!r}; choose {', '.join(INT8_METHODS)}")
 
     class Reader(CalibrationDataReader):
         def __init__(self):
             # a fixed-batch graph takes exactly `batch` images a call (the rest are left out)
-            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 64))
+            self.batches = iter(np.array_split(representative, max(1, len(representative) // 64))
                                 if batch is None else
-                                [calibration[i:i + batch]
-                                 for i in range(0, len(calibration) - batch + 1, batch)])
+                                [representative[i:i + batch]
+                                 for i in range(0, len(representative) - batch + 1, batch)])
 
         def get_next(self):
             batch = next(self.batches, None)
@@ -244,7 +246,7 @@ def _first_dim(value) -> str | None:
 
 
 def write_onnx(model, path: Path, precision: str, opset: int,
-               calibration: np.ndarray | None, calib_method: str,
+               representative: np.ndarray | None, int8_method: str,
                batch: int | None = None) -> float | None:
     """Write ``model`` as ONNX at ``precision`` (fp32, fp16, dynamic, int8) to ``path``. For
     ``dynamic``, return how many times slower than the fp32 file it runs here (see
@@ -263,9 +265,9 @@ def write_onnx(model, path: Path, precision: str, opset: int,
             if precision == "dynamic":
                 quantize_dynamic(fp32, path)
                 return slowdown(path, fp32)
-            elif calibration is None:
-                raise ValueError("int8 export needs calibration images")
+            elif representative is None:
+                raise ValueError("int8 export needs representative images")
             else:
-                quantize_int8(fp32, path, calibration, calib_method, batch)
+                quantize_int8(fp32, path, representative, int8_method, batch)
     os.chmod(path, 0o644)
     return None

@@ -29,7 +29,7 @@ from edgel2.runtime.modelfile import TFLITE, flatbuffer_end, weights_sha256
 
 
 def write_tflite(model, path: Path, precision: str,
-                 calibration: np.ndarray | None, batch: int | None = None) -> None:
+                 representative: np.ndarray | None, batch: int | None = None) -> None:
     """Write ``model`` as TFLite at ``precision`` (fp32, fp16, dynamic, int8) to ``path``.
 
     Every variant takes uint8 NHWC pixels and returns float32 logits. For int8 the network
@@ -45,10 +45,10 @@ def write_tflite(model, path: Path, precision: str,
         args = [sys.executable, "-m", "edgel2.export.tflite", str(os.getpid()), str(saved),
                 str(path), precision, str(batch or 1)]
         if precision == "int8":
-            if calibration is None:
-                raise ValueError("int8 export needs calibration images")
-            np.save(Path(tmp) / "calib.npy", calibration.astype(np.float32))
-            args.append(str(Path(tmp) / "calib.npy"))
+            if representative is None:
+                raise ValueError("int8 export needs representative images")
+            np.save(Path(tmp) / "representative.npy", representative.astype(np.float32))
+            args.append(str(Path(tmp) / "representative.npy"))
         proc = subprocess.run(args, capture_output=True, text=True,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if proc.returncode != 0:
@@ -232,7 +232,7 @@ def support_metadata(metadata: dict) -> bytes:
 
 
 def _convert(saved_model: str, out: str, precision: str, batch: int,
-             calib: str | None) -> None:
+             representative_file: str | None) -> None:
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
@@ -240,8 +240,8 @@ def _convert(saved_model: str, out: str, precision: str, batch: int,
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if precision == "fp16":
         converter.target_spec.supported_types = [tf.float16]
-    if precision == "int8" and calib is not None:
-        images = np.load(calib)
+    if precision == "int8" and representative_file is not None:
+        images = np.load(representative_file)
 
         def representative():
             # `batch` images at a time: a fixed-batch graph takes no other count
