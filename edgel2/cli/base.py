@@ -189,7 +189,7 @@ def devices_option(ctx, param, value):
     try:
         parse_devices(value)
     except OptionError as e:
-        raise click.BadParameter(str(e).removeprefix("--devices "), ctx, param) from None
+        raise click.BadParameter(str(e).removeprefix("`devices` "), ctx, param) from None
     return value
 
 
