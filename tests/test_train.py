@@ -185,7 +185,7 @@ def test_curves_have_whole_epoch_ticks_a_learning_rate_panel_and_name_the_held_o
     import edgel2.plots as plots
 
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, plt, path: figures.append(fig))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, plt, path: figures.append(fig))
     rows = [{"epoch": e, "train_loss": 1 / e, "train_acc": 0.1 * e, "val_loss": 1.2 / e,
              "val_acc": 0.09 * e, "lr": 0.1 * (3 - e)} for e in (1, 2, 3)]
     plots.plot_curves(rows, tmp_path / "curves.png", title="run: validation: 96 images")

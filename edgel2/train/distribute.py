@@ -152,7 +152,7 @@ def check_batch_size(wanted: int, placement: Placement) -> None:
         >>> check_batch_size(63, Placement(2))
         Traceback (most recent call last):
         ...
-        edgel2.errors.OptionError: --batch-size 63 does not split over 2 devices: pass a multiple of 2 (e.g. 62 or 64)
+        edgel2.errors.OptionError: `batch_size` 63 does not split over 2 devices: pass a multiple of 2 (e.g. 62 or 64)
     """
     if wanted % placement.devices:
         lower = wanted - wanted % placement.devices
