@@ -1,5 +1,5 @@
 """Choosing the Keras backend and describing the device, without importing TensorFlow
-unless it is the backend in use (the lent GPU machines have JAX but no TensorFlow)."""
+unless it is the backend in use (a GPU machine may have JAX but no TensorFlow)."""
 from __future__ import annotations
 
 import contextlib

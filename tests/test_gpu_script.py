@@ -1,5 +1,5 @@
-"""scripts/repro/gpu_train.sh, the one prepared script for the lent GPU machine, run here with a tiny
-setting: device minutes are too few to find its bugs there."""
+"""scripts/repro/gpu_train.sh, the one prepared script for a GPU machine, run here with a tiny
+setting: GPU time is too dear to find its bugs there."""
 from __future__ import annotations
 
 import json
@@ -27,7 +27,7 @@ def _run_script(tmp_path, data_dir, **knobs) -> Path:
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "repro" / "gpu_train.sh")], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert len(list(out.iterdir())) <= 8  # the device tool brings back at most 8 files
+    assert len(list(out.iterdir())) <= 8  # the script's stated bound: at most 8 files
     return out
 
 

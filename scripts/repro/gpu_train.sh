@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Full-width ResNet-18 runs on the lent GPU machine (JAX backend; it has no TensorFlow), in one
-# device call: a prepared list of runs (SET), each trained and then measured by `edgel2 eval`.
+# Full-width ResNet-18 runs on a GPU machine (JAX backend; no TensorFlow needed), in one
+# invocation: a prepared list of runs (SET), each trained and then measured by `edgel2 eval`.
 #
 #   bash scripts/repro/gpu_train.sh --prepare      # here, once: wheels into .whl/, the data pack into .data/
-#   device run: command "SET=published bash scripts/repro/gpu_train.sh",
-#               carry [".whl", ".data/cifar10-jpeg.npz", ".data/cifar10_jpeg.py"], timeout_s 560
+#   on the GPU machine, in a copy of the checkout with .whl/, .data/cifar10-jpeg.npz and
+#   .data/cifar10_jpeg.py (no network needed): SET=published bash scripts/repro/gpu_train.sh
 #   SET=published LONG=1 SHORT=1 WIDTH=4 SUBSET=512 bash scripts/repro/gpu_train.sh   # a tiny CPU try
 #
 # SET (README, "Training on a GPU", has every run's result):
@@ -19,10 +19,11 @@
 #              recipe at width WIDE (5/4 WIDTH) for WIDE_EPOCHS (52), a second seed of the best
 #   ablation   scripts/repro/ablation.py at full width, ABLATION_EPOCHS (15) epochs, ABLATION_SEEDS (0)
 # Other knobs: WIDTH (64), SUBSET; BUDGET_S (520), the seconds after which no new run starts
-# (keep it under the device call's timeout); RUN_S (110), what one run is expected to take
+# (keep it under any time limit the machine has); RUN_S (110), what one run is expected to take
 # (compile + training + eval + save).
 #
-# Leaves under $OUT (default ./gpu-out), within the device tool's 8 files of 16 MiB:
+# Leaves under $OUT (default ./gpu-out) at most 8 files of at most 16 MiB each (small enough to
+# copy back from a remote machine with such limits):
 # device.txt; runs.jsonl and summary.txt (a line per finished run, written as it goes);
 # results.tar.gz (RUN/train.log, metrics.csv, config.json, eval.json, curves.png for each run);
 # the best run's model.keras (within 60 s of training) split into parts under 16 MiB;
