@@ -74,11 +74,8 @@ def engine_candidates(fmt: str, engine: str = "auto",
         return (engine,)
     if fmt == TFLITE:
         return ("litert",)
-    import onnxruntime as ort
-
-    on_gpu = resolve_providers(providers, ort.get_available_providers())[0] != CPU
     x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-    return ("onnxruntime",) if on_gpu or not x86 else AUTO_ONNX_ON_CPU
+    return ("onnxruntime",) if _onnx_on_gpu(providers) or not x86 else AUTO_ONNX_ON_CPU
 
 
 # What floating-point layers compute in (OpenVINO; the other engines run the file as it is)
@@ -157,8 +154,7 @@ def open_engine(path: str | os.PathLike[str], providers: str | Sequence[str] | N
         fixed = len(opened.input_shape) > 0 and isinstance(opened.input_shape[0], int)
         return FixedBatch(opened) if fixed else opened  # a rank-0 input: check_metadata says so
 
-    on_gpu = plan[0][0] == "onnxruntime" and ONNX in formats.values() and \
-        _onnx_on_gpu(providers)
+    on_gpu = ONNX in formats.values() and _onnx_on_gpu(providers)
     if engine == "auto" and not on_gpu and probe_enabled(probe):
         raced = candidates(plan, workload, threads, os.cpu_count() or 1)
         if len(raced) > 1:

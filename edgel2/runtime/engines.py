@@ -313,10 +313,6 @@ class FixedBatch(Engine):
                      "input_dtype", "output_shape"):
             setattr(self, name, getattr(inner, name))
 
-    @property
-    def parallel_batches(self) -> int:
-        return 1  # run() takes the batch apart: one call at a time
-
     def run(self, batch: np.ndarray) -> np.ndarray:
         n = self.fixed_batch
         outputs = []
