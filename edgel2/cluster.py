@@ -242,16 +242,31 @@ def classify_on_ray(paths: Sequence[str], output: str | os.PathLike, *,
                     actors: int | None = None, cpus_per_actor: int | None = None,
                     engine: str = "auto", workload: str = THROUGHPUT,
                     progress: bool = False, classify: type = ClassifyBatch) -> RayReport:
-    """Classify every image under ``paths`` on Ray and write the results into the folder
-    ``output`` (Parquet or JSON-lines part files; see the module's notes).
+    """Classify every image under ``paths`` on Ray into a folder of part files.
 
-    ``address``: a running cluster (``auto``, ``ray://host:10001``), else a local Ray on this
-    machine's CPUs. ``cpus_per_actor`` defaults to :data:`CPUS_PER_ACTOR` (1 on a cluster
-    whose nodes have 1 CPU), ``actors`` to every CPU of the cluster divided by it. The folder
-    must not exist yet. ``model`` is a file or a folder holding one model's pair (default:
-    the shipped pair); ``engine`` and ``workload`` are as for
-    :class:`~edgel2.runtime.Classifier`. ``classify`` is the callable class each actor runs:
-    :class:`ClassifyBatch`, or a subclass that does more per batch.
+    Each actor opens the model once and measures its own engines; results are Parquet or JSON
+    lines with ``edgel2 infer --out-format json``'s fields (see the module's notes).
+
+    Args:
+        paths: Files, folders and globs, or filesystem URIs pyarrow reads (``s3://``, ...).
+        output: The folder of part files; it must not exist yet.
+        model: A file or a folder holding one model's pair; None for the shipped pair.
+        output_format: ``parquet`` or ``jsonl``.
+        address: A running cluster (``auto``, ``ray://host:10001``); None for a local Ray on
+            this machine's CPUs.
+        top_k: Labels per image.
+        batch_size: Images per engine call.
+        actors: Classifier actors; None for every CPU of the cluster over ``cpus_per_actor``.
+        cpus_per_actor: CPUs of each actor; None for :data:`CPUS_PER_ACTOR` (1 on a cluster
+            whose nodes have 1 CPU).
+        engine: As for :class:`~edgel2.runtime.Classifier`.
+        workload: As for :class:`~edgel2.runtime.Classifier`.
+        progress: Show Ray's progress bars.
+        classify: The callable class each actor runs: :class:`ClassifyBatch`, or a subclass
+            that does more per batch.
+
+    Returns:
+        A :class:`RayReport`: images, failures, seconds, actors and CPUs per actor, the folder.
 
     Example:
         >>> report = classify_on_ray(["photos/"], "results/", output_format="jsonl")  # doctest: +SKIP
@@ -271,7 +286,7 @@ def classify_on_ray(paths: Sequence[str], output: str | os.PathLike, *,
         raise OptionError("actors and CPUs per actor must be >= 1")
     output = str(output)
     if not _is_uri(output):  # before the work: a place it could not go is one line now
-        check_output(output, "--out (Ray writes a folder of part files)", folder=True)
+        check_output(output, "`out` (Ray writes a folder of part files)", folder=True)
     model_path = Path(model) if model else shipped_models()
     # a bad model is one line, before Ray; each node measures its own engines
     Classifier(model_path, providers="cpu", threads=1, engine=engine, probe=False)

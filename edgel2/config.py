@@ -32,10 +32,10 @@ FINETUNE_CROP_SCALE = 0.6
 DEFAULT_IMAGE_SIZE = 32
 # edgel2 serve: the largest --max-body-mb (bodies are held in memory; more is a typo)
 MAX_BODY_MB = 1024.0
-# The learning-rate schedules and training precisions `edgel2 train` offers (auto: mixed bf16
-# on a GPU, fp32 on the CPU).
+# The learning-rate schedules and compute dtypes `edgel2 train` offers (auto: mixed bf16 on a
+# GPU, fp32 on the CPU).
 SCHEDULES = ("onecycle", "cosine")
-TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+TRAIN_COMPUTE_DTYPES = ("auto", "fp32", "bf16")
 # The width of the shipped pretrained ResNet-18 (models/resnet18-int8.onnx; a test checks it)
 PRETRAINED_WIDTH = 64
 
@@ -77,7 +77,7 @@ class TrainConfig:
     crop_scale: float = 1.0            # smallest share of the area a random zoom crop keeps
     cutout: int = 0                    # side of the square cut out of each training image
     ema: float = 0.0                   # momentum of an EMA of the weights (0: off)
-    precision: str = TRAIN_PRECISIONS[0]  # auto: bf16 on a GPU, fp32 on the CPU
+    compute_dtype: str = TRAIN_COMPUTE_DTYPES[0]  # auto: mixed bf16 on a GPU, fp32 on the CPU
     seed: int = 0
     weights: str | None = None         # start from: "pretrained" (shipped) or a .keras/.onnx
     freeze: int = 0                    # stages kept frozen with the stem (0-4), when fine-tuning
@@ -138,17 +138,18 @@ class TrainConfig:
             (0 < self.test_split < 1, f"test split must be in (0, 1), got {self.test_split}"),
             (0 <= self.val_split < 1, f"val split must be in [0, 1), got {self.val_split}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}"),
-            (self.precision in TRAIN_PRECISIONS, f"unknown precision {self.precision!r}"),
+            (self.compute_dtype in TRAIN_COMPUTE_DTYPES,
+             f"unknown compute_dtype {self.compute_dtype!r}"),
             (self.subset is None or self.subset >= 1, f"subset must be >= 1, got {self.subset}"),
             (self.test_subset is None or self.test_subset >= 1,
              f"test subset must be >= 1, got {self.test_subset}"),
             (0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}"),
             (0 <= self.freeze <= 4, f"freeze takes 0 to 4 stages, got {self.freeze}"),
             (not self.freeze or self.weights,
-             "--freeze keeps pretrained stages: it needs --pretrained or --weights"),
+             "`freeze` keeps pretrained stages: it needs `weights` (or `pretrained`)"),
             (self.weights != "pretrained" or self.width == PRETRAINED_WIDTH,
              f"the shipped pretrained weights are width {PRETRAINED_WIDTH}: "
-             f"pass --width {PRETRAINED_WIDTH} (got {self.width})"),
+             f"pass `width` {PRETRAINED_WIDTH} (got {self.width})"),
         ]
         for ok, message in checks:
             if not ok:
@@ -156,17 +157,20 @@ class TrainConfig:
 
     @classmethod
     def from_saved(cls, saved: dict) -> TrainConfig:
-        """The config a run directory's ``config.json`` recorded. Runs from before the
-        validation split named the test fraction of a bare class folder ``val_split``.
+        """The config a run directory's ``config.json`` recorded. Older runs named the
+        test fraction of a bare class folder ``val_split`` (before the validation split), and
+        the compute dtype ``precision``.
 
         Example:
-            >>> old = TrainConfig.from_saved({"val_split": 0.2, "epochs": 3})
-            >>> old.test_split, old.val_split, old.epochs
-            (0.2, 0.0, 3)
+            >>> old = TrainConfig.from_saved({"val_split": 0.2, "epochs": 3, "precision": "fp32"})
+            >>> old.test_split, old.val_split, old.epochs, old.compute_dtype
+            (0.2, 0.0, 3, 'fp32')
         """
         saved = dict(saved)
         if "test_split" not in saved and "val_split" in saved:
             saved["test_split"] = saved.pop("val_split")
+        if "compute_dtype" not in saved and "precision" in saved:
+            saved["compute_dtype"] = saved.pop("precision")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(saved) - known)
         if unknown:

@@ -14,6 +14,7 @@ import numpy as np
 from edgel2.data import Dataset
 from edgel2.errors import EdgeL2Error
 from edgel2.plots import plot_confusion
+from edgel2.runtime.modelfile import file_precision
 from edgel2.utils import write_json
 
 
@@ -30,8 +31,16 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
 
 
 def evaluate(model, dataset: Dataset, batch_size: int = 256, on_batch=None) -> dict:
-    """Top-1 accuracy, per-class accuracy and the confusion matrix of a Keras model on the
-    test split; ``on_batch(done, total)`` follows the progress.
+    """Top-1 accuracy, per-class accuracy and the confusion matrix of a Keras model.
+
+    Args:
+        model: A Keras model that maps uint8 images to logits.
+        dataset: The data whose test split is used.
+        batch_size: Images per ``predict_on_batch``.
+        on_batch: Called with (done, total) after each batch.
+
+    Returns:
+        ``accuracy``, ``per_class``, ``confusion``, ``class_names``, ``images`` and ``data``.
 
     Example:
         >>> report = evaluate(load_model("runs/train/exp/model.keras"), load_dataset())  # doctest: +SKIP
@@ -48,9 +57,20 @@ def evaluate(model, dataset: Dataset, batch_size: int = 256, on_batch=None) -> d
 def evaluate_file(path: str | os.PathLike, dataset: Dataset, *, engine: str = "auto",
                   batch_size: int = 64, threads: int | None = None,
                   on_batch=None) -> dict:
-    """:func:`evaluate` for an exported file, through the runtime on ``engine``; the report
-    also names the file, its engine and quantization, and measures its calibration (ECE and
-    NLL of the probabilities the runtime gives, see :mod:`edgel2.calibration`).
+    """:func:`evaluate` for an exported file, through the runtime.
+
+    Args:
+        path: An exported ``.onnx`` or ``.tflite`` file.
+        dataset: The data whose test split is used, at the file's input size.
+        engine: ``auto`` or an engine's name.
+        batch_size: Images per engine call.
+        threads: The engine's threads (None: every core).
+        on_batch: Called with (done, total) after each batch.
+
+    Returns:
+        :func:`evaluate`'s report, plus ``model`` (the file, its format, precision and engine)
+        and ``calibration`` (ECE and NLL of the probabilities the runtime gives, see
+        :mod:`edgel2.calibration`).
 
     Example:
         >>> evaluate_file("models/resnet18-int8.onnx", load_dataset())["accuracy"]   # doctest: +SKIP
@@ -68,11 +88,11 @@ def evaluate_file(path: str | os.PathLike, dataset: Dataset, *, engine: str = "a
     if dataset.x_test.shape[1:3] != (height, width):
         raise EdgeL2Error(f"the test images are {dataset.x_test.shape[2]}x"
                           f"{dataset.x_test.shape[1]} but {Path(path).name} takes "
-                          f"{width}x{height}; pass --image-size {width}")
+                          f"{width}x{height}; pass `image_size` {width}")
     logits = run_batches(classifier.engine.run, dataset.x_test, batch_size, on_batch)
     report = report_from_logits(logits, dataset)
     report["model"] = {"file": str(path), "format": classifier.metadata.get("format"),
-                       "quantization": classifier.metadata.get("quantization"),
+                       "precision": file_precision(classifier.metadata),
                        "engine": classifier.engine.name}
     if np.isfinite(logits).all():
         report["calibration"] = calibration_figures(logits, dataset.y_test,
@@ -85,12 +105,28 @@ def evaluate_path(model: str | os.PathLike, *, data: str | os.PathLike | None = 
                   engine: str = "auto", threads: int | None = None,
                   batch_size: int | None = None, backend: str | None = None,
                   on_batch=None) -> dict:
-    """``edgel2 eval``: :func:`evaluate` for a ``.keras`` file or :func:`evaluate_file` for an
-    exported one, on the test split of ``data``, by default the data the model was trained
-    on (:func:`edgel2.data.load_model_data`). The model is opened before the data loads, so a
-    bad file or a missing extra is one line at once, not after decoding 60,000 images.
-    ``batch_size`` defaults to 256 for ``.keras`` and 64 for an exported file;
-    ``on_batch(done, total)`` follows the progress.
+    """What ``edgel2 eval`` does: evaluate a ``.keras`` model or an exported file on a test split.
+
+    The model is opened before the data loads, so a bad file or a missing extra is one line at
+    once, not after decoding 60,000 images.
+
+    Args:
+        model: A ``.keras`` model (:func:`evaluate`) or an exported ``.onnx``/``.tflite`` file
+            (:func:`evaluate_file`).
+        data: The data whose test split is used; None for the data the model was trained on
+            (:func:`edgel2.data.load_model_data`).
+        test_split: The test fraction of a folder of bare class subfolders.
+        image_size: Resize the images to this side.
+        engine: For an exported file: ``auto`` or an engine's name.
+        threads: For an exported file: the engine's threads (None: every core).
+        batch_size: Images per call; None for 256 (``.keras``) or 64 (exported).
+        backend: For ``.keras``: the Keras backend (None: as configured).
+        on_batch: Called with (done, total) after each batch, for a progress bar.
+
+    Returns:
+        The report: ``accuracy``, ``per_class``, ``confusion``, ``class_names``, ``images``,
+        ``data``; for an exported file also ``model`` (file, format, precision, engine) and
+        ``calibration`` (ECE and NLL of the runtime's probabilities).
 
     Example:
         >>> evaluate_path("runs/train/photos/model.keras")["accuracy"]     # doctest: +SKIP

@@ -22,6 +22,7 @@ import keras
 from keras import layers, ops
 
 from edgel2.config import DEFAULT_FEATURE_L2, DEFAULT_WEIGHT_L2
+from edgel2.errors import OptionError
 
 # Per-channel statistics of the CIFAR-10 training images, on the 0..255 scale.
 CIFAR10_MEAN = (125.307, 122.950, 113.865)
@@ -47,7 +48,7 @@ class FeatureL2(layers.Layer):
     def __init__(self, rate: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         if rate < 0:
-            raise ValueError(f"feature L2 rate must be >= 0, got {rate}")
+            raise OptionError(f"feature L2 rate must be >= 0, got {rate}")
         self.rate = float(rate)
 
     def call(self, inputs, training=None):
@@ -142,9 +143,27 @@ def resnet18(num_classes: int = 10, width: int = 64, *,
              mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD,
              name: str | None = None) -> keras.Model:
     """Build the CIFAR ResNet-18 as a functional Keras model: uint8 NHWC in, logits out.
-    ``weight_l2`` (and ``l1``) regularize the conv and dense kernels; ``bn_l2`` the batch-norm
-    scales and offsets and the classifier's bias (off by default; the published recipes that
-    "decay all parameters" set it equal to ``weight_l2``).
+
+    The input is normalized inside the graph (so exported files take raw pixels); the stem is a
+    3x3 convolution without max-pooling, as CIFAR ResNets have.
+
+    Args:
+        num_classes: Classes of the classifier.
+        width: Channels of the first stage (64: the standard ResNet-18; 8 or 16 train fast on
+            a CPU).
+        weight_l2: L2 on the convolution and dense kernels.
+        feature_l2: ``λ`` of ``λ·mean‖u‖²`` on the pooled features (:class:`FeatureL2`).
+        l1: L1 on the same kernels as ``weight_l2``.
+        dropout: Dropout before the classifier.
+        bn_l2: L2 on the batch-norm scales and offsets and the classifier's bias (off by default;
+            the published recipes that "decay all parameters" set it equal to ``weight_l2``).
+        input_shape: (height, width, 3).
+        mean: Per-channel mean of the normalization, in pixel units.
+        std: Per-channel standard deviation of the normalization.
+        name: The model's name; None for ``resnet18_w<width>``.
+
+    Returns:
+        The uncompiled Keras model.
 
     Example:
         >>> model = resnet18(width=64)
@@ -153,13 +172,13 @@ def resnet18(num_classes: int = 10, width: int = 64, *,
         >>> small = resnet18(width=8, feature_l2=1e-3)   # a fast model for CPU runs
     """
     if width < 1:
-        raise ValueError(f"width must be >= 1, got {width}")
+        raise OptionError(f"width must be >= 1, got {width}")
     for label, value in (("weight_l2", weight_l2), ("feature_l2", feature_l2), ("l1", l1),
                          ("bn_l2", bn_l2)):
         if value < 0:
-            raise ValueError(f"{label} must be >= 0, got {value}")
+            raise OptionError(f"{label} must be >= 0, got {value}")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        raise OptionError(f"dropout must be in [0, 1), got {dropout}")
     reg, bn_reg = _regularizer(weight_l2, l1), _regularizer(bn_l2, 0.0)
 
     images = keras.Input(shape=input_shape, dtype="uint8", name="images")
@@ -181,6 +200,12 @@ def resnet18(num_classes: int = 10, width: int = 64, *,
 
 def feature_extractor(model: keras.Model) -> keras.Model:
     """A model from the same inputs to the pooled features ``u`` (before dropout/classifier).
+
+    Args:
+        model: A network :func:`resnet18` built.
+
+    Returns:
+        A Keras model that maps images to their pooled features.
 
     Example:
         >>> extractor = feature_extractor(resnet18(width=8))
@@ -248,9 +273,16 @@ class MeanOfHalves(layers.Layer):
 
 
 def flip_averaged(model: keras.Model) -> keras.Model:
-    """``model`` with test-time flip averaging inside the graph: the logits of each image and
-    of its left-right mirror image, averaged. Twice the compute of ``model``; same input and
-    output. ``edgel2 export --flip-average`` exports this.
+    """``model`` with test-time flip averaging inside the graph.
+
+    The logits of each image and of its left-right mirror image, averaged: twice the compute of
+    ``model``, the same input and output. ``edgel2 export --flip-average`` exports this.
+
+    Args:
+        model: A network that maps uint8 images to logits.
+
+    Returns:
+        The flip-averaged model.
 
     Example:
         >>> import numpy as np

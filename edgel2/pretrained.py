@@ -176,7 +176,7 @@ def start_from(network, source: str | os.PathLike, images: np.ndarray | None = N
     if width != wanted:
         shipped = " (the shipped weights)" if str(source) == PRETRAINED else ""
         raise ModelError(f"{source}{shipped} is a width-{width} ResNet-18 and this run is "
-                         f"width {wanted}: pass --width {width}")
+                         f"width {wanted}: pass `width` {width}")
     for layer in network.layers:
         if layer.weights and layer.name != HEAD:
             layer.set_weights(backbone.get_layer(layer.name).get_weights())

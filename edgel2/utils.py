@@ -122,7 +122,7 @@ def _is_special(path: str | os.PathLike) -> bool:
     return False
 
 
-def check_output(path: str | os.PathLike, what: str = "--out", folder: bool = False) -> Path:
+def check_output(path: str | os.PathLike, what: str = "`out`", folder: bool = False) -> Path:
     """Refuse, before any work, a destination the results could not be written to: a folder
     where a file goes (or an existing folder where a new one goes), a path under a file, a
     read-only file or file system, a folder that cannot be written in. Raises
@@ -132,7 +132,7 @@ def check_output(path: str | os.PathLike, what: str = "--out", folder: bool = Fa
         >>> check_output("/proc/version")
         Traceback (most recent call last):
         ...
-        edgel2.errors.OutputError: --out /proc/version: cannot write in /proc (No such file or directory)
+        edgel2.errors.OutputError: `out` /proc/version: cannot write in /proc (No such file or directory)
     """
     from edgel2.errors import OutputError
 
@@ -167,7 +167,7 @@ def check_output(path: str | os.PathLike, what: str = "--out", folder: bool = Fa
     return path
 
 
-def deliver_text(text: str, path: str | os.PathLike | None, what: str = "--out",
+def deliver_text(text: str, path: str | os.PathLike | None, what: str = "`out`",
                  echo=None) -> None:
     r"""Write finished results to ``path`` (atomically; stdout when None). If that fails at the
     end (a full disk), the results are not lost: they go to stdout (``echo``), and then

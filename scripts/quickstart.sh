@@ -11,7 +11,7 @@ edgel2 train --width "${WIDTH:-16}" --epochs "${EPOCHS:-4}" --subset "${SUBSET:-
   --batch-size 128 --lr 0.2 --test-subset 2000 --name quickstart --out "$run"
 edgel2 eval "$run/model.keras"
 # A few-minute model is noisy: keep quantized files even if they lose > 2 points (the table says).
-edgel2 export "$run/model.keras" --format all --quantize all --allow-drop
+edgel2 export "$run/model.keras" --format all --precision all --allow-drop
 if [ -d "${EDGEL2_DATA:-}/test" ]; then  # classify a few real test images with the int8 ONNX
   edgel2 infer "$EDGEL2_DATA"/test/*/000[0-1].* --model "$run/export/quickstart-int8.onnx" --top-k 2
 fi

@@ -61,12 +61,12 @@ def test_help_lists_the_commands_and_documents_the_l2_defaults():
 
 
 @pytest.mark.parametrize("args, formats, precisions", [
-    (["--format", "onnx,tflite", "--quantize", "fp32,int8"], ["onnx", "tflite"], ["fp32", "int8"]),
-    (["--format", "onnx", "--format", "tflite", "--quantize", "int8"], ["onnx", "tflite"], ["int8"]),
+    (["--format", "onnx,tflite", "--precision", "fp32,int8"], ["onnx", "tflite"], ["fp32", "int8"]),
+    (["--format", "onnx", "--format", "tflite", "--precision", "int8"], ["onnx", "tflite"], ["int8"]),
     (["--format", "tflite,onnx", "--format", "onnx"], ["tflite", "onnx"], ["fp32"]),
     ([], ["onnx"], ["fp32"]),
     # full precision has one name; the older spelling 'none' is read as it
-    (["--quantize", "none", "--quantize", "fp32,int8"], ["onnx"], ["fp32", "int8"]),
+    (["--precision", "none", "--precision", "fp32,int8"], ["onnx"], ["fp32", "int8"]),
 ])
 def test_list_options_take_commas_and_repetition_alike(monkeypatch, tmp_path, args, formats,
                                                        precisions):
@@ -74,8 +74,8 @@ def test_list_options_take_commas_and_repetition_alike(monkeypatch, tmp_path, ar
 
     seen = {}
 
-    def fake_export(model, formats, precisions, **kwargs):
-        seen.update(formats=formats, precisions=precisions)
+    def fake_export(model, config, **kwargs):
+        seen.update(formats=list(config.formats), precisions=list(config.precisions))
         return {"rows": [], "out": str(tmp_path), "keras_accuracy": None}
 
     monkeypatch.setattr(edgel2.export, "export_model", fake_export)

@@ -66,19 +66,17 @@ def test_train_builds_the_library_default_config_or_the_fine_tuning_recipe(monke
     same_as_defaults(library, calls[0][1])
 
 
-def test_export_passes_export_models_defaults(monkeypatch):
+def test_export_builds_the_default_export_config(monkeypatch):
     import edgel2.export
+    from edgel2.export import ExportConfig
 
     calls: list = []
-    library = edgel2.export.export_model
     monkeypatch.setattr(export_command, "use_backend", lambda backend: None)
     monkeypatch.setattr(edgel2.export, "export_model", recorder(calls))
     run(["export", "m.keras"])
     (args, kwargs), = calls
-    signature = defaults(library)
-    assert (list(args[1]), list(args[2])) == (list(signature["formats"]),
-                                              list(signature["precisions"]))
-    same_as_defaults(library, kwargs)
+    assert args == ("m.keras",) and kwargs["config"] == ExportConfig()
+    assert set(kwargs) == {"config"} | HOOKS - {"on_batch"}
 
 
 def test_eval_and_calibrate_pass_their_functions_defaults(monkeypatch):
@@ -143,7 +141,8 @@ def test_the_older_int8_option_spellings_reach_the_renamed_arguments(monkeypatch
     result = CliRunner().invoke(cli, ["export", "m.keras", "--calib", "64",
                                       "--calib-method", "entropy"])
     assert isinstance(result.exception, Called), result.output
-    assert (calls[0][1]["int8_images"], calls[0][1]["int8_method"]) == (64, "entropy")
+    config = calls[0][1]["config"]
+    assert (config.int8_images, config.int8_method) == (64, "entropy")
     assert result.stderr.splitlines() == [
         "edgel2: note: export --calib is now --int8-images; the old spelling still works for now",
         "edgel2: note: export --calib-method is now --int8-method; the old spelling still works "

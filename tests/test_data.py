@@ -108,7 +108,7 @@ def test_offline_download_fails_with_one_line_naming_the_reason_and_data(monkeyp
     monkeypatch.setattr(edgel2.data.sources, "CHECKOUT_CIFAR10", tmp_path / "no-checkout-copy")
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(DataError, match=r"could not download CIFAR-10 \(no network\? Temporary "
-                                        r"failure in name resolution\); pass --data PATH") as e:
+                                        r"failure in name resolution\); pass data PATH") as e:
         load_dataset()
     assert "\n" not in str(e.value)
 

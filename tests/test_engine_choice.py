@@ -76,7 +76,7 @@ def fakes(monkeypatch, tmp_path):
     Returns the list of candidates opened, in order."""
     clock, opened = FakeClock(), Opened()
 
-    def open_one(candidate, providers, strict, precision):
+    def open_one(candidate, providers, strict, compute_dtype):
         opened.append(candidate)
         return FakeEngine(candidate, clock)
 

@@ -17,7 +17,8 @@ from edgel2.errors import EdgeL2Error
 from edgel2.export import export_model, format_table
 from edgel2.runtime import read_metadata
 from edgel2.runtime.auto import open_engine
-from edgel2.runtime.modelfile import REFERENCE_ENGINE, sniff_format
+from edgel2.runtime.formats import REFERENCE_ENGINE
+from edgel2.runtime.modelfile import sniff_format
 
 pytestmark = pytest.mark.slow
 
@@ -175,7 +176,7 @@ def test_metadata_round_trips_in_both_formats(full_matrix, small_model):
                                  "shape": [None, 32, 32, 3]}
         assert meta["normalization"]["mean"] == pytest.approx([125.307, 122.950, 113.865])
         assert meta["config_hash"] == run_config["config_hash"]
-        assert meta["quantization"] == row["precision"] and meta["format"] == row["format"]
+        assert meta["precision"] == row["precision"] and meta["format"] == row["format"]
         assert meta["accuracy"]["top1"] == row["accuracy"]
         assert meta["accuracy"]["data"] == "CIFAR-10-JPEG test split"
         assert meta["model_name"] == "resnet18_w4"
@@ -318,7 +319,7 @@ def test_check_progress_counts_every_image_of_every_pass(small_model, cifar, tmp
     ("corrupt", [], 1, "cannot load"),
     ("dense", [], 1, "is not an image classifier"),
     ("model", ["--format", "coreml"], 2, "Invalid value for '--format'"),
-    ("model", ["--quantize", "int4"], 2, "Invalid value for '--quantize'"),
+    ("model", ["--precision", "int4"], 2, "Invalid value for '--precision'"),
     ("model", ["--opset", "9"], 2, "Invalid value for '--opset': 9 is not in the range 17<=x<=18"),
     ("model", ["--out", "FILE/sub"], 1, "cannot create the output folder"),
 ])
@@ -355,7 +356,7 @@ def test_int8_of_a_model_with_no_data_record_offline_says_how_to_get_some(small_
     monkeypatch.setenv("EDGEL2_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(edgel2.data.sources, "CHECKOUT_CIFAR10", tmp_path / "no-checkout-copy")
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    result = _export_cli(str(bare), "--quantize", "int8", "--check", "0", "--out", str(tmp_path))
+    result = _export_cli(str(bare), "--precision", "int8", "--check", "0", "--out", str(tmp_path))
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr.splitlines()[-1] == (
         "edgel2: error: could not download CIFAR-10 (no network? Network is unreachable); "
@@ -369,7 +370,7 @@ def test_a_model_whose_recorded_data_is_gone_says_so_naming_data(small_model, tm
     described = json.loads((small_model.parent / "config.json").read_text())
     described["data"]["source"] = str(tmp_path / "moved")
     (run / "config.json").write_text(json.dumps(described))
-    result = _export_cli(str(run / "model.keras"), "--quantize", "int8", "--check", "0")
+    result = _export_cli(str(run / "model.keras"), "--precision", "int8", "--check", "0")
     assert result.exit_code == 1
     assert result.stderr == (f"edgel2: error: the data model.keras was trained on is gone: "
                              f"{tmp_path / 'moved'} (recorded in {run / 'config.json'}); "
@@ -426,7 +427,7 @@ def test_eval_on_every_exported_format_agrees_with_the_export_report(small_model
         assert evaluated["accuracy"] == row["accuracy"], row["file"]
         assert evaluated["images"] == 400 and sum(map(sum, evaluated["confusion"])) == 400
         assert evaluated["model"] == {"file": str(tmp_path / row["file"]), "format": row["format"],
-                                      "quantization": row["precision"], "engine": engine}
+                                      "precision": row["precision"], "engine": engine}
 
 
 def test_eval_cli_on_an_exported_file_writes_the_keras_reports_files(full_matrix, tmp_path):
@@ -443,7 +444,7 @@ def test_eval_cli_on_an_exported_file_writes_the_keras_reports_files(full_matrix
 
 
 @pytest.mark.parametrize("make, message", [
-    ("text", "notes.txt is neither an ONNX nor a TFLite model"),
+    ("text", "notes.txt is not a model file of a format edgel2 reads (ONNX, TFLite)"),
     ("tiny", "model predicts 3 classes but the data has 10"),
 ])
 def test_eval_of_a_file_that_cannot_be_evaluated_gets_one_line(data_dir, tmp_path, make, message):
@@ -484,7 +485,7 @@ def test_onnx_files_have_the_header_generic_tools_read(full_matrix):
     for row in report["rows"]:
         if row["format"] == "onnx":
             _assert_tidy_onnx_header(out / row["file"])
-            assert read_metadata(out / row["file"])["quantization"] == row["precision"]
+            assert read_metadata(out / row["file"])["precision"] == row["precision"]
 
 
 def test_the_shipped_onnx_has_the_header_generic_tools_read():
@@ -494,7 +495,7 @@ def test_the_shipped_onnx_has_the_header_generic_tools_read():
 
 
 def test_flip_average_to_tflite_int8_is_refused_before_any_work(small_model, tmp_path):
-    result = _export_cli(str(small_model), "--format", "all", "--quantize", "int8",
+    result = _export_cli(str(small_model), "--format", "all", "--precision", "int8",
                          "--flip-average", "--out", str(tmp_path / "o"))
     assert result.exit_code == 1
     assert result.stderr.startswith("edgel2: error: --flip-average is not exported to TFLite int8")

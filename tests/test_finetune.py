@@ -131,7 +131,7 @@ def test_pretrained_starts_from_the_shipped_network_at_any_image_size(rebuilt, t
 @pytest.mark.parametrize("args, message", [
     (["--pretrained", "--width", "16"],
      "the shipped pretrained weights are width 64: pass --width 64 (got 16)"),
-    (["--freeze", "2"], "--freeze keeps pretrained stages: it needs --pretrained or --weights"),
+    (["--freeze", "2"], "--freeze keeps pretrained stages: it needs --weights (or --pretrained)"),
     (["--pretrained", "--freeze", "5"],
      "Invalid value for '--freeze': 5 is not in the range 0<=x<=4."),
 ])

@@ -107,7 +107,8 @@ def test_the_format_is_sniffed_from_the_bytes_whatever_the_name(name, tiny_onnx,
 
 
 @pytest.mark.parametrize("make, message, code", [
-    (lambda d: d / "README.md", "is neither an ONNX nor a TFLite model (its first bytes are b'# readme'", 1),
+    (lambda d: d / "README.md",
+     "is not a model file of a format edgel2 reads (ONNX, TFLite): its first bytes are b'# readme'", 1),
     (lambda d: d / "junk.onnx", "cannot load", 1),
     (lambda d: d / "fifo.onnx", "model path is not a regular file", 1),
     (lambda d: d / "missing.onnx", "model file does not exist", 1),

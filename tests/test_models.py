@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from edgel2.cli import cli
 from edgel2.data import balanced_subset
 from edgel2.runtime import Classifier
+from edgel2.runtime.modelfile import file_precision
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SHIPPED = sorted(MODELS.glob("*.onnx")) + sorted(MODELS.glob("*.tflite"))
@@ -30,7 +31,7 @@ def test_shipped_file_carries_metadata_and_matches_its_card(path, cifar):
     clf = Classifier(path)
     meta = clf.metadata
     assert clf.class_names == cifar.class_names
-    assert meta["quantization"] == "int8" and meta["input"]["dtype"] == "uint8"
+    assert file_precision(meta) == "int8" and meta["input"]["dtype"] == "uint8"
     assert meta["model_name"] == "resnet18_w64"  # the full-width network, trained on the GPU
     stated = meta["accuracy"]["top1"]
     assert meta["accuracy"]["images"] == 10000  # measured on the full test split
@@ -64,7 +65,8 @@ def test_the_shipped_files_still_answer_their_test_vectors():
     import json
 
     from edgel2.runtime import load_image, shipped_model
-    from edgel2.runtime.modelfile import REFERENCE_ENGINE, sniff_format
+    from edgel2.runtime.formats import REFERENCE_ENGINE
+    from edgel2.runtime.modelfile import sniff_format
 
     vectors = json.loads(shipped_model("test-vectors.json").read_text())
     pixels = np.array([image["pixels"] for image in vectors["images"]], np.uint8).reshape(-1, 32, 32, 3)

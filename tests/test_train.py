@@ -58,7 +58,8 @@ def test_run_directory_holds_models_config_metrics_and_curves(trained_run):
     assert described["model"]["parameters"] > 0 and described["data"]["fingerprint"]
     assert described["data"]["name"] == trained_run.data_name == "CIFAR-10-JPEG"
     assert described["data"]["val_images"] == 0 and trained_run.held_out == "test"
-    assert described["backend"] == "tensorflow" and described["precision"] == "fp32"
+    assert described["backend"] == "tensorflow" and described["compute_dtype"] == "fp32"
+    assert described["config"]["compute_dtype"] == "auto"
     assert {"keras", "numpy"} <= described["versions"].keys()
     assert list(read_metrics(run / "metrics.csv")[0]) == [
         "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images_per_s"]

@@ -31,7 +31,7 @@ def _runner(fmt: str, precision: str, path: Path, threads: int, provider: str
     from edgel2.runtime.auto import open_engine
 
     engine = open_engine(path, providers=provider, threads=threads, engine=ENGINE[fmt],
-                         precision="bf16" if precision == "bf16" else "f32")
+                         compute_dtype="bf16" if precision == "bf16" else "f32")
     return engine.run, engine.run_stream
 
 

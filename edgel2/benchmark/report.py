@@ -6,7 +6,7 @@ import os
 import platform
 from pathlib import Path
 
-from edgel2.variants import COLOR, MARKER, SHORT_NAME
+from edgel2.variants import COLOR, MARKER, RING_SIZE, SHORT_NAME
 
 
 def machine(load: float | None = None) -> dict:
@@ -27,7 +27,19 @@ def machine(load: float | None = None) -> dict:
 
 
 def format_table(report: dict) -> str:
-    """The report as a table read at a glance; speed-ups are against Keras fp32 in this run."""
+    """The benchmark report as a table read at a glance.
+
+    Args:
+        report: What :func:`~edgel2.benchmark.benchmark` returned.
+
+    Returns:
+        One line per row: runtime, precision, size, top-1, latency percentiles, throughput per
+        batch size and the speed-up against Keras fp32 in the same run (or the row's status
+        and reason).
+
+    Example:
+        >>> print(format_table(benchmark("runs/train/exp/model.keras")))    # doctest: +SKIP
+    """
     sizes = report["batch_sizes"]
     head = (f"{'runtime':<13} {'prec':<7} {'size MB':>7} {'top-1 %':>7} {'p50 ms':>7} {'p90 ms':>7} "
             f"{'p99 ms':>7} " + " ".join(f"{'img/s b' + str(b):>10}" for b in sizes) +
@@ -96,14 +108,22 @@ def _load_text(machine_info: dict) -> str:
     return "unknown" if load is None else f"{load:.2f}"
 
 
-# Rings of one size per runtime: two rows at the same spot (ONNX Runtime and LiteRT fp32 often
-# are) stay visible as concentric rings instead of one hiding the other.
-RING_SIZE = {"keras": 260, "onnx": 180, "tflite": 110, "openvino": 60}
 MIN_ACCURACY_SPAN = 2.0  # points: a 0.1-point gap must not fill the whole axis
 
 
 def plot_report(report: dict, path: str | os.PathLike) -> Path:
-    """The :func:`benchmark_figure` as a PNG."""
+    """Draw :func:`benchmark_figure` (accuracy against batch-1 latency) as a PNG.
+
+    Args:
+        report: What :func:`~edgel2.benchmark.benchmark` returned.
+        path: The PNG to write (atomically).
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> plot_report(report, "benchmark.png")     # doctest: +SKIP
+    """
     from edgel2.plots import pyplot, save_figure
 
     return save_figure(benchmark_figure(report), pyplot(), path)

@@ -17,30 +17,28 @@ from edgel2.benchmark.report import machine
 from edgel2.data import held_out_images, load_dataset, load_dataset_for, load_model_data
 from edgel2.errors import EdgeL2Error, OptionError, last_error_line
 from edgel2.export import exported_file, report_model
+from edgel2.runtime.formats import ENGINE_SPECS, MODEL_SUFFIXES
 from edgel2.utils import run_config
-from edgel2.variants import BENCHMARK_FORMATS, BENCHMARK_ROWS, CHECK_IMAGES, ENGINE, RUNTIME, SUFFIX
+from edgel2.variants import (
+    BENCHMARK_FORMATS,
+    BENCHMARK_ROWS,
+    CHECK_IMAGES,
+    ENGINE,
+    FORMATS,
+    RUNTIME,
+    file_of,
+)
 
 ROWS = BENCHMARK_ROWS
-FORMATS = BENCHMARK_FORMATS
-
-
-def file_of(fmt: str, precision: str) -> tuple[str, str]:
-    """The exported file a row runs, as (format, precision).
-
-    Example:
-        >>> file_of("openvino", "bf16"), file_of("tflite", "int8")
-        (('onnx', 'fp32'), ('tflite', 'int8'))
-    """
-    if fmt == "openvino":
-        return "onnx", "fp32" if precision == "bf16" else precision
-    return fmt, precision
 
 
 def default_formats() -> tuple[str, ...]:
-    """Every runtime that can run here: OpenVINO only when it is installed."""
+    """Every runtime that can run here: an engine beside a format's own (OpenVINO) only when
+    it is installed."""
     import importlib.util
 
-    return tuple(f for f in FORMATS if f != "openvino" or importlib.util.find_spec("openvino"))
+    return tuple(r for r in BENCHMARK_FORMATS if r in FORMATS or r == "keras"
+                 or importlib.util.find_spec(ENGINE_SPECS[ENGINE[r]].package.replace("-", "_")))
 
 
 def has_bf16() -> bool:
@@ -59,13 +57,39 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
               min_accuracy: float | None = None, repeat: int = 1, dataset=None,
               export_missing: bool | None = None,
               progress: Callable[[str], None] = lambda _: None) -> dict:
-    """Measure every row; return the report (see the module docstring).
+    """Measure size, top-1, batch-1 latency and throughput of every format and precision.
 
-    ``source`` is a ``.keras`` model or an export folder. ``export_missing`` exports the
-    files the rows need that are not there yet (from the folder's model, named in its
-    ``export_report.json``); by default only for a ``.keras`` source: an export folder is
-    measured as it is, and a row without its file is ``skipped``. ``data`` defaults to the
-    data the model was trained on (:func:`edgel2.data.load_model_data`).
+    Each row runs in its own process, in interleaved rounds (``repeat``), with the median of
+    each cell kept. On a CPU, the figures also tell ``auto`` what to run on this machine
+    (:func:`remember_choices`).
+
+    Args:
+        source: A ``.keras`` model or an export folder.
+        data: The data whose test split measures top-1; None for the data the model was
+            trained on (:func:`edgel2.data.load_model_data`).
+        formats: The runtimes to measure (:data:`~edgel2.variants.BENCHMARK_FORMATS`); None:
+            every one installed.
+        engine: ``auto``, or only that engine's rows (and Keras as the baseline).
+        batch_sizes: Batch sizes of the throughput cells.
+        threads: Threads per engine; None for every core.
+        provider: ONNX Runtime's provider.
+        seconds: Measuring time per cell.
+        check: Test images top-1 is measured on (None: all; 0: speed only).
+        min_accuracy: A row whose top-1 is below this share fails.
+        repeat: Interleaved rounds; each cell is the median.
+        dataset: The data, already loaded.
+        export_missing: Export the files the rows need that are not there yet; None: only for a
+            ``.keras`` source (an export folder is measured as it is, and a row without its
+            file is ``skipped``).
+        progress: Gets a line per step.
+
+    Returns:
+        The report: ``rows`` (one per runtime x precision, each with its cells or a stated
+        reason), ``machine``, the settings, and ``auto`` (what ``auto`` will run here).
+
+    Example:
+        >>> report = benchmark("runs/train/exp/model.keras", repeat=3)     # doctest: +SKIP
+        >>> print(format_table(report))                                     # doctest: +SKIP
     """
     source = Path(source)
     keras_path, export_dir = _locate(source)
@@ -81,7 +105,7 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
             raise OptionError(f"engine {engine} runs none of the formats asked for")
     rows = [(f, p) for f, p in ROWS if f in formats and (p != "bf16" or has_bf16())]
     if not rows:
-        raise EdgeL2Error(f"no known format in {', '.join(formats)}; choose from {', '.join(FORMATS)}")
+        raise EdgeL2Error(f"no known format in {', '.join(formats)}; choose from {', '.join(BENCHMARK_FORMATS)}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     ds = dataset if dataset is not None else _load_data(data, keras_path, export_dir)
     images, labels = held_out_images(ds, check)
@@ -215,8 +239,8 @@ def _stem(keras_path: Path | None, export_dir: Path) -> str:
         from edgel2.export.source import model_name
 
         return model_name(keras_path)
-    names = sorted(p.name for p in export_dir.glob("*-fp32.onnx")) + sorted(
-        p.name for p in export_dir.glob("*.onnx")) + sorted(p.name for p in export_dir.glob("*.tflite"))
+    names = [p.name for suffix in MODEL_SUFFIXES for pattern in (f"*-fp32{suffix}", f"*{suffix}")
+             for p in sorted(export_dir.glob(pattern))]
     if not names:
         raise EdgeL2Error(f"no exported files in {export_dir}")
     return names[0].rsplit("-", 1)[0]
@@ -244,14 +268,16 @@ def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress,
     from edgel2.backend import use_backend
 
     use_backend("tensorflow")
-    from edgel2.export import export_model
+    from edgel2.export import ExportConfig, export_model
+    from edgel2.export.writers import writer_of
 
     stem = _stem(keras_path, export_dir)
     files = {file_of(f, p) for f, p in rows if f != "keras"}
-    for fmt in ("onnx", "tflite"):
+    made_as = ExportConfig(flip_average=flip_average, batch=batch)
+    for fmt in FORMATS:
         missing = sorted(p for f, p in files if f == fmt and not
                          exported_file(export_dir, stem, fmt, p).is_file()
-                         and not (flip_average and (fmt, p) == ("tflite", "int8")))
+                         and not writer_of(fmt).refuses(p, made_as))
         if missing:
             progress(f"exporting {fmt} {', '.join(missing)}")
             export_model(keras_path, [fmt], missing, dataset=ds, check=0, out=export_dir,
@@ -274,7 +300,7 @@ def _model_and_size(keras_path: Path | None, export_dir: Path
     """A model file that remembers the data, and the input size (height, width)."""
     from edgel2.runtime.modelfile import read_metadata
 
-    files = sorted(p for p in export_dir.glob("*") if p.suffix in SUFFIX.values()) \
+    files = sorted(p for p in export_dir.glob("*") if p.suffix in MODEL_SUFFIXES) \
         if export_dir.is_dir() else []
     described = run_config(keras_path) if keras_path is not None else {}
     try:

@@ -18,9 +18,10 @@ FINETUNE = TrainConfig.finetune()
 NON_NEGATIVE = click.FloatRange(min=0)
 # Older spellings of options, one word per meaning now: still accepted, with a one-line note.
 RENAMED_OPTIONS = {
-    "infer": {"--output": "--out", "--format": "--out-format"},
+    "infer": {"--output": "--out", "--format": "--out-format", "--precision": "--compute-dtype"},
     "export": {"--batch": "--fixed-batch", "--calib": "--int8-images",
-               "--calib-method": "--int8-method"},
+               "--calib-method": "--int8-method", "--quantize": "--precision"},
+    "train": {"--precision": "--compute-dtype"},
     "benchmark": {"--formats": "--format", "--json": "--out"},
 }
 
@@ -125,7 +126,7 @@ def cli() -> None:
     Your own photos (photos/<class>/*.jpg; later commands remember the data):
       edgel2 train --data photos --pretrained --epochs 10 --name photos --out runs/train/photos
       edgel2 eval runs/train/photos/model.keras
-      edgel2 export runs/train/photos/model.keras --format onnx,tflite --quantize int8
+      edgel2 export runs/train/photos/model.keras --format onnx,tflite --precision int8
       edgel2 infer new-photos/ --model runs/train/photos/export/photos-int8.onnx --save annotated/
       edgel2 serve --model runs/train/photos/export/photos-int8.onnx
 
@@ -134,7 +135,7 @@ def cli() -> None:
       edgel2 train --width 16 --epochs 4 --subset 10000 --batch-size 128 --lr 0.2 \\
           --test-subset 2000 --name quickstart --out runs/train/quickstart
       edgel2 eval runs/train/quickstart/model.keras
-      edgel2 export runs/train/quickstart/model.keras --format all --quantize all --allow-drop
+      edgel2 export runs/train/quickstart/model.keras --format all --precision all --allow-drop
       edgel2 infer photos/ --model runs/train/quickstart/export/quickstart-int8.onnx --top-k 2
       edgel2 serve --model runs/train/quickstart/export/quickstart-int8.onnx
     """

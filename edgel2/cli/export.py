@@ -8,38 +8,43 @@ import click
 from edgel2.backend import use_backend
 from edgel2.cli.base import RECORDED_DATA, CheckCount, ChoiceList, ProgressBars, cli, flat
 from edgel2.errors import EdgeL2Error
-from edgel2.export.onnx import INT8_IMAGES, INT8_METHODS, MAX_OPSET, MIN_OPSET
-from edgel2.variants import CHECK_IMAGES, FORMATS, PRECISION_ALIASES, PRECISIONS
+from edgel2.export.config import ExportConfig
+from edgel2.export.onnx import INT8_METHODS, MAX_OPSET, MIN_OPSET
+from edgel2.variants import FORMATS, PRECISION_ALIASES, PRECISIONS
+
+DEFAULTS = ExportConfig()
 
 
 @cli.command(name="export")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--format", "formats", type=ChoiceList([*FORMATS, "all"]), multiple=True,
-              default=["onnx"], show_default=True, callback=flat,
+              default=list(DEFAULTS.formats), show_default=True, callback=flat,
               help="Several comma-separated or repeated, or 'all'.")
-@click.option("--quantize", "precisions",
+@click.option("--precision", "precisions",
               type=ChoiceList([*PRECISIONS, "all"], aliases=PRECISION_ALIASES),
-              multiple=True, default=["fp32"], show_default=True, callback=flat,
+              multiple=True, default=list(DEFAULTS.precisions), show_default=True, callback=flat,
               help="fp32 (full precision; 'none' is read as fp32), fp16, dynamic (int8 weights), "
                    "int8 (full integer, calibrated); several comma-separated or repeated, "
                    "or 'all'.")
 @click.option("--data", type=str, default=None,
               help="Images to quantize, calibrate and check on. " + RECORDED_DATA)
-@click.option("--int8-images", type=click.IntRange(min=1), default=INT8_IMAGES, show_default=True,
+@click.option("--int8-images", type=click.IntRange(min=1), default=DEFAULTS.int8_images,
+              show_default=True,
               help="Class-balanced training images int8 quantization picks its ranges on (the "
                    "representative images).")
 @click.option("--int8-method", type=click.Choice(INT8_METHODS),
-              default=INT8_METHODS[0], show_default=True,
+              default=DEFAULTS.int8_method, show_default=True,
               help="How ONNX int8 quantization picks its ranges on them.")
-@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=MIN_OPSET,
+@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=DEFAULTS.opset,
               show_default=True, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (default: export/ beside MODEL).")
-@click.option("--check", type=CheckCount(), default=str(CHECK_IMAGES), show_default=True,
+@click.option("--check", type=CheckCount(), default=str(DEFAULTS.check), show_default=True,
               help="Held-out test images to compare each file with Keras on; 'all' or 0.")
 @click.option("--allow-drop", is_flag=True,
-              help="Keep quantized files that lose more than 2 points of top-1.")
-@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
+              help=f"Keep quantized files that lose more than {DEFAULTS.max_drop:g} points of "
+                   "top-1.")
+@click.option("--calibrate/--no-calibrate", default=DEFAULTS.calibrate, show_default=True,
               help="Fit a calibration on the run's validation split (else half of the test "
                    "split) and record it in every file when it lowers the held-out NLL, so "
                    "that probabilities match accuracy (see `edgel2 calibrate`).")
@@ -59,16 +64,17 @@ def export(model, formats, precisions, data, int8_images, int8_method, opset, ou
 
     \b
     Every file takes uint8 NHWC pixels, returns float32 logits, and carries its metadata
-    (class names, input layout, normalization, quantization, measured accuracy). Writes
+    (class names, input layout, normalization, precision, measured accuracy). Writes
     export_report.json beside the files and exits 1 if any file failed its check.
     """
     use_backend("tensorflow")  # tf2onnx and the TFLite converter need TensorFlow
     from edgel2.export import export_model, format_table
 
-    report = export_model(model, formats, precisions, data=data, int8_images=int8_images,
-                          int8_method=int8_method, opset=opset, out=out, check=check,
-                          force=force, allow_drop=allow_drop, calibrate=calibrate,
-                          flip_average=flip_average, batch=batch,
+    config = ExportConfig(formats=tuple(formats), precisions=tuple(precisions), data=data,
+                          int8_images=int8_images, int8_method=int8_method, opset=opset,
+                          out=out, check=check, force=force, allow_drop=allow_drop,
+                          calibrate=calibrate, flip_average=flip_average, batch=batch)
+    report = export_model(model, config=config,
                           progress=lambda line: click.echo(f"export: {line}", err=True),
                           check_progress=ProgressBars("running the check images"))
     click.echo(format_table(report))

@@ -10,7 +10,7 @@ import click
 from edgel2.cli.base import ChoiceList, ProgressBars, cli, plural
 from edgel2.cluster import OUTPUT_FORMATS as RAY_FORMATS
 from edgel2.cluster import is_ray_address
-from edgel2.runtime.auto import ENGINES, INFERENCE_PRECISION_ALIASES, INFERENCE_PRECISIONS
+from edgel2.runtime.auto import COMPUTE_DTYPE_ALIASES, COMPUTE_DTYPES, ENGINES
 from edgel2.runtime.engines import PROVIDER_CHOICES
 from edgel2.runtime.io import OUTPUT_FORMATS as LOCAL_FORMATS
 from edgel2.runtime.probe import THROUGHPUT, WORKLOADS
@@ -59,8 +59,8 @@ def _infer_on_ray(paths, model, top_k, batch_size, engine, workload, fmt, output
 @click.option("--workload", type=click.Choice(WORKLOADS), default=THROUGHPUT, show_default=True,
               help="What auto measures: images per second at --batch-size (throughput), or "
                    "the time for one image (latency).")
-@click.option("--precision", type=ChoiceList(INFERENCE_PRECISIONS, INFERENCE_PRECISION_ALIASES,
-                                              single=True),
+@click.option("--compute-dtype", type=ChoiceList(COMPUTE_DTYPES, COMPUTE_DTYPE_ALIASES,
+                                                  single=True),
               default="fp32", show_default=True,
               help="OpenVINO: compute floating-point layers in bfloat16 (CPUs with AVX512_BF16/AMX).")
 @click.option("--out-format", "fmt", type=click.Choice([*LOCAL_FORMATS, *RAY_FORMATS]),
@@ -86,7 +86,7 @@ def _infer_on_ray(paths, model, top_k, batch_size, engine, workload, fmt, output
                    "or 1 on nodes of 1 CPU).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Say which engine auto chose and the figures behind the choice.")
-def infer(paths, model, top_k, batch_size, provider, threads, engine, workload, precision, fmt,
+def infer(paths, model, top_k, batch_size, provider, threads, engine, workload, compute_dtype, fmt,
           output, save_dir, ray_address, actors, cpus_per_actor, verbose) -> None:
     """Classify images: files, folders (recursive) and globs.
 
@@ -141,7 +141,7 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, workload, 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProviderFallbackWarning)
         classifier = Classifier(model, providers=provider, threads=threads,
-                                batch_size=batch_size, engine=engine, precision=precision,
+                                batch_size=batch_size, engine=engine, compute_dtype=compute_dtype,
                                 workload=workload)
     for w in caught:
         if issubclass(w.category, ProviderFallbackWarning):

@@ -15,7 +15,7 @@ from edgel2.cli.base import (
     devices_option,
     plural,
 )
-from edgel2.config import SCHEDULES, TRAIN_PRECISIONS, TrainConfig
+from edgel2.config import SCHEDULES, TRAIN_COMPUTE_DTYPES, TrainConfig
 
 
 @cli.command()
@@ -70,9 +70,10 @@ from edgel2.config import SCHEDULES, TRAIN_PRECISIONS, TrainConfig
               help="Keep an exponential moving average of the weights with this momentum "
                    "(e.g. 0.99) and save it as model.keras; per-epoch test figures are of the "
                    "raw weights. 0: off.")
-@click.option("--precision", type=click.Choice(TRAIN_PRECISIONS),
-              default=DEFAULTS.precision, show_default=True,
-              help="auto: mixed bf16 on a GPU, fp32 on the CPU.")
+@click.option("--compute-dtype", type=click.Choice(TRAIN_COMPUTE_DTYPES),
+              default=DEFAULTS.compute_dtype, show_default=True,
+              help="What layers compute in (weights stay fp32); auto: mixed bf16 on a GPU, "
+                   "fp32 on the CPU.")
 @click.option("--subset", type=click.IntRange(min=1), default=None,
               help="Train on a class-balanced random subset of N images (quick runs).")
 @click.option("--test-subset", type=click.IntRange(min=1), default=None,

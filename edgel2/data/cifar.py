@@ -65,7 +65,7 @@ def download_cifar10(cache_dir: str | os.PathLike | None = None, url: str = CIFA
     target = base / "cifar-10-batches-py"
     if (target / "test_batch").is_file():
         return target
-    advice = f"pass --data PATH or set ${DATA_ENV} to an image folder or cifar-10-batches-py/"
+    advice = f"pass `data` PATH or set ${DATA_ENV} to an image folder or cifar-10-batches-py/"
     print(f"edgel2: no data given: downloading CIFAR-10 from {url} into {base}", file=sys.stderr)
     try:
         base.mkdir(parents=True, exist_ok=True)

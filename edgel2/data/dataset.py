@@ -83,7 +83,7 @@ def carve(ds: Dataset, *, subset: int | None = None, val_split: float = 0.0,
     if val_split and x_val is not None:
         raise DataError(f"{ds.source or ds.name} has a {VALIDATION_SPLIT_NAME}/ folder of its "
                         "own: a validation split held out of the training images would be a "
-                        "second one; leave --val-split unset")
+                        "second one; leave `val_split` unset")
     if val_split:
         parts = split_stratified(x_train, y_train, val_split, seed)
         x_train, y_train, x_val, y_val = (parts["x_train"], parts["y_train"],

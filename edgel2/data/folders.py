@@ -225,7 +225,7 @@ def _sizes_differ(files: list[Path], sizes: list[tuple[int, int]]) -> DataError:
     odd = next(i for i, size in enumerate(sizes) if size != sizes[0])
     return DataError(f"images differ in size ({files[0]} is {sizes[0][0]}x{sizes[0][1]}, "
                      f"{files[odd]} is {sizes[odd][0]}x{sizes[odd][1]}); "
-                     "pass --image-size N to resize them all")
+                     "pass `image_size` N to resize them all")
 
 
 def _cache_path(cache_dir: str | os.PathLike | None, fingerprint: str,

@@ -110,11 +110,22 @@ def _run_record(model_path: Path) -> DataRecord | None:
 def load_model_data(model_path: str | os.PathLike, size: tuple[int, int], *,
                     data: str | os.PathLike | None = None, test_split: float | None = None,
                     image_size: int | None = None) -> Dataset:
-    """The labelled images to evaluate, export, calibrate or benchmark ``model_path`` on, at
-    its input ``size`` (height, width): ``data`` when given; else the data its run recorded
-    (:func:`data_record`), split as the run split it (its validation split too); else
-    :func:`default_cifar10`. Recorded data that is no longer there is a :class:`DataError`
-    naming ``--data``, never a silent fall-back to CIFAR-10.
+    """The labelled images to evaluate, export, calibrate or benchmark a model on.
+
+    Recorded data that is no longer there is a :class:`DataError` naming ``data``, never a
+    silent fall-back to CIFAR-10.
+
+    Args:
+        model_path: A ``.keras`` model or an exported file.
+        size: The model's input size (height, width).
+        data: The data to use; None for the data the model's run recorded
+            (:func:`data_record`), split as the run split it (its validation split too), else
+            :func:`default_cifar10`.
+        test_split: The test fraction of a folder of bare class subfolders; None: as recorded.
+        image_size: Resize the images to this side.
+
+    Returns:
+        The :class:`Dataset`, at ``size``.
 
     Example:
         >>> ds = load_model_data("runs/train/photos/model.keras", (32, 32))   # doctest: +SKIP
@@ -127,7 +138,7 @@ def load_model_data(model_path: str | os.PathLike, size: tuple[int, int], *,
         return load_dataset_for(data, size, test_split=split, image_size=image_size)
     if not Path(record.source).exists():
         raise DataError(f"the data {Path(model_path).name} was trained on is gone: "
-                        f"{record.source} (recorded in {record.recorded_in}); pass --data PATH")
+                        f"{record.source} (recorded in {record.recorded_in}); pass `data` PATH")
     ds = load_dataset_for(record.source, size, image_size=image_size, seed=record.seed,
                           test_split=record.test_split if test_split is None else test_split)
     return carve(ds, subset=record.subset, val_split=record.val_split, seed=record.seed)

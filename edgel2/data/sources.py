@@ -17,11 +17,23 @@ def load_dataset(path: str | os.PathLike | None = None, *, test_split: float = D
                  mixed_size: int | None = None) -> Dataset:
     """Load a data source (see the module docstring for what ``path`` may be).
 
-    ``image_size`` resizes every image to a square of that side. Without it, images keep
-    their size when they all have the same one; a folder of mixed sizes is resized to
-    ``mixed_size`` (a photo folder always has mixed sizes), or refused when that is None.
-    ``test_split`` and ``seed`` split a folder of bare class subfolders. Raises
-    :class:`DataError` with a one-line reason for anything unusable.
+    Args:
+        path: An image folder (``train/<class>/`` and ``test/<class>/``, or bare
+            ``<class>/`` folders), a ``cifar-10-batches-py/`` folder, or None for
+            :func:`default_cifar10`.
+        test_split: The test fraction of a folder of bare class subfolders.
+        image_size: Resize every image to a square of this side. Without it, images keep their
+            size when they all have the same one.
+        seed: Seeds the split of bare class subfolders.
+        cache_dir: Where decoded folders are cached; None for ``$EDGEL2_CACHE``.
+        mixed_size: The side a folder of mixed sizes is resized to (a photo folder always has
+            mixed sizes); None refuses such a folder.
+
+    Returns:
+        The :class:`Dataset`.
+
+    Raises:
+        DataError: With a one-line reason, for anything unusable.
 
     Example:
         >>> ds = load_dataset(os.environ["EDGEL2_DATA"])  # doctest: +SKIP

@@ -10,15 +10,15 @@ Example:
 """
 from __future__ import annotations
 
+from edgel2.export.config import ExportConfig
 from edgel2.export.exporter import (
-                                    default_folder,
-                                    embed_metadata,
-                                    export_model,
-                                    exported_file,
-                                    format_table,
-                                    onnx_metadata_value,
-                                    report_model,
+    default_folder,
+    embed_metadata,
+    export_model,
+    exported_file,
+    format_table,
+    report_model,
 )
 
-__all__ = ["default_folder", "embed_metadata", "export_model", "exported_file", "format_table",
-           "onnx_metadata_value", "report_model"]
+__all__ = ["ExportConfig", "default_folder", "embed_metadata", "export_model", "exported_file",
+           "format_table", "report_model"]

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from edgel2.runtime.auto import open_engine
-from edgel2.runtime.modelfile import REFERENCE_ENGINE, sniff_format
+from edgel2.runtime.formats import REFERENCE_ENGINE
+from edgel2.runtime.modelfile import sniff_format
 from edgel2.utils import run_batches
 
 # fp32 exports must match Keras to float rounding: logits within this fraction of their scale.

@@ -7,20 +7,32 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgel2.data import balanced_subset, held_out_images, load_model_data
-from edgel2.errors import EdgeL2Error, first_line, require_whole
-from edgel2.export.onnx import INT8_IMAGES, INT8_METHODS, MIN_OPSET
+from edgel2.errors import EdgeL2Error, first_line
+from edgel2.export.config import ExportConfig
+from edgel2.export.writers import writer_of
 from edgel2.utils import atomic_path, run_batches, scratch_space, writable_folder, write_json
-from edgel2.variants import CHECK_IMAGES, FORMATS, PRECISIONS, SUFFIX, precision_name
+from edgel2.variants import FORMATS, PRECISIONS, SUFFIX
 
 
 def exported_file(out_dir: Path, stem: str, fmt: str, precision_name: str) -> Path:
-    """Where ``export_model`` writes ``fmt`` at ``precision_name`` (fp32, fp16, dynamic, int8).
+    """Where :func:`export_model` writes one file.
+
+    Args:
+        out_dir: The export folder.
+        stem: The model's name (the run's).
+        fmt: The format (:data:`~edgel2.variants.FORMATS`).
+        precision_name: fp32, fp16, dynamic or int8.
+
+    Returns:
+        ``out_dir/<stem>-<precision><suffix>``.
 
     Example:
         >>> exported_file(Path("export"), "model", "tflite", "int8").as_posix()
@@ -29,108 +41,117 @@ def exported_file(out_dir: Path, stem: str, fmt: str, precision_name: str) -> Pa
     return out_dir / f"{stem}-{precision_name}{SUFFIX[fmt]}"
 
 
-def export_model(model_path: str | os.PathLike, formats: Sequence[str] = ("onnx",),
-                 precisions: Sequence[str] = ("fp32",), *, data: str | None = None,
-                 int8_images: int = INT8_IMAGES, int8_method: str = INT8_METHODS[0],
-                 opset: int = MIN_OPSET, out: str | os.PathLike | None = None,
-                 check: int | None = CHECK_IMAGES,
-                 force: bool = False, max_drop: float = 2.0, allow_drop: bool = False,
-                 calibrate: bool = True, flip_average: bool = False,
-                 batch: int | None = None, dataset=None, progress: Callable[[str], None] = lambda _: None,
-                 check_progress: Callable[[int, int], None] | None = None) -> dict:
-    """Export ``model_path`` to every format x precision, check each file, write
-    ``export_report.json``; return this call's report. ``check=None`` checks on the whole test
-    split, ``check=0`` skips checking. Files that fail their check are not kept.
+def export_model(model_path: str | os.PathLike, formats: Sequence[str] | None = None,
+                 precisions: Sequence[str] | None = None, *, config: ExportConfig | None = None,
+                 dataset=None, progress: Callable[[str], None] = lambda _: None,
+                 check_progress: Callable[[int, int], None] | None = None,
+                 **options) -> dict:
+    """Export a ``.keras`` model to every format x precision, check each file against the
+    Keras model, and write ``export_report.json`` beside the files.
 
-    ``calibrate`` fits a calibration to the Keras model's logits on half of the test split
-    (:mod:`edgel2.calibration.files`) and records it in every file's metadata, so that the
-    runtime's probabilities match its accuracy; the report's ``calibration`` entry has the
-    figures before and after, on the other half.
+    Files that fail their check are not kept; nothing half-written is left on failure. With
+    ``calibrate`` a calibration is fitted to the Keras model's logits on held-out images
+    (:mod:`edgel2.calibration.files`) and recorded in every file's metadata, so that the
+    runtime's probabilities match its accuracy. ``flip_average`` exports
+    :func:`edgel2.model.flip_averaged` into ``export-flip/``; ``batch`` fixes the batch
+    dimension (NPUs and delegates want static shapes) into ``export-b<N>/``; the runtime pads
+    to it (:class:`edgel2.runtime.engines.FixedBatch`). The report keeps the rows of earlier
+    exports of the same model into the same folder whose files are still there.
 
-    ``flip_average`` exports :func:`edgel2.model.flip_averaged` (each image and its mirror,
-    logits averaged: twice the compute) into ``export-flip/`` by default, so that its files
-    never mix with the plain ones. ``batch`` fixes the batch dimension at that many images
-    (NPUs, NNAPI and other delegates want static shapes), into ``export-b<N>/`` by default;
-    the file refuses any other batch, and edgel2's runtime pads to it
-    (:class:`edgel2.runtime.engines.FixedBatch`).
+    Args:
+        model_path: The trained ``.keras`` model (its run's ``config.json`` beside it names
+            the classes and the data).
+        formats: Formats to write (:data:`~edgel2.variants.FORMATS`, or ``all``); None: the
+            config's.
+        precisions: Precisions to write (:data:`~edgel2.variants.PRECISIONS`, or ``all``);
+            None: the config's.
+        config: Every other knob (:class:`~edgel2.export.config.ExportConfig`); None: the
+            defaults.
+        dataset: The data to quantize, calibrate and check on, already loaded; None: loaded
+            as the run recorded (or ``config.data``).
+        progress: Gets a line per step.
+        check_progress: Called with (done, total) after each batch of check images, for a
+            progress bar.
+        **options: Any :class:`~edgel2.export.config.ExportConfig` field, overriding
+            ``config``'s.
 
-    The report file keeps the rows of earlier exports of the same model into the same folder
-    whose files are still there (``edgel2 export --format onnx`` then ``--format tflite``, or
-    ``edgel2 benchmark`` exporting what is missing), each row with the check it had.
+    Returns:
+        This call's report: ``rows`` (one per file: format, precision, file, size, top-1,
+        agreement with Keras, status and reason), the Keras accuracy, and the calibration.
 
-    ``progress`` gets a line per step; ``check_progress(done, total)`` is called after each
-    batch of check images (the Keras reference, then each file), for a progress bar.
+    Example:
+        >>> report = export_model("runs/exp/model.keras", ["onnx", "tflite"], ["int8"],
+        ...                       check=500)                             # doctest: +SKIP
+        >>> [(r["file"], r["status"]) for r in report["rows"]]           # doctest: +SKIP
+        [('model-int8.onnx', 'ok'), ('model-int8.tflite', 'ok')]
     """
     # first, so that an install without Keras says so before anything else is missed
     from edgel2.export.source import model_name
 
-    formats = _validated(formats, FORMATS, "format")
-    precisions = _validated([precision_name(p) for p in precisions], PRECISIONS, "precision")
-    if "onnx" in formats:
-        from edgel2.export.onnx import check_opset
-
-        check_opset(opset)
-
+    config = config or ExportConfig()
+    if formats is not None:
+        options["formats"] = formats
+    if precisions is not None:
+        options["precisions"] = precisions
+    config = config.replaced(**options).validated()
     model_path = Path(model_path)
-    if batch is not None:
-        require_whole("batch", batch)
-    out_dir = Path(out) if out else model_path.parent / default_folder(flip_average, batch)
+    out_dir = Path(config.out) if config.out else \
+        model_path.parent / default_folder(config.flip_average, config.batch)
     stem = model_name(model_path)
-    targets = [(f, p, exported_file(out_dir, stem, f, p)) for f in formats for p in precisions]
-    if flip_average and any((f, p) == ("tflite", "int8") for f, p, _ in targets):
-        raise EdgeL2Error("`flip_average` is not exported to TFLite int8: the full-integer "
-                          "converter quantizes the two-view graph badly (80.5 % against 92.9 % "
-                          "in Keras, measured); use --format onnx, or a float TFLite "
-                          "(--quantize none, fp16 or dynamic)")
+    targets = [(f, p, exported_file(out_dir, stem, f, p))
+               for f in config.formats for p in config.precisions]
+    for fmt, precision, _ in targets:
+        refusal = writer_of(fmt).refuses(precision, config)
+        if refusal:
+            raise EdgeL2Error(refusal)
     existing = [str(t) for _, _, t in targets if t.exists()]
-    if existing and not force:
+    if existing and not config.force:
         raise EdgeL2Error(f"{existing[0]} exists; pass `force` to overwrite")
     writable_folder(out_dir, "the output folder")
     # every temporary file (SavedModels, converters' inputs) goes to a scratch folder inside
     # out_dir: removed at the end, and by the next export if this one is killed
     with scratch_space(out_dir):
-        return _export_targets(model_path, out_dir, targets, data=data, int8_images=int8_images,
-                               int8_method=int8_method, opset=opset, check=check,
-                               max_drop=max_drop, allow_drop=allow_drop, calibrate=calibrate,
-                               flip_average=flip_average, batch=batch, dataset=dataset,
-                               progress=progress, check_progress=check_progress)
+        return _export_targets(model_path, out_dir, targets, config, dataset, progress,
+                               check_progress)
 
 
-def _export_targets(model_path: Path, out_dir: Path, targets: list, *, data, int8_images, int8_method,
-                    opset, check, max_drop, allow_drop, calibrate, flip_average, batch, dataset,
-                    progress, check_progress) -> dict:
+def _export_targets(model_path: Path, out_dir: Path, targets: list, config: ExportConfig,
+                    dataset, progress, check_progress) -> dict:
     """The work of :func:`export_model`, once its arguments are checked."""
     from edgel2.export.source import load_source
 
     precisions = {precision for _, precision, _ in targets}
     model, base_metadata = load_source(model_path)
-    base_metadata["flip_average"] = flip_average
-    base_metadata["input"]["shape"][0] = base_metadata["output"]["shape"][0] = batch  # None: any
-    if flip_average:
+    base_metadata["flip_average"] = config.flip_average
+    base_metadata["input"]["shape"][0] = base_metadata["output"]["shape"][0] = config.batch
+    if config.flip_average:
         from edgel2.model import flip_averaged
 
         model = flip_averaged(model)
-    needs_data = "int8" in precisions or check != 0 or calibrate
+    needs_data = "int8" in precisions or config.check != 0 or config.calibrate
     ds = (dataset if dataset is not None or not needs_data else
-          load_model_data(model_path, tuple(model.input.shape[1:3]), data=data))
-    # Data is loaded whenever int8 is asked for; a missing source already raised, saying --data.
-    representative = _representative_images(ds, int8_images) if "int8" in precisions else None
+          load_model_data(model_path, tuple(model.input.shape[1:3]), data=config.data))
+    # Data is loaded whenever int8 is asked for; a missing source already raised, saying `data`.
+    representative = _representative_images(ds, config.int8_images) \
+        if "int8" in precisions else None
     if base_metadata["class_names"] is None:
         base_metadata["class_names"] = _class_names(model_path, model.output.shape[-1], ds, progress)
 
-    images = labels = reference = None
-    if check != 0:
-        images, labels = held_out_images(ds, check)
-        progress(f"Keras reference on {len(labels)} {ds.name} test images")
-        reference = run_batches(lambda b: model.predict_on_batch(b), images, 256,
-                                check_progress).astype(np.float64)
+    check = Check()
+    if config.check != 0:
+        check.images, check.labels = held_out_images(ds, config.check)
+        check.data = ds.name
+        progress(f"Keras reference on {len(check.labels)} {ds.name} test images")
+        check.reference = run_batches(lambda b: model.predict_on_batch(b), check.images, 256,
+                                      check_progress).astype(np.float64)
+    check.on_batch = check_progress
 
     calibration_result = None
-    if calibrate:
+    if config.calibrate:
         from edgel2.calibration.files import keras_calibration, metadata_record
 
-        if check is None:  # the reference already covers the whole test split, in order
-            logits = reference
+        if config.check is None:  # the reference already covers the whole test split, in order
+            logits = check.reference
         else:
             held = "validation and test" if ds.y_val is not None else "test"
             progress(f"calibrating: Keras logits on the {ds.name} {held} images")
@@ -138,30 +159,45 @@ def _export_targets(model_path: Path, out_dir: Path, targets: list, *, data, int
         calibration_result = keras_calibration(model, ds, check_progress, logits=logits)
         base_metadata.update(metadata_record(calibration_result))
 
-    checked_on = None if images is None else ds.name
-    checked = {"data": checked_on,
-               "check_images": 0 if labels is None else int(len(labels)),
-               "keras_accuracy": None if reference is None
-               else float(np.mean(reference.argmax(1) == labels))}
+    checked = {"data": check.data,
+               "check_images": 0 if check.labels is None else int(len(check.labels)),
+               "keras_accuracy": None if check.reference is None
+               else float(np.mean(check.reference.argmax(1) == check.labels))}
     rows = []
     for fmt, precision, target in targets:
         progress(f"{fmt} {precision} -> {target}")
-        rows.append({**_export_one(model, fmt, precision, target, opset, representative,
-                                   int8_method, images, labels, reference, base_metadata,
-                                   max_drop, allow_drop, check_progress, checked_on, batch),
-                     **checked})
+        rows.append({**_export_one(model, fmt, precision, target, config, representative,
+                                   check, base_metadata), **checked})
     # the model as seen from the report's folder: valid from any directory, and after the
     # run directory is moved as a whole
     report = {"model": Path(os.path.relpath(Path(model_path).resolve(), out_dir.resolve())).as_posix(),
-              "out": str(out_dir), "flip_average": flip_average, "batch": batch, **checked,
-              "calibration": calibration_result, "rows": rows}
+              "out": str(out_dir), "flip_average": config.flip_average, "batch": config.batch,
+              **checked, "calibration": calibration_result, "rows": rows}
     report_path = out_dir / "export_report.json"
     write_json(report_path, _with_earlier_rows(report_path, report))
     return report
 
 
+@dataclass
+class Check:
+    """The held-out images every file is compared with Keras on (none: not checked)."""
+
+    images: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    reference: np.ndarray | None = None  # the Keras logits on them
+    data: str | None = None              # the data's name
+    on_batch: Callable[[int, int], None] | None = None
+
+
 def default_folder(flip_average: bool = False, batch: int | None = None) -> str:
     """The export folder's name beside the model, so that variants never mix.
+
+    Args:
+        flip_average: Files of the flip-averaged model.
+        batch: Files with this fixed batch dimension; None for any batch.
+
+    Returns:
+        ``export``, ``export-flip``, ``export-b<N>`` or ``export-flip-b<N>``.
 
     Example:
         >>> default_folder(), default_folder(True), default_folder(batch=8), default_folder(True, 1)
@@ -171,9 +207,17 @@ def default_folder(flip_average: bool = False, batch: int | None = None) -> str:
 
 
 def report_model(report_path: Path, report: dict | None = None) -> Path | None:
-    """The ``.keras`` model an ``export_report.json`` belongs to (None if it names none):
-    its ``model`` entry, relative to the report's folder; reports written before that held
-    it relative to the directory ``export`` ran in, which their ``out`` entry tells.
+    """The ``.keras`` model an ``export_report.json`` belongs to.
+
+    Its ``model`` entry is relative to the report's folder; reports written before that held it
+    relative to the directory ``export`` ran in, which their ``out`` entry tells.
+
+    Args:
+        report_path: The ``export_report.json``.
+        report: Its contents, if already read; None reads the file.
+
+    Returns:
+        The model's path (which may no longer exist), or None if the report names none.
 
     Example:
         >>> report_model(Path("/runs/exp/export/export_report.json"), {"model": "../model.keras"})
@@ -219,50 +263,42 @@ def _with_earlier_rows(path: Path, report: dict) -> dict:
     return {**report, "rows": rows}
 
 
-def _export_one(model, fmt, precision, target, opset, representative, int8_method, images, labels,
-                reference, base_metadata, max_drop, allow_drop, check_progress,
-                data_name: str | None, batch: int | None = None) -> dict:
+def _export_one(model, fmt: str, precision: str, target: Path, config: ExportConfig,
+                representative: np.ndarray | None, check: Check, base_metadata: dict) -> dict:
     from edgel2.export import check as checks
 
-    row = {"format": fmt, "precision": precision, "file": target.name,
+    row: dict[str, Any] = {"format": fmt, "precision": precision, "file": target.name,
            "size_mb": None, "accuracy": None, "agreement": None, "max_abs_diff": None,
            "export_s": None, "status": "failed", "reason": None}
     start = time.perf_counter()
+    writer = writer_of(fmt)
     try:
         with atomic_path(target) as tmp:
-            slower = _write(fmt, model, tmp, precision, opset, representative, int8_method, batch)
+            extra = writer.write(model, tmp, precision, config, representative)
             result = None
-            if images is not None:
+            if check.images is not None and check.labels is not None \
+                    and check.reference is not None:
                 try:
-                    logits = checks.run_file(tmp, images, on_batch=check_progress)
+                    logits = checks.run_file(tmp, check.images, on_batch=check.on_batch)
                 except Exception as e:  # e.g. ConvInteger kernels missing in this ORT build
                     raise EdgeL2Error(f"the file does not run in its runtime: "
                                       f"{first_line(e)}") from None
-                result = checks.compare(reference, logits, labels)
+                result = checks.compare(check.reference, logits, check.labels)
                 row.update(accuracy=result["accuracy"], agreement=result["agreement"],
                            max_abs_diff=result["max_abs_diff"],
                            mean_abs_diff=result["mean_abs_diff"])
-                failure = checks.verdict(result, precision, max_drop)
-                if failure and not (allow_drop and precision != "fp32"):
+                failure = checks.verdict(result, precision, config.max_drop)
+                if failure and not (config.allow_drop and precision != "fp32"):
                     raise EdgeL2Error(failure)
                 row["reason"] = failure
-            if slower is not None:
-                from edgel2.export.onnx import SLOW_FACTOR
-
-                row["slower_than_fp32"] = slower
-                if slower > SLOW_FACTOR and not row["reason"]:
-                    row["reason"] = (f"runs {slower:.1f}x slower than fp32 on this machine "
-                                     "(activations quantized at run time): prefer int8 or fp32")
-            if fmt == "onnx" and precision == "int8":
-                from edgel2.export.onnx import integer_conv_share
-
-                integer, total = integer_conv_share(tmp)
-                row["integer_convs"] = f"{integer}/{total}"
-            metadata = {**base_metadata, "format": fmt, "quantization": precision,
+            advice = extra.pop("advice", None)
+            row.update(extra)
+            row["reason"] = row["reason"] or advice
+            metadata = {**base_metadata, "format": fmt, "precision": precision,
                         "accuracy": None if result is None else {
                             "top1": result["accuracy"], "keras_top1": result["reference_accuracy"],
-                            "images": result["images"], "data": f"{data_name} test split"}}
-            embed_metadata(fmt, tmp, metadata)
+                            "images": result["images"], "data": f"{check.data} test split"}}
+            writer.embed_metadata(tmp, metadata)
         row.update(status="ok", size_mb=target.stat().st_size / 2**20)
     except EdgeL2Error as e:
         row["reason"] = str(e)
@@ -270,60 +306,23 @@ def _export_one(model, fmt, precision, target, opset, representative, int8_metho
     return row
 
 
-def _write(fmt, model, path, precision, opset, representative, int8_method,
-           batch: int | None = None) -> float | None:
-    """Write the file; for a dynamic-range ONNX, how much slower than fp32 it runs here."""
-    if fmt == "onnx":
-        from edgel2.export.onnx import write_onnx
+def embed_metadata(fmt: str, path: Path, metadata: dict, update: bool = False) -> None:
+    """Write edgel2's metadata into an exported file, through its format's writer.
 
-        return write_onnx(model, path, precision, opset, representative, int8_method, batch)
-    else:
-        from edgel2.export.tflite import write_tflite
+    ONNX keeps it in ``metadata_props`` (JSON values); TFLite in TFLite Support metadata and a
+    zip appended to the flatbuffer.
 
-        write_tflite(model, path, precision, representative, batch)
-        return None
-
-
-def onnx_metadata_value(value) -> str:
-    """A metadata value as ONNX stores it: a string as it is, so that generic readers show
-    it without quotes, unless it would read as JSON; anything else as JSON. So
-    :func:`edgel2.runtime.modelfile.decode_onnx_metadata` gets back exactly what was written.
+    Args:
+        fmt: The file's format.
+        path: The file, rewritten in place (callers write into a temporary copy).
+        metadata: The keys and values to write.
+        update: Change only the keys in ``metadata`` and keep the rest; otherwise they replace
+            what was there.
 
     Example:
-        >>> [onnx_metadata_value(v) for v in ["edgel2 0.1.0", "1e5", 0.5, ["cat"]]]
-        ['edgel2 0.1.0', '"1e5"', '0.5', '["cat"]']
+        >>> embed_metadata("onnx", Path("m.onnx"), {"temperature": 1.4}, update=True)  # doctest: +SKIP
     """
-    if isinstance(value, str):
-        try:
-            json.loads(value)
-        except ValueError:
-            return value
-    return json.dumps(value)
-
-
-def embed_metadata(fmt: str, path: Path, metadata: dict, update: bool = False) -> None:
-    """Write ``metadata`` into the exported ``fmt`` file at ``path``: ONNX ``metadata_props``
-    (JSON values), or the zip appended to a TFLite flatbuffer. ``update`` changes only the
-    keys in ``metadata`` and keeps the rest; otherwise they replace what was there."""
-    if fmt == "onnx":
-        from edgel2.export.onnx import set_metadata
-
-        set_metadata(path, {k: onnx_metadata_value(v) for k, v in metadata.items()},
-                     keep_others=update)
-    else:
-        from edgel2.export.tflite import pack_metadata
-        from edgel2.runtime.modelfile import tflite_metadata
-
-        pack_metadata(path, {**(tflite_metadata(path) if update else {}), **metadata})
-
-
-def _validated(values: Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
-    values = list(allowed) if "all" in values else list(values)
-    unknown = [v for v in values if v not in allowed]
-    if unknown or not values:
-        raise EdgeL2Error(f"unknown {what} {unknown[0] if unknown else '(none)'!r}; "
-                          f"choose from {', '.join(allowed)} or all")
-    return values
+    writer_of(fmt).embed_metadata(path, metadata, update)
 
 
 def _class_names(model_path: Path, count: int, ds, progress) -> list[str]:
@@ -341,7 +340,18 @@ def _representative_images(ds, count: int) -> np.ndarray:
 
 
 def format_table(report: dict) -> str:
-    """The report as a table people read at a glance."""
+    """The export report as a table people read at a glance.
+
+    Args:
+        report: What :func:`export_model` returned.
+
+    Returns:
+        One row per file (format, precision, size, top-1, agreement with Keras, largest logit
+        difference, export time, status), then the calibration and the Keras top-1.
+
+    Example:
+        >>> print(format_table(export_model("m.keras")))     # doctest: +SKIP
+    """
     header = (f"{'format':<7} {'precision':<9} {'file':<28} {'size MB':>8} {'top-1 %':>8} "
               f"{'agree %':>8} {'max|dlogit|':>11} {'export s':>8}  status")
     lines = [header, "-" * len(header)]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgel2.errors import EdgeL2Error
+from edgel2.errors import EdgeL2Error, OptionError
 from edgel2.runtime.onnxfile import graph_sha256
 
 MIN_OPSET = 17
@@ -31,7 +31,7 @@ def check_opset(opset: int) -> None:
 
     newest = max(tf2onnx.constants.OPSET_TO_IR_VERSION)
     if not MIN_OPSET <= opset <= newest:
-        raise EdgeL2Error(f"opset {opset} is not supported: edgel2 exports opset {MIN_OPSET} to "
+        raise OptionError(f"opset {opset} is not supported: edgel2 exports opset {MIN_OPSET} to "
                           f"{newest} (the newest tf2onnx {tf2onnx.__version__} can write)")
 
 
@@ -271,3 +271,56 @@ def write_onnx(model, path: Path, precision: str, opset: int,
                 quantize_int8(fp32, path, representative, int8_method, batch)
     os.chmod(path, 0o644)
     return None
+
+
+# The writer interface every format's module offers (edgel2.export.writers.Writer).
+
+def check(config) -> None:
+    """Refuse options this writer cannot honour (an opset tf2onnx does not write)."""
+    check_opset(config.opset)
+
+
+def refuses(precision: str, config) -> str | None:
+    """Why this writer does not write ``precision`` with ``config`` (None: it does)."""
+    return None
+
+
+def write(model, path: Path, precision: str, config, representative: np.ndarray | None) -> dict:
+    """Write ``model`` at ``precision`` to ``path``; what the export report adds to its row:
+    for dynamic, how much slower than fp32 it runs here (and advice when that is a lot); for
+    int8, how many convolutions run as integer kernels."""
+    slower = write_onnx(model, path, precision, config.opset, representative,
+                        config.int8_method, config.batch)
+    extra: dict = {}
+    if slower is not None:
+        extra["slower_than_fp32"] = slower
+        if slower > SLOW_FACTOR:
+            extra["advice"] = (f"runs {slower:.1f}x slower than fp32 on this machine "
+                               "(activations quantized at run time): prefer int8 or fp32")
+    if precision == "int8":
+        integer, total = integer_conv_share(path)
+        extra["integer_convs"] = f"{integer}/{total}"
+    return extra
+
+
+def metadata_value(value) -> str:
+    """A metadata value as ONNX stores it: a string as it is, so that generic readers show
+    it without quotes, unless it would read as JSON; anything else as JSON. So
+    :func:`edgel2.runtime.modelfile.decode_onnx_metadata` gets back exactly what was written.
+
+    Example:
+        >>> [metadata_value(v) for v in ["edgel2 0.1.0", "1e5", 0.5, ["cat"]]]
+        ['edgel2 0.1.0', '"1e5"', '0.5', '["cat"]']
+    """
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value)
+
+
+def embed_metadata(path: Path, metadata: dict, update: bool = False) -> None:
+    """Write ``metadata`` into the file's ``metadata_props`` (JSON values); ``update`` changes
+    only the keys in ``metadata`` and keeps the rest."""
+    set_metadata(path, {k: metadata_value(v) for k, v in metadata.items()}, keep_others=update)

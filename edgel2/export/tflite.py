@@ -25,7 +25,35 @@ from pathlib import Path
 import numpy as np
 
 from edgel2.errors import EdgeL2Error, last_error_line
-from edgel2.runtime.modelfile import TFLITE, flatbuffer_end, weights_sha256
+from edgel2.runtime.modelfile import flatbuffer_end, flatbuffer_sha256
+
+
+def check(config) -> None:
+    """Every option :class:`~edgel2.export.config.ExportConfig` has is one TFLite honours."""
+
+
+def refuses(precision: str, config) -> str | None:
+    """Why this writer does not write ``precision`` with ``config`` (None: it does)."""
+    if config.flip_average and precision == "int8":
+        return ("`flip_average` is not exported to TFLite int8: the full-integer converter "
+                "quantizes the two-view graph badly (80.5 % against 92.9 % in Keras, "
+                "measured); export it to ONNX, or to a float TFLite (fp32, fp16 or dynamic)")
+    return None
+
+
+def write(model, path: Path, precision: str, config, representative: np.ndarray | None) -> dict:
+    """Write ``model`` at ``precision`` to ``path`` (:func:`write_tflite`); the export report
+    adds nothing to its row."""
+    write_tflite(model, path, precision, representative, config.batch)
+    return {}
+
+
+def embed_metadata(path: Path, metadata: dict, update: bool = False) -> None:
+    """Pack ``metadata`` into the file (:func:`pack_metadata`); ``update`` changes only the
+    keys in ``metadata`` and keeps the rest of the ``edgel2.json`` already there."""
+    from edgel2.runtime.modelfile import tflite_metadata
+
+    pack_metadata(path, {**(tflite_metadata(path) if update else {}), **metadata})
 
 
 def write_tflite(model, path: Path, precision: str,
@@ -111,7 +139,7 @@ def pack_metadata(path: Path, metadata: dict) -> None:
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     flatbuffer = bytes(builder.Output())
     # the checksum the runtime verifies at open: of the flatbuffer, which the zip follows
-    metadata = {**metadata, "weights_sha256": weights_sha256(flatbuffer, TFLITE)}
+    metadata = {**metadata, "weights_sha256": flatbuffer_sha256(flatbuffer)}
     archive = io.BytesIO()
     # Stored, not deflated: the Task Library's C++ extractor reads associated files in place.
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:

@@ -19,22 +19,12 @@ from edgel2.runtime.engines import (
     CPU,
     Engine,
     FixedBatch,
-    OnnxEngine,
-    OpenVinoEngine,
     ProviderFallbackWarning,
-    TFLiteEngine,
     reason,
     resolve_providers,
 )
-from edgel2.runtime.modelfile import (
-    ENGINE_FORMATS,
-    ONNX,
-    TFLITE,
-    check_metadata,
-    check_weights,
-    model_files,
-    sniff_format,
-)
+from edgel2.runtime.formats import ENGINE_FORMATS, ENGINE_SPECS, FILE_FORMATS, engines_for, load
+from edgel2.runtime.modelfile import check_metadata, check_weights, model_files, sniff_format
 from edgel2.runtime.probe import (
     LATENCY,
     Candidate,
@@ -47,20 +37,17 @@ from edgel2.runtime.probe import (
     throughput_sample,
 )
 
-ENGINES = ("auto", "onnxruntime", "openvino", "litert")
-# The fixed rule for an ONNX file on a CPU, when `auto` does not race (EDGEL2_ENGINE_PROBE=0):
-# OpenVINO when it is installed, else ONNX Runtime; fastest first on the Intel Xeon and AMD
-# EPYC measured (README, "Which engine"). With the race on, the order of its candidates.
-AUTO_ONNX_ON_CPU = ("openvino", "onnxruntime")
+ENGINES = ("auto", *ENGINE_SPECS)
+X86 = ("x86_64", "amd64", "i386", "i686")
 
 
 def engine_candidates(fmt: str, engine: str = "auto",
                       providers: str | Sequence[str] | None = "auto") -> tuple[str, ...]:
     """The engines for a file of format ``fmt``, in order: the one asked for, or for ``auto``
-    LiteRT for TFLite, ONNX Runtime for ONNX when it will run on a GPU, else
-    :data:`AUTO_ONNX_ON_CPU` on x86 (OpenVINO's ARM plugin has not been measured or checked
-    against ONNX Runtime on ARM). With its race on, ``auto`` races these; with it off, it
-    takes the first that opens.
+    those that run the format (:data:`~edgel2.runtime.formats.ENGINE_SPECS`, in the fixed
+    rule's order): on a GPU only those that run there (ONNX Runtime), and OpenVINO only on x86
+    (its ARM plugin has not been measured or checked against ONNX Runtime on ARM). With its
+    race on, ``auto`` races these; with it off, it takes the first that opens.
 
     Example:
         >>> engine_candidates("tflite"), engine_candidates("onnx", "onnxruntime")
@@ -72,20 +59,21 @@ def engine_candidates(fmt: str, engine: str = "auto",
         if ENGINE_FORMATS[engine] != fmt:
             raise EngineError(f"{engine} runs {ENGINE_FORMATS[engine].upper()} files, not {fmt.upper()}")
         return (engine,)
-    if fmt == TFLITE:
-        return ("litert",)
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-    return ("onnxruntime",) if _onnx_on_gpu(providers) or not x86 else AUTO_ONNX_ON_CPU
+    specs = engines_for(fmt)
+    if any(e.on_gpu for e in specs) and _onnx_on_gpu(providers):
+        specs = [e for e in specs if e.on_gpu]
+    x86 = platform.machine().lower() in X86
+    return tuple(e.name for e in specs if x86 or not e.x86_only)
 
 
 # What floating-point layers compute in (OpenVINO; the other engines run the file as it is)
-INFERENCE_PRECISIONS = ("fp32", "bf16")
-INFERENCE_PRECISION_ALIASES = {"f32": "fp32"}  # OpenVINO's spelling, read as edgel2's
+COMPUTE_DTYPES = ("fp32", "bf16")
+COMPUTE_DTYPE_ALIASES = {"f32": "fp32"}  # OpenVINO's spelling, read as edgel2's
 
 
 def open_engine(path: str | os.PathLike[str], providers: str | Sequence[str] | None = "auto",
                 threads: int | None = None, strict: bool = False, engine: str = "auto",
-                precision: str = "fp32", workload: str = LATENCY, batch_size: int = 64,
+                compute_dtype: str = "fp32", workload: str = LATENCY, batch_size: int = 64,
                 probe: bool | None = None) -> Engine:
     """Open a model with ``engine`` (``auto``, ``onnxruntime``, ``openvino`` or ``litert``).
 
@@ -107,7 +95,8 @@ def open_engine(path: str | os.PathLike[str], providers: str | Sequence[str] | N
         strict: Raise :class:`EngineError` instead of warning when a provider asked for is
             not used.
         engine: ``auto`` or an engine's name.
-        precision: ``fp32``, or ``bf16`` to let OpenVINO run float layers in bfloat16.
+        compute_dtype: ``fp32``, or ``bf16`` to let OpenVINO compute float layers in
+            bfloat16 (the file's own precision, int8 or fp16, is what it is).
         workload: ``latency`` (one image at a time) or ``throughput`` (batches of
             ``batch_size``): what ``auto`` measures.
         batch_size: The batch size of the throughput workload.
@@ -128,38 +117,40 @@ def open_engine(path: str | os.PathLike[str], providers: str | Sequence[str] | N
     formats = {file: sniff_format(file) for file in files}
     if engine in ENGINE_FORMATS and len(files) > 1:  # a pair: the file that engine runs
         files = [f for f in files if formats[f] == ENGINE_FORMATS[engine]] or files[:1]
-    if list(formats.values()) == [TFLITE] and providers not in (None, "auto", "cpu"):
-        message = f"{files[0].name}: LiteRT runs on the CPU here, not {providers}"
+    on_gpu_engines = [e for fmt in set(formats.values()) for e in engines_for(fmt) if e.on_gpu]
+    if not on_gpu_engines and providers not in (None, "auto", "cpu"):
+        titles = " and ".join(sorted({e.title for f in formats.values() for e in engines_for(f)}))
+        message = f"{files[0].name}: {titles} runs on the CPU here, not {providers}"
         if strict:
             raise EngineError(message)
         warnings.warn(f"{message} (providers are for ONNX Runtime)", ProviderFallbackWarning,
                       stacklevel=3)
-    precision = INFERENCE_PRECISION_ALIASES.get(precision, precision)
-    if precision not in INFERENCE_PRECISIONS:
-        raise OptionError(f"precision must be {' or '.join(INFERENCE_PRECISIONS)}, got {precision!r}")
-    precision = "f32" if precision == "fp32" else precision  # OpenVINO's own spelling
+    compute_dtype = COMPUTE_DTYPE_ALIASES.get(compute_dtype, compute_dtype)
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise OptionError(f"compute_dtype must be {' or '.join(COMPUTE_DTYPES)}, "
+                          f"got {compute_dtype!r}")
+    compute_dtype = "f32" if compute_dtype == "fp32" else compute_dtype  # OpenVINO's spelling
     plan = [(name, file) for file in files
             for name in engine_candidates(formats[file], engine, providers)]
     data = {file: _read_model(file) for file in files}
     for file in files:
-        if formats[file] == ONNX:  # before any engine builds the graph
-            from edgel2.runtime.onnxfile import check_graph
-
-            check_graph(data[file], file)
+        check_before_open = FILE_FORMATS[formats[file]].check_before_open
+        if check_before_open:  # before any engine builds the graph
+            load(check_before_open)(data[file], file)
 
     def open_candidate(candidate: Candidate) -> Engine:
-        opened = _open_one(candidate, providers, strict, precision)
+        opened = _open_one(candidate, providers, strict, compute_dtype)
         check_weights(opened.metadata, data[candidate.path], formats[candidate.path],
                       candidate.path)
         fixed = len(opened.input_shape) > 0 and isinstance(opened.input_shape[0], int)
         return FixedBatch(opened) if fixed else opened  # a rank-0 input: check_metadata says so
 
-    on_gpu = ONNX in formats.values() and _onnx_on_gpu(providers)
+    on_gpu = bool(on_gpu_engines) and _onnx_on_gpu(providers)
     if engine == "auto" and not on_gpu and probe_enabled(probe):
         raced = candidates(plan, workload, threads, os.cpu_count() or 1)
         if len(raced) > 1:
             return _fastest(raced, open_candidate, data, workload,
-                            1 if workload == LATENCY else batch_size, threads, precision)
+                            1 if workload == LATENCY else batch_size, threads, compute_dtype)
         plan = [(c.engine, c.path) for c in raced]
     skipped: list[str] = []
     for i, (name, file) in enumerate(plan):
@@ -186,14 +177,14 @@ def _onnx_on_gpu(providers: str | Sequence[str] | None) -> bool:
 
 def _fastest(raced: list[Candidate], open_candidate: Callable[[Candidate], Engine],
              data: dict[Path, bytes], workload: str, batch: int, threads: int | None,
-             precision: str) -> Engine:
+             compute_dtype: str) -> Engine:
     """The fastest of ``raced`` for ``workload``: as remembered for this machine, else raced
     now (and remembered). A candidate that cannot be opened or run is left out, and
     ``engine.fallback`` says why."""
     from edgel2.runtime import choices
 
     hashes = {file: choices.file_hash(content) for file, content in data.items()}
-    key = choices.choice_key(list(hashes.values()), workload, batch, threads, precision)
+    key = choices.choice_key(list(hashes.values()), workload, batch, threads, compute_dtype)
 
     def remembered() -> Engine | None:
         found = choices.load(key, raced, hashes)
@@ -291,19 +282,14 @@ def _read_model(path: Path) -> bytes:
 
 
 def _open_one(candidate: Candidate, providers: str | Sequence[str] | None, strict: bool,
-              precision: str) -> Engine:
-    name, path, threads = candidate.engine, candidate.path, candidate.threads
+              compute_dtype: str) -> Engine:
+    spec = ENGINE_SPECS[candidate.engine]
     try:
-        if name == "onnxruntime":
-            return OnnxEngine(path, providers, threads, strict)
-        if name == "openvino":
-            return OpenVinoEngine(path, threads, precision, candidate.streams or "throughput")
-        return TFLiteEngine(path, threads)
+        opened: Engine = load(spec.opener).open(
+            candidate.path, threads=candidate.threads, streams=candidate.streams,
+            providers=providers, strict=strict, compute_dtype=compute_dtype)
+        return opened
     except EdgeL2Error:
         raise
     except Exception as e:  # noqa: BLE001 - the engines refuse files that are not models
-        raise ModelError(f"cannot load {path}"
-                         + (" with OpenVINO" if name == "openvino" else "")
-                         + f": {reason(e)}") from None
-
-
+        raise ModelError(f"cannot load {candidate.path} with {spec.title}: {reason(e)}") from None

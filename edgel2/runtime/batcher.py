@@ -65,8 +65,17 @@ def _delivering_results() -> Iterator[None]:
 class Batcher:
     """Gather concurrent single-image requests into batches for one :class:`Classifier`.
 
-    Results are the same as ``classifier.predict(image, top_k)[0]``. ``max_queue`` bounds the
-    requests waiting for the model; past it, ``submit`` raises :class:`BusyError`.
+    Results are the same as ``classifier.predict(image, top_k)[0]``. Requests are served
+    owner by owner in turn, so one client's burst does not starve the others.
+
+    Args:
+        classifier: The model.
+        max_batch: The most images per engine call.
+        max_delay_ms: How long the first request of a batch waits for others.
+        top_k: Labels per image.
+        max_queue: Requests waiting for the model; past it, ``submit`` raises
+            :class:`BusyError`.
+        on_batch: Called with each batch's size (a metrics histogram).
 
     Example:
         >>> with Batcher(Classifier("model-int8.onnx"), max_batch=32, max_delay_ms=2) as b:  # doctest: +SKIP

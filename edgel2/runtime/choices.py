@@ -1,5 +1,5 @@
 """Where ``auto`` remembers what it measured: one small JSON file per (CPU model, core count,
-engine versions, model files, workload, batch, threads, precision) in the user's cache
+engine versions, model files, workload, batch, threads, compute dtype) in the user's cache
 folder, so that only the first open of a model on a machine pays for the race
 (:mod:`edgel2.runtime.probe`).
 
@@ -30,16 +30,17 @@ from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
+from edgel2.runtime.formats import ENGINE_SPECS
 from edgel2.runtime.probe import Candidate, EngineChoice, Measured
 
 PROBE_ENV = "EDGEL2_ENGINE_PROBE"
 OFF = ("0", "off", "false", "no")
-ENTRY_VERSION = 1
+ENTRY_VERSION = 2
 # Entries kept: each model file exported and opened adds one or two (about 1 KB each); past
 # this many, the oldest go.
 MAX_ENTRIES = 500
 # The packages whose version changes what is fast: any upgrade measures again.
-ENGINE_PACKAGES = ("onnxruntime", "openvino", "ai-edge-litert")
+ENGINE_PACKAGES = tuple(e.package for e in ENGINE_SPECS.values())
 
 
 def probe_enabled(probe: bool | None = None) -> bool:
@@ -80,7 +81,7 @@ def engine_versions() -> dict[str, str | None]:
 
 
 def choice_key(file_hashes: Sequence[str], workload: str, batch: int, threads: int | None,
-               precision: str) -> dict[str, Any]:
+               compute_dtype: str) -> dict[str, Any]:
     """Everything a choice depends on. The files are named by the SHA-256 of their bytes:
     a copied or renamed model keeps its choice, a changed one does not.
 
@@ -91,7 +92,7 @@ def choice_key(file_hashes: Sequence[str], workload: str, batch: int, threads: i
     return {"entry": ENTRY_VERSION, "cpu": cpu_model(), "machine": platform.machine(),
             "cores": os.cpu_count(), "usable_cores": _usable_cores(),
             "engines": engine_versions(), "files": sorted(file_hashes), "workload": workload,
-            "batch": batch, "threads": threads, "precision": precision}
+            "batch": batch, "threads": threads, "compute_dtype": compute_dtype}
 
 
 def file_hash(data: bytes) -> str:

@@ -14,7 +14,7 @@ from edgel2.calibration.apply import calibrated_probabilities
 from edgel2.errors import ImageError, ModelError, PredictionError, first_line, require_whole
 from edgel2.runtime.auto import open_engine
 from edgel2.runtime.engines import Engine
-from edgel2.runtime.modelfile import check_metadata
+from edgel2.runtime.modelfile import check_metadata, file_precision
 from edgel2.runtime.preprocess import ImageLike, load_image
 from edgel2.runtime.probe import LATENCY
 
@@ -24,7 +24,12 @@ NON_FINITE = "the model produced non-finite logits"
 
 @dataclass
 class FileResult:
-    """One input of a stream: its top-k predictions, or the reason it failed."""
+    """One input of a stream: its top-k predictions, or the reason it failed.
+
+    Example:
+        >>> FileResult("cat.png", [("cat", 0.91)]).error is None
+        True
+    """
 
     source: str
     prediction: Prediction | None = None
@@ -34,20 +39,28 @@ class FileResult:
 class Classifier:
     """Classify images with an exported edgel2 model (``.onnx``, or ``.tflite`` with LiteRT).
 
-    Class names, input size and layout come from the model's own metadata. ``path`` is a
-    model file, or a folder holding one model's ONNX and TFLite files (an export folder,
-    ``models/``), either of which ``auto`` may run; None for the shipped pair
-    (:func:`~edgel2.runtime.shipped.shipped_models`). ``providers`` is ``"auto"`` (TensorRT,
-    then CUDA, then CPU), a name (``cpu``, ``cuda``, ``tensorrt``) or a list;
-    ``self.providers`` says what the session really uses, and asking for a GPU that is not
-    there warns (:class:`ProviderFallbackWarning`) or, with ``strict=True``, raises.
-    ``engine`` is ``auto``, ``onnxruntime``, ``openvino`` or ``litert``; on a CPU ``auto``
-    runs the engine and settings measured fastest on this machine for ``workload``:
-    ``latency`` (one image at a time, as :meth:`predict` and a server call it) or
-    ``throughput`` (batches of ``batch_size``, as :meth:`predict_files` calls it); see
-    :func:`~edgel2.runtime.auto.open_engine`. ``self.engine.name`` says which engine runs,
-    ``self.engine.choice`` what was measured. Thread-safe: one instance can serve many
-    threads.
+    Class names, input size, layout and calibration come from the model's own metadata.
+    ``self.providers`` says what the session really uses; ``self.engine.name`` which engine
+    runs and ``self.engine.choice`` what was measured to choose it (:meth:`reasons`).
+    Thread-safe: one instance can serve many threads.
+
+    Args:
+        path: A model file, or a folder holding one model's ONNX and TFLite files (an export
+            folder, ``models/``), either of which ``auto`` may run; None for the shipped pair
+            (:func:`~edgel2.runtime.shipped.shipped_models`).
+        providers: ONNX Runtime's: ``"auto"`` (TensorRT, then CUDA, then CPU), a name
+            (``cpu``, ``cuda``, ``tensorrt``) or a list. Asking for a GPU that is not there
+            warns (:class:`ProviderFallbackWarning`).
+        threads: The engine's threads; None for every core.
+        batch_size: Images per engine call in :meth:`predict_files`.
+        strict: Raise instead of warning when a provider asked for is not used.
+        engine: ``auto``, ``onnxruntime``, ``openvino`` or ``litert``. On a CPU ``auto`` runs
+            the engine and settings measured fastest on this machine for ``workload``
+            (:func:`~edgel2.runtime.auto.open_engine`).
+        compute_dtype: ``fp32``, or ``bf16`` for OpenVINO to compute float layers in bfloat16.
+        workload: ``latency`` (one image at a time, as :meth:`predict` and a server call it)
+            or ``throughput`` (batches of ``batch_size``, as :meth:`predict_files` calls it).
+        probe: Whether ``auto`` measures; None reads ``EDGEL2_ENGINE_PROBE``.
 
     Example:
         >>> clf = Classifier("models/")                                  # doctest: +SKIP
@@ -59,14 +72,14 @@ class Classifier:
 
     def __init__(self, path: str | os.PathLike[str] | None = None, providers: str | Sequence[str] | None = "auto",
                  threads: int | None = None, batch_size: int = 64, strict: bool = False,
-                 engine: str = "auto", precision: str = "fp32", workload: str = LATENCY,
+                 engine: str = "auto", compute_dtype: str = "fp32", workload: str = LATENCY,
                  probe: bool | None = None):
         require_whole("batch_size", batch_size)
         if path is None:
             from edgel2.runtime.shipped import shipped_models
 
             path = shipped_models()
-        self.engine: Engine = open_engine(path, providers, threads, strict, engine, precision,
+        self.engine: Engine = open_engine(path, providers, threads, strict, engine, compute_dtype,
                                           workload, batch_size, probe)
         path = self.engine.path
         info = check_metadata(self.engine.metadata, path, self.engine.input_shape,
@@ -101,7 +114,7 @@ class Classifier:
     def name(self) -> str:
         """The model's name: the run's name and the file's precision from its metadata
         (``photos-int8``), as ``edgel2 export`` names the file; else the file's stem."""
-        name, precision = self.metadata.get("name"), self.metadata.get("quantization")
+        name, precision = self.metadata.get("name"), file_precision(self.metadata)
         if isinstance(name, str) and name and isinstance(precision, str) and precision:
             return f"{name}-{precision}"
         return self.path.stem
@@ -110,7 +123,7 @@ class Classifier:
         """What runs: the file, its precision and the engine, in a few words
         (``model-int8.onnx (int8) on openvino: OpenVINO CPU``); with ``why``, also
         :meth:`reasons`."""
-        precision = self.metadata.get("quantization")
+        precision = file_precision(self.metadata)
         text = (f"{self.path.name}" + (f" ({precision})" if isinstance(precision, str) else "")
                 + f" on {self.engine.name}: {', '.join(self.providers)}")
         return "; ".join([text, *self.reasons()]) if why else text

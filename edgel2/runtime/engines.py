@@ -38,9 +38,14 @@ class ProviderFallbackWarning(RuntimeWarning):
 def resolve_providers(requested: str | Sequence[str] | None, available: Sequence[str]) -> list[str]:
     """The provider list to ask ONNX Runtime for.
 
-    ``"auto"`` (or None) takes TensorRT, then CUDA, then CPU, from what is available; a name
-    (``cpu``, ``cuda``, ``tensorrt`` or a full provider name) or a list is honoured as given,
-    with the CPU appended as the last resort.
+    Args:
+        requested: ``"auto"`` (or None) for TensorRT, then CUDA, then CPU, from what is
+            available; a name (``cpu``, ``cuda``, ``tensorrt`` or a full provider name) or a
+            list, honoured as given.
+        available: What ``onnxruntime.get_available_providers()`` says.
+
+    Returns:
+        Provider names, with the CPU appended as the last resort.
 
     Example:
         >>> resolve_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -58,7 +63,14 @@ def resolve_providers(requested: str | Sequence[str] | None, available: Sequence
 class Engine:
     """A loaded model file. ``run(batch)`` maps uint8 ``[N, H, W, C]`` to logits ``[N, classes]``;
     safe to call from several threads. The graph's own input and output (static shapes, None
-    where dynamic) are there to check the metadata against."""
+    where dynamic) are there to check the metadata against. A new engine is a subclass and
+    a row in :data:`~edgel2.runtime.formats.ENGINE_SPECS`.
+
+    Example:
+        >>> engine = open_engine("models/resnet18-int8.onnx", engine="onnxruntime")  # doctest: +SKIP
+        >>> engine.run(np.zeros((2, 32, 32, 3), np.uint8)).shape                    # doctest: +SKIP
+        (2, 10)
+    """
 
     name: str  # onnxruntime, openvino or litert
     path: Path
@@ -69,6 +81,16 @@ class Engine:
     input_shape: tuple[Any, ...]
     input_dtype: str
     output_shape: tuple[Any, ...]
+
+    # which of open()'s options the engine's constructor takes
+    takes: tuple[str, ...] = ()
+
+    @classmethod
+    def open(cls, path: Path, **options: Any) -> Engine:
+        """Open ``path`` given the options every engine is given (``threads``; ``streams``,
+        OpenVINO's performance hint; ``providers`` and ``strict``, ONNX Runtime's;
+        ``compute_dtype``, what OpenVINO computes float layers in): each takes its own."""
+        return cls(path, **{k: v for k, v in options.items() if k in cls.takes})  # type: ignore[call-arg]
 
     def run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -125,6 +147,8 @@ class Engine:
 
 class OnnxEngine(Engine):
     name = "onnxruntime"
+
+    takes = ("providers", "threads", "strict")
 
     def __init__(self, path: Path, providers: str | Sequence[str] | None = "auto",
                  threads: int | None = None, strict: bool = False):
@@ -184,6 +208,8 @@ class OnnxEngine(Engine):
 class TFLiteEngine(Engine):
     name = "litert"
 
+    takes = ("threads",)
+
     def __init__(self, path: Path, threads: int | None = None):
         try:
             from ai_edge_litert.interpreter import Interpreter
@@ -217,7 +243,7 @@ class TFLiteEngine(Engine):
 
 class OpenVinoEngine(Engine):
     """An ONNX file compiled by OpenVINO for the CPU. Floating-point layers run in f32 unless
-    ``precision="bf16"`` is asked for (OpenVINO would otherwise pick bf16 by itself on CPUs
+    ``compute_dtype="bf16"`` is asked for (OpenVINO would otherwise pick bf16 by itself on CPUs
     that have it). ``run`` uses a model compiled for latency (one stream, all threads; each
     calling thread gets its own infer request); with ``streams="throughput"`` :meth:`submit`
     (and so ``run_stream`` and the Batcher) uses one compiled for throughput, behind an async
@@ -226,14 +252,16 @@ class OpenVinoEngine(Engine):
 
     name = "openvino"
 
-    def __init__(self, path: Path, threads: int | None = None, precision: str = "f32",
-                 streams: str = "throughput"):
+    takes = ("threads", "compute_dtype", "streams")
+
+    def __init__(self, path: Path, threads: int | None = None, compute_dtype: str = "f32",
+                 streams: str | None = "throughput"):
         try:
             import openvino as ov
         except ImportError as e:
             raise missing_extra(e, "OpenVINO") or e from None
-        self.path, self.precision, self.threads = path, precision, threads
-        self.streams = streams
+        self.path, self.compute_dtype, self.threads = path, compute_dtype, threads
+        self.streams = streams or "throughput"
         self.core = ov.Core()
         self.model = self.core.read_model(str(path))
         self._compiled: dict[str, Any] = {}
@@ -242,7 +270,7 @@ class OpenVinoEngine(Engine):
         self._lock = threading.Lock()  # compiling
         self._submit_lock = threading.Lock()  # one thread at a time starts requests
         # float layers run in bf16 only when asked; int8 layers are int8 either way
-        self.providers = ["OpenVINO CPU" + (", float layers in bf16" if precision == "bf16" else "")]
+        self.providers = ["OpenVINO CPU" + (", float layers in bf16" if compute_dtype == "bf16" else "")]
         inputs, outputs = _one_each(path, self.model.inputs, self.model.outputs)
         self.input_shape = _static(_ov_dims(inputs[0]))
         self.input_dtype = np.dtype(inputs[0].get_element_type().to_dtype()).name
@@ -258,7 +286,7 @@ class OpenVinoEngine(Engine):
         with self._lock:
             if hint not in self._compiled:
                 config: dict[str, str | int] = {"PERFORMANCE_HINT": hint,
-                                                "INFERENCE_PRECISION_HINT": self.precision}
+                                                "INFERENCE_PRECISION_HINT": self.compute_dtype}
                 if self.threads:
                     config["INFERENCE_NUM_THREADS"] = self.threads
                 self._compiled[hint] = self.core.compile_model(self.model, "CPU", config)

@@ -17,16 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from edgel2.errors import ModelError, first_line
+from edgel2.runtime.formats import FILE_FORMATS, MODEL_SUFFIXES, load
 
-ONNX, TFLITE = "onnx", "tflite"
-# The engines that run each format, and the one each format is checked with against Keras
-# (the one its exporter targets).
-ENGINE_FORMATS = {"onnxruntime": ONNX, "openvino": ONNX, "litert": TFLITE}
-REFERENCE_ENGINE = {ONNX: "onnxruntime", TFLITE: "litert"}
-# A TFLite flatbuffer carries its file identifier at bytes 4-8; an ONNX ModelProto starts with
-# field 1 (ir_version, a varint), whose tag byte is 0x08.
-TFLITE_IDENTIFIER = b"TFL3"
-ONNX_FIRST_BYTE = b"\x08"
 # Bounds on the zip appended to a .tflite: edgel2.json is a few KB, labels.txt smaller still.
 MAX_METADATA_BYTES = 1 << 20
 MAX_ZIP_UNCOMPRESSED = 16 << 20
@@ -37,8 +29,16 @@ MAX_INPUT_SIDE = 4096
 
 
 def sniff_format(path: str | os.PathLike[str]) -> str:
-    """``"onnx"`` or ``"tflite"``, from the file's first bytes (any suffix, any case);
-    :class:`ModelError` for a missing, special or unrecognised file.
+    """The format of a model file, from its first bytes (any suffix, any case).
+
+    Args:
+        path: The file.
+
+    Returns:
+        The format's name (``"onnx"``, ``"tflite"``: :data:`~edgel2.runtime.formats.FILE_FORMATS`).
+
+    Raises:
+        ModelError: For a missing, special or unrecognised file.
 
     Example:
         >>> sniff_format("models/resnet18-int8.tflite")   # doctest: +SKIP
@@ -59,17 +59,17 @@ def sniff_format(path: str | os.PathLike[str]) -> str:
         raise ModelError(f"model file does not exist: {path}") from None
     except OSError as e:
         raise ModelError(f"cannot read model file {path}: {e.strerror or e}") from None
-    if head[4:8] == TFLITE_IDENTIFIER:
-        return TFLITE
-    if head[:1] == ONNX_FIRST_BYTE or path.suffix.lower() == ".onnx":
-        return ONNX
-    raise ModelError(f"{path} is neither an ONNX nor a TFLite model (its first bytes are "
-                     f"{head[:8]!r})")
+    suffix = path.suffix.lower()
+    for fmt in FILE_FORMATS.values():
+        if fmt.identifies(head, suffix):
+            return fmt.name
+    titles = ", ".join(f.title for f in FILE_FORMATS.values())
+    raise ModelError(f"{path} is not a model file of a format edgel2 reads ({titles}): its "
+                     f"first bytes are {head[:8]!r}")
 
 
 # A folder holding several precisions of one model runs the first of these it holds.
 FOLDER_PRECISIONS = ("int8", "fp32", "fp16", "dynamic")
-MODEL_SUFFIXES = (".onnx", ".tflite")
 
 
 def model_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -93,7 +93,7 @@ def model_files(path: str | os.PathLike[str]) -> list[Path]:
         raise ModelError(f"cannot read the model folder {path}: {e.strerror or e}") from None
     stems = sorted({p.stem for p in files})
     if not stems:
-        raise ModelError(f"no .onnx or .tflite model in the folder {path}")
+        raise ModelError(f"no {' or '.join(MODEL_SUFFIXES)} model in the folder {path}")
     names = {stem.rsplit("-", 1)[0] for stem in stems}
     stem = stems[0] if len(stems) == 1 else None
     if stem is None and len(names) == 1:
@@ -106,19 +106,29 @@ def model_files(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The metadata edgel2 wrote into an exported file ({} if there is none).
+    """The metadata edgel2 wrote into an exported file.
 
     ONNX keeps it in ``metadata_props`` (JSON values); TFLite in a zip appended to the
     flatbuffer (``edgel2.json``), read within :data:`MAX_METADATA_BYTES` and
     :data:`MAX_ZIP_UNCOMPRESSED`.
+
+    Args:
+        path: An exported file of any format edgel2 reads.
+
+    Returns:
+        The metadata ({} for a file without edgel2's).
 
     Example:
         >>> read_metadata("models/resnet18-int8.onnx")["class_names"][:2]   # doctest: +SKIP
         ['airplane', 'automobile']
     """
     path = Path(path)
-    if sniff_format(path) == TFLITE:
-        return tflite_metadata(path)
+    metadata: dict[str, Any] = load(FILE_FORMATS[sniff_format(path)].metadata_reader)(path)
+    return metadata
+
+
+def onnx_metadata(path: Path) -> dict[str, Any]:
+    """The ``metadata_props`` of an ONNX file, as ONNX Runtime reads them."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -176,6 +186,18 @@ def tflite_metadata(path: Path) -> dict[str, Any]:
     if not isinstance(metadata, dict):
         raise ModelError(f"{path}: {METADATA_NAME} is not a JSON object")
     return metadata
+
+
+def file_precision(metadata: dict[str, Any]) -> str | None:
+    """The file's precision (``fp32``, ``fp16``, ``dynamic``, ``int8``) as its metadata
+    records it: ``precision``, or ``quantization`` in files exported before that name.
+
+    Example:
+        >>> file_precision({"precision": "int8"}), file_precision({"quantization": "fp16"})
+        ('int8', 'fp16')
+    """
+    value = metadata.get("precision", metadata.get("quantization"))
+    return value if isinstance(value, str) and value else None
 
 
 @dataclass(frozen=True)
@@ -271,24 +293,23 @@ def check_weights(metadata: dict[str, Any], data: bytes, fmt: str, path: str | o
     recorded = metadata.get("weights_sha256")
     if recorded is None:
         return
-    if fmt == ONNX:
-        from edgel2.runtime.onnxfile import producer_name
-
-        if producer_name(data) != "edgel2":  # rewritten by another tool (a quantizer, a
-            return                           # simplifier) that kept edgel2's metadata
-    if weights_sha256(data, fmt) != recorded:
+    actual = weights_sha256(data, fmt)
+    if actual is not None and actual != recorded:
         raise ModelError(f"{Path(path).name}: its weights do not match the checksum in its "
                          "metadata (a corrupted or altered file); download or export it again")
 
 
-def weights_sha256(data: bytes, fmt: str) -> str:
-    """The checksum :func:`check_weights` compares, of a file's bytes in format ``fmt``."""
+def weights_sha256(data: bytes, fmt: str) -> str | None:
+    """The checksum :func:`check_weights` compares, of a file's bytes in format ``fmt``
+    (None when the file cannot be checked, e.g. an ONNX graph another tool rewrote)."""
+    checksum: str | None = load(FILE_FORMATS[fmt].checksum)(data)
+    return checksum
+
+
+def flatbuffer_sha256(data: bytes) -> str:
+    """The SHA-256 of a .tflite file's flatbuffer, without the metadata zip edgel2 appends."""
     import hashlib
 
-    if fmt == ONNX:
-        from edgel2.runtime.onnxfile import graph_sha256
-
-        return graph_sha256(data)
     return hashlib.sha256(data[:flatbuffer_end(data)]).hexdigest()
 
 

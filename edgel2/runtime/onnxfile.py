@@ -94,6 +94,13 @@ def producer_name(data: bytes) -> str:
     return ""
 
 
+def edgel2_graph_sha256(data: bytes) -> str | None:
+    """:func:`graph_sha256`, for a file edgel2 wrote last; None for one another tool rewrote
+    while keeping edgel2's metadata (a quantizer, a simplifier: a new file, not a corrupted
+    one), which its recorded checksum no longer describes."""
+    return graph_sha256(data) if producer_name(data) == "edgel2" else None
+
+
 def check_graph(data: bytes, path: str | os.PathLike[str]) -> None:
     """Refuse (:class:`ModelError`) a graph that would allocate a constant-shaped tensor of more
     than :data:`MAX_CONSTANT_ELEMENTS` elements (ConstantOfShape, Expand) when an engine builds

@@ -227,7 +227,19 @@ def _from_float(pixels: np.ndarray) -> Image.Image:
 
 
 def load_image(source: ImageLike, size: tuple[int, int] | None = None) -> np.ndarray:
-    """The whole policy: any image -> uint8 ``[H, W, 3]`` (resized to ``size`` = (W, H)).
+    """The whole image policy: any image -> uint8 ``[H, W, 3]``.
+
+    EXIF orientation is applied, transparency composited over white, any mode converted to
+    RGB, and the image resized with :data:`RESAMPLE` (bilinear) when ``size`` asks for it;
+    images over :data:`MAX_PIXELS` are refused (:class:`~edgel2.errors.ImageError`), as is
+    anything that is not an image (see the module docstring for the whole policy).
+
+    Args:
+        source: A path, the file's bytes, a PIL image or a numpy array.
+        size: (width, height) to resize to; None keeps the image's size.
+
+    Returns:
+        The pixels, uint8 ``[H, W, 3]``.
 
     Example:
         >>> load_image(np.zeros((64, 48, 4), np.uint8), size=(32, 32)).shape

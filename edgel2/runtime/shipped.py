@@ -13,8 +13,14 @@ SOURCE_CHECKOUT_MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def shipped_model(name: str = DEFAULT_MODEL) -> Path:
-    """The path of a model shipped with edgel2: inside the installed package, or in the
-    ``models/`` folder of a source checkout (an editable install).
+    """The path of a model shipped with edgel2.
+
+    Args:
+        name: The file's name in ``models/``.
+
+    Returns:
+        Its path inside the installed package, or in the ``models/`` folder of a source
+        checkout (an editable install).
 
     Example:
         >>> shipped_model().name
@@ -27,13 +33,16 @@ def shipped_model(name: str = DEFAULT_MODEL) -> Path:
         if candidate.is_file():
             return candidate
     raise ModelError(f"the shipped model {name} is not in this install of edgel2 (looked in "
-                     f"{packaged.parent}); pass --model FILE")
+                     f"{packaged.parent}); pass `model`")
 
 
 def shipped_models() -> Path:
-    """The folder of the shipped models: the int8 ONNX and TFLite files of one ResNet-18,
-    either of which ``auto`` may run (the default model of ``Classifier``, ``edgel2 infer``,
-    ``edgel2 serve`` and Ray).
+    """The folder of the shipped models.
+
+    Returns:
+        The folder holding the int8 ONNX and TFLite files of one ResNet-18, either of which
+        ``auto`` may run: the default model of ``Classifier``, ``edgel2 infer``,
+        ``edgel2 serve`` and Ray.
 
     Example:
         >>> sorted(p.suffix for p in shipped_models().glob("resnet18-int8.*"))

@@ -31,7 +31,15 @@ def __getattr__(name: str) -> Any:
 
 
 def app_from_env():
-    """The app of a uvicorn worker process (``--workers N``): its config from the environment."""
+    """The app of a uvicorn worker process (``--workers N``): its config from the environment.
+
+    Returns:
+        :func:`create_app` of the :class:`ServeConfig` that :func:`run` put in
+        ``$EDGEL2_SERVE_CONFIG``.
+
+    Example:
+        >>> app = app_from_env()        # doctest: +SKIP
+    """
     from edgel2.serve.app import create_app
     from edgel2.serve.protocol import GuardedHttpToolsProtocol
 
@@ -43,17 +51,25 @@ def app_from_env():
 def run(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
         classifier=None,
         on_listening: Callable[[str], None] | None = None, check_model: bool = True) -> None:
-    """Serve until SIGTERM or Ctrl-C: stop accepting, finish the requests in flight (at most
-    ``config.grace_s`` seconds; those still running then get a JSON 503), close the batcher,
-    return. ``workers`` > 1 starts that many processes, each with its own model, behind one
-    port. ``classifier``: one already opened from ``config`` (one worker only), so that the
-    model is not loaded twice. With several workers the model is opened here once first
-    (unless ``check_model`` is False: the caller did), so that a bad file is one error
-    instead of workers failing over and over.
+    """Serve until SIGTERM or Ctrl-C, then stop accepting and finish the requests in flight.
 
-    The port is bound before anything else is started: a port in use is one
-    :class:`~edgel2.errors.EdgeL2Error`, and with ``port=0`` the system's choice is what
-    ``on_listening`` gets (the base URL, once the socket is bound).
+    Requests still running ``config.grace_s`` seconds after the signal get a JSON 503; then
+    the batcher is closed and the call returns. The port is bound before anything else is
+    started: a port in use is one :class:`~edgel2.errors.EdgeL2Error`.
+
+    Args:
+        config: Every serving knob (:class:`~edgel2.serve.config.ServeConfig`).
+        host: The address to listen on.
+        port: The port; 0 for one the system chooses (``on_listening`` gets it).
+        workers: Processes, each with its own model, behind one port.
+        classifier: One already opened from ``config`` (one worker only), so that the model is
+            not loaded twice.
+        on_listening: Called with the base URL once the socket is bound.
+        check_model: With several workers, open the model here once first, so that a bad file
+            is one error instead of workers failing over and over (False: the caller did).
+
+    Example:
+        >>> run(ServeConfig(model="models/"), port=8000)     # doctest: +SKIP
     """
     import signal
 

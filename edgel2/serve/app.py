@@ -45,6 +45,8 @@ from starlette.types import ASGIApp
 from edgel2 import __version__
 from edgel2.errors import BusyError, ImageError, PredictionError
 from edgel2.runtime import Batcher, Classifier
+from edgel2.runtime.formats import FILE_FORMATS
+from edgel2.runtime.modelfile import file_precision
 from edgel2.runtime.preprocess import pixel_count
 from edgel2.serve.config import ServeConfig, open_model
 from edgel2.serve.page import PAGE
@@ -59,7 +61,6 @@ from edgel2.serve.reading import (
     v2_request,
 )
 
-PLATFORM = {"onnx": "onnxruntime_onnx", "tflite": "tensorflow_lite"}
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -85,8 +86,15 @@ class _Metrics:
 
 
 def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASGIApp:
-    """The ASGI app. ``classifier`` defaults to one opened from ``config`` (the model, engine
-    and threads).
+    """The ASGI app of ``edgel2 serve``: KServe v2 and plain endpoints, metrics, the page.
+
+    Args:
+        config: Every serving knob (:class:`~edgel2.serve.config.ServeConfig`), validated here.
+        classifier: The model, already opened; None opens one from ``config`` (the model,
+            engine, workload and threads).
+
+    Returns:
+        A Starlette app; its lifespan starts and stops the model's Batcher.
 
     Example:
         >>> app = create_app(ServeConfig(model="models/resnet18-int8.onnx"))  # doctest: +SKIP
@@ -217,7 +225,7 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASG
         meta = classifier.metadata
         return JSONResponse({
             "name": name, "versions": ["1"],
-            "platform": PLATFORM.get(str(meta.get("format")), "edgel2"),
+            "platform": _platform(meta.get("format")),
             "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, height, width, 3]}],
             "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, classes]}],
             "parameters": {"class_names": classifier.class_names,
@@ -225,7 +233,7 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASG
                            "accuracy": meta.get("accuracy"),
                            "calibration": {"temperature": classifier.temperature,
                                            "unsmooth": classifier.unsmooth},
-                           "quantization": meta.get("quantization"),
+                           "precision": file_precision(meta),
                            "engine": classifier.engine.name,
                            "engine_choice": None if classifier.engine.choice is None
                            else classifier.engine.choice.summary()}})
@@ -358,3 +366,7 @@ async def _all(futures, return_exceptions: bool = False) -> list:
             future.cancel()  # no-op for those that are done
 
 
+def _platform(fmt: object) -> str:
+    """The KServe v2 ``platform`` of a file's format (``edgel2`` for one it does not know)."""
+    known = isinstance(fmt, str) and fmt in FILE_FORMATS
+    return FILE_FORMATS[fmt].kserve_platform if known else "edgel2"  # type: ignore[index]

@@ -77,7 +77,17 @@ class ServeConfig:
 
 
 def open_model(config: ServeConfig) -> Classifier:
-    """The classifier ``config`` names: its model (None: the shipped pair), engine, workload
-    and threads."""
+    """The classifier ``config`` names.
+
+    Args:
+        config: Its ``model`` (None: the shipped pair), ``engine``, ``workload`` and ``threads``.
+
+    Returns:
+        The opened :class:`~edgel2.runtime.Classifier`.
+
+    Example:
+        >>> open_model(ServeConfig()).name         # doctest: +SKIP
+        'resnet18-int8'
+    """
     return Classifier(config.model, engine=config.engine, threads=config.threads,
                       workload=config.workload)

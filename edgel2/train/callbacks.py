@@ -32,7 +32,18 @@ def metric_fields(split: str) -> list[str]:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Rows of a ``metrics.csv`` as dicts of numbers."""
+    """The rows of a run's ``metrics.csv``.
+
+    Args:
+        path: The ``metrics.csv``.
+
+    Returns:
+        One dict per epoch: ``epoch`` an int, every other column a float.
+
+    Example:
+        >>> read_metrics("runs/train/exp/metrics.csv")[-1]["test_acc"]    # doctest: +SKIP
+        0.9312
+    """
     with open(path, newline="") as f:
         return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
                 for row in csv.DictReader(f)]

@@ -100,7 +100,7 @@ def place(devices: str | int = 1, num_processes: int | None = None,
         if wanted == 1 and not multi:
             return ONE_DEVICE
         raise OptionError("training on several devices or processes needs the JAX backend "
-                          "(--backend jax or KERAS_BACKEND=jax; Keras' distribution API is "
+                          "(`backend` jax or KERAS_BACKEND=jax; Keras' distribution API is "
                           "JAX-only); the TensorFlow backend trains on one device")
     import jax
 

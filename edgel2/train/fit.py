@@ -46,7 +46,13 @@ from edgel2.utils import config_hash, next_run_dir, remove_if_empty, writable_fo
 class TrainResult:
     """What a finished run measured. ``test_acc`` is always of the saved ``model.keras``,
     measured after training on ``test_data``; ``best`` (with a validation split) is the epoch,
-    validation top-1 and test top-1 of ``best.keras``."""
+    validation top-1 and test top-1 of ``best.keras``.
+
+    Example:
+        >>> result = train(TrainConfig(width=8, epochs=2, val_split=0.1))   # doctest: +SKIP
+        >>> result.run_dir, result.test_acc, result.best["epoch"]           # doctest: +SKIP
+        (PosixPath('runs/train/exp'), 0.38, 2)
+    """
 
     run_dir: Path
     history: list[dict]     # metrics.csv: per-epoch figures on the `held_out` split
@@ -60,11 +66,19 @@ class TrainResult:
 
 
 def prepare_data(config: TrainConfig, dataset: Dataset | None = None) -> Dataset:
-    """The configured data as a new :class:`Dataset` (the one given is left as it is): a
-    folder of mixed image sizes resized to :func:`mixed_image_size`, the class-balanced
-    ``subset`` of the training images, the validation split held out of them (seeded,
-    class-balanced; or the data's own ``val/`` folder), and the class-balanced
+    """The configured data as a new :class:`Dataset` (the one given is left as it is).
+
+    A folder of mixed image sizes is resized to :func:`mixed_image_size`; then the
+    class-balanced ``subset`` of the training images is taken, the validation split held out of
+    them (seeded, class-balanced; or the data's own ``val/`` folder), and the class-balanced
     ``test_subset``.
+
+    Args:
+        config: The run's config (``data``, ``subset``, ``val_split``, ``test_subset``, ...).
+        dataset: Data already loaded; None loads ``config.data``.
+
+    Returns:
+        The data the run trains and is measured on.
 
     Example:
         >>> x = np.zeros((40, 4, 4, 3), np.uint8)
@@ -85,7 +99,7 @@ def prepare_data(config: TrainConfig, dataset: Dataset | None = None) -> Dataset
         x_test, y_test = balanced_subset(x_test, y_test, config.test_subset, config.seed)
     if config.patience and ds.y_val is None:
         raise OptionError("patience stops the run on the validation top-1: it needs a "
-                          "validation split (--val-split F, or a val/ folder beside train/ "
+                          "validation split (`val_split`, or a val/ folder beside train/ "
                           "and test/); the test split never chooses")
     return dataclasses.replace(ds, x_test=x_test, y_test=y_test)
 
@@ -121,22 +135,33 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
           dataset: Dataset | None = None, resume: str | os.PathLike | None = None,
           checkpoint_every: int = 1, verbose: int = 1,
           placement: Placement = ONE_DEVICE, name: str | None = None) -> TrainResult:
-    """Train a ResNet-18 as ``config`` says and fill a run directory.
+    """Train a network as ``config`` says and fill a run directory.
 
-    ``out`` defaults to ``runs/train/exp`` (``exp2``, ``exp3``... if taken). ``resume`` names
-    an earlier run directory: its config and checkpoint are used and training goes on after
-    the last checkpointed epoch, exactly as the run would have gone on (a run killed before
-    its first checkpoint starts again; one killed after its last epoch is only finished).
-    ``dataset`` skips loading (tests, notebooks). ``checkpoint_every`` writes the checkpoint,
-    best.keras and curves.png every N epochs (and after the last) instead of every epoch: on
-    a GPU an epoch can take less time than the writes. ``verbose``: 0 silent, 1 a progress
-    bar on a terminal and one line per epoch elsewhere, 2 one line per epoch. ``placement``
-    (from :func:`~edgel2.train.distribute.place`) spreads each batch over several devices or
-    processes; only its process 0 writes the run directory, and the other processes return
-    their history with ``test_acc`` NaN (the test figure is process 0's). ``name`` names the
-    run (default: the run directory's name): files exported from it and the models that
-    ``edgel2 serve`` serves from those files carry it. With ``verbose``, a summary of the
-    data (classes, images per class and split, sizes, imbalance) is printed before training.
+    A run killed part way is resumed exactly (``resume``): its config and checkpoint are used
+    and training goes on after the last checkpointed epoch, as the run would have gone on (a
+    run killed before its first checkpoint starts again; one killed after its last epoch is only
+    finished). With ``verbose``, a summary of the data (classes, images per class and split,
+    sizes, imbalance) is printed before training.
+
+    Args:
+        config: Every knob of the run (:class:`~edgel2.config.TrainConfig`;
+            ``TrainConfig.finetune()`` for the fine-tuning recipe).
+        out: The run directory; None for ``runs/train/exp`` (``exp2``, ``exp3``... if taken).
+        dataset: The data, already loaded (tests, notebooks); None loads ``config.data``.
+        resume: An earlier run directory to go on with (``config`` and ``out`` are then its own).
+        checkpoint_every: Write the checkpoint, best.keras and curves.png every N epochs (and
+            after the last): on a GPU an epoch can take less time than the writes.
+        verbose: 0 silent; 1 a progress bar on a terminal and one line per epoch elsewhere; 2 one
+            line per epoch.
+        placement: Several devices or processes (:func:`~edgel2.train.distribute.place`); only
+            process 0 writes the run directory, the others return their history with
+            ``test_acc`` NaN.
+        name: The run's name (default: the run directory's): the files exported from it and the
+            models ``edgel2 serve`` serves from them carry it.
+
+    Returns:
+        The run's :class:`TrainResult`: its directory, the per-epoch history, the saved
+        model's test top-1 (and ``best``, with a validation split).
 
     Example:
         >>> result = train(TrainConfig(width=8, epochs=2, subset=1000), "runs/train/tiny")  # doctest: +SKIP
@@ -155,7 +180,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
             raise TrainingError(f"{run_dir} already finished all {config.epochs} epochs"
                                 if state["epoch"] >= config.epochs else
                                 f"{run_dir} already finished: it stopped early after epoch "
-                                f"{state['epoch']} (--patience {config.patience})")
+                                f"{state['epoch']} (`patience` {config.patience})")
     else:
         config.validate()
         check_batch_size(config.batch_size, placement)
@@ -167,7 +192,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
             _remove_partial_writes(run_dir)
             if run_dir.exists() and any(run_dir.iterdir()):
                 raise TrainingError(f"run directory {run_dir} is not empty; "
-                                    "pick another --out or continue it with --resume")
+                                    "pick another `out` or continue it with `resume`")
             created = _make_run_dir(run_dir)
         state = None
     try:
@@ -192,8 +217,9 @@ def _train(config: TrainConfig, run_dir: Path, name: str, state: dict | None,
 
         tf.config.experimental.enable_op_determinism()  # same seed, same run on the CPU
     device = accelerator()
-    precision = config.precision if config.precision != "auto" else ("bf16" if device else "fp32")
-    keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if precision == "bf16" else "float32")
+    compute_dtype = config.compute_dtype if config.compute_dtype != "auto" else (
+        "bf16" if device else "fp32")
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if compute_dtype == "bf16" else "float32")
 
     ds = prepare_data(config, dataset)
     if verbose and chief and not state:
@@ -213,7 +239,7 @@ def _train(config: TrainConfig, run_dir: Path, name: str, state: dict | None,
         trainer = build_trainer(config, ds.num_classes, ds.image_shape, steps_per_epoch,
                                 images=ds.x_train[:1024])[0]
         if chief:
-            described = _describe_run(config, ds, network_of(trainer), device, precision,
+            described = _describe_run(config, ds, network_of(trainer), device, compute_dtype,
                                       placement, name)
             with reported_write(run_dir / "config.json"):
                 write_json(run_dir / "config.json", described)
@@ -272,9 +298,20 @@ def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int,
                   steps_per_epoch: int, images: np.ndarray | None = None
                   ) -> tuple[keras.Model, keras.Model]:
     """The compiled training model (augmentation + network) and the bare network inside it.
+
     With ``config.weights`` the network starts from those weights (all but the classifier,
     which is new for ``num_classes``; folded batch norms are recalibrated on ``images``) and
     ``config.freeze`` stages stay frozen (see :mod:`edgel2.pretrained`).
+
+    Args:
+        config: The run's config (network, both L2s, augmentation, optimizer, schedule).
+        num_classes: Classes of the classifier.
+        input_shape: (height, width, 3).
+        steps_per_epoch: Optimizer steps per epoch (the schedule spans them all).
+        images: Training images to recalibrate batch norms on when starting from weights.
+
+    Returns:
+        (trainer, network): the model ``fit`` runs, and the network that is saved and exported.
 
     Example:
         >>> trainer, model = build_trainer(TrainConfig(width=4), 10, (32, 32, 3), 100)
@@ -419,7 +456,7 @@ def _held_out_name(ds: Dataset, split: str, config: TrainConfig) -> str:
 
 
 def _describe_run(config: TrainConfig, ds: Dataset, model, device: str | None,
-                  precision: str, placement: Placement, name: str) -> dict:
+                  compute_dtype: str, placement: Placement, name: str) -> dict:
     hyper = dataclasses.asdict(config)
     return {
         "name": name,
@@ -433,7 +470,7 @@ def _describe_run(config: TrainConfig, ds: Dataset, model, device: str | None,
         "backend": keras.backend.backend(),
         "device": device or "cpu",
         "distribution": placement.describe(),
-        "precision": precision,
+        "compute_dtype": compute_dtype,
         "versions": library_versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

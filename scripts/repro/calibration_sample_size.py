@@ -15,7 +15,8 @@ import numpy as np
 from edgel2.calibration import calibration_figures, fit_calibration
 from edgel2.data import load_model_data
 from edgel2.runtime.auto import open_engine
-from edgel2.runtime.modelfile import REFERENCE_ENGINE, sniff_format
+from edgel2.runtime.formats import REFERENCE_ENGINE
+from edgel2.runtime.modelfile import sniff_format
 from edgel2.runtime.shipped import shipped_model
 from edgel2.utils import run_batches
 

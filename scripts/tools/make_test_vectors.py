@@ -25,7 +25,8 @@ PER_CLASS = 1  # the first test image of each class: 10 images, about 160 KB of 
 def main() -> None:
     from edgel2.data import load_dataset
     from edgel2.runtime import Classifier, load_image
-    from edgel2.runtime.modelfile import REFERENCE_ENGINE, sniff_format
+    from edgel2.runtime.formats import REFERENCE_ENGINE
+    from edgel2.runtime.modelfile import sniff_format
 
     test_dir = Path(load_dataset().source) / "test"
     picked = [sorted((test_dir / c).glob("*.jpg"))[0] for c in sorted(p.name for p in test_dir.iterdir())]
