@@ -108,7 +108,7 @@ def test_offline_download_fails_with_one_line_naming_the_reason_and_data(monkeyp
     monkeypatch.setattr(edgel2.data.sources, "CHECKOUT_CIFAR10", tmp_path / "no-checkout-copy")
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(DataError, match=r"could not download CIFAR-10 \(no network\? Temporary "
-                                        r"failure in name resolution\); pass data PATH") as e:
+                                        r"failure in name resolution\); pass `data` PATH") as e:
         load_dataset()
     assert "\n" not in str(e.value)
 
@@ -133,7 +133,7 @@ def test_class_folder_without_images_is_named(tiny_folder, tmp_path):
 
 def test_mixed_sizes_need_image_size(tiny_folder, tmp_path):
     write_images(tiny_folder / "train" / "cat", 1, size=(12, 10), seed=5, fmt="JPEG")
-    with pytest.raises(DataError, match=r"images differ in size .*--image-size"):
+    with pytest.raises(DataError, match=r"images differ in size .*`image_size`"):
         load_dataset(tiny_folder, cache_dir=tmp_path / "cache")
     ds = load_dataset(tiny_folder, image_size=16, cache_dir=tmp_path / "cache")
     assert ds.x_train.shape == (13, 16, 16, 3)

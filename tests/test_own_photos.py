@@ -63,7 +63,7 @@ def test_a_folder_of_mixed_sizes_is_resized_to_the_size_asked_for_and_refused_wi
     assert ds.x_train.shape[1:] == (24, 24, 3) and ds.x_test.shape[1:] == (24, 24, 3)
     seen = ds.extra["images_seen"]
     assert seen["resized"] == 30 and seen["formats"] == {"JPEG": 15, "PNG": 15}
-    with pytest.raises(DataError, match=r"images differ in size .* pass image_size N"):
+    with pytest.raises(DataError, match=r"images differ in size .* pass `image_size` N"):
         load_dataset(photos, cache_dir=tmp_path / "cache")
 
 
@@ -141,7 +141,7 @@ def test_recorded_data_that_is_gone_is_one_line_naming_data(tmp_path):
     gone = DataRecord(str(tmp_path / "moved-away"), "photos")
     model = make_tiny_onnx(tmp_path / "m.onnx", {**tiny_metadata(), "data": gone.as_metadata()})
     with pytest.raises(DataError, match=r"the data m.onnx was trained on is gone: .*moved-away "
-                                        r"\(recorded in m.onnx's metadata\); pass data PATH"):
+                                        r"\(recorded in m.onnx's metadata\); pass `data` PATH"):
         load_model_data(model, (8, 8))
 
 
@@ -179,7 +179,7 @@ def test_a_failed_download_names_the_http_status_and_writes_nothing_to_stdout(
         http_404, tmp_path, capfd):
     with pytest.raises(DataError, match=r"could not download CIFAR-10: http://127.0.0.1:\d+/"
                                         r"cifar-10-python.tar.gz answered HTTP 404 Not Found; "
-                                        r"pass data PATH"):
+                                        r"pass `data` PATH"):
         download_cifar10(tmp_path / "cache", url=http_404)
     out, err = capfd.readouterr()
     assert out == "" and "downloading CIFAR-10" in err

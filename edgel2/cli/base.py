@@ -47,6 +47,20 @@ def renamed(args: list[str]) -> list[str]:
     return out
 
 
+def default_of(function: Any, parameter: str) -> Any:
+    """The default of ``function``'s ``parameter``: what an option shows and passes when it
+    is not given, read from the library function it reaches, so the two cannot differ.
+
+    Example:
+        >>> def classify(paths, top_k=1): ...
+        >>> default_of(classify, "top_k")
+        1
+    """
+    import inspect
+
+    return inspect.signature(function).parameters[parameter].default
+
+
 def plural(count: int, noun: str, plural: str = "") -> str:
     """``1 image``, ``2 images`` (``plural``: a noun's irregular plural).
 
@@ -77,8 +91,11 @@ def as_flags(group: click.Group, args: list[str], message: str, leading: bool) -
     import re
 
     command = group.commands.get(next((a for a in args if not a.startswith("-")), ""))
-    flags = {} if command is None else {
-        p.name: p.opts[0] for p in command.params if isinstance(p, click.Option)}
+    options = [] if command is None else [p for p in command.params if isinstance(p, click.Option)]
+    # an argument is named as the option's parameter (`output`) or its long flag (`out`)
+    flags = {**{o.lstrip("-").replace("-", "_"): o for p in options for o in p.opts
+                if o.startswith("--")},
+             **{p.name: p.opts[0] for p in options}}
     message = re.sub(r"`([a-z_]+)`", lambda m: flags.get(m.group(1), m.group(1)), message)
     argument, space, rest = message.partition(" ")
     return f"{flags[argument]} {rest}" if leading and space and argument in flags else message

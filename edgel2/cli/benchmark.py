@@ -7,11 +7,12 @@ from pathlib import Path
 
 import click
 
-from edgel2.cli.base import RECORDED_DATA, CheckCount, ChoiceList, IntList, cli, flat
+from edgel2.benchmark.run import benchmark as measure
+from edgel2.cli.base import RECORDED_DATA, CheckCount, ChoiceList, IntList, cli, default_of, flat
 from edgel2.errors import EdgeL2Error
 from edgel2.runtime.auto import ENGINES
 from edgel2.runtime.engines import PROVIDER_CHOICES
-from edgel2.variants import BENCHMARK_FORMATS, CHECK_IMAGES
+from edgel2.variants import BENCHMARK_FORMATS
 
 
 @cli.command()
@@ -21,22 +22,27 @@ from edgel2.variants import BENCHMARK_FORMATS, CHECK_IMAGES
               default=None, callback=flat,
               help="Runtimes to measure, comma-separated or repeated (default: all "
                    "installed; openvino runs the ONNX files).")
-@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
-              help="Measure the exported files on this engine only, beside Keras "
+@click.option("--engine", type=click.Choice(ENGINES), default=default_of(measure, "engine"),
+              show_default=True, help="Measure the exported files on this engine only, beside Keras "
                    "(auto: every installed engine).")
-@click.option("--batch-sizes", type=IntList(), multiple=True, default=["1,8,64"],
+@click.option("--batch-sizes", type=IntList(), multiple=True,
+              default=[",".join(map(str, default_of(measure, "batch_sizes")))],
               show_default=True, callback=flat, help="Comma-separated or repeated.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads per runtime (default: all cores).")
-@click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto",
-              show_default=True, help="ONNX Runtime provider.")
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=2.0,
+@click.option("--provider", type=click.Choice(PROVIDER_CHOICES),
+              default=default_of(measure, "provider"), show_default=True,
+              help="ONNX Runtime provider.")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True),
+              default=default_of(measure, "seconds"),
               show_default=True, help="Time per cell (latency, each batch size).")
-@click.option("--check", type=CheckCount(), default=str(CHECK_IMAGES), show_default=True,
+@click.option("--check", type=CheckCount(), default=str(default_of(measure, "check")),
+              show_default=True,
               help="Test images for top-1; 'all' for the whole split.")
 @click.option("--min-accuracy", type=click.FloatRange(0, 1), default=None,
               help="Exit 1 if any row's top-1 (a fraction, e.g. 0.9) is below: a CI gate.")
-@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--repeat", type=click.IntRange(min=1), default=default_of(measure, "repeat"),
+              show_default=True,
               help="Rounds over all rows, interleaved; each cell is the median (steadier "
                    "ratios on a machine whose speed drifts).")
 @click.option("--export-missing/--no-export-missing", default=None,

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from edgel2.cli.base import RECORDED_DATA, ProgressBars, backend_option, cli, data_options, plural
+from edgel2 import evaluate as evaluation
+from edgel2.cli.base import (
+    RECORDED_DATA,
+    ProgressBars,
+    backend_option,
+    cli,
+    data_options,
+    default_of,
+    plural,
+)
 from edgel2.runtime.auto import ENGINES
 
 
@@ -15,8 +24,8 @@ from edgel2.runtime.auto import ENGINES
 @click.argument("model", type=click.Path(dir_okay=False))
 @data_options(training=False)
 @backend_option
-@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
-              help="Engine for an exported file (as edgel2 infer); ignored for .keras.")
+@click.option("--engine", type=click.Choice(ENGINES), default=default_of(evaluation.evaluate_path, "engine"),
+              show_default=True, help="Engine for an exported file (as edgel2 infer); ignored for .keras.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Engine threads for an exported file (default: the engine's choice).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,

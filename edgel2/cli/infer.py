@@ -7,15 +7,20 @@ import time
 
 import click
 
-from edgel2.cli.base import ChoiceList, ProgressBars, cli, plural
+from edgel2.cli.base import ChoiceList, ProgressBars, cli, default_of, plural
 from edgel2.cluster import OUTPUT_FORMATS as RAY_FORMATS
 from edgel2.cluster import is_ray_address
 from edgel2.runtime.auto import COMPUTE_DTYPE_ALIASES, COMPUTE_DTYPES, ENGINES
+from edgel2.runtime.classifier import Classifier
 from edgel2.runtime.engines import PROVIDER_CHOICES
 from edgel2.runtime.io import OUTPUT_FORMATS as LOCAL_FORMATS
+from edgel2.runtime.io import classify_paths
 from edgel2.runtime.probe import THROUGHPUT, WORKLOADS
 
 SOME_IMAGES_FAILED = 3  # the exit code when some images could not be classified
+# what a Classifier is opened with by default, which infer's options show and pass
+OPENED = {name: default_of(Classifier, name)
+          for name in ("batch_size", "providers", "engine", "compute_dtype")}
 
 
 def _infer_on_ray(paths, model, top_k, batch_size, engine, workload, fmt, output, address,
@@ -45,14 +50,16 @@ def _infer_on_ray(paths, model, top_k, batch_size, engine, workload, fmt, output
 @click.option("--model", type=click.Path(), default=None,
               help="Exported .onnx or .tflite, or a folder holding one model's ONNX and "
                    "TFLite files (default: the int8 pair shipped with edgel2).")
-@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--top-k", type=click.IntRange(min=1), default=default_of(classify_paths, "top_k"),
+              show_default=True,
               help="Labels per image (at most the model's class count).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto",
+@click.option("--batch-size", type=click.IntRange(min=1), default=OPENED["batch_size"],
+              show_default=True)
+@click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default=OPENED["providers"],
               show_default=True, help="auto: TensorRT, then CUDA, then CPU.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Intra-op threads (default: all cores).")
-@click.option("--engine", type=click.Choice(ENGINES), default="auto", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINES), default=OPENED["engine"], show_default=True,
               help="auto: on a CPU, the engine and settings measured fastest here for "
                    "--workload (measured once per machine and model, then remembered; "
                    "EDGEL2_ENGINE_PROBE=0 turns that off); on a GPU, ONNX Runtime.")
@@ -61,7 +68,7 @@ def _infer_on_ray(paths, model, top_k, batch_size, engine, workload, fmt, output
                    "the time for one image (latency).")
 @click.option("--compute-dtype", type=ChoiceList(COMPUTE_DTYPES, COMPUTE_DTYPE_ALIASES,
                                                   single=True),
-              default="fp32", show_default=True,
+              default=OPENED["compute_dtype"], show_default=True,
               help="OpenVINO: compute floating-point layers in bfloat16 (CPUs with AVX512_BF16/AMX).")
 @click.option("--out-format", "fmt", type=click.Choice([*LOCAL_FORMATS, *RAY_FORMATS]),
               default=None,

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import click
 
-from edgel2.cli.base import checked_name, cli
+from edgel2.cli.base import checked_name, cli, default_of
 from edgel2.config import MAX_BODY_MB
 from edgel2.runtime.auto import ENGINES
 from edgel2.runtime.batcher import MAX_DELAY_MS
 from edgel2.runtime.probe import WORKLOADS
+from edgel2.serve import run as serve_run
 from edgel2.serve.config import ServeConfig
 
 SERVE = ServeConfig()  # the defaults
@@ -25,9 +26,10 @@ SERVE = ServeConfig()  # the defaults
                    "batches).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Engine threads (default: the engine's choice).")
-@click.option("--host", default="127.0.0.1", show_default=True,
+@click.option("--host", default=default_of(serve_run, "host"), show_default=True,
               help="Address to listen on (0.0.0.0: every interface; think before you do).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=default_of(serve_run, "port"),
+              show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), default=SERVE.max_batch, show_default=True,
               help="Most images in one model call.")
 @click.option("--max-delay-ms", type=click.FloatRange(0, MAX_DELAY_MS), default=SERVE.max_delay_ms,
@@ -52,7 +54,8 @@ SERVE = ServeConfig()  # the defaults
               help="After SIGTERM, how long requests in flight may finish; then they get 503.")
 @click.option("--top-k", type=click.IntRange(min=1), default=SERVE.top_k, show_default=True,
               help="Labels per image from /v1/classify (a request may ask ?top_k=N).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(min=1), default=default_of(serve_run, "workers"),
+              show_default=True,
               help="Server processes, each with its own model, behind one port.")
 @click.option("--name", default=None, callback=checked_name,
               help="The served model's name in the URLs and the page (default: the run's name "
