@@ -3,7 +3,7 @@ random zoom crop, colour jitter and cutout, per image.
 
 Written as two vectorised gathers over the padded batch so that it compiles into the train
 step on every backend. Keras' own ``RandomCrop``/``RandomFlip`` layers run about 70x slower
-than the network itself on JAX (measured on an H200, see shared/DEVICE.md), so they are not used.
+than the network itself on JAX (measured on one NVIDIA H200), so they are not used.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def random_crop_flip(images, seed, padding: int = 4, flip: bool = True,
 
     ``seed`` is a ``keras.random.SeedGenerator`` (or an int, for one-off use).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> x = np.arange(2 * 8 * 8 * 3, dtype="uint8").reshape(2, 8, 8, 3)
         >>> tuple(random_crop_flip(x, seed=0, padding=2).shape)
@@ -50,7 +50,7 @@ def random_zoom(images, seed, min_area: float):
     size by nearest-neighbour sampling (two gathers, as :func:`random_crop_flip`): objects
     seen closer, as in a photo folder. Shape and dtype are kept.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> x = np.arange(2 * 8 * 8 * 3, dtype="uint8").reshape(2, 8, 8, 3)
         >>> tuple(random_zoom(x, seed=0, min_area=0.5).shape)
@@ -78,7 +78,7 @@ def color_jitter(images, seed, strength: float):
     ``[1 - strength, 1 + strength]`` (in that order, as torchvision's ``ColorJitter`` with
     one strength), then clip to the pixel range; dtype kept (uint8 in, uint8 out).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> out = color_jitter(np.full((2, 4, 4, 3), 100, "uint8"), seed=0, strength=0.5)
         >>> np.asarray(out).dtype, tuple(out.shape)
@@ -105,7 +105,7 @@ def cutout(images, seed, size: int, fill=0):
     per channel). The square's centre is uniform over the image, so it may be clipped at the
     border (DeVries & Taylor, 2017).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> out = cutout(np.full((1, 8, 8, 1), 9, "uint8"), seed=0, size=2)
         >>> 1 <= int((np.asarray(out) == 0).sum()) <= 4
@@ -169,7 +169,7 @@ def with_augmentation(model: keras.Model, seed: int | None = None, padding: int 
     a ``cutout`` square filled with the mean pixel of the model's normalization, i.e. zero
     after it, as in the cutout paper).
 
-    Example:
+    Examples:
         >>> from edgel2.model import resnet18
         >>> trainer = with_augmentation(resnet18(width=4), seed=0)   # fit this, save ``model``
     """

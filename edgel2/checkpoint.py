@@ -37,7 +37,7 @@ def load_model(path: str | os.PathLike):
     """Load a ``.keras`` file saved by edgel2 (no optimizer), with one clear error for
     anything else.
 
-    Example:
+    Examples:
         >>> model = load_model("runs/train/exp/model.keras")   # doctest: +SKIP
     """
     import keras
@@ -141,7 +141,7 @@ def as_float32(model, input_dtype: str | None = None):
     """The same network in float32 (a model trained in mixed bf16 included), optionally
     taking ``input_dtype`` pixels (still 0..255) instead of uint8.
 
-    Example:
+    Examples:
         >>> from edgel2.model import resnet18
         >>> as_float32(resnet18(width=4), input_dtype="float32").input.dtype
         'float32'

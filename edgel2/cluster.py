@@ -53,7 +53,7 @@ ROWS_PER_BLOCK = 1024
 # so 2 keep its pipeline busy (measured on 2 cores, 10,000 files: 1 actor x 2 CPUs 528 img/s,
 # 2 actors x 1 CPU 322, the two actors' threads fighting over the cores)
 CPUS_PER_ACTOR = 2
-# A file read from a URI is held in memory whole: far above any photo we classify
+# A file read from a URI is held in memory whole: far above any photo edgel2 classifies
 MAX_URI_BYTES = 256 << 20
 
 
@@ -83,7 +83,7 @@ def results_table(results: Iterable[FileResult]):
     """FileResults as an Arrow table of :func:`result_schema`: the records ``edgel2 infer
     --format json`` writes (:func:`~edgel2.runtime.io.record`).
 
-    Example:
+    Examples:
         >>> table = results_table([FileResult("a.png", [("cat", 0.9123456)]), FileResult("b", error="empty file")])
         >>> table.to_pylist()[0]["predictions"], table.to_pylist()[1]["error"]
         ([{'label': 'cat', 'probability': 0.912346}], 'empty file')
@@ -103,7 +103,7 @@ class ClassifyBatch:
     each node measures its engines for ``workload`` once (the actors of a node share the
     measurement through the cache; see :mod:`edgel2.runtime.choices`).
 
-    Example:
+    Examples:
         >>> import ray                                                       # doctest: +SKIP
         >>> ds = ray.data.from_items([{"path": "cat.png"}])                   # doctest: +SKIP
         >>> ds.map_batches(ClassifyBatch, fn_constructor_kwargs={"model": model_bytes},
@@ -190,7 +190,7 @@ def list_images(patterns: Sequence[str]) -> list[FileResult | str]:
     """The files to classify: local folders, globs and files as ``edgel2 infer`` expands them
     (an unreadable folder is a FileResult), and every image file under a filesystem URI.
 
-    Example:
+    Examples:
         >>> list_images(["no/such/file.png"])
         ['no/such/file.png']
     """
@@ -227,7 +227,7 @@ def is_ray_address(text: str) -> bool:
     """Whether ``text`` is a Ray address (``auto``, ``local``, ``ray://HOST:PORT``,
     ``HOST:PORT``) rather than a path to classify (``edgel2 infer --ray photos/``).
 
-    Example:
+    Examples:
         >>> [is_ray_address(t) for t in ("auto", "ray://head:10001", "10.0.0.1:6379", "photos/")]
         [True, True, True, False]
     """
@@ -268,7 +268,7 @@ def classify_on_ray(paths: Sequence[str], output: str | os.PathLike, *,
     Returns:
         A :class:`RayReport`: images, failures, seconds, actors and CPUs per actor, the folder.
 
-    Example:
+    Examples:
         >>> report = classify_on_ray(["photos/"], "results/", output_format="jsonl")  # doctest: +SKIP
         >>> report.images, report.failed                                                # doctest: +SKIP
         (10000, 3)

@@ -47,7 +47,7 @@ class TrainConfig:
     Defaults are the reference CIFAR-10 recipe (SGD Nesterov, weight decay 5e-4, one-cycle
     LR peaking at 0.4, label smoothing 0.1, crop+flip, batch 512, 30 epochs).
 
-    Example:
+    Examples:
         >>> TrainConfig(width=16, epochs=2, subset=2000).batch_size
         512
     """
@@ -90,7 +90,7 @@ class TrainConfig:
         rate, a short warm-up, small batches and the augmentation a photo folder needs
         (what ``edgel2 train --pretrained`` uses). ``overrides`` set any other field.
 
-        Example:
+        Examples:
             >>> c = TrainConfig.finetune(epochs=5)
             >>> c.weights, c.lr, c.batch_size, c.warmup, c.color_jitter, c.crop_scale, c.epochs
             ('pretrained', 0.04, 32, 0.1, 0.2, 0.6, 5)
@@ -103,7 +103,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`OptionError` naming the first option that makes no sense.
 
-        Example:
+        Examples:
             >>> TrainConfig(lr=float("inf")).validate()
             Traceback (most recent call last):
             ...
@@ -161,7 +161,7 @@ class TrainConfig:
         test fraction of a bare class folder ``val_split`` (before the validation split), and
         the compute dtype ``precision``.
 
-        Example:
+        Examples:
             >>> old = TrainConfig.from_saved({"val_split": 0.2, "epochs": 3, "precision": "fp32"})
             >>> old.test_split, old.val_split, old.epochs, old.compute_dtype
             (0.2, 0.0, 3, 'fp32')
@@ -187,7 +187,7 @@ def check_name(name: str) -> str:
     """``name`` if it can name a run, its files and its served model: letters, digits, ``.``,
     ``_`` and ``-``, starting with a letter or digit, at most 100 characters.
 
-    Example:
+    Examples:
         >>> check_name("photos-v2")
         'photos-v2'
         >>> check_name("my photos")  # doctest: +ELLIPSIS
@@ -206,7 +206,7 @@ def parse_devices(text: str | int) -> int | None:
     :class:`TrainConfig`: the same config trains the same run on any number of devices (see
     :mod:`edgel2.train.distribute`).
 
-    Example:
+    Examples:
         >>> parse_devices("all"), parse_devices("2")
         (None, 2)
     """

@@ -14,7 +14,7 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     r"""The first line of an exception's message, cut to ``limit`` characters: enough to say
     why a library refused a file, without its multi-line dump.
 
-    Example:
+    Examples:
         >>> first_line(ValueError("  bad header\n  at byte 12  "))
         'bad header'
         >>> first_line(TypeError())
@@ -28,7 +28,7 @@ def last_error_line(stderr: str, returncode: int) -> str:
     r"""The last non-blank line a failed child process wrote to stderr (its exception), or its
     exit code when it wrote nothing.
 
-    Example:
+    Examples:
         >>> last_error_line("Traceback ...\nValueError: no\n\n", 1), last_error_line("", 9)
         ('ValueError: no', 'exit code 9')
     """
@@ -58,7 +58,7 @@ def reported_write(path, error: type[EdgeL2Error] = TrainingError):
     """Turn an ``OSError`` while writing ``path`` (a full disk, a read-only folder) into one
     ``error`` line that names the file.
 
-    Example:
+    Examples:
         >>> with reported_write("runs/x/metrics.csv"):
         ...     raise OSError(28, "No space left on device")
         Traceback (most recent call last):
@@ -111,7 +111,7 @@ def require_whole(name: str, value, minimum: int = 1) -> int:
     """``value`` if it is a whole number (not a bool) of at least ``minimum``, else
     :class:`OptionError` naming the argument: the API's one check of such arguments.
 
-    Example:
+    Examples:
         >>> require_whole("max_batch", 32)
         32
         >>> require_whole("top_k", 2.5)
@@ -145,7 +145,7 @@ def missing_extra(error: ImportError, needed_for: str = "") -> MissingExtraError
     """The one-line error for a missing optional module, or None if ``error`` is about a
     module that no extra provides (a real bug, to be shown as it is).
 
-    Example:
+    Examples:
         >>> print(missing_extra(ModuleNotFoundError("No module named 'keras'", name="keras")))
         keras is not installed: pip install "edgel2[train]"
         >>> missing_extra(ModuleNotFoundError("x", name="not_ours")) is None

@@ -7,7 +7,9 @@ Ultralytics' ``val`` takes any exported format.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,11 +19,13 @@ from edgel2.plots import plot_confusion
 from edgel2.runtime.modelfile import file_precision
 from edgel2.utils import write_json
 
+OnBatch = Callable[[int, int], None]  # called with (images done, images in all)
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts with true classes as rows and predicted classes as columns.
 
-    Example:
+    Examples:
         >>> confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]), 2).tolist()
         [[1, 0], [1, 1]]
     """
@@ -30,7 +34,8 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return matrix
 
 
-def evaluate(model, dataset: Dataset, batch_size: int = 256, on_batch=None) -> dict:
+def evaluate(model: Any, dataset: Dataset, batch_size: int = 256,
+             on_batch: OnBatch | None = None) -> dict:
     """Top-1 accuracy, per-class accuracy and the confusion matrix of a Keras model.
 
     Args:
@@ -42,7 +47,7 @@ def evaluate(model, dataset: Dataset, batch_size: int = 256, on_batch=None) -> d
     Returns:
         ``accuracy``, ``per_class``, ``confusion``, ``class_names``, ``images`` and ``data``.
 
-    Example:
+    Examples:
         >>> report = evaluate(load_model("runs/train/exp/model.keras"), load_dataset())  # doctest: +SKIP
         >>> report["accuracy"]                                                             # doctest: +SKIP
         0.9312
@@ -56,7 +61,7 @@ def evaluate(model, dataset: Dataset, batch_size: int = 256, on_batch=None) -> d
 
 def evaluate_file(path: str | os.PathLike, dataset: Dataset, *, engine: str = "auto",
                   batch_size: int = 64, threads: int | None = None,
-                  on_batch=None) -> dict:
+                  on_batch: OnBatch | None = None) -> dict:
     """:func:`evaluate` for an exported file, through the runtime.
 
     Args:
@@ -72,7 +77,7 @@ def evaluate_file(path: str | os.PathLike, dataset: Dataset, *, engine: str = "a
         and ``calibration`` (ECE and NLL of the probabilities the runtime gives, see
         :mod:`edgel2.calibration`).
 
-    Example:
+    Examples:
         >>> evaluate_file("models/resnet18-int8.onnx", load_dataset())["accuracy"]   # doctest: +SKIP
         0.9255
     """
@@ -104,7 +109,7 @@ def evaluate_path(model: str | os.PathLike, *, data: str | os.PathLike | None = 
                   test_split: float | None = None, image_size: int | None = None,
                   engine: str = "auto", threads: int | None = None,
                   batch_size: int | None = None, backend: str | None = None,
-                  on_batch=None) -> dict:
+                  on_batch: OnBatch | None = None) -> dict:
     """What ``edgel2 eval`` does: evaluate a ``.keras`` model or an exported file on a test split.
 
     The model is opened before the data loads, so a bad file or a missing extra is one line at
@@ -128,7 +133,7 @@ def evaluate_path(model: str | os.PathLike, *, data: str | os.PathLike | None = 
         ``data``; for an exported file also ``model`` (file, format, precision, engine) and
         ``calibration`` (ECE and NLL of the runtime's probabilities).
 
-    Example:
+    Examples:
         >>> evaluate_path("runs/train/photos/model.keras")["accuracy"]     # doctest: +SKIP
         0.9375
     """
@@ -161,7 +166,7 @@ def default_report_folder(model: str | os.PathLike) -> Path:
     """Where ``edgel2 eval`` writes its report: ``eval/`` beside a ``.keras`` model,
     ``eval/FILE-NAME/`` beside an exported file.
 
-    Example:
+    Examples:
         >>> default_report_folder("runs/x/model.keras").as_posix(), default_report_folder("e/m.onnx").as_posix()
         ('runs/x/eval', 'e/eval/m.onnx')
     """
@@ -172,7 +177,7 @@ def default_report_folder(model: str | os.PathLike) -> Path:
 def report_from_logits(logits: np.ndarray, dataset: Dataset) -> dict:
     """The evaluation report of logits over ``dataset``'s test split (any source).
 
-    Example:
+    Examples:
         >>> x = np.zeros((3, 1, 1, 3), np.uint8)
         >>> ds = Dataset(x, np.zeros(3, int), x, np.array([0, 1, 1]), ["a", "b"], name="toy")
         >>> r = report_from_logits(np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]]), ds)

@@ -37,7 +37,7 @@ class FeatureL2(layers.Layer):
     ``u`` is the layer's input flattened per example. At inference (``training`` false) it adds
     nothing and returns its input untouched, so it disappears from exported graphs.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> layer = FeatureL2(0.5)
         >>> _ = layer(np.ones((2, 4), "float32"), training=True)
@@ -72,7 +72,7 @@ class Normalize(layers.Layer):
     own ``Normalization`` holds them as eager tensors, which tf2onnx exports as extra graph
     inputs instead of constants.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> keras.ops.convert_to_numpy(Normalize([100.0], [50.0])(np.array([[200]], "uint8"))).tolist()
         [[2.0]]
@@ -99,7 +99,7 @@ class Normalize(layers.Layer):
 def find_normalize(model: keras.Model) -> Normalize | None:
     """The model's :class:`Normalize` layer (its pixel statistics), or None.
 
-    Example:
+    Examples:
         >>> find_normalize(resnet18(width=4)).mean == [float(m) for m in CIFAR10_MEAN]
         True
     """
@@ -165,7 +165,7 @@ def resnet18(num_classes: int = 10, width: int = 64, *,
     Returns:
         The uncompiled Keras model.
 
-    Example:
+    Examples:
         >>> model = resnet18(width=64)
         >>> sum(int(w.numpy().size) for w in model.trainable_weights)   # doctest: +SKIP
         11173962
@@ -207,7 +207,7 @@ def feature_extractor(model: keras.Model) -> keras.Model:
     Returns:
         A Keras model that maps images to their pooled features.
 
-    Example:
+    Examples:
         >>> extractor = feature_extractor(resnet18(width=8))
         >>> extractor.output.shape
         (None, 64)
@@ -219,7 +219,7 @@ def network_of(model: keras.Model) -> keras.Model:
     """The network inside a training model: the model itself when it has no augmentation
     wrapper, else the nested model the augmentation feeds (``with_augmentation``).
 
-    Example:
+    Examples:
         >>> from edgel2.augment import with_augmentation
         >>> net = resnet18(width=4)
         >>> network_of(with_augmentation(net)) is net, network_of(net) is net
@@ -239,7 +239,7 @@ class WithMirror(layers.Layer):
     """``[images; images flipped left-right]``: the batch, then its mirror images, as one
     batch twice as long (so the network runs once, on both views).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> x = np.arange(2 * 1 * 2 * 1).reshape(2, 1, 2, 1)
         >>> keras.ops.convert_to_numpy(WithMirror()(x))[:, 0, :, 0].tolist()
@@ -258,7 +258,7 @@ class MeanOfHalves(layers.Layer):
     """The mean of a batch's first and second halves: row ``i`` is the mean of rows ``i`` and
     ``i + n`` of ``2n`` rows (the view and its mirror, from :class:`WithMirror`).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> keras.ops.convert_to_numpy(MeanOfHalves()(np.array([[0., 2.], [4., 6.]]))).tolist()
         [[2.0, 4.0]]
@@ -284,7 +284,7 @@ def flip_averaged(model: keras.Model) -> keras.Model:
     Returns:
         The flip-averaged model.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> both = flip_averaged(resnet18(width=4))
         >>> both.output.shape, both.input.dtype

@@ -32,7 +32,7 @@ def network_from_onnx(path: str | os.PathLike):
     identities: mean 0, variance 1, scale 1, the folded bias as offset), the stem with the
     input normalization taken back out, and the classifier.
 
-    Example:
+    Examples:
         >>> from edgel2.runtime.shipped import shipped_model
         >>> network_from_onnx(shipped_model()).name       # doctest: +SKIP
         'resnet18_w64'
@@ -147,7 +147,7 @@ def natural_image_size(source: str | os.PathLike) -> int | None:
     ResNet-18: 32), read from the file's metadata or its run's ``config.json`` without
     loading the network; None when neither says.
 
-    Example:
+    Examples:
         >>> natural_image_size(PRETRAINED)
         32
     """

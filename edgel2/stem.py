@@ -19,7 +19,7 @@ def fold_stem(weights: np.ndarray, bias: np.ndarray, mean: np.ndarray, std: np.n
     From ``(x_c - m_c) / s_c = (x_c - z) / s * (s / s_c) + (z - m_c) / s_c``: input channel ``c``
     of the weights scales by ``s / s_c`` and the constant second term moves into the bias.
 
-    Example:
+    Examples:
         >>> w, b, z, scale = fold_stem(np.ones((1, 3, 1, 1)), np.zeros(1),
         ...                            np.array([100.0, 120, 140]), np.array([50.0, 50, 50]))
         >>> w.shape, b.round(6).tolist(), z, scale
@@ -39,7 +39,7 @@ def unfold_stem(weights: np.ndarray, bias: np.ndarray, mean: np.ndarray, std: np
     """The inverse of :func:`fold_stem`: the stem's ``weights`` [O, C, kh, kw] and ``bias``
     [O] for normalized input ``(x - mean_c) / std_c`` again, padding channels dropped.
 
-    Example:
+    Examples:
         >>> w, b = np.random.default_rng(0).normal(size=(2, 3, 3, 3)), np.array([0.5, -1.0])
         >>> mean, std = np.array([125.3, 123.0, 113.9]), np.array([63.0, 62.1, 66.7])
         >>> folded, folded_bias, _, _ = fold_stem(w, b, mean, std)

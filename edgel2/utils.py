@@ -43,7 +43,7 @@ def atomic_path(path: str | os.PathLike, durable: bool = False,
     given, the finished work is renamed to ``fallback`` instead and
     :class:`~edgel2.errors.OutputError` says where it is.
 
-    Example:
+    Examples:
         >>> with atomic_path("out.json") as tmp:        # doctest: +SKIP
         ...     tmp.write_text("{}")
     """
@@ -128,7 +128,7 @@ def check_output(path: str | os.PathLike, what: str = "`out`", folder: bool = Fa
     read-only file or file system, a folder that cannot be written in. Raises
     :class:`~edgel2.errors.OutputError` naming ``what``; returns the path.
 
-    Example:
+    Examples:
         >>> check_output("/proc/version")
         Traceback (most recent call last):
         ...
@@ -173,7 +173,7 @@ def deliver_text(text: str, path: str | os.PathLike | None, what: str = "`out`",
     end (a full disk), the results are not lost: they go to stdout (``echo``), and then
     :class:`~edgel2.errors.OutputError` says why in one line.
 
-    Example:
+    Examples:
         >>> deliver_text("a,b\n", None)
         a,b
     """
@@ -216,7 +216,7 @@ def run_config(model_path: str | os.PathLike) -> dict:
     """The ``config.json`` of the run the model file at ``model_path`` belongs to (the file
     beside it; {} when there is none or it is not a JSON object).
 
-    Example:
+    Examples:
         >>> run_config("runs/train/nowhere/model.keras")
         {}
     """
@@ -234,7 +234,7 @@ def writable_folder(path: str | os.PathLike, what: str, error=None) -> Path | No
     created (``path`` or one of its parents; what :func:`remove_if_empty` may take back), or
     None when ``path`` was there already.
 
-    Example:
+    Examples:
         >>> writable_folder("/proc/version/x", "the output folder")
         Traceback (most recent call last):
         ...
@@ -281,7 +281,7 @@ def scratch_space(folder: str | os.PathLike) -> Iterator[Path]:
     (their process is gone) are removed first: a SIGKILL costs no more than the next run's
     clean-up, and nothing is left in /tmp.
 
-    Example:
+    Examples:
         >>> with scratch_space("runs/x/export") as scratch:   # doctest: +SKIP
         ...     tempfile.mkdtemp()    # under runs/x/export/.edgel2-scratch-PID/
     """
@@ -368,7 +368,7 @@ def run_batches(run: Callable[[Any], Any], images: Any, batch_size: int = 100,
                 on_batch: Callable[[int, int], None] | None = None) -> Any:
     """``run`` over ``images`` in batches, concatenated; reports ``(done, total)`` as it goes.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> seen = []
         >>> run_batches(lambda b: b * 2, np.arange(5), 2, lambda d, t: seen.append(d)), seen

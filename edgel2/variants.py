@@ -4,7 +4,7 @@ export report's order, the benchmark's rows, and the chart's colours and markers
 Built from :mod:`edgel2.runtime.formats` (a format or an engine is one row there) and imports
 nothing heavy, so the CLI can build its ``--help`` from it.
 
-Example:
+Examples:
     >>> precision_name("none"), SUFFIX["tflite"], [f for f, p in BENCHMARK_ROWS if p == "bf16"]
     ('fp32', '.tflite', ['openvino'])
 """
@@ -46,7 +46,7 @@ def file_of(runtime: str, precision: str) -> tuple[str, str]:
     """The exported file a benchmark row runs, as (format, precision): a bf16 row runs the
     fp32 file.
 
-    Example:
+    Examples:
         >>> file_of("openvino", "bf16"), file_of("tflite", "int8")
         (('onnx', 'fp32'), ('tflite', 'int8'))
     """

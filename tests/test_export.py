@@ -180,6 +180,8 @@ def test_metadata_round_trips_in_both_formats(full_matrix, small_model):
         assert meta["accuracy"]["top1"] == row["accuracy"]
         assert meta["accuracy"]["data"] == "CIFAR-10-JPEG test split"
         assert meta["model_name"] == "resnet18_w4"
+        documented = (Path(__file__).parent.parent / "docs/reference/files.md").read_text()
+        assert [key for key in meta if f"`{key}`" not in documented] == []  # every key, documented
         # one calibration, fitted on the Keras logits, in every file
         calibration = report["calibration"]
         assert (meta["temperature"], meta["unsmooth"]) == (calibration["temperature"],

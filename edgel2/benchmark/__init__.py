@@ -10,7 +10,7 @@ speed drifts by tens of percent over minutes, and interleaving spreads that drif
 row instead of charging it to whichever row ran in the slow minute. Results: a table, JSON (with
 a machine description and each round's figures) and a PNG chart.
 
-Example:
+Examples:
     >>> report = benchmark("runs/train/exp/model.keras", seconds=1.0)   # doctest: +SKIP
     >>> print(format_table(report))                                       # doctest: +SKIP
 """

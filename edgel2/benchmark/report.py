@@ -37,7 +37,7 @@ def format_table(report: dict) -> str:
         batch size and the speed-up against Keras fp32 in the same run (or the row's status
         and reason).
 
-    Example:
+    Examples:
         >>> print(format_table(benchmark("runs/train/exp/model.keras")))    # doctest: +SKIP
     """
     sizes = report["batch_sizes"]
@@ -71,7 +71,7 @@ def format_table(report: dict) -> str:
 def fastest_line(report: dict) -> str:
     """Which exported row is fastest at batch-1 latency and at each batch size.
 
-    Example:
+    Examples:
         >>> rows = [{"format": "onnx", "precision": "int8", "status": "ok",
         ...          "latency_ms": {"p50": 1.3}, "throughput": {"64": 1100.0}},
         ...         {"format": "openvino", "precision": "int8", "status": "ok",
@@ -121,7 +121,7 @@ def plot_report(report: dict, path: str | os.PathLike) -> Path:
     Returns:
         ``path``.
 
-    Example:
+    Examples:
         >>> plot_report(report, "benchmark.png")     # doctest: +SKIP
     """
     from edgel2.plots import pyplot, save_figure

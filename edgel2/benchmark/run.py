@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgel2.benchmark.report import machine
-from edgel2.data import held_out_images, load_dataset, load_dataset_for, load_model_data
+from edgel2.data import Dataset, held_out_images, load_dataset, load_dataset_for, load_model_data
 from edgel2.errors import EdgeL2Error, OptionError, last_error_line
 from edgel2.export import exported_file, report_model
 from edgel2.runtime.formats import ENGINE_SPECS, MODEL_SUFFIXES
@@ -54,7 +54,7 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
               formats: Sequence[str] | None = None, engine: str = "auto",
               batch_sizes: Sequence[int] = (1, 8, 64), threads: int | None = None,
               provider: str = "auto", seconds: float = 2.0, check: int | None = CHECK_IMAGES,
-              min_accuracy: float | None = None, repeat: int = 1, dataset=None,
+              min_accuracy: float | None = None, repeat: int = 1, dataset: Dataset | None = None,
               export_missing: bool | None = None,
               progress: Callable[[str], None] = lambda _: None) -> dict:
     """Measure size, top-1, batch-1 latency and throughput of every format and precision.
@@ -87,7 +87,7 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
         The report: ``rows`` (one per runtime x precision, each with its cells or a stated
         reason), ``machine``, the settings, and ``auto`` (what ``auto`` will run here).
 
-    Example:
+    Examples:
         >>> report = benchmark("runs/train/exp/model.keras", repeat=3)     # doctest: +SKIP
         >>> print(format_table(report))                                     # doctest: +SKIP
     """
@@ -330,7 +330,7 @@ def _measure_in_child(fmt, precision, path, check_file, batch_sizes, threads, pr
 def _median_cells(measured: list[dict]) -> dict:
     """One row from its rounds: size and accuracy from the first, each speed cell the median.
 
-    Example:
+    Examples:
         >>> rounds = [{"size_mb": 1.0, "accuracy": 0.9, "latency_ms": {"p50": 2.0},
         ...            "throughput": {"64": 100.0}},
         ...           {"latency_ms": {"p50": 4.0}, "throughput": {"64": 300.0}},

@@ -9,7 +9,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     """Probabilities per row; a row with any NaN or infinite logit becomes all NaN, so that no
     label is ever read off it.
 
-    Example:
+    Examples:
         >>> softmax(np.array([[0.0, 0.0], [np.inf, 0.0]], np.float32)).tolist()
         [[0.5, 0.5], [nan, nan]]
     """
@@ -33,7 +33,7 @@ def calibrated_probabilities(logits: np.ndarray, temperature: float = 1.0,
     that back. Both keep every row's order of classes, so top-k never changes. Rows with a
     non-finite logit are all NaN (see :func:`softmax`).
 
-    Example:
+    Examples:
         >>> calibrated_probabilities(np.array([[2.0, 0.0]]), temperature=2.0).round(4).tolist()
         [[0.7311, 0.2689]]
         >>> calibrated_probabilities(np.log(np.array([[0.9, 0.1]])), unsmooth=0.2).round(4).tolist()

@@ -11,7 +11,7 @@ parameter inside its search range and a sharpening within bounds, and a lower he
 Otherwise the file keeps plain softmax and the record says why. The runtime applies it after
 the logits. Why metadata and not the graph: see :mod:`edgel2.calibration`.
 
-Example:
+Examples:
     >>> report = calibrate_file("models/resnet18-int8.onnx")     # doctest: +SKIP
     >>> report["method"], round(report["after"]["ece"], 3)     # doctest: +SKIP
     ('unsmooth', 0.017)
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from edgel2.calibration.fit import (
 from edgel2.errors import DataError, ModelError
 from edgel2.utils import atomic_path, run_batches
 
+if TYPE_CHECKING:
+    from edgel2.data import Dataset
+
 PLAIN_SOFTMAX = {"temperature": 1.0, "unsmooth": 0.0}
 
 
@@ -47,7 +51,7 @@ def fit_held_out(fit_logits: np.ndarray, fit_labels: np.ndarray, report_logits: 
     ``unsmooth`` are what the file gets: the fit, or plain softmax when refused; ``fitted``
     keeps the fit either way.
 
-    Example:
+    Examples:
         >>> rng = np.random.default_rng(0)
         >>> labels = np.repeat(np.arange(10), 30)
         >>> logits = np.eye(10)[labels] * 2 + rng.normal(size=(300, 10))
@@ -127,7 +131,7 @@ def metadata_record(result: dict) -> dict:
             "calibration": record}
 
 
-def calibrate_file(path: str | os.PathLike, *, data: str | None = None, dataset=None,
+def calibrate_file(path: str | os.PathLike, *, data: str | None = None, dataset: Dataset | None = None,
                    write: bool = True, plot: str | os.PathLike | None = None,
                    on_batch: Callable[[int, int], None] | None = None) -> dict:
     """Fit the calibration to an exported file's own logits and write it into its metadata.
@@ -150,7 +154,7 @@ def calibrate_file(path: str | os.PathLike, *, data: str | None = None, dataset=
         ``unsmooth`` (what the file got), ``fitted``, ``refused`` (None, or why the file keeps
         plain softmax), where it was fitted and reported, and ``file``.
 
-    Example:
+    Examples:
         >>> result = calibrate_file("runs/train/photos/export/photos-int8.onnx")   # doctest: +SKIP
         >>> result["before"]["ece"], result["after"]["ece"]                         # doctest: +SKIP
         (0.061, 0.018)
@@ -207,7 +211,7 @@ def calibrate_file(path: str | os.PathLike, *, data: str | None = None, dataset=
 def describe(result: dict) -> str:
     """The map a result writes, in a few words.
 
-    Example:
+    Examples:
         >>> describe({"method": "unsmooth", "temperature": 1.0, "unsmooth": 0.2049})
         'label smoothing 0.2049 undone'
         >>> describe({"method": "none", "temperature": 1.0, "unsmooth": 0.0})

@@ -33,7 +33,7 @@ AT_BOUND = 1e-3
 def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """Mean ``-log p(true class)``.
 
-    Example:
+    Examples:
         >>> round(negative_log_likelihood(np.array([[0.5, 0.5]]), np.array([0])), 4)  # log 2
         0.6931
     """
@@ -49,7 +49,7 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
     ``bins`` equal-width confidence bins (:func:`reliability_bins`) weighted by how many
     images fall in each.
 
-    Example:
+    Examples:
         >>> p = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
         >>> round(expected_calibration_error(p, np.array([0, 1, 0, 0])), 4)  # (2*0.4 + 2*0.4)/4
         0.4
@@ -64,7 +64,7 @@ def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, bins: int = 
     """Per confidence bin: its range, image count, mean confidence and accuracy (None where
     empty), what a reliability diagram draws.
 
-    Example:
+    Examples:
         >>> rows = reliability_bins(np.array([[0.9, 0.1]]), np.array([0]), bins=2)
         >>> [(r["count"], r["accuracy"]) for r in rows]
         [(0, None), (1, 1.0)]
@@ -87,7 +87,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     MAX_TEMPERATURE]. The NLL is convex in ``1 / T``, so a golden-section search over it
     finds the one minimum.
 
-    Example:
+    Examples:
         >>> rng = np.random.default_rng(0)
         >>> true = rng.normal(size=(20000, 10)) * 3          # logits that are calibrated
         >>> cumulative = calibrated_probabilities(true).cumsum(axis=1)
@@ -106,7 +106,7 @@ def fit_unsmooth(logits: np.ndarray, labels: np.ndarray) -> float:
     """The label-smoothing rate whose inverse minimizes the NLL of ``labels``, in
     [0, MAX_UNSMOOTH].
 
-    Example:
+    Examples:
         >>> labels = np.repeat(np.arange(10), 100)
         >>> smoothed = np.full((1000, 10), 0.02) + 0.8 * np.eye(10)[labels]  # a = 0.2, all right
         >>> round(fit_unsmooth(np.log(smoothed), labels), 2) >= 0.19
@@ -123,7 +123,7 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray) -> dict:
     ``{"method", "temperature", "unsmooth", "fit_nll", "candidates"}``, where the unused
     parameter is at its identity (1.0 or 0.0).
 
-    Example:
+    Examples:
         >>> rng = np.random.default_rng(0)
         >>> truth = rng.dirichlet(np.full(10, 0.1), size=5000)      # what the model should say
         >>> labels = (rng.random((5000, 1)) < truth.cumsum(axis=1)).argmax(axis=1)
@@ -151,7 +151,7 @@ def calibration_refusal(fitted: dict, images: int, nll_before: float, nll_after:
     not be written, in one line; None when it may. ``nll_before``/``nll_after`` are the NLL
     of plain softmax and of the calibration on held-out images the fit did not see.
 
-    Example:
+    Examples:
         >>> fitted = {"method": "temperature", "temperature": 0.05, "unsmooth": 0.0}
         >>> calibration_refusal(fitted, 24, 0.33, 4.94)
         'fitted on 24 images, fewer than the 100 a calibration needs'
@@ -187,7 +187,7 @@ def calibration_figures(logits: np.ndarray, labels: np.ndarray, temperature: flo
                         unsmooth: float = 0.0, bins: int = ECE_BINS) -> dict:
     """Top-1, mean confidence, ECE and NLL of the calibrated probabilities.
 
-    Example:
+    Examples:
         >>> f = calibration_figures(np.array([[3.0, 0.0], [0.0, 3.0]]), np.array([0, 0]))
         >>> f["top1"], round(f["mean_confidence"], 3), f["images"]
         (0.5, 0.953, 2)
@@ -206,7 +206,7 @@ def calibration_split(labels: np.ndarray, seed: int = CALIBRATION_SEED
     """Indices of two disjoint class-balanced halves of a held-out split: the first to fit the
     temperature on, the second to report on (so no reported figure comes from fitted images).
 
-    Example:
+    Examples:
         >>> fit, report = calibration_split(np.repeat(np.arange(3), 4))
         >>> len(fit), len(report), sorted(set(fit) | set(report)) == list(range(12))
         (6, 6, True)

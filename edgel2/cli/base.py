@@ -30,7 +30,7 @@ def renamed(args: list[str]) -> list[str]:
     """``args`` with the older spellings of options (:data:`RENAMED_OPTIONS`) replaced, and a
     note on stderr for each one.
 
-    Example:
+    Examples:
         >>> renamed(["infer", "x.png", "--output=r.json", "--format", "json"])
         ['infer', 'x.png', '--out=r.json', '--out-format', 'json']
     """
@@ -51,7 +51,7 @@ def default_of(function: Any, parameter: str) -> Any:
     """The default of ``function``'s ``parameter``: what an option shows and passes when it
     is not given, read from the library function it reaches, so the two cannot differ.
 
-    Example:
+    Examples:
         >>> def classify(paths, top_k=1): ...
         >>> default_of(classify, "top_k")
         1
@@ -64,7 +64,7 @@ def default_of(function: Any, parameter: str) -> Any:
 def plural(count: int, noun: str, plural: str = "") -> str:
     """``1 image``, ``2 images`` (``plural``: a noun's irregular plural).
 
-    Example:
+    Examples:
         >>> plural(1, "image"), plural(1000, "image"), plural(2, "copy", "copies")
         ('1 image', '1,000 images', '2 copies')
     """
@@ -77,7 +77,7 @@ def as_flags(group: click.Group, args: list[str], message: str, leading: bool) -
     (``max_body_mb must be ...``), shown as the option that sets it (``--force``,
     ``--max-body-mb``) when the command being run has one; other backticks dropped.
 
-    Example:
+    Examples:
         >>> @click.command()
         ... @click.option("--max-body-mb", type=float)
         ... @click.option("--force", is_flag=True)

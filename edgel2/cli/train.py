@@ -56,7 +56,7 @@ from edgel2.config import SCHEDULES, TRAIN_COMPUTE_DTYPES, TrainConfig
 @click.option("--augment/--no-augment", default=DEFAULTS.augment, show_default=True,
               help="Random crop (4-pixel padding) and horizontal flip while training.")
 @click.option("--color-jitter", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Scale brightness, contrast and saturation by random factors in [1-J, 1+J] "
+              help="Scale brightness, contrast and saturation by random factors from 1-J to 1+J "
                    f"[default: {DEFAULTS.color_jitter}; {FINETUNE.color_jitter} with "
                    "--pretrained or --weights].")
 @click.option("--crop-scale", type=click.FloatRange(0, 1, min_open=True), default=None,

@@ -57,7 +57,7 @@ def download_cifar10(cache_dir: str | os.PathLike | None = None, url: str = CIFA
     download is a :class:`DataError` that says why (no network, the HTTP status, a bad
     checksum) and leaves nothing half-written.
 
-    Example:
+    Examples:
         >>> download_cifar10().name      # doctest: +SKIP
         'cifar-10-batches-py'
     """

@@ -31,7 +31,7 @@ IMBALANCE_RATIO = 2.0
 class Dataset:
     """A labelled train/test split held in memory.
 
-    Example:
+    Examples:
         >>> x = np.zeros((4, 32, 32, 3), np.uint8)
         >>> ds = Dataset(x, np.arange(4) % 2, x[:2], np.arange(2), ["cat", "dog"])
         >>> ds.image_shape, ds.num_classes, ds.name
@@ -70,7 +70,7 @@ def carve(ds: Dataset, *, subset: int | None = None, val_split: float = 0.0,
     class-balanced ``subset`` of the training images, then a seeded, class-balanced
     validation split of ``val_split`` held out of them (unless the data has its own).
 
-    Example:
+    Examples:
         >>> x = np.zeros((40, 4, 4, 3), np.uint8)
         >>> ds = Dataset(x, np.arange(40) % 2, x[:10], np.arange(10) % 2, ["a", "b"])
         >>> carved = carve(ds, subset=20, val_split=0.1)
@@ -97,7 +97,7 @@ def summary_lines(ds: Dataset, resize_reason: str = "") -> list[str]:
     warning for each class with :data:`IMBALANCE_RATIO` times fewer training images than the
     largest.
 
-    Example:
+    Examples:
         >>> x = np.zeros((7, 4, 4, 3), np.uint8)
         >>> ds = Dataset(x[:6], np.array([0, 0, 0, 0, 1, 1]), x[:1], np.array([1]), ["ant", "bee"],
         ...              name="bugs")
@@ -144,7 +144,7 @@ def balanced_subset(x: np.ndarray, y: np.ndarray, n: int, seed: int = 0
     """A class-balanced random subset of ``n`` examples (the first ``n % classes`` classes
     get one more), in shuffled order. Returns the inputs unchanged if ``n >= len(y)``.
 
-    Example:
+    Examples:
         >>> x, y = np.zeros((100, 2, 2, 3), np.uint8), np.repeat(np.arange(10), 10)
         >>> np.bincount(balanced_subset(x, y, 20)[1]).tolist()
         [2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
@@ -174,7 +174,7 @@ def split_stratified(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -
     """A seeded, class-balanced split: ``fraction`` of each class (at least one image) as
     ``x_test``/``y_test``, the rest as ``x_train``/``y_train``, each in its original order.
 
-    Example:
+    Examples:
         >>> parts = split_stratified(np.arange(20), np.arange(20) % 2, 0.2, seed=0)
         >>> np.bincount(parts["y_test"]).tolist(), len(parts["y_train"])
         ([2, 2], 16)

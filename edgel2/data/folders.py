@@ -137,7 +137,7 @@ def _describe_sizes(seen: np.ndarray, stored: tuple[int, int], formats: dict[str
     by area), how many distinct sizes, how many were resized to the stored size, and the
     count of each file format (:func:`_format_counts`).
 
-    Example:
+    Examples:
         >>> d = _describe_sizes(np.array([[64, 48], [200, 100], [32, 32]]), (32, 32),
         ...                     _format_counts([Path("a.jpg"), Path("b.PNG"), Path("c.png")]))
         >>> d["smallest"], d["largest"], d["distinct"], d["resized"], d["formats"]
@@ -201,7 +201,7 @@ def _decode_all(files: list[Path], blobs: list[bytes], image_size: int | None
     size = None if image_size is None else (image_size, image_size)
 
     def decode(item: tuple[Path, bytes]) -> tuple[np.ndarray, tuple[int, int]]:
-        # The runtime's policy (EXIF, alpha over white, bilinear): train as we infer.
+        # The runtime's policy (EXIF, alpha over white, bilinear): training sees images as inference will.
         f, b = item
         try:
             return load_image_and_size(b, size)

@@ -22,7 +22,7 @@ class DataRecord:
     split it (the test fraction of a bare class folder, the validation fraction held out of
     the training images after ``subset``, and the seed of both).
 
-    Example:
+    Examples:
         >>> DataRecord("/data/photos", "photos", val_split=0.2).as_metadata()["val_split"]
         0.2
     """
@@ -76,7 +76,7 @@ def data_record(model_path: str | os.PathLike) -> DataRecord | None:
     that the ``export_report.json`` beside it names. None when nothing is recorded (the
     shipped models, files from elsewhere).
 
-    Example:
+    Examples:
         >>> data_record("runs/train/photos/model.keras").source     # doctest: +SKIP
         '/home/me/photos'
     """
@@ -127,7 +127,7 @@ def load_model_data(model_path: str | os.PathLike, size: tuple[int, int], *,
     Returns:
         The :class:`Dataset`, at ``size``.
 
-    Example:
+    Examples:
         >>> ds = load_model_data("runs/train/photos/model.keras", (32, 32))   # doctest: +SKIP
         >>> ds.name, ds.x_val is not None                                     # doctest: +SKIP
         ('photos', True)

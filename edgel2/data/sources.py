@@ -35,7 +35,7 @@ def load_dataset(path: str | os.PathLike | None = None, *, test_split: float = D
     Raises:
         DataError: With a one-line reason, for anything unusable.
 
-    Example:
+    Examples:
         >>> ds = load_dataset(os.environ["EDGEL2_DATA"])  # doctest: +SKIP
     """
     if path is None or str(path) == "":
@@ -62,7 +62,7 @@ def default_cifar10(*, test_split: float = DEFAULT_TEST_SPLIT, image_size: int |
     ``scripts/setup.sh`` unpacks); else the original CIFAR-10, downloaded once into the cache
     (:func:`download_cifar10`).
 
-    Example:
+    Examples:
         >>> default_cifar10().name       # doctest: +SKIP
         'CIFAR-10-JPEG'
     """
@@ -82,7 +82,7 @@ def load_dataset_for(path: str | os.PathLike | None, size: tuple[int, int], *,
     already have it are not resampled), so a folder of large photos is never held at full
     size. An explicit ``image_size`` (the user's --image-size) wins.
 
-    Example:
+    Examples:
         >>> ds = load_dataset_for("data/digits", (32, 32))   # doctest: +SKIP
         >>> ds.image_shape                                    # doctest: +SKIP
         (32, 32, 3)

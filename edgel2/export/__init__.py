@@ -1,7 +1,7 @@
 """``edgel2 export``: a trained ``.keras`` model -> ONNX and TFLite files in every precision,
 each checked against the Keras model and carrying its own metadata.
 
-Example:
+Examples:
     >>> from edgel2.export import export_model
     >>> report = export_model("runs/train/exp/model.keras", formats=["onnx"],
     ...                       precisions=["fp32", "int8"])            # doctest: +SKIP

@@ -26,7 +26,7 @@ def run_file(path: Path, images: np.ndarray, batch_size: int = 100,
 def compare(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict:
     """Accuracy of both, top-1 agreement and |delta logit| statistics.
 
-    Example:
+    Examples:
         >>> ref = np.array([[2.0, 1.0], [0.0, 1.0]])
         >>> r = compare(ref, ref + 0.5 * np.array([[0, 1], [0, 0]]), np.array([0, 0]))
         >>> r["reference_accuracy"], r["accuracy"], r["agreement"], r["max_abs_diff"]

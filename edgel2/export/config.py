@@ -21,7 +21,7 @@ class ExportConfig:
     """What to export and how (:func:`~edgel2.export.export_model`); one validation,
     :meth:`validated`, whose messages name the field.
 
-    Example:
+    Examples:
         >>> ExportConfig(formats=["all"], precisions=["none", "int8"]).validated().precisions
         ('fp32', 'int8')
         >>> ExportConfig(formats=["onnx", "coreml"]).validated()

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgel2.data import balanced_subset, held_out_images, load_model_data
+from edgel2.data import Dataset, balanced_subset, held_out_images, load_model_data
 from edgel2.errors import EdgeL2Error, first_line
 from edgel2.export.config import ExportConfig
 from edgel2.export.writers import writer_of
@@ -34,7 +34,7 @@ def exported_file(out_dir: Path, stem: str, fmt: str, precision_name: str) -> Pa
     Returns:
         ``out_dir/<stem>-<precision><suffix>``.
 
-    Example:
+    Examples:
         >>> exported_file(Path("export"), "model", "tflite", "int8").as_posix()
         'export/model-int8.tflite'
     """
@@ -43,9 +43,10 @@ def exported_file(out_dir: Path, stem: str, fmt: str, precision_name: str) -> Pa
 
 def export_model(model_path: str | os.PathLike, formats: Sequence[str] | None = None,
                  precisions: Sequence[str] | None = None, *, config: ExportConfig | None = None,
-                 dataset=None, progress: Callable[[str], None] = lambda _: None,
+                 dataset: Dataset | None = None,
+                 progress: Callable[[str], None] = lambda _: None,
                  check_progress: Callable[[int, int], None] | None = None,
-                 **options) -> dict:
+                 **options: Any) -> dict:
     """Export a ``.keras`` model to every format x precision, check each file against the
     Keras model, and write ``export_report.json`` beside the files.
 
@@ -79,7 +80,7 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] | None = 
         This call's report: ``rows`` (one per file: format, precision, file, size, top-1,
         agreement with Keras, status and reason), the Keras accuracy, and the calibration.
 
-    Example:
+    Examples:
         >>> report = export_model("runs/exp/model.keras", ["onnx", "tflite"], ["int8"],
         ...                       check=500)                             # doctest: +SKIP
         >>> [(r["file"], r["status"]) for r in report["rows"]]           # doctest: +SKIP
@@ -199,7 +200,7 @@ def default_folder(flip_average: bool = False, batch: int | None = None) -> str:
     Returns:
         ``export``, ``export-flip``, ``export-b<N>`` or ``export-flip-b<N>``.
 
-    Example:
+    Examples:
         >>> default_folder(), default_folder(True), default_folder(batch=8), default_folder(True, 1)
         ('export', 'export-flip', 'export-b8', 'export-flip-b1')
     """
@@ -219,7 +220,7 @@ def report_model(report_path: Path, report: dict | None = None) -> Path | None:
     Returns:
         The model's path (which may no longer exist), or None if the report names none.
 
-    Example:
+    Examples:
         >>> report_model(Path("/runs/exp/export/export_report.json"), {"model": "../model.keras"})
         PosixPath('/runs/exp/model.keras')
         >>> report_model(Path("/runs/export_report.json"), [1, 2]) is None  # not edgel2's
@@ -319,7 +320,7 @@ def embed_metadata(fmt: str, path: Path, metadata: dict, update: bool = False) -
         update: Change only the keys in ``metadata`` and keep the rest; otherwise they replace
             what was there.
 
-    Example:
+    Examples:
         >>> embed_metadata("onnx", Path("m.onnx"), {"temperature": 1.4}, update=True)  # doctest: +SKIP
     """
     writer_of(fmt).embed_metadata(path, metadata, update)
@@ -349,7 +350,7 @@ def format_table(report: dict) -> str:
         One row per file (format, precision, size, top-1, agreement with Keras, largest logit
         difference, export time, status), then the calibration and the Keras top-1.
 
-    Example:
+    Examples:
         >>> print(format_table(export_model("m.keras")))     # doctest: +SKIP
     """
     header = (f"{'format':<7} {'precision':<9} {'file':<28} {'size MB':>8} {'top-1 %':>8} "

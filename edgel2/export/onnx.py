@@ -209,7 +209,7 @@ def tidy_header(proto) -> None:
     it ``unk__NNN``) everywhere it appears; no opset imports that no node uses (the ORT
     quantizer declares ``com.microsoft``, ``ai.onnx.training`` and others).
 
-    Example:
+    Examples:
         >>> from onnx import TensorProto, helper
         >>> graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
         ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["unk__7", 2])],
@@ -308,7 +308,7 @@ def metadata_value(value) -> str:
     it without quotes, unless it would read as JSON; anything else as JSON. So
     :func:`edgel2.runtime.modelfile.decode_onnx_metadata` gets back exactly what was written.
 
-    Example:
+    Examples:
         >>> [metadata_value(v) for v in ["edgel2 0.1.0", "1e5", 0.5, ["cat"]]]
         ['edgel2 0.1.0', '"1e5"', '0.5', '["cat"]']
     """

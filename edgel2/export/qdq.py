@@ -38,7 +38,7 @@ def fold_input_normalization(proto, channel_multiple: int = 4):
     normalization folded into the stem convolution, as the module says; changed in place.
     Raises :class:`NotFoldable` when the graph does not start as expected.
 
-    Example:
+    Examples:
         >>> folded = fold_input_normalization(onnx.load("model-int8.onnx"))  # doctest: +SKIP
         >>> [n.op_type for n in folded.graph.node][:2]                         # doctest: +SKIP
         ['Pad', 'DequantizeLinear']

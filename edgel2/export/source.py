@@ -34,7 +34,7 @@ def model_name(path: str | Path) -> str:
     (``photos-best``), and the file's stem for a model with no run (or a run from before
     runs had names).
 
-    Example:
+    Examples:
         >>> model_name("runs/train/nowhere/model.keras")
         'model'
     """

@@ -190,7 +190,7 @@ def support_metadata(metadata: dict) -> bytes:
     normalizes inside the graph) and the output as logits with ``labels.txt`` as the labels
     of its class axis, the fields Android Studio, the Task Library and MediaPipe read.
 
-    Example:
+    Examples:
         >>> from edgel2.export.vendor import tflite_metadata_schema as fb
         >>> meta = {"model_name": "resnet18_w4", "class_names": ["cat", "dog"],
         ...         "input": {"name": "images", "shape": [None, 32, 32, 3]},

@@ -34,7 +34,7 @@ class Writer(Protocol):
 def writer_of(fmt: str) -> Writer:
     """The writer module of format ``fmt``, imported now.
 
-    Example:
+    Examples:
         >>> writer_of("onnx").__name__
         'edgel2.export.onnx'
     """

@@ -4,7 +4,7 @@
 Every expected failure is an :class:`EdgeL2Error` (``ModelError``, ``EngineError``,
 ``ImageError``, ``PredictionError``, ``BusyError``, ``MissingExtraError``, ``OptionError``).
 
-Example:
+Examples:
     >>> from edgel2.runtime import Classifier, shipped_model              # doctest: +SKIP
     >>> clf = Classifier()  # the int8 pair edgel2 ships: ONNX and TFLite  # doctest: +SKIP
     >>> clf.predict(["cat.png", "ship.jpg"], top_k=3)                     # doctest: +SKIP

@@ -34,7 +34,7 @@ def prepare_folder(folder: str | os.PathLike[str]) -> Path:
 def annotated(source: str | os.PathLike[str], label: str) -> Image.Image:
     """The image at ``source`` (upright, RGB) with ``label`` drawn in a banner across its top.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> annotated_image = annotated(np.zeros((32, 48, 3), np.uint8), "cat 91.0 %")
         >>> annotated_image.size
@@ -60,7 +60,7 @@ def save_annotated(results: Sequence[FileResult], folder: str | os.PathLike[str]
     """Write an annotated copy of every classified image in ``results`` into ``folder`` (the
     failed ones have no copy); returns the paths written, each written atomically.
 
-    Example:
+    Examples:
         >>> save_annotated(classifier.predict_files(["cat.jpg"]), "annotated")  # doctest: +SKIP
         [PosixPath('annotated/cat.jpg')]
     """

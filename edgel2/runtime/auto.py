@@ -49,7 +49,7 @@ def engine_candidates(fmt: str, engine: str = "auto",
     (its ARM plugin has not been measured or checked against ONNX Runtime on ARM). With its
     race on, ``auto`` races these; with it off, it takes the first that opens.
 
-    Example:
+    Examples:
         >>> engine_candidates("tflite"), engine_candidates("onnx", "onnxruntime")
         (('litert',), ('onnxruntime',))
     """
@@ -105,7 +105,7 @@ def open_engine(path: str | os.PathLike[str], providers: str | Sequence[str] | N
     Returns:
         The opened engine.
 
-    Example:
+    Examples:
         >>> engine = open_engine("models/", workload="latency")     # doctest: +SKIP
         >>> engine.name, engine.run(np.zeros((1, 32, 32, 3), np.uint8)).shape  # doctest: +SKIP
         ('litert', (1, 10))

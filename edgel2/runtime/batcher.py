@@ -77,7 +77,7 @@ class Batcher:
             :class:`BusyError`.
         on_batch: Called with each batch's size (a metrics histogram).
 
-    Example:
+    Examples:
         >>> with Batcher(Classifier("model-int8.onnx"), max_batch=32, max_delay_ms=2) as b:  # doctest: +SKIP
         ...     future = b.submit("cat.png")
         ...     future.result()

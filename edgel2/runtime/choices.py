@@ -85,7 +85,7 @@ def choice_key(file_hashes: Sequence[str], workload: str, batch: int, threads: i
     """Everything a choice depends on. The files are named by the SHA-256 of their bytes:
     a copied or renamed model keeps its choice, a changed one does not.
 
-    Example:
+    Examples:
         >>> choice_key(["ab"], "latency", 1, None, "f32")["files"]
         ['ab']
     """

@@ -26,7 +26,7 @@ NON_FINITE = "the model produced non-finite logits"
 class FileResult:
     """One input of a stream: its top-k predictions, or the reason it failed.
 
-    Example:
+    Examples:
         >>> FileResult("cat.png", [("cat", 0.91)]).error is None
         True
     """
@@ -62,7 +62,7 @@ class Classifier:
             or ``throughput`` (batches of ``batch_size``, as :meth:`predict_files` calls it).
         probe: Whether ``auto`` measures; None reads ``EDGEL2_ENGINE_PROBE``.
 
-    Example:
+    Examples:
         >>> clf = Classifier("models/")                                  # doctest: +SKIP
         >>> clf.predict("cat.png", top_k=2)                              # doctest: +SKIP
         [[('cat', 0.91), ('dog', 0.05)]]
@@ -201,7 +201,7 @@ class Classifier:
             ImageError: An image that cannot be used.
             PredictionError: The model's logits for an image are not finite.
 
-        Example:
+        Examples:
             >>> Classifier().predict(["cat.png", "ship.jpg"], top_k=2)   # doctest: +SKIP
             [[('cat', 0.91), ('dog', 0.05)], [('ship', 0.97), ('airplane', 0.02)]]
         """
@@ -229,7 +229,7 @@ class Classifier:
             A :class:`FileResult` per source, in order; a bad file (or one whose logits are
             not finite) has ``error`` set and the others go on.
 
-        Example:
+        Examples:
             >>> clf = Classifier(workload="throughput")                     # doctest: +SKIP
             >>> for r in clf.predict_files(glob.glob("photos/*.jpg")):      # doctest: +SKIP
             ...     print(r.source, r.error or r.prediction[0])

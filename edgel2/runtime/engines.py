@@ -47,7 +47,7 @@ def resolve_providers(requested: str | Sequence[str] | None, available: Sequence
     Returns:
         Provider names, with the CPU appended as the last resort.
 
-    Example:
+    Examples:
         >>> resolve_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])
         ['CUDAExecutionProvider', 'CPUExecutionProvider']
         >>> resolve_providers("cuda", ["CPUExecutionProvider"])
@@ -66,7 +66,7 @@ class Engine:
     where dynamic) are there to check the metadata against. A new engine is a subclass and
     a row in :data:`~edgel2.runtime.formats.ENGINE_SPECS`.
 
-    Example:
+    Examples:
         >>> engine = open_engine("models/resnet18-int8.onnx", engine="onnxruntime")  # doctest: +SKIP
         >>> engine.run(np.zeros((2, 32, 32, 3), np.uint8)).shape                    # doctest: +SKIP
         (2, 10)
@@ -328,7 +328,7 @@ class FixedBatch(Engine):
     one padded with black images whose logits are dropped. The file itself refuses any other
     batch; edgel2's runtime adapts to it.
 
-    Example:
+    Examples:
         >>> engine = open_engine("export-b8/model-int8.onnx")    # doctest: +SKIP
         >>> engine.fixed_batch, engine.run(images[:3]).shape        # doctest: +SKIP
         (8, (3, 10))

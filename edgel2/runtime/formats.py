@@ -10,7 +10,7 @@ Code is named by dotted path (``"module:attribute"``), imported only when used: 
 itself imports nothing, so the CLI builds its ``--help`` from it, and the runtime never
 imports the export modules it names.
 
-Example:
+Examples:
     >>> FILE_FORMATS["tflite"].suffix, FILE_FORMATS["onnx"].reference_engine
     ('.tflite', 'onnxruntime')
     >>> [e.name for e in engines_for("onnx")]
@@ -104,7 +104,7 @@ def engines_for(fmt: str) -> list[EngineSpec]:
 def load(dotted: str) -> Any:
     """The object a table names as ``"module:attribute"``, imported now.
 
-    Example:
+    Examples:
         >>> load("edgel2.runtime.formats:engines_for") is engines_for
         True
     """

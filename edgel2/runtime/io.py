@@ -30,7 +30,7 @@ def expand_paths(patterns: Iterable[str]) -> list[Entry]:
     shells do. A pattern that matches nothing is kept as is, to be reported as missing; a
     folder that cannot be read becomes a :class:`FileResult` carrying the reason.
 
-    Example:
+    Examples:
         >>> expand_paths(["no/such/*.png"])
         ['no/such/*.png']
     """
@@ -62,7 +62,7 @@ def classify_paths(classifier: Classifier, paths: Iterable[str], top_k: int = 1,
         One result per file, in the order found; a file that could not be classified, or a
         folder that could not be read, is a result with its ``error`` in its place.
 
-    Example:
+    Examples:
         >>> results = classify_paths(Classifier(), ["photos/"], top_k=2)   # doctest: +SKIP
         >>> print(render(results, "table", 2))                              # doctest: +SKIP
     """
@@ -151,7 +151,7 @@ def printable(name: str) -> str:
     r"""A file name as text that any UTF-8 writer accepts: bytes that are not UTF-8 (which
     Python carries as lone surrogates) become ``\xNN`` escapes.
 
-    Example:
+    Examples:
         >>> import os
         >>> printable(os.fsdecode(b"caf\xe9.png")), printable("café.png")
         ('caf\\xe9.png', 'café.png')
@@ -168,7 +168,7 @@ def _one_line(text: str) -> str:
     with a newline cannot forge a row of the table, nor an escape sequence recolour a
     terminal. JSON and CSV quote such names themselves.
 
-    Example:
+    Examples:
         >>> _one_line("a\nb.png")
         'a\\nb.png'
     """
@@ -182,7 +182,7 @@ def record(result: FileResult) -> dict[str, Any]:
     """One result as ``edgel2 infer --format json`` writes it (and ``--ray`` rows hold it):
     path, top-k predictions with probabilities rounded to 6 digits, error.
 
-    Example:
+    Examples:
         >>> record(FileResult("a.png", [("cat", 0.9123456)]))
         {'path': 'a.png', 'predictions': [{'label': 'cat', 'probability': 0.912346}], 'error': None}
     """

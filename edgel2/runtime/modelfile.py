@@ -40,7 +40,7 @@ def sniff_format(path: str | os.PathLike[str]) -> str:
     Raises:
         ModelError: For a missing, special or unrecognised file.
 
-    Example:
+    Examples:
         >>> sniff_format("models/resnet18-int8.tflite")   # doctest: +SKIP
         'tflite'
     """
@@ -79,7 +79,7 @@ def model_files(path: str | os.PathLike[str]) -> list[Path]:
     A folder of several precisions of one model gives the first of
     :data:`FOLDER_PRECISIONS` it holds; of several models, a :class:`ModelError` naming them.
 
-    Example:
+    Examples:
         >>> [p.name for p in model_files("models")]     # doctest: +SKIP
         ['resnet18-int8.onnx', 'resnet18-int8.tflite']
     """
@@ -118,7 +118,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     Returns:
         The metadata ({} for a file without edgel2's).
 
-    Example:
+    Examples:
         >>> read_metadata("models/resnet18-int8.onnx")["class_names"][:2]   # doctest: +SKIP
         ['airplane', 'automobile']
     """
@@ -192,7 +192,7 @@ def file_precision(metadata: dict[str, Any]) -> str | None:
     """The file's precision (``fp32``, ``fp16``, ``dynamic``, ``int8``) as its metadata
     records it: ``precision``, or ``quantization`` in files exported before that name.
 
-    Example:
+    Examples:
         >>> file_precision({"precision": "int8"}), file_precision({"quantization": "fp16"})
         ('int8', 'fp16')
     """
@@ -216,7 +216,7 @@ def check_metadata(metadata: dict[str, Any], path: str | os.PathLike[str], input
     agrees with the graph: one ``[N, H, W, 3]`` uint8 input, ``[N, classes]`` output (the
     graph's shapes hold ints, and None where a dimension is dynamic).
 
-    Example:
+    Examples:
         >>> meta = {"class_names": ["cat", "dog"],
         ...         "input": {"layout": "NHWC", "dtype": "uint8", "shape": [None, 32, 32, 3]}}
         >>> check_metadata(meta, "m.onnx", (None, 32, 32, 3), "uint8", (None, 2))
@@ -287,7 +287,7 @@ def check_weights(metadata: dict[str, Any], data: bytes, fmt: str, path: str | o
     new file, not a corrupted one); TFLite: of the flatbuffer before the appended metadata
     zip.
 
-    Example:
+    Examples:
         >>> check_weights({}, b"anything", "onnx", "m.onnx")    # nothing recorded: not checked
     """
     recorded = metadata.get("weights_sha256")

@@ -74,7 +74,7 @@ def graph_sha256(data: bytes) -> str:
     """The SHA-256 of the graph's bytes (the ModelProto's ``graph`` field: every node and
     weight, not the metadata), as ``edgel2 export`` records it in ``weights_sha256``.
 
-    Example:
+    Examples:
         >>> graph_sha256(b"\\x08\\x07") == hashlib.sha256(b"").hexdigest()   # no graph at all
         True
     """

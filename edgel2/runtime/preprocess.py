@@ -34,7 +34,7 @@ from edgel2.errors import ImageError, first_line
 
 BACKGROUND = (255, 255, 255)
 RESAMPLE = Image.Resampling.BILINEAR
-MAX_PIXELS = 64 * 1024 * 1024  # 64 Mpx: far above any camera frame we classify
+MAX_PIXELS = 64 * 1024 * 1024  # 64 Mpx: far above any camera frame a classifier is given
 # The file suffixes counted as images when a folder is searched (training data and infer).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
                             ".tiff", ".ppm", ".pgm", ".pbm", ".ico"})
@@ -167,7 +167,7 @@ def pixel_count(data: bytes) -> int:
     edgel2 reads: decoding it will say why). What a server sums to bound a request's work
     before decoding any of it.
 
-    Example:
+    Examples:
         >>> buffer = io.BytesIO(); Image.new("RGB", (40, 30)).save(buffer, "PNG")
         >>> pixel_count(buffer.getvalue())
         1200
@@ -241,7 +241,7 @@ def load_image(source: ImageLike, size: tuple[int, int] | None = None) -> np.nda
     Returns:
         The pixels, uint8 ``[H, W, 3]``.
 
-    Example:
+    Examples:
         >>> load_image(np.zeros((64, 48, 4), np.uint8), size=(32, 32)).shape
         (32, 32, 3)
     """
@@ -253,7 +253,7 @@ def load_image_and_size(source: ImageLike, size: tuple[int, int] | None = None
     """:func:`load_image`, and the (width, height) the image had upright, before resizing
     (what a data summary reports as the sizes seen).
 
-    Example:
+    Examples:
         >>> pixels, seen = load_image_and_size(np.zeros((64, 48, 3), np.uint8), size=(32, 32))
         >>> pixels.shape, seen
         ((32, 32, 3), (48, 64))
@@ -281,7 +281,7 @@ def upright_size(data: bytes) -> tuple[int, int]:
     from its header without decoding the pixels; :class:`ImageError` for what is not an
     image.
 
-    Example:
+    Examples:
         >>> buffer = io.BytesIO(); Image.new("RGB", (40, 30)).save(buffer, "PNG")
         >>> upright_size(buffer.getvalue())
         (40, 30)

@@ -13,7 +13,7 @@ itself a median of several runs (latency) or a few whole batches (throughput); a
 candidate is dropped only when it is :data:`DROP_RATIO` behind the best, far beyond the
 round-to-round noise (a few %); the rest race on while :data:`PROBE_BUDGET_S` lasts.
 
-Example:
+Examples:
     >>> laps = {"a": 2.0, "b": 1.0}
     >>> [(m.label, m.seconds) for m in race(["a", "b"], lambda c: laps[c], label=str)]
     [('b', 1.0), ('a', 2.0)]
@@ -90,7 +90,7 @@ def candidates(engines: Sequence[tuple[str, Path]], workload: str, threads: int 
     on a machine of several cores when ``threads`` is not fixed, on one (a small model can
     lose more to handing work between threads than it gains).
 
-    Example:
+    Examples:
         >>> [c.label for c in candidates([("openvino", Path("m.onnx")),
         ...                               ("litert", Path("m.tflite"))], "latency", None, 2)]
         ['openvino m.onnx (LATENCY hint)', 'litert m.tflite', 'litert m.tflite (1 thread)']
@@ -191,7 +191,7 @@ class EngineChoice:
             ``edgel2 benchmark``.
         date: When it was measured (ISO 8601, UTC).
 
-    Example:
+    Examples:
         >>> print(Classifier("models/").engine.choice)          # doctest: +SKIP
         litert resnet18-int8.tflite, batch-1 median 1.52 ms: the fastest of 5 measured ...
     """

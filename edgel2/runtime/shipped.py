@@ -22,7 +22,7 @@ def shipped_model(name: str = DEFAULT_MODEL) -> Path:
         Its path inside the installed package, or in the ``models/`` folder of a source
         checkout (an editable install).
 
-    Example:
+    Examples:
         >>> shipped_model().name
         'resnet18-int8.onnx'
         >>> shipped_model("resnet18-int8.tflite").is_file()
@@ -44,7 +44,7 @@ def shipped_models() -> Path:
         ``auto`` may run: the default model of ``Classifier``, ``edgel2 infer``,
         ``edgel2 serve`` and Ray.
 
-    Example:
+    Examples:
         >>> sorted(p.suffix for p in shipped_models().glob("resnet18-int8.*"))
         ['.onnx', '.tflite']
     """

@@ -1,7 +1,7 @@
 """``edgel2 serve``: the runtime over HTTP (KServe v2 endpoints, ``/v1/classify``,
 ``/metrics`` and a page to try the model), on Starlette and uvicorn (``edgel2[serve]``).
 
-Example:
+Examples:
     >>> from edgel2.serve import ServeConfig, run
     >>> run(ServeConfig(model="models/resnet18-int8.onnx"), port=8000)   # doctest: +SKIP
 """
@@ -14,6 +14,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from edgel2.runtime import Classifier
 from edgel2.serve.config import ServeConfig, open_model
 
 CONFIG_ENV = "EDGEL2_SERVE_CONFIG"  # how `--workers N` hands the config to each worker
@@ -37,7 +38,7 @@ def app_from_env():
         :func:`create_app` of the :class:`ServeConfig` that :func:`run` put in
         ``$EDGEL2_SERVE_CONFIG``.
 
-    Example:
+    Examples:
         >>> app = app_from_env()        # doctest: +SKIP
     """
     from edgel2.serve.app import create_app
@@ -49,7 +50,7 @@ def app_from_env():
 
 
 def run(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-        classifier=None,
+        classifier: Classifier | None = None,
         on_listening: Callable[[str], None] | None = None, check_model: bool = True) -> None:
     """Serve until SIGTERM or Ctrl-C, then stop accepting and finish the requests in flight.
 
@@ -68,7 +69,7 @@ def run(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers:
         check_model: With several workers, open the model here once first, so that a bad file
             is one error instead of workers failing over and over (False: the caller did).
 
-    Example:
+    Examples:
         >>> run(ServeConfig(model="models/"), port=8000)     # doctest: +SKIP
     """
     import signal

@@ -96,7 +96,7 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASG
     Returns:
         A Starlette app; its lifespan starts and stops the model's Batcher.
 
-    Example:
+    Examples:
         >>> app = create_app(ServeConfig(model="models/resnet18-int8.onnx"))  # doctest: +SKIP
         >>> import uvicorn; uvicorn.run(app, port=8000)                       # doctest: +SKIP
     """

@@ -22,7 +22,7 @@ class ServeConfig:
     """Every knob of ``edgel2 serve``, with its default (the CLI's options read them here);
     one validation, :meth:`validate`, whose messages name the field.
 
-    Example:
+    Examples:
         >>> ServeConfig().max_batch, ServeConfig().workload
         (32, 'latency')
         >>> ServeConfig(max_images=0).validate()
@@ -85,7 +85,7 @@ def open_model(config: ServeConfig) -> Classifier:
     Returns:
         The opened :class:`~edgel2.runtime.Classifier`.
 
-    Example:
+    Examples:
         >>> open_model(ServeConfig()).name         # doctest: +SKIP
         'resnet18-int8'
     """

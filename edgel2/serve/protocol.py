@@ -15,7 +15,7 @@ keep-alive connections, not one that sends half a request and waits. So, per con
 - the headers must be complete within 3 x ``client_timeout_s`` of the request's first byte
   however slowly they trickle in (slowloris).
 
-Example:
+Examples:
     >>> uvicorn.run(app, http=GuardedHttpToolsProtocol)   # doctest: +SKIP
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ class _HeaderTooLarge(Exception):
 
 
 class _QuietRefusals(logging.Filter):
-    """Drops the warning uvicorn logs when the parser stops on our header limit (it cannot
+    """Drops the warning uvicorn logs when the parser stops on edgel2's header limit (it cannot
     tell that from a malformed request): the 431 is the answer, not a server problem. The
     event loop runs the refusal, uvicorn's warning and the 431 in one call, so one flag is
     enough."""

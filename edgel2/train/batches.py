@@ -18,7 +18,7 @@ class ShuffledBatches(keras.utils.PyDataset):
     ``P`` equal slices of each batch (``batch_size`` is the global batch), so that the slices
     put together in process order are the batch one process would give.
 
-    Example:
+    Examples:
         >>> x, y = np.zeros((10, 2, 2, 3), np.uint8), np.eye(2, dtype=np.float32)[np.arange(10) % 2]
         >>> batches = ShuffledBatches(x, y, batch_size=4, seed=0, epoch=3)
         >>> len(batches), batches[0][0].shape
@@ -65,7 +65,7 @@ class HeldOutBatches(keras.utils.PyDataset):
     held-out loss, a mean over a batch's rows, still counts the padding copies. ``shard`` is as
     in :class:`ShuffledBatches`.
 
-    Example:
+    Examples:
         >>> x, y = np.zeros((5, 2, 2, 3), np.uint8), np.eye(2, dtype=np.float32)[np.arange(5) % 2]
         >>> held = HeldOutBatches(x, y, target=4, devices=2)
         >>> len(held), [len(held[i][0]) for i in range(len(held))], held[1][2].astype(float).round(3).tolist()
@@ -106,7 +106,7 @@ def even_batch_size(count: int, target: int, multiple: int = 1) -> int:
     (the device count), so evaluation has no partial last batch (on JAX each new batch shape
     is another compile); the multiple nearest ``target`` if none is near.
 
-    Example:
+    Examples:
         >>> even_batch_size(10_000, 512), even_batch_size(10_007, 512), even_batch_size(10, 4, 2)
         (500, 512, 2)
     """

@@ -40,7 +40,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     Returns:
         One dict per epoch: ``epoch`` an int, every other column a float.
 
-    Example:
+    Examples:
         >>> read_metrics("runs/train/exp/metrics.csv")[-1]["test_acc"]    # doctest: +SKIP
         0.9312
     """
@@ -53,7 +53,7 @@ def history_rows(history: dict, split: str, first_epoch: int = 0) -> list[dict]:
     """The figures of a Keras ``History`` as ``metrics.csv`` rows (without timings): what a
     process that writes no ``metrics.csv`` (not process 0 of several) reports.
 
-    Example:
+    Examples:
         >>> history_rows({"loss": [2.5], "acc": [0.25], "test_loss": [2.0], "test_acc": [0.5]}, "test")
         [{'epoch': 1, 'train_loss': 2.5, 'train_acc': 0.25, 'test_loss': 2.0, 'test_acc': 0.5}]
     """
@@ -78,7 +78,7 @@ def stalled(rows: list[dict], patience: int) -> bool:
     without beating its best (0: never): where :class:`StopWhenStalled` stops a run, and
     where a resumed run knows it had stopped.
 
-    Example:
+    Examples:
         >>> rows = [{"epoch": e, "val_acc": a} for e, a in enumerate([0.5, 0.7, 0.6, 0.7], 1)]
         >>> stalled(rows, 2), stalled(rows, 3), stalled(rows, 0)
         (True, False, False)

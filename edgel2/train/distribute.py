@@ -44,7 +44,7 @@ class Placement:
     """Where a run trains: ``devices`` in all (every process's together) over which each
     global batch is split, and which of ``num_processes`` processes this one is.
 
-    Example:
+    Examples:
         >>> Placement(8, process_id=1, num_processes=2).shard, Placement(1).chief
         ((1, 2), True)
     """
@@ -86,7 +86,7 @@ def place(devices: str | int = 1, num_processes: int | None = None,
     ``KERAS_DISTRIBUTION_*`` variables), every process calls this with the same ``devices``
     and the mesh spans them all. One device in all: nothing is set, the run is the plain one.
 
-    Example:
+    Examples:
         >>> place("1")
         Placement(devices=1, process_id=0, num_processes=1)
     """
@@ -125,7 +125,7 @@ def place(devices: str | int = 1, num_processes: int | None = None,
 
 def _join(keras, num_processes: int | None, process_id: int | None,
           coordinator: str | None) -> None:
-    """``keras.distribution.initialize`` (``jax.distributed``), with our options over Keras'
+    """``keras.distribution.initialize`` (``jax.distributed``), with edgel2's options over Keras'
     environment variables; a missing one is one line, as is a coordinator that cannot be
     reached."""
     if num_processes and num_processes > 1:
@@ -148,7 +148,7 @@ def check_batch_size(wanted: int, placement: Placement) -> None:
     """Refuse a global batch that does not split evenly over the devices, naming the two
     nearest that do.
 
-    Example:
+    Examples:
         >>> check_batch_size(63, Placement(2))
         Traceback (most recent call last):
         ...
@@ -166,7 +166,7 @@ def global_batch_size(wanted: int, images: int, placement: Placement) -> int:
     of the device count (each device must get the same share). A ``--batch-size`` that does
     not split is refused; one cut down to a small image set is rounded down to split.
 
-    Example:
+    Examples:
         >>> global_batch_size(512, 50_000, Placement(8)), global_batch_size(512, 100, Placement(8))
         (512, 96)
     """

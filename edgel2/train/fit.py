@@ -48,7 +48,7 @@ class TrainResult:
     measured after training on ``test_data``; ``best`` (with a validation split) is the epoch,
     validation top-1 and test top-1 of ``best.keras``.
 
-    Example:
+    Examples:
         >>> result = train(TrainConfig(width=8, epochs=2, val_split=0.1))   # doctest: +SKIP
         >>> result.run_dir, result.test_acc, result.best["epoch"]           # doctest: +SKIP
         (PosixPath('runs/train/exp'), 0.38, 2)
@@ -80,7 +80,7 @@ def prepare_data(config: TrainConfig, dataset: Dataset | None = None) -> Dataset
     Returns:
         The data the run trains and is measured on.
 
-    Example:
+    Examples:
         >>> x = np.zeros((40, 4, 4, 3), np.uint8)
         >>> ds = Dataset(x, np.arange(40) % 2, x[:10], np.arange(10) % 2, ["a", "b"])
         >>> prepared = prepare_data(TrainConfig(subset=20, val_split=0.1), ds)
@@ -109,7 +109,7 @@ def mixed_image_size(config: TrainConfig) -> int:
     unset: the input size of the weights a fine-tune starts from, else
     :data:`~edgel2.config.DEFAULT_IMAGE_SIZE`.
 
-    Example:
+    Examples:
         >>> mixed_image_size(TrainConfig()), mixed_image_size(TrainConfig(weights="pretrained"))
         (32, 32)
     """
@@ -163,7 +163,7 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
         The run's :class:`TrainResult`: its directory, the per-epoch history, the saved
         model's test top-1 (and ``best``, with a validation split).
 
-    Example:
+    Examples:
         >>> result = train(TrainConfig(width=8, epochs=2, subset=1000), "runs/train/tiny")  # doctest: +SKIP
         >>> result.test_acc                                                                   # doctest: +SKIP
         0.31
@@ -313,7 +313,7 @@ def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int,
     Returns:
         (trainer, network): the model ``fit`` runs, and the network that is saved and exported.
 
-    Example:
+    Examples:
         >>> trainer, model = build_trainer(TrainConfig(width=4), 10, (32, 32, 3), 100)
         >>> trainer.optimizer.nesterov, model.name
         (True, 'resnet18_w4')
@@ -385,7 +385,7 @@ def _test_top1(path: Path, ds: Dataset) -> float:
 def _default_name(run_dir: Path) -> str:
     """The run directory's name, with what a file name or URL cannot hold as ``-``.
 
-    Example:
+    Examples:
         >>> _default_name(Path("runs/my photos (2)"))
         'my-photos-2'
     """
@@ -439,7 +439,7 @@ def _held_out_name(ds: Dataset, split: str, config: TrainConfig) -> str:
     """What held-out figures are on, in words: a validation split or a test subset is not
     'the test split'.
 
-    Example:
+    Examples:
         >>> x = np.zeros((4, 2, 2, 3), np.uint8)
         >>> ds = Dataset(x, np.arange(4), x, np.arange(4), list("abcd"), name="CIFAR-10-JPEG")
         >>> _held_out_name(ds, "test", TrainConfig(test_subset=4))

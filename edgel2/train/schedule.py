@@ -12,7 +12,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then a linear ("onecycle") or
     cosine decay to 0 at ``total_steps``.
 
-    Example:
+    Examples:
         >>> schedule = OneCycle(0.4, total_steps=100, warmup_steps=25)
         >>> [round(float(schedule(s)), 3) for s in (0, 25, 50, 100)]
         [0.0, 0.4, 0.267, 0.0]
