@@ -30,9 +30,10 @@ def site(tmp_path_factory) -> Path:
             pytest.fail("mkdocs is missing in CI (the [docs] extra, which [dev] holds)")
         pytest.skip("mkdocs is not installed: pip install -e \".[docs]\"")
     out = tmp_path_factory.mktemp("site")
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)],
                           cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    # not --quiet: it hides the warnings that --strict counts
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 

@@ -339,6 +339,7 @@ def test_the_page_classifies_an_uploaded_image_in_a_headless_browser(server, cla
     options.binary_location = found[0]
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(flag)
+    options.add_argument("--window-size=900,700")
     browser = webdriver.Chrome(service=Service(found[1]), options=options)
     try:
         image = sorted((data_dir / "test" / "ship").glob("*.jpg"))[0]
@@ -348,11 +349,19 @@ def test_the_page_classifies_an_uploaded_image_in_a_headless_browser(server, cla
             lambda b: b.find_elements(By.CSS_SELECTOR, ".prediction .label"))
         labels = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".prediction .label")]
         shown = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".prediction .probability")]
+        screenshot = browser.get_screenshot_as_png()  # the page as a user sees it, answered
     finally:
         browser.quit()
     expected = classifier.predict(image, top_k=5)[0]
     assert labels == [label for label, _ in expected]
     assert shown == [f"{100 * p:.1f} %" for _, p in expected]
+    from PIL import Image
+
+    width, height = Image.open(io.BytesIO(screenshot)).size  # the viewport of a 900x700 window
+    assert width == 900 and 400 < height <= 700
+    # EDGEL2_SCREENSHOTS=docs/img refreshes the documentation's picture of the page
+    if os.environ.get("EDGEL2_SCREENSHOTS"):
+        (Path(os.environ["EDGEL2_SCREENSHOTS"]) / "serve-page.png").write_bytes(screenshot)
 
 
 def test_workers_serve_behind_one_port_and_stop_on_sigterm(classifier, images):
