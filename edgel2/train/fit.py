@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -20,7 +19,7 @@ import numpy as np
 from edgel2.augment import with_augmentation
 from edgel2.backend import accelerator, library_versions
 from edgel2.checkpoint import checkpoint_state, load_checkpoint, load_model, save_model
-from edgel2.config import DEFAULT_IMAGE_SIZE, NAME_PATTERN, TrainConfig, check_name
+from edgel2.config import DEFAULT_IMAGE_SIZE, TrainConfig, check_name
 from edgel2.data import Dataset, balanced_subset, carve, load_dataset, summary_lines
 from edgel2.errors import DataError, OptionError, TrainingError, reported_write
 from edgel2.model import count_params, network_of, resnet18
@@ -38,8 +37,15 @@ from edgel2.train.callbacks import (
     stalled,
 )
 from edgel2.train.distribute import ONE_DEVICE, Placement, check_batch_size, global_batch_size
+from edgel2.train.rundir import (
+    default_name,
+    finished,
+    make_run_dir,
+    remove_partial_writes,
+    saved_config,
+)
 from edgel2.train.schedule import OneCycle
-from edgel2.utils import config_hash, next_run_dir, remove_if_empty, writable_folder, write_json
+from edgel2.utils import config_hash, next_run_dir, remove_if_empty, write_json
 
 
 @dataclass
@@ -172,11 +178,11 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
     created = None
     if resume is not None:
         run_dir = Path(resume)
-        config, name = _saved_config(run_dir)
+        config, name = saved_config(run_dir)
         if chief:
-            _remove_partial_writes(run_dir)
+            remove_partial_writes(run_dir)
         state = checkpoint_state(run_dir / "last.keras")
-        if state and _finished(run_dir):
+        if state and finished(run_dir):
             raise TrainingError(f"{run_dir} already finished all {config.epochs} epochs"
                                 if state["epoch"] >= config.epochs else
                                 f"{run_dir} already finished: it stopped early after epoch "
@@ -187,13 +193,13 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
         if out is None and not chief:
             raise OptionError("with several processes every process needs the same `out`")
         run_dir = Path(out) if out else next_run_dir("runs/train", "exp")
-        name = check_name(name) if name else _default_name(run_dir)
+        name = check_name(name) if name else default_name(run_dir)
         if chief:
-            _remove_partial_writes(run_dir)
+            remove_partial_writes(run_dir)
             if run_dir.exists() and any(run_dir.iterdir()):
                 raise TrainingError(f"run directory {run_dir} is not empty; "
                                     "pick another `out` or continue it with `resume`")
-            created = _make_run_dir(run_dir)
+            created = make_run_dir(run_dir)
         state = None
     try:
         return _train(config, run_dir, name, state, dataset, checkpoint_every, verbose,
@@ -380,59 +386,6 @@ def _test_top1(path: Path, ds: Dataset) -> float:
     """Top-1 on the test split of the model file at ``path``, as it was saved."""
     logits = load_model(path).predict(ds.x_test, batch_size=256, verbose=0)
     return float(np.mean(np.argmax(logits, axis=1) == ds.y_test))
-
-
-def _default_name(run_dir: Path) -> str:
-    """The run directory's name, with what a file name or URL cannot hold as ``-``.
-
-    Examples:
-        >>> _default_name(Path("runs/my photos (2)"))
-        'my-photos-2'
-    """
-    import re
-
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", run_dir.resolve().name).strip("-._")[:100]
-    return name if NAME_PATTERN.fullmatch(name) else "run"
-
-
-def _finished(run_dir: Path) -> bool:
-    return (run_dir / "model.keras").is_file() and (run_dir / "summary.json").is_file()
-
-
-# What a run writes into its directory (each through utils.atomic_path)
-RUN_FILES = ("config.json", "metrics.csv", "curves.png", "last.keras", "best.keras",
-             "model.keras", "summary.json")
-
-
-def _remove_partial_writes(run_dir: Path) -> None:
-    """Delete the temporary files a killed write of a run file leaves
-    (``.last.tmp123.keras``, see :func:`~edgel2.utils.atomic_path`): they are never read, and
-    they would make a fresh folder look used. Nothing else is touched."""
-    if run_dir.is_dir():
-        for name in map(Path, RUN_FILES):
-            for leftover in run_dir.glob(f".{name.stem}.tmp*{name.suffix}"):
-                leftover.unlink(missing_ok=True)
-
-
-def _make_run_dir(run_dir: Path) -> Path | None:
-    """Create the run directory before any data is loaded, so an unwritable place is one
-    line at once. Returns the outermost folder created (None: it was there, empty)."""
-    return writable_folder(run_dir, "the run directory", TrainingError)
-
-
-def _saved_config(run_dir: Path) -> tuple[TrainConfig, str]:
-    try:
-        described = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise TrainingError(f"cannot resume {run_dir}: no readable config.json there "
-                            f"({getattr(e, 'strerror', None) or e})") from None
-    try:
-        config = TrainConfig.from_saved(described["config"])
-        config.validate()
-    except (OptionError, KeyError, TypeError) as e:
-        raise TrainingError(f"cannot resume {run_dir}: its config.json is not usable ({e})") from None
-    name = described.get("name")
-    return config, name if isinstance(name, str) and name else _default_name(run_dir)
 
 
 def _held_out_name(ds: Dataset, split: str, config: TrainConfig) -> str:
