@@ -325,7 +325,7 @@ def test_check_progress_counts_every_image_of_every_pass(small_model, cifar, tmp
     ("model", ["--opset", "9"], 2, "Invalid value for '--opset': 9 is not in the range 17<=x<=18"),
     ("model", ["--out", "FILE/sub"], 1, "cannot create the output folder"),
 ])
-def test_bad_export_input_gets_one_line(small_model, tmp_path, setup, args, code, message):
+def test_bad_export_input_gets_one_line_and_leaves_no_folder(small_model, tmp_path, setup, args, code, message):
     path = {"missing": tmp_path / "none.keras", "corrupt": tmp_path / "bad.keras",
             "dense": tmp_path / "dense.keras", "model": small_model}[setup]
     if setup == "corrupt":
@@ -339,6 +339,7 @@ def test_bad_export_input_gets_one_line(small_model, tmp_path, setup, args, code
     assert result.exit_code == code, result.output
     assert result.stderr.startswith("edgel2: error: ") and message in result.stderr
     assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "o").exists(), "a failed export left its output folder behind"
 
 
 def test_int8_of_a_model_with_no_data_record_offline_says_how_to_get_some(small_model, tmp_path,

@@ -18,7 +18,14 @@ from edgel2.data import Dataset, balanced_subset, held_out_images, load_model_da
 from edgel2.errors import EdgeL2Error, first_line
 from edgel2.export.config import ExportConfig
 from edgel2.export.writers import writer_of
-from edgel2.utils import atomic_path, run_batches, scratch_space, writable_folder, write_json
+from edgel2.utils import (
+    atomic_path,
+    remove_if_empty,
+    run_batches,
+    scratch_space,
+    writable_folder,
+    write_json,
+)
 from edgel2.variants import FORMATS, PRECISIONS, SUFFIX
 
 
@@ -108,12 +115,18 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] | None = 
     existing = [str(t) for _, _, t in targets if t.exists()]
     if existing and not config.force:
         raise EdgeL2Error(f"{existing[0]} exists; pass `force` to overwrite")
-    writable_folder(out_dir, "the output folder")
-    # every temporary file (SavedModels, converters' inputs) goes to a scratch folder inside
-    # out_dir: removed at the end, and by the next export if this one is killed
-    with scratch_space(out_dir):
-        return _export_targets(model_path, out_dir, targets, config, dataset, progress,
-                               check_progress)
+    if not model_path.is_file():  # before any folder is made for its files
+        raise EdgeL2Error(f"model file does not exist: {model_path}")
+    created = writable_folder(out_dir, "the output folder")
+    try:
+        # every temporary file (SavedModels, converters' inputs) goes to a scratch folder
+        # inside out_dir: removed at the end, and by the next export if this one is killed
+        with scratch_space(out_dir):
+            return _export_targets(model_path, out_dir, targets, config, dataset, progress,
+                                   check_progress)
+    finally:  # a failed export leaves no empty folder behind
+        if created is not None:
+            remove_if_empty(out_dir, created)
 
 
 def _export_targets(model_path: Path, out_dir: Path, targets: list, config: ExportConfig,
