@@ -55,6 +55,7 @@ def test_every_option_of_every_command_is_in_the_generated_cli_reference(site):
                for opt in param.opts if opt.startswith("--") and opt not in text]
     assert missing == []
     assert all(f"edgel2 {name}" in text for name in cli.commands)
+    assert "Sentinel" not in text  # click's "no default" marker is not shown as a default
 
 
 def test_the_python_reference_renders_the_public_api_from_its_docstrings(site):
