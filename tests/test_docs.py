@@ -64,6 +64,7 @@ def test_the_python_reference_renders_the_public_api_from_its_docstrings(site):
                  "open_engine", "classify_on_ray", "create_app", "benchmark"):
         assert re.search(rf"\b{name}\b", text), name
     assert "Parameters:" in text or "PARAMETER" in text.upper()  # the Args: sections, as a table
+    assert not re.search(r":(?:func|meth|class|mod|data):", text)  # Sphinx roles shown as code
 
 
 def _shown_commands() -> list[tuple[str, str, str]]:
