@@ -227,7 +227,7 @@ def test_a_folder_with_files_of_its_own_is_refused_and_left_as_it_is(cifar, tmp_
     run = tmp_path / "mine"
     run.mkdir()
     (run / ".draft.tmp1.txt").write_text("not edgel2's")
-    with pytest.raises(TrainingError, match="is not empty; pick another --out"):
+    with pytest.raises(TrainingError, match="is not empty; pick another `out`"):
         train(replace(CONFIG, epochs=1), run, dataset=cifar, verbose=0)
     assert (run / ".draft.tmp1.txt").read_text() == "not edgel2's"
 
