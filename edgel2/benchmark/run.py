@@ -34,11 +34,12 @@ ROWS = BENCHMARK_ROWS
 
 def default_formats() -> tuple[str, ...]:
     """Every runtime that can run here: an engine beside a format's own (OpenVINO) only when
-    it is installed."""
-    import importlib.util
+    its package is installed."""
+    from edgel2.runtime.choices import engine_versions
 
+    installed = engine_versions()
     return tuple(r for r in BENCHMARK_FORMATS if r in FORMATS or r == "keras"
-                 or importlib.util.find_spec(ENGINE_SPECS[ENGINE[r]].package.replace("-", "_")))
+                 or installed.get(ENGINE_SPECS[ENGINE[r]].package))
 
 
 def has_bf16() -> bool:
