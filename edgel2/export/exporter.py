@@ -151,21 +151,20 @@ def _export_targets(model_path: Path, out_dir: Path, targets: list, config: Expo
     if base_metadata["class_names"] is None:
         base_metadata["class_names"] = _class_names(model_path, model.output.shape[-1], ds, progress)
 
-    check = Check()
+    check = None
     if config.check != 0:
-        check.images, check.labels = held_out_images(ds, config.check)
-        check.data = ds.name
-        progress(f"Keras reference on {len(check.labels)} {ds.name} test images")
-        check.reference = run_batches(lambda b: model.predict_on_batch(b), check.images, 256,
-                                      check_progress).astype(np.float64)
-    check.on_batch = check_progress
+        images, labels = held_out_images(ds, config.check)
+        progress(f"Keras reference on {len(labels)} {ds.name} test images")
+        reference = run_batches(lambda b: model.predict_on_batch(b), images, 256,
+                                check_progress).astype(np.float64)
+        check = Check(images, labels, reference, ds.name, check_progress)
 
     calibration_result = None
     if config.calibrate:
         from edgel2.calibration.files import keras_calibration, metadata_record
 
         if config.check is None:  # the reference already covers the whole test split, in order
-            logits = check.reference
+            logits = None if check is None else check.reference
         else:
             held = "validation and test" if ds.y_val is not None else "test"
             progress(f"calibrating: Keras logits on the {ds.name} {held} images")
@@ -173,10 +172,9 @@ def _export_targets(model_path: Path, out_dir: Path, targets: list, config: Expo
         calibration_result = keras_calibration(model, ds, check_progress, logits=logits)
         base_metadata.update(metadata_record(calibration_result))
 
-    checked = {"data": check.data,
-               "check_images": 0 if check.labels is None else int(len(check.labels)),
-               "keras_accuracy": None if check.reference is None
-               else float(np.mean(check.reference.argmax(1) == check.labels))}
+    checked = {"data": None, "check_images": 0, "keras_accuracy": None} if check is None else {
+        "data": check.data, "check_images": int(len(check.labels)),
+        "keras_accuracy": float(np.mean(check.reference.argmax(1) == check.labels))}
     rows = []
     for fmt, precision, target in targets:
         progress(f"{fmt} {precision} -> {target}")
@@ -192,14 +190,14 @@ def _export_targets(model_path: Path, out_dir: Path, targets: list, config: Expo
     return report
 
 
-@dataclass
+@dataclass(frozen=True)
 class Check:
-    """The held-out images every file is compared with Keras on (none: not checked)."""
+    """The held-out images every file is compared with Keras on."""
 
-    images: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    reference: np.ndarray | None = None  # the Keras logits on them
-    data: str | None = None              # the data's name
+    images: np.ndarray
+    labels: np.ndarray
+    reference: np.ndarray  # the Keras logits on them
+    data: str              # the data's name
     on_batch: Callable[[int, int], None] | None = None
 
 
@@ -278,7 +276,8 @@ def _with_earlier_rows(path: Path, report: dict) -> dict:
 
 
 def _export_one(model, fmt: str, precision: str, target: Path, config: ExportConfig,
-                representative: np.ndarray | None, check: Check, base_metadata: dict) -> dict:
+                representative: np.ndarray | None, check: Check | None,
+                base_metadata: dict) -> dict:
     from edgel2.export import check as checks
 
     row: dict[str, Any] = {"format": fmt, "precision": precision, "file": target.name,
@@ -290,8 +289,7 @@ def _export_one(model, fmt: str, precision: str, target: Path, config: ExportCon
         with atomic_path(target) as tmp:
             extra = writer.write(model, tmp, precision, config, representative)
             result = None
-            if check.images is not None and check.labels is not None \
-                    and check.reference is not None:
+            if check is not None:
                 try:
                     logits = checks.run_file(tmp, check.images, on_batch=check.on_batch)
                 except Exception as e:  # e.g. ConvInteger kernels missing in this ORT build
@@ -309,7 +307,7 @@ def _export_one(model, fmt: str, precision: str, target: Path, config: ExportCon
             row.update(extra)
             row["reason"] = row["reason"] or advice
             metadata = {**base_metadata, "format": fmt, "precision": precision,
-                        "accuracy": None if result is None else {
+                        "accuracy": None if result is None or check is None else {
                             "top1": result["accuracy"], "keras_top1": result["reference_accuracy"],
                             "images": result["images"], "data": f"{check.data} test split"}}
             writer.embed_metadata(tmp, metadata)

@@ -65,6 +65,9 @@ class EngineSpec:
     benchmark_precisions: tuple[str, ...] = ()
 
 
+# Each row says by itself whether a file is its format, so their order does not matter: ONNX
+# has no identifier of its own (its first byte is a field tag that a TFLite file may also
+# start with), so its rule yields to TFLite's identifier.
 FILE_FORMATS: dict[str, FileFormat] = {f.name: f for f in (
     FileFormat("onnx", "ONNX", "onnxruntime", "onnxruntime_onnx", "edgel2.export.onnx",
                "edgel2.runtime.modelfile:onnx_metadata",
