@@ -1,6 +1,7 @@
 """TFLite files describe themselves the standard way: TFLite Support metadata (what Android
 Studio's ML binding, the Task Library, MediaPipe and ``MetadataDisplayer`` read) with the class
-names as the output's labels file, a signature that takes ``images`` and returns ``logits``,
+names as the output's labels file, a signature that takes ``images`` and returns ``logits``
+and ``unknown_score`` (described with the file's threshold as its ScoreThresholdingOptions),
 and edgel2's own ``edgel2.json`` beside ``labels.txt``; writing it changes no weight.
 
 The reader of record is tflite-support 0.4.4 itself, in a virtual environment of its own (it
@@ -113,9 +114,9 @@ def tflite_file(request, tmp_path) -> Path:
     return request.getfixturevalue("exported")["model-fp32.tflite"]
 
 
-def test_the_signature_takes_images_and_returns_logits(tflite_file):
-    assert signature(tflite_file) == {"serving_default": {"inputs": ["images"],
-                                                          "outputs": ["logits"]}}
+def test_the_signature_takes_images_and_returns_logits_and_the_unknown_score(tflite_file):
+    assert signature(tflite_file) == {"serving_default": {
+        "inputs": ["images"], "outputs": ["logits", "unknown_score"]}}
 
 
 def test_the_standard_metadata_describes_an_image_classifier_with_its_labels(tflite_file):
@@ -123,7 +124,8 @@ def test_the_standard_metadata_describes_an_image_classifier_with_its_labels(tfl
     ours = tflite_metadata(tflite_file)
     (subgraph,) = described.subgraphMetadata
     (image,) = subgraph.inputTensorMetadata
-    (output,) = subgraph.outputTensorMetadata
+    outputs = {o.name: o for o in subgraph.outputTensorMetadata}
+    output = outputs[b"logits"]
     assert described.name.decode() == ours["model_name"]
     assert described.minParserVersion.decode() == MIN_PARSER_VERSION
     assert image.name == b"images"
@@ -137,25 +139,40 @@ def test_the_standard_metadata_describes_an_image_classifier_with_its_labels(tfl
         [(b"labels.txt", fb.AssociatedFileType.TENSOR_AXIS_LABELS)]
     assert [(f.name, f.type) for f in described.associatedFiles] == \
         [(b"edgel2.json", fb.AssociatedFileType.DESCRIPTIONS)]
+    # the unknown score: one column labelled "unknown", thresholded where the file's own is
+    score = outputs[b"unknown_score"]
+    (thresholding,) = score.processUnits
+    assert thresholding.optionsType == fb.ProcessUnitOptions.ScoreThresholdingOptions
+    assert thresholding.options.globalScoreThreshold == \
+        pytest.approx(ours["unknown"]["threshold"], rel=1e-6)  # a float32 field
+    assert [(f.name, f.type) for f in score.associatedFiles] == \
+        [(b"unknown.txt", fb.AssociatedFileType.TENSOR_AXIS_LABELS)]
     with zipfile.ZipFile(tflite_file) as z:
         assert z.read("labels.txt").decode().splitlines() == ours["class_names"]
+        assert z.read("unknown.txt").decode() == "unknown\n"
         # stored, so that the Task Library's C++ extractor can read the files in place
         assert {i.filename: i.compress_type for i in z.infolist()} == \
-            {"labels.txt": zipfile.ZIP_STORED, "edgel2.json": zipfile.ZIP_STORED}
+            {"labels.txt": zipfile.ZIP_STORED, "unknown.txt": zipfile.ZIP_STORED,
+             "edgel2.json": zipfile.ZIP_STORED}
 
 
 def test_tflite_support_reads_the_class_names_and_edgel2_metadata(tflite_file, tflite_support):
     read = read_with_tflite_support(tflite_support, tflite_file)
     ours = tflite_metadata(tflite_file)
-    assert read["packed"] == ["labels.txt", "edgel2.json"]
+    assert read["packed"] == ["labels.txt", "unknown.txt", "edgel2.json"]
     assert read["labels"] == [*ours["class_names"], ""]  # one a line, newline-terminated
     assert read["edgel2"] == ours
     assert read["validation"] == "ok"
     assert read["min_parser_version"] == MIN_PARSER_VERSION
     (subgraph,) = read["metadata"]["subgraph_metadata"]
-    assert subgraph["output_tensor_metadata"][0]["associated_files"][0] == {
+    outputs = {o["name"]: o for o in subgraph["output_tensor_metadata"]}
+    assert outputs["logits"]["associated_files"][0] == {
         "name": "labels.txt", "type": "TENSOR_AXIS_LABELS",
         "description": "Class names, one a line, in the order of the logits"}
+    (thresholding,) = outputs["unknown_score"]["process_units"]
+    assert thresholding["options_type"] == "ScoreThresholdingOptions"
+    assert thresholding["options"]["global_score_threshold"] == \
+        pytest.approx(ours["unknown"]["threshold"], rel=1e-6)
     assert subgraph["input_tensor_metadata"][0]["content"]["content_properties"] == \
         {"color_space": "RGB"}
 
@@ -179,9 +196,11 @@ def test_a_file_converted_with_args_0_output_0_is_renamed_and_keeps_its_weights(
     """Files from before the named endpoint said args_0/output_0: describing one renames its
     signature and keeps every weight buffer byte for byte, at the converter's alignment."""
     path = Path(shutil.copy(shipped_model("resnet18-int8.tflite"), tmp_path / "old.tflite"))
+    named = signature(path)
     model = schema.ModelT.InitFromPackedBuf(path.read_bytes()[:_flatbuffer_end(path)])
-    model.signatureDefs[0].inputs[0].name, model.signatureDefs[0].outputs[0].name = \
-        "args_0", "output_0"
+    model.signatureDefs[0].inputs[0].name = "args_0"
+    for i, output in enumerate(model.signatureDefs[0].outputs):
+        output.name = f"output_{i}"
     builder = flatbuffers.Builder(0)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     path.write_bytes(bytes(builder.Output()))
@@ -189,7 +208,8 @@ def test_a_file_converted_with_args_0_output_0_is_renamed_and_keeps_its_weights(
     weights = _weights(path)
 
     pack_metadata(path, tflite_metadata(shipped_model("resnet18-int8.tflite")))
-    assert signature(path)["serving_default"] == {"inputs": ["images"], "outputs": ["logits"]}
+    assert signature(path) == named
+    assert named["serving_default"]["outputs"] == ["logits", "unknown_score"]
     assert _weights(path) == weights
     assert all(start % 16 == 0 for start in _data_starts(path))
 

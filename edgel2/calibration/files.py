@@ -93,7 +93,7 @@ def calibrate_on(ds, logits_of: Callable[[np.ndarray], np.ndarray],
     """
     test_logits = np.asarray(logits_of(ds.x_test) if test_logits is None else test_logits,
                              np.float64)
-    fit, report = _fit_and_report(ds)
+    fit, report = fit_and_report_split(ds)
     if fit is None:
         val_logits = np.asarray(logits_of(ds.x_val), np.float64)
         return fit_held_out(val_logits, ds.y_val, test_logits, ds.y_test,
@@ -103,7 +103,7 @@ def calibrate_on(ds, logits_of: Callable[[np.ndarray], np.ndarray],
                         f"{ds.name} test split, class-balanced half 2 of 2")
 
 
-def _fit_and_report(ds) -> tuple[np.ndarray | None, np.ndarray]:
+def fit_and_report_split(ds) -> tuple[np.ndarray | None, np.ndarray]:
     """Indices into ``ds``'s test split of the images a calibration is fitted on (None: it is
     fitted on the validation split) and of those it is reported on."""
     if ds.y_val is not None and len(ds.y_val):
@@ -189,7 +189,7 @@ def calibrate_file(path: str | os.PathLike, *, data: str | None = None, dataset:
     if plot is not None and result["before"] is not None:
         from edgel2.plots import plot_reliability
 
-        report = _fit_and_report(ds)[1]
+        report = fit_and_report_split(ds)[1]
         fitted = result["fitted"]
         curves = {f"{label} (ECE {figures['ece']:.3f})":
                   reliability_bins(calibrated_probabilities(test_logits[report], t, a),

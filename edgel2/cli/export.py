@@ -56,15 +56,27 @@ DEFAULTS = ExportConfig()
               help="Fix the batch dimension at N images (NPUs, NNAPI and delegates want static "
                    "shapes); the file refuses other batches, edgel2's runtime pads to it. "
                    "Files go to export-bN/ unless --out. Default: any batch.")
+@click.option("--unknown/--no-unknown", default=DEFAULTS.unknown, show_default=True,
+              help="Add the unknown score as a second output (unknown_score) with a threshold "
+                   "in the metadata, so that every engine and client can tell an image of none "
+                   "of the classes (see the guide \"Unknown images\").")
+@click.option("--keep", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=DEFAULTS.keep, show_default=True,
+              help="The share of known images the unknown threshold keeps; the rest of them "
+                   "are flagged unknown (0.95: 5 %).")
+@click.option("--unknown-images", type=click.IntRange(min=1), default=DEFAULTS.unknown_images,
+              show_default=True,
+              help="Class-balanced training images the unknown score is fitted on.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def export(model, formats, precisions, data, int8_images, int8_method, opset, out, check, allow_drop,
-           calibrate, flip_average, batch, force) -> None:
+           calibrate, flip_average, batch, unknown, keep, unknown_images, force) -> None:
     """Export MODEL (.keras, trained on any backend) to ONNX and/or TFLite, in fp32, fp16,
     dynamic-range or int8, and check every file against the Keras model.
 
     \b
-    Every file takes uint8 NHWC pixels, returns float32 logits, and carries its metadata
-    (class names, input layout, normalization, precision, measured accuracy). Writes
+    Every file takes uint8 NHWC pixels, returns float32 logits (and the unknown score), and
+    carries its metadata (class names, input layout, normalization, precision, measured
+    accuracy, the unknown threshold). Writes
     export_report.json beside the files and exits 1 if any file failed its check.
     """
     use_backend("tensorflow")  # tf2onnx and the TFLite converter need TensorFlow
@@ -73,7 +85,8 @@ def export(model, formats, precisions, data, int8_images, int8_method, opset, ou
     config = ExportConfig(formats=tuple(formats), precisions=tuple(precisions), data=data,
                           int8_images=int8_images, int8_method=int8_method, opset=opset,
                           out=out, check=check, force=force, allow_drop=allow_drop,
-                          calibrate=calibrate, flip_average=flip_average, batch=batch)
+                          calibrate=calibrate, flip_average=flip_average, batch=batch,
+                          unknown=unknown, keep=keep, unknown_images=unknown_images)
     report = export_model(model, config=config,
                           progress=lambda line: click.echo(f"export: {line}", err=True),
                           check_progress=ProgressBars("running the check images"))

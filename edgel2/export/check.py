@@ -16,10 +16,13 @@ FP32_TOLERANCE = 1e-3
 
 
 def run_file(path: Path, images: np.ndarray, batch_size: int = 100,
-             on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Logits of the exported file at ``path`` on uint8 ``images``; ``on_batch(done, total)``
-    after every batch (a progress bar)."""
+             on_batch: Callable[[int, int], None] | None = None,
+             unknown: bool = False) -> np.ndarray:
+    """Logits of the exported file at ``path`` on uint8 ``images``, with its unknown score as
+    a last column if ``unknown``; ``on_batch(done, total)`` after every batch (a progress
+    bar)."""
     engine = open_engine(path, engine=REFERENCE_ENGINE[sniff_format(path)])
+    engine.with_unknown = unknown and engine.has_unknown
     return run_batches(engine.run, images, batch_size, on_batch)
 
 

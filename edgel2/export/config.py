@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from edgel2.errors import OptionError, require_whole
 from edgel2.export.onnx import INT8_IMAGES, INT8_METHODS, MIN_OPSET
 from edgel2.export.writers import writer_of
+from edgel2.unknown.fit import UNKNOWN_IMAGES
+from edgel2.unknown.scores import DEFAULT_KEEP
 from edgel2.variants import CHECK_IMAGES, FORMATS, PRECISIONS, precision_name
 
 # A quantized file that loses more top-1 than this (points) against Keras is not kept,
@@ -44,6 +46,9 @@ class ExportConfig:
     calibrate: bool = True    # fit and record a probability calibration in every file
     flip_average: bool = False  # the mirror image in the graph, logits averaged
     batch: int | None = None  # a fixed batch dimension (None: any batch)
+    unknown: bool = True      # the unknown score as a second output, with its threshold
+    keep: float = DEFAULT_KEEP  # the share of known images the unknown threshold keeps
+    unknown_images: int = UNKNOWN_IMAGES  # training images the unknown score is fitted on
 
     def validated(self) -> ExportConfig:
         """A copy with ``all`` and older precision names expanded, or :class:`OptionError`."""
@@ -55,6 +60,10 @@ class ExportConfig:
         if self.batch is not None:
             require_whole("batch", self.batch)
         require_whole("int8_images", self.int8_images)
+        require_whole("unknown_images", self.unknown_images)
+        if not 0.0 < self.keep < 1.0:
+            raise OptionError(f"`keep` must be between 0 and 1 (the share of known images "
+                              f"kept), got {self.keep}")
         if self.int8_method not in INT8_METHODS:
             raise OptionError(f"int8_method must be one of {', '.join(INT8_METHODS)}, "
                               f"got {self.int8_method!r}")

@@ -60,7 +60,10 @@ def export_model(model_path: str | os.PathLike, formats: Sequence[str] | None = 
     Files that fail their check are not kept; nothing half-written is left on failure. With
     ``calibrate`` a calibration is fitted to the Keras model's logits on held-out images
     (:mod:`edgel2.calibration.files`) and recorded in every file's metadata, so that the
-    runtime's probabilities match its accuracy. ``flip_average`` exports
+    runtime's probabilities match its accuracy. With ``unknown`` (the default) every file gets
+    a second output, ``unknown_score``, fitted on training images (:mod:`edgel2.unknown`), and
+    its own threshold in the metadata, set to keep ``keep`` of held-out known images
+    (:mod:`edgel2.unknown.fit`, :mod:`edgel2.export.unknown`). ``flip_average`` exports
     :func:`edgel2.model.flip_averaged` into ``export-flip/``; ``batch`` fixes the batch
     dimension (NPUs and delegates want static shapes) into ``export-b<N>/``; the runtime pads
     to it (:class:`edgel2.runtime.engines.FixedBatch`). The report keeps the rows of earlier
@@ -142,7 +145,7 @@ def _export_targets(model_path: Path, out_dir: Path, targets: list, config: Expo
         from edgel2.model import flip_averaged
 
         model = flip_averaged(model)
-    needs_data = "int8" in precisions or config.check != 0 or config.calibrate
+    needs_data = "int8" in precisions or config.check != 0 or config.calibrate or config.unknown
     ds = (dataset if dataset is not None or not needs_data else
           load_model_data(model_path, tuple(model.input.shape[1:3]), data=config.data))
     # Data is loaded whenever int8 is asked for; a missing source already raised, saying `data`.
@@ -172,6 +175,15 @@ def _export_targets(model_path: Path, out_dir: Path, targets: list, config: Expo
         calibration_result = keras_calibration(model, ds, check_progress, logits=logits)
         base_metadata.update(metadata_record(calibration_result))
 
+    unknown = None
+    if config.unknown and config.flip_average:
+        progress("no unknown score in flip-averaged files (the score reads one view)")
+    elif config.unknown:
+        from edgel2.unknown.fit import fit_unknown
+
+        unknown = fit_unknown(model, ds, config.unknown_images, config.keep, progress,
+                              check_progress)
+
     checked = {"data": None, "check_images": 0, "keras_accuracy": None} if check is None else {
         "data": check.data, "check_images": int(len(check.labels)),
         "keras_accuracy": float(np.mean(check.reference.argmax(1) == check.labels))}
@@ -179,7 +191,7 @@ def _export_targets(model_path: Path, out_dir: Path, targets: list, config: Expo
     for fmt, precision, target in targets:
         progress(f"{fmt} {precision} -> {target}")
         rows.append({**_export_one(model, fmt, precision, target, config, representative,
-                                   check, base_metadata), **checked})
+                                   check, base_metadata, unknown), **checked})
     # the model as seen from the report's folder: valid from any directory, and after the
     # run directory is moved as a whole
     report = {"model": Path(os.path.relpath(Path(model_path).resolve(), out_dir.resolve())).as_posix(),
@@ -277,8 +289,10 @@ def _with_earlier_rows(path: Path, report: dict) -> dict:
 
 def _export_one(model, fmt: str, precision: str, target: Path, config: ExportConfig,
                 representative: np.ndarray | None, check: Check | None,
-                base_metadata: dict) -> dict:
+                base_metadata: dict, unknown=None) -> dict:
     from edgel2.export import check as checks
+    from edgel2.export.unknown import file_record
+    from edgel2.unknown.head import with_unknown_score
 
     row: dict[str, Any] = {"format": fmt, "precision": precision, "file": target.name,
            "size_mb": None, "accuracy": None, "agreement": None, "max_abs_diff": None,
@@ -287,7 +301,9 @@ def _export_one(model, fmt: str, precision: str, target: Path, config: ExportCon
     writer = writer_of(fmt)
     try:
         with atomic_path(target) as tmp:
-            extra = writer.write(model, tmp, precision, config, representative)
+            extra = writer.write(model if unknown is None else
+                                 with_unknown_score(model, unknown.head),
+                                 tmp, precision, config, representative)
             result = None
             if check is not None:
                 try:
@@ -310,6 +326,10 @@ def _export_one(model, fmt: str, precision: str, target: Path, config: ExportCon
                         "accuracy": None if result is None or check is None else {
                             "top1": result["accuracy"], "keras_top1": result["reference_accuracy"],
                             "images": result["images"], "data": f"{check.data} test split"}}
+            if unknown is not None:
+                metadata["unknown"] = file_record(tmp, unknown, check.on_batch if check else None)
+                row.update(unknown_threshold=metadata["unknown"]["threshold"],
+                           unknown_flagged=metadata["unknown"]["flagged"])
             writer.embed_metadata(tmp, metadata)
         row.update(status="ok", size_mb=target.stat().st_size / 2**20)
     except EdgeL2Error as e:

@@ -27,6 +27,13 @@ def load_source(path: str | Path) -> tuple[keras.Model, dict]:
     return model, describe(model, path)
 
 
+def named_outputs(outputs) -> dict:
+    """A model's outputs by the names exported graphs give them: ``logits`` for a plain
+    classifier; ``logits`` and ``unknown_score`` for one with the unknown score
+    (:func:`edgel2.unknown.head.with_unknown_score`)."""
+    return dict(outputs) if isinstance(outputs, dict) else {"logits": outputs}
+
+
 def model_name(path: str | Path) -> str:
     """The name files exported from the ``.keras`` file at ``path`` carry (their stem, their
     metadata's ``name``, the model ``edgel2 serve`` serves): its run's name for the run's

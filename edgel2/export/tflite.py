@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgel2.errors import EdgeL2Error, last_error_line
-from edgel2.runtime.modelfile import flatbuffer_end, flatbuffer_sha256
+from edgel2.runtime.modelfile import UNKNOWN_OUTPUT, flatbuffer_end, flatbuffer_sha256
 
 
 def check(config) -> None:
@@ -93,8 +93,13 @@ def _save_signature(model, saved: Path, batch: int | None = None) -> None:
 
     archive = keras.export.ExportArchive()
     archive.track(model)
+    from edgel2.export.source import named_outputs
+
+    def outputs(images):
+        return named_outputs(model(images, training=False))
+
     archive.add_endpoint(
-        "serving_default", lambda images: {"logits": model(images, training=False)},
+        "serving_default", outputs,
         input_signature=[tf.TensorSpec([batch, *model.input.shape[1:]],
                                        tf.as_dtype(model.input.dtype), name="images")])
     archive.write_out(str(saved), verbose=False)
@@ -125,7 +130,8 @@ def pack_metadata(path: Path, metadata: dict) -> None:
         data = data[:flatbuffer_end(data)]
     model = schema.ModelT.InitFromPackedBuf(data, 0)
     _name_signature(model, metadata)
-    described = schema.BufferT(data=np.frombuffer(support_metadata(metadata), np.uint8))
+    described = schema.BufferT(data=np.frombuffer(
+        support_metadata(metadata, _output_order(model)), np.uint8))
     model.metadata = model.metadata or []
     earlier = [m.buffer for m in model.metadata if m.name == SUPPORT_METADATA.encode()]
     if earlier:  # described before: its buffer takes the new metadata
@@ -144,17 +150,38 @@ def pack_metadata(path: Path, metadata: dict) -> None:
     # Stored, not deflated: the Task Library's C++ extractor reads associated files in place.
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
         z.writestr("labels.txt", "\n".join(metadata.get("class_names") or []) + "\n")
+        if metadata.get("unknown"):
+            z.writestr(UNKNOWN_LABELS, "unknown\n")
         z.writestr("edgel2.json", json.dumps(metadata, indent=1))
     path.write_bytes(flatbuffer + archive.getvalue())
 
 
+# The label file of the unknown score's one-column output: what the Task Library and MediaPipe
+# name a result over its ScoreThresholdingOptions.
+UNKNOWN_LABELS = "unknown.txt"
+
+
+def _output_order(model) -> list[str]:
+    """The names of the first subgraph's outputs in the graph's order (what TFLite Support
+    metadata lists its output tensors in): ``unknown_score`` for the ``[N, 1]`` output."""
+    subgraph = model.subgraphs[0]
+    shapes = [list(subgraph.tensors[i].shape) for i in subgraph.outputs]
+    if len(shapes) == 1:
+        return ["logits"]
+    return [UNKNOWN_OUTPUT if shape[-1] == 1 else "logits" for shape in shapes]
+
+
 def _name_signature(model, metadata: dict) -> None:
-    """Name the one signature's input and output as the metadata does (``images``,
-    ``logits``): files converted before edgel2 named its endpoint said ``args_0``/``output_0``."""
+    """Name the one signature's input and outputs as the metadata does (``images``,
+    ``logits``, and ``unknown_score`` for a ``[N, 1]`` second output): files converted before
+    edgel2 named its endpoint said ``args_0``/``output_0``."""
+    tensors = model.subgraphs[0].tensors
     for signature in model.signatureDefs or []:
-        if len(signature.inputs) == 1 and len(signature.outputs) == 1:
+        if len(signature.inputs) == 1 and 1 <= len(signature.outputs) <= 2:
             signature.inputs[0].name = metadata["input"]["name"]
-            signature.outputs[0].name = metadata["output"]["name"]
+            for output in signature.outputs:
+                scored = len(signature.outputs) == 2 and tensors[output.tensorIndex].shape[-1] == 1
+                output.name = UNKNOWN_OUTPUT if scored else metadata["output"]["name"]
 
 
 class _AlignedBuffer:
@@ -183,12 +210,16 @@ class _AlignedBuffer:
         return schema.BufferEnd(builder)
 
 
-def support_metadata(metadata: dict) -> bytes:
+def support_metadata(metadata: dict, outputs: list[str] | None = None) -> bytes:
     """The TFLite Support ``ModelMetadata`` flatbuffer of an edgel2 image classifier.
 
     The input is described as raw RGB pixels (normalization mean 0, std 1: the model
     normalizes inside the graph) and the output as logits with ``labels.txt`` as the labels
-    of its class axis, the fields Android Studio, the Task Library and MediaPipe read.
+    of its class axis, the fields Android Studio, the Task Library and MediaPipe read. A file
+    with the unknown score (``outputs`` names the graph's outputs in order) describes it too:
+    one column labelled ``unknown`` (``unknown.txt``) whose ``ScoreThresholdingOptions`` hold
+    the file's threshold (the threshold MediaPipe's classifier takes from a model's metadata
+    unless its ``score_threshold`` option overrides it).
 
     Examples:
         >>> from edgel2.export.vendor import tflite_metadata_schema as fb
@@ -235,13 +266,31 @@ def support_metadata(metadata: dict) -> bytes:
         metadata["input"]["name"],
         f"RGB image, {height}x{width}, uint8 pixels 0-255 (NHWC); the model normalizes inside",
         fb.ContentProperties.ImageProperties, image, pixel_range, [normalization])]
-    subgraph.outputTensorMetadata = [tensor(
+    logits = tensor(
         metadata["output"]["name"],
         f"Logits of the {classes} classes in labels.txt (not probabilities): softmax gives "
         "probabilities; edgel2.json holds the calibration edgel2's runtime applies",
         fb.ContentProperties.FeatureProperties, fb.FeaturePropertiesT(), fb.StatsT(),
         files=[associated("labels.txt", fb.AssociatedFileType.TENSOR_AXIS_LABELS,
-                          "Class names, one a line, in the order of the logits")])]
+                          "Class names, one a line, in the order of the logits")])
+    described = {"logits": logits}
+    unknown = metadata.get("unknown")
+    if unknown:
+        over = fb.ScoreThresholdingOptionsT()
+        over.globalScoreThreshold = float(unknown["threshold"])
+        threshold = fb.ProcessUnitT()
+        threshold.optionsType = fb.ProcessUnitOptions.ScoreThresholdingOptions
+        threshold.options = over
+        described[UNKNOWN_OUTPUT] = tensor(
+            UNKNOWN_OUTPUT,
+            f"How unlike the known classes the image is (higher: more unknown): "
+            f"{unknown['score']}. Over {unknown['threshold']:.6g} (keeps "
+            f"{100 * unknown['keep']:g} % of known images) the image is none of the classes",
+            fb.ContentProperties.FeatureProperties, fb.FeaturePropertiesT(), fb.StatsT(),
+            [threshold], [associated(UNKNOWN_LABELS, fb.AssociatedFileType.TENSOR_AXIS_LABELS,
+                                     "The one label of the unknown score")])
+    subgraph.outputTensorMetadata = [described[name] for name in outputs or ["logits"]
+                                     if name in described]
 
     model = fb.ModelMetadataT()
     model.name = metadata["model_name"]
