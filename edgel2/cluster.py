@@ -76,6 +76,7 @@ def result_schema():
 
     prediction = pa.struct([("label", pa.string()), ("probability", pa.float64())])
     return pa.schema([("path", pa.string()), ("predictions", pa.list_(prediction)),
+                      ("unknown", pa.bool_()), ("unknown_score", pa.float64()),
                       ("error", pa.string())])
 
 
@@ -109,11 +110,12 @@ class ClassifyBatch:
         >>> ds.map_batches(ClassifyBatch, fn_constructor_kwargs={"model": model_bytes},
         ...                batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=2)
         ...                ).take_all()                                       # doctest: +SKIP
-        [{'path': 'cat.png', 'predictions': [{'label': 'cat', 'probability': 0.93}], 'error': None}]
+        [{'path': 'cat.png', 'predictions': [{'label': 'cat', 'probability': 0.93}],
+          'unknown': False, 'unknown_score': 0.91, 'error': None}]
     """
 
     def __init__(self, model, top_k: int = 1, batch_size: int = 64, engine: str = "auto",
-                 threads: int | None = None, workload: str = THROUGHPUT):
+                 threads: int | None = None, workload: str = THROUGHPUT, unknown: bool = True):
         import ray
 
         if isinstance(model, list):  # [ObjectRef]: fetched here, not pinned as an argument
@@ -127,7 +129,8 @@ class ClassifyBatch:
             (folder / Path(name).name).write_bytes(content)
         path = folder if isinstance(model, dict) else folder / "model"
         self.classifier = Classifier(path, providers="cpu", threads=self.threads,
-                                     batch_size=batch_size, engine=engine, workload=workload)
+                                     batch_size=batch_size, engine=engine, workload=workload,
+                                     unknown=unknown)
         self.top_k = min(top_k, len(self.classifier.class_names))
 
     def __call__(self, batch):
@@ -240,7 +243,7 @@ def classify_on_ray(paths: Sequence[str], output: str | os.PathLike, *,
                     model: str | os.PathLike | None = None, output_format: str = "parquet",
                     address: str | None = None, top_k: int = 1, batch_size: int = 64,
                     actors: int | None = None, cpus_per_actor: int | None = None,
-                    engine: str = "auto", workload: str = THROUGHPUT,
+                    engine: str = "auto", workload: str = THROUGHPUT, unknown: bool = True,
                     progress: bool = False, classify: type = ClassifyBatch) -> RayReport:
     """Classify every image under ``paths`` on Ray into a folder of part files.
 
@@ -261,6 +264,8 @@ def classify_on_ray(paths: Sequence[str], output: str | os.PathLike, *,
             whose nodes have 1 CPU).
         engine: As for :class:`~edgel2.runtime.Classifier`.
         workload: As for :class:`~edgel2.runtime.Classifier`.
+        unknown: As for :class:`~edgel2.runtime.Classifier`: the rows' ``unknown`` and
+            ``unknown_score``.
         progress: Show Ray's progress bars.
         classify: The callable class each actor runs: :class:`ClassifyBatch`, or a subclass
             that does more per batch.
@@ -314,7 +319,7 @@ def classify_on_ray(paths: Sequence[str], output: str | os.PathLike, *,
         compute=ray.data.ActorPoolStrategy(size=actors),
         fn_constructor_kwargs={"model": [ray.put(shipped)], "top_k": top_k,
                                "batch_size": batch_size, "engine": engine,
-                               "workload": workload}).materialize()
+                               "workload": workload, "unknown": unknown}).materialize()
     # a local folder is written under a temporary name and renamed into place; a URI in
     # place (object stores have no rename). Another job that took the name meanwhile does
     # not cost these results: they keep a name of their own.

@@ -176,8 +176,8 @@ def test_top_k_is_clamped_to_the_class_count(tiny_onnx, tmp_path):
     result = _infer(str(image), "--model", str(tiny_onnx), "--out-format", "csv", "--top-k", "3000000")
     assert result.exit_code == 0
     header, row = result.stdout.splitlines()
-    assert header == "path,label1,probability1,label2,probability2,label3,probability3,error"
-    assert len(row.split(",")) == 8
+    assert header == "path,label1,probability1,label2,probability2,label3,probability3,unknown,unknown_score,error"
+    assert len(row.split(",")) == 10
 
 
 def test_non_finite_logits_are_that_images_error_and_json_stays_strict(tiny_onnx, tmp_path):
@@ -191,7 +191,7 @@ def test_non_finite_logits_are_that_images_error_and_json_stays_strict(tiny_onnx
 
     records = {Path(r["path"]).name: r for r in json.loads(result.stdout, parse_constant=refuse)}
     assert records["black.png"] == {"path": str(tmp_path / "images" / "black.png"),
-                                    "predictions": None,
+                                    "predictions": None, "unknown": None, "unknown_score": None,
                                     "error": "the model produced non-finite logits"}
     assert records["colour.png"]["error"] is None
 

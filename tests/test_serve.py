@@ -126,13 +126,16 @@ def test_model_metadata_has_the_v2_shape_and_the_files_metadata(server, classifi
     assert body["name"] == NAME and body["versions"] == ["1"]
     assert body["platform"] == "onnxruntime_onnx"
     assert body["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}]
-    assert body["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
+    assert body["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]},
+                               {"name": "unknown_score", "datatype": "FP32", "shape": [-1, 1]},
+                               {"name": "unknown", "datatype": "BOOL", "shape": [-1, 1]}]
     parameters = body["parameters"]
     assert parameters["class_names"] == classifier.class_names
     assert parameters["normalization"] == classifier.metadata["normalization"]
     assert parameters["accuracy"] == classifier.metadata["accuracy"]
     assert parameters["calibration"] == {"temperature": classifier.temperature,
                                          "unsmooth": classifier.unsmooth}
+    assert parameters["unknown_threshold"] == classifier.unknown_threshold
 
 
 def test_the_server_says_which_engine_auto_measured_fastest_and_why(tmp_path):
@@ -164,6 +167,8 @@ def test_classify_gives_what_classifier_predict_gives(server, classifier, images
         assert [p["label"] for p in result["predictions"]] == [label for label, _ in want]
         assert [p["probability"] for p in result["predictions"]] == pytest.approx(
             [p for _, p in want], abs=2e-6)
+        assert result["unknown"] is want.unknown
+        assert result["unknown_score"] == pytest.approx(want.unknown_score, abs=2e-6)
 
 
 def test_classify_takes_one_image_as_the_raw_body(server, classifier, images):
@@ -182,13 +187,20 @@ def test_v2_infer_returns_the_models_logits(server, classifier, images):
     status, response = server.json("POST", f"/v2/models/{NAME}/infer", request)
     assert status == 200
     assert response["id"] == "req-7" and response["model_name"] == NAME
-    (output,) = response["outputs"]
+    output, score, unknown = response["outputs"]
     assert (output["name"], output["datatype"], output["shape"]) == ("logits", "FP32", [3, 10])
+    assert (score["name"], score["datatype"], score["shape"]) == ("unknown_score", "FP32", [3, 1])
+    assert (unknown["name"], unknown["datatype"], unknown["shape"]) == ("unknown", "BOOL", [3, 1])
     logits = np.array(output["data"], np.float32).reshape(3, 10)
-    assert np.allclose(logits, classifier.engine.run(pixels), atol=1e-5)
+    scores = np.array(score["data"], np.float32).reshape(3)
+    expected = classifier.engine.run(pixels)
+    assert np.allclose(logits, expected[:, :10], atol=1e-5)
+    assert np.allclose(scores, expected[:, 10], atol=1e-5)
+    assert unknown["data"] == [bool(s > classifier.unknown_threshold) for s in expected[:, 10]]
     # nested data is read the same
     request["inputs"][0]["data"] = pixels.tolist()
-    assert server.json("POST", f"/v2/models/{NAME}/infer", request)[1]["outputs"] == [output]
+    assert server.json("POST", f"/v2/models/{NAME}/infer", request)[1]["outputs"] == \
+        response["outputs"]
 
 
 @pytest.mark.parametrize("tensor, message", [
@@ -240,6 +252,38 @@ def test_metrics_count_requests_latency_batches_and_queue(server, images):
                  "edgel2_queue_depth", "edgel2_in_flight"):
         assert name in text
     assert server.metric("edgel2_batch_size_count") >= 1
+
+
+def test_images_over_the_threshold_are_counted_as_unknown(server, classifier):
+    noise = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8)
+    files = [(f"noise{i}.png", _encode_png(pixels)) for i, pixels in enumerate(noise)]
+    flagged = sum(bool(p.unknown) for p in classifier.predict(list(noise)))
+    assert flagged > 0  # uniform noise is far from every class
+    before = server.metric("edgel2_unknown_images_total")
+    body, headers = multipart(files)
+    status, response = server.json("POST", "/v1/classify", body, headers=headers)
+    assert status == 200
+    assert sum(r["unknown"] for r in response["results"]) == flagged
+    assert server.metric("edgel2_unknown_images_total") == before + flagged
+
+
+def test_no_unknown_serves_the_logits_alone_and_no_verdicts(images):
+    s = Server("--no-unknown")
+    try:
+        assert s.json("GET", f"/v2/models/{NAME}")[1]["outputs"] == [
+            {"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
+        (result,) = s.json("POST", "/v1/classify", images[0][1])[1]["results"]
+        assert (result["unknown"], result["unknown_score"]) == (None, None)
+    finally:
+        assert s.stop() == 0
+
+
+def _encode_png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def test_the_page_is_served(server):
@@ -379,11 +423,7 @@ def test_workers_serve_behind_one_port_and_stop_on_sigterm(classifier, images):
 # --- one client cannot take the server down --------------------------------------------------
 
 def _png(width: int, height: int) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("L", (width, height)).save(buffer, "PNG")
-    return buffer.getvalue()
+    return _encode_png(np.zeros((height, width), np.uint8))  # grey
 
 
 def _answer(s: socket.socket) -> bytes:

@@ -24,7 +24,7 @@ OPENED = {name: default_of(Classifier, name)
 
 
 def _infer_on_ray(paths, model, top_k, batch_size, engine, workload, fmt, output, address,
-                  actors, cpus_per_actor) -> None:
+                  actors, cpus_per_actor, unknown) -> None:
     """``edgel2 infer --ray``: edgel2.cluster.classify_on_ray, and its one-line summary."""
     if fmt not in RAY_FORMATS:
         raise click.UsageError(f"with --ray, --out-format is one of {', '.join(RAY_FORMATS)}")
@@ -35,7 +35,8 @@ def _infer_on_ray(paths, model, top_k, batch_size, engine, workload, fmt, output
     report = classify_on_ray(paths, output, model=model, output_format=fmt,
                              address=None if address == "local" else address, top_k=top_k,
                              batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
-                             engine=engine, workload=workload, progress=sys.stderr.isatty())
+                             engine=engine, workload=workload, unknown=unknown,
+                             progress=sys.stderr.isatty())
     click.echo(f"edgel2: {plural(report.images, 'image')} in {report.seconds:.2f} s "
                f"({report.images / max(report.seconds, 1e-9):.1f} img/s) on Ray, "
                f"{report.actors} actor{'s' * (report.actors != 1)} x {report.cpus_per_actor} "
@@ -91,10 +92,15 @@ def _infer_on_ray(paths, model, top_k, batch_size, engine, workload, fmt, output
 @click.option("--cpus-per-actor", type=click.IntRange(min=1), default=None,
               help="With --ray: CPUs (engine and decoding threads) of each actor (default 2, "
                    "or 1 on nodes of 1 CPU).")
+@click.option("--unknown/--no-unknown", default=default_of(Classifier, "unknown"),
+              show_default=True,
+              help="Say which images are none of the classes (unknown: true, and the score), "
+                   "by the unknown score and threshold inside the model file; the label is "
+                   "still given. Files exported without the score are unaffected.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Say which engine auto chose and the figures behind the choice.")
 def infer(paths, model, top_k, batch_size, provider, threads, engine, workload, compute_dtype, fmt,
-          output, save_dir, ray_address, actors, cpus_per_actor, verbose) -> None:
+          output, save_dir, ray_address, actors, cpus_per_actor, unknown, verbose) -> None:
     """Classify images: files, folders (recursive) and globs.
 
     \b
@@ -122,7 +128,7 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, workload, 
         if save_dir:
             raise click.UsageError("--save draws on local copies: it does not go with --ray")
         _infer_on_ray(paths, model, top_k, batch_size, engine, workload, fmt or "parquet",
-                      output, ray_address, actors, cpus_per_actor)
+                      output, ray_address, actors, cpus_per_actor, unknown)
         return
     if fmt in RAY_FORMATS:
         raise click.UsageError(f"--out-format {fmt} is written by --ray; without it use one of "
@@ -149,7 +155,7 @@ def infer(paths, model, top_k, batch_size, provider, threads, engine, workload, 
         warnings.simplefilter("always", ProviderFallbackWarning)
         classifier = Classifier(model, providers=provider, threads=threads,
                                 batch_size=batch_size, engine=engine, compute_dtype=compute_dtype,
-                                workload=workload)
+                                workload=workload, unknown=unknown)
     for w in caught:
         if issubclass(w.category, ProviderFallbackWarning):
             click.echo(f"edgel2: warning: {w.message}", err=True)

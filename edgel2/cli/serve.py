@@ -57,12 +57,17 @@ SERVE = ServeConfig()  # the defaults
 @click.option("--workers", type=click.IntRange(min=1), default=default_of(serve_run, "workers"),
               show_default=True,
               help="Server processes, each with its own model, behind one port.")
+@click.option("--unknown/--no-unknown", default=SERVE.unknown, show_default=True,
+              help="Answers say which images are none of the classes (unknown, and the score; "
+                   "a v2 answer adds the unknown_score and unknown outputs), by the unknown "
+                   "score inside the model file; /metrics counts them.")
 @click.option("--name", default=None, callback=checked_name,
               help="The served model's name in the URLs and the page (default: the run's name "
                    "and precision from the file's metadata, e.g. photos-int8; else the file's "
                    "name without suffix).")
 def serve(model, engine, workload, threads, host, port, max_batch, max_delay_ms, max_queue, max_body_mb,
-          max_images, max_request_mpx, client_timeout_s, grace_s, top_k, workers, name) -> None:
+          max_images, max_request_mpx, client_timeout_s, grace_s, top_k, workers, unknown,
+          name) -> None:
     """Serve the model over HTTP until SIGTERM or Ctrl-C (then finish what is in flight and
     exit 0). Needs the serve extra: pip install "edgel2[serve]".
 
@@ -70,7 +75,7 @@ def serve(model, engine, workload, threads, host, port, max_batch, max_delay_ms,
     GET  /                          a page: drop an image, see the top-k
     POST /v1/classify               image files (multipart) or one image (raw body) -> top-k JSON
     GET  /v2/health/live, /v2/health/ready, /v2/models/NAME    KServe v2 (Open Inference Protocol)
-    POST /v2/models/NAME/infer      uint8 NHWC tensors in JSON -> logits
+    POST /v2/models/NAME/infer      uint8 NHWC tensors in JSON -> logits (and unknown_score)
     GET  /metrics                   Prometheus: requests, latency, batch sizes, queue depth
 
     \b
@@ -88,7 +93,7 @@ def serve(model, engine, workload, threads, host, port, max_batch, max_delay_ms,
                          max_delay_ms=max_delay_ms, max_queue=max_queue,
                          max_body_mb=max_body_mb, max_images=max_images,
                          max_request_mpx=max_request_mpx, client_timeout_s=client_timeout_s,
-                         grace_s=grace_s, top_k=top_k)
+                         grace_s=grace_s, top_k=top_k, unknown=unknown)
     # opened here (once, even for several workers, whose own opens find the choice it
     # measured), so that a bad file is one line before anything listens
     classifier = open_model(config)

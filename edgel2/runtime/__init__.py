@@ -22,7 +22,7 @@ from edgel2.errors import (
 )
 from edgel2.runtime.auto import open_engine
 from edgel2.runtime.batcher import Batcher
-from edgel2.runtime.classifier import NON_FINITE, Classifier, FileResult
+from edgel2.runtime.classifier import NON_FINITE, Classifier, FileResult, Prediction
 from edgel2.runtime.engines import Engine, ProviderFallbackWarning, resolve_providers
 from edgel2.runtime.modelfile import read_metadata, sniff_format
 from edgel2.runtime.preprocess import load_image
@@ -31,6 +31,6 @@ from edgel2.runtime.shipped import shipped_model, shipped_models
 
 __all__ = ["NON_FINITE", "WORKLOADS", "Batcher", "BusyError", "Classifier", "EdgeL2Error",
            "Engine", "EngineChoice", "EngineError", "FileResult", "ImageError",
-           "MissingExtraError", "ModelError", "OptionError", "PredictionError",
+           "MissingExtraError", "ModelError", "OptionError", "Prediction", "PredictionError",
            "ProviderFallbackWarning", "load_image", "open_engine", "read_metadata",
            "resolve_providers", "shipped_model", "shipped_models", "sniff_format"]

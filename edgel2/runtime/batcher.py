@@ -222,8 +222,8 @@ class Batcher:
         try:
             if isinstance(logits, Exception):
                 raise logits
-            probabilities = self.classifier.to_probabilities(logits, len(live))
-            predictions = self.classifier.ranked(probabilities, self.top_k)
+            probabilities, scores = self.classifier.split(logits, len(live))
+            predictions = self.classifier.ranked(probabilities, self.top_k, scores)
         except Exception as e:  # noqa: BLE001 - fails this batch only
             with _delivering_results():
                 for _, future, _ in live:

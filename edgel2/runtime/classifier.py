@@ -18,8 +18,36 @@ from edgel2.runtime.modelfile import check_metadata, file_precision
 from edgel2.runtime.preprocess import ImageLike, load_image
 from edgel2.runtime.probe import LATENCY
 
-Prediction = list[tuple[str, float]]  # top-k (label, probability), best first
 NON_FINITE = "the model produced non-finite logits"
+
+
+class Prediction(list[tuple[str, float]]):
+    """Top-k ``(label, probability)`` of one image, best first: a list, with what the file's
+    unknown score says of the image (both None for a file without it, or with it turned off).
+
+    Args:
+        ranked: ``(label, probability)`` pairs, best first.
+        unknown_score: The image's unknown score, or None.
+        unknown: Whether the score is over the file's threshold, or None.
+
+    Attributes:
+        unknown: True when the image scores above the file's threshold: it is probably none
+            of the classes (the labels are still given).
+        unknown_score: The score itself (higher is more unknown; see the file's metadata).
+
+    Examples:
+        >>> p = Prediction([("cat", 0.91)], unknown_score=7.5, unknown=True)
+        >>> p == [("cat", 0.91)], p.unknown, p[0][0]
+        (True, True, 'cat')
+    """
+
+    def __init__(self, ranked: Sequence[tuple[str, float]] = (),
+                 unknown_score: float | None = None, unknown: bool | None = None):
+        super().__init__(ranked)
+        self.unknown_score, self.unknown = unknown_score, unknown
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles (Ray, process pools) keep the attributes
+        return (Prediction, (list(self), self.unknown_score, self.unknown))
 
 
 @dataclass
@@ -27,7 +55,7 @@ class FileResult:
     """One input of a stream: its top-k predictions, or the reason it failed.
 
     Examples:
-        >>> FileResult("cat.png", [("cat", 0.91)]).error is None
+        >>> FileResult("cat.png", Prediction([("cat", 0.91)])).error is None
         True
     """
 
@@ -61,6 +89,9 @@ class Classifier:
         workload: ``latency`` (one image at a time, as :meth:`predict` and a server call it)
             or ``throughput`` (batches of ``batch_size``, as :meth:`predict_files` calls it).
         probe: Whether ``auto`` measures; None reads ``EDGEL2_ENGINE_PROBE``.
+        unknown: Say which images are probably none of the classes, by the unknown score and
+            threshold inside the file (``edgel2 export`` writes them); False, or a file
+            without them, leaves ``Prediction.unknown`` None.
 
     Examples:
         >>> clf = Classifier("models/")                                  # doctest: +SKIP
@@ -73,7 +104,7 @@ class Classifier:
     def __init__(self, path: str | os.PathLike[str] | None = None, providers: str | Sequence[str] | None = "auto",
                  threads: int | None = None, batch_size: int = 64, strict: bool = False,
                  engine: str = "auto", compute_dtype: str = "fp32", workload: str = LATENCY,
-                 probe: bool | None = None):
+                 probe: bool | None = None, unknown: bool = True):
         require_whole("batch_size", batch_size)
         if path is None:
             from edgel2.runtime.shipped import shipped_models
@@ -91,6 +122,9 @@ class Classifier:
         self.input_size = info.input_size
         # from the file's calibration (edgel2 export --calibrate, edgel2 calibrate)
         self.temperature, self.unsmooth = info.temperature, info.unsmooth
+        # the score is fetched when asked for and the file has it; its threshold may be None
+        self.engine.with_unknown = unknown and self.engine.has_unknown
+        self.unknown_threshold = info.unknown_threshold if self.engine.with_unknown else None
         self.batch_size = batch_size
         self.providers = self.engine.providers
         self._first_run()
@@ -105,7 +139,7 @@ class Classifier:
         except Exception as e:  # noqa: BLE001 - whatever the engine raised
             raise ModelError(f"{self.path.name} loads but fails on its first run: "
                              f"{first_line(e)}") from None
-        expected = (1, len(self.class_names))
+        expected = (1, self._columns)
         if getattr(logits, "shape", None) != expected:
             raise ModelError(f"{self.path.name}: its first run gave logits of shape "
                              f"{getattr(logits, 'shape', None)}, not {expected}")
@@ -139,40 +173,78 @@ class Classifier:
 
     # --- arrays in, probabilities out ---------------------------------------------------
 
+    @property
+    def _columns(self) -> int:
+        """What the engine returns per image: the logits, and the unknown score if fetched."""
+        return len(self.class_names) + self.engine.with_unknown
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for a uint8 NHWC batch already at the model's input size; all
         NaN in the rows whose logits were not finite."""
+        return self._scored(batch)[0]
+
+    def unknown_scores(self, batch: np.ndarray) -> np.ndarray:
+        """The file's unknown score (higher: less like the classes) for a uint8 NHWC batch at
+        the model's input size; NaN for every image when the file has none (or ``unknown``
+        is off)."""
+        return self._scored(batch)[1]
+
+    def _scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         width, height = self.input_size
         if batch.dtype != np.uint8 or batch.shape[1:] != (height, width, 3):
             raise ImageError(f"a batch must be uint8 [N, {height}, {width}, 3], got "
                              f"{batch.dtype} {list(batch.shape)}")
-        outs = [self._run(batch[i:i + self.batch_size])
+        outs = [self.split(self.engine.run(batch[i:i + self.batch_size]),
+                           len(batch[i:i + self.batch_size]))
                 for i in range(0, len(batch), self.batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0, len(self.class_names)), np.float32)
+        if not outs:
+            return np.zeros((0, len(self.class_names)), np.float32), np.zeros(0, np.float32)
+        return np.concatenate([p for p, _ in outs]), np.concatenate([u for _, u in outs])
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self.to_probabilities(self.engine.run(batch), len(batch))
+    def split(self, outputs: np.ndarray, images: int) -> tuple[np.ndarray, np.ndarray]:
+        """The engine's outputs for ``images`` images as (calibrated probabilities, unknown
+        scores): :func:`calibrated_probabilities` with the file's temperature and
+        unsmoothing, after checking their shape; the scores NaN when not fetched."""
+        if outputs.shape != (images, self._columns):
+            raise ModelError(f"{self.path.name} returned outputs of shape "
+                             f"{list(outputs.shape)} for {images} images of "
+                             f"{len(self.class_names)} classes")
+        classes = len(self.class_names)
+        scores = outputs[:, classes] if self.engine.with_unknown else np.full(images, np.nan)
+        return (calibrated_probabilities(outputs[:, :classes], self.temperature,
+                                         self.unsmooth).astype(np.float32),
+                scores.astype(np.float32))
 
-    def to_probabilities(self, logits: np.ndarray, images: int) -> np.ndarray:
-        """The calibrated probabilities (:func:`calibrated_probabilities` with the file's
-        temperature and unsmoothing) of the engine's logits for ``images`` images, after
-        checking their shape."""
-        if logits.shape != (images, len(self.class_names)):
-            raise ModelError(f"{self.path.name} returned logits of shape {list(logits.shape)} "
-                             f"for {images} images of {len(self.class_names)} classes")
-        return calibrated_probabilities(logits, self.temperature, self.unsmooth).astype(np.float32)
+    def to_probabilities(self, outputs: np.ndarray, images: int) -> np.ndarray:
+        """The calibrated probabilities of the engine's outputs for ``images`` images
+        (:meth:`split`)."""
+        return self.split(outputs, images)[0]
 
-    def ranked(self, probabilities: np.ndarray, k: int = 1) -> list[Prediction | None]:
-        """Top-k (label, probability) per row, best first; None for a row that is not finite
-        (see :data:`NON_FINITE`). ``k`` is clamped to the class count."""
+    def ranked(self, probabilities: np.ndarray, k: int = 1,
+               unknown_scores: np.ndarray | None = None) -> list[Prediction | None]:
+        """Top-k (label, probability) per row, best first, with the unknown score and verdict
+        when ``unknown_scores`` are given and the file has a threshold; None for a row that
+        is not finite (see :data:`NON_FINITE`). ``k`` is clamped to the class count."""
         k = max(1, min(k, len(self.class_names)))
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-        return [[(self.class_names[j], float(p[j])) for j in row] if np.isfinite(p).all()
-                else None for row, p in zip(order, probabilities)]
+        if unknown_scores is None:
+            unknown_scores = np.full(len(probabilities), np.nan)
+        return [Prediction([(self.class_names[j], float(p[j])) for j in row],
+                           *self.verdict(float(u))) if np.isfinite(p).all()
+                else None for row, p, u in zip(order, probabilities, unknown_scores)]
 
-    def top_k(self, probabilities: np.ndarray, k: int = 1) -> list[Prediction]:
+    def verdict(self, score: float) -> tuple[float | None, bool | None]:
+        """``(score, unknown)`` for one image's unknown score: ``unknown`` is whether it is
+        over the file's threshold (None without a threshold); both None for a NaN score
+        (none fetched)."""
+        if not np.isfinite(score):
+            return None, None
+        return score, None if self.unknown_threshold is None else score > self.unknown_threshold
+
+    def top_k(self, probabilities: np.ndarray, k: int = 1,
+              unknown_scores: np.ndarray | None = None) -> list[Prediction]:
         """Like :meth:`ranked`, but raises :class:`PredictionError` for a non-finite row."""
-        predictions = self.ranked(probabilities, k)
+        predictions = self.ranked(probabilities, k, unknown_scores)
         bad = [i for i, p in enumerate(predictions) if p is None]
         if bad:
             raise PredictionError(f"{NON_FINITE} for image {bad[0]}"
@@ -194,8 +266,8 @@ class Classifier:
             top_k: Labels per image, best first (at most the class count).
 
         Returns:
-            One list of ``(label, probability)`` per image, the probabilities calibrated as
-            the file says.
+            One :class:`Prediction` (a list of ``(label, probability)``, the probabilities
+            calibrated as the file says, with ``unknown`` and ``unknown_score``) per image.
 
         Raises:
             ImageError: An image that cannot be used.
@@ -212,7 +284,8 @@ class Classifier:
             items = images if isinstance(images, (list, tuple)) else [images]
             batch = np.stack([self.preprocess(im) for im in items]) if items else \
                 np.zeros((0, *self.input_size[::-1], 3), np.uint8)
-        return self.top_k(self.probabilities(batch), top_k)
+        probabilities, scores = self._scored(batch)
+        return self.top_k(probabilities, top_k, scores)
 
     def predict_files(self, sources: Iterable[ImageLike], top_k: int = 1,
                       workers: int | None = None, prefetch: int = 4) -> Iterator[FileResult]:
@@ -265,8 +338,11 @@ class Classifier:
 
             # the engine may keep several batches in flight (OpenVINO's streams)
             for (chunk, decoded, good), logits in self.engine.run_stream(decoded_batches()):
-                predictions = [] if logits is None else \
-                    self.ranked(self.to_probabilities(logits, len(good)), top_k)
+                if logits is None:
+                    predictions: list[Prediction | None] = []
+                else:
+                    probabilities, scores = self.split(logits, len(good))
+                    predictions = self.ranked(probabilities, top_k, scores)
                 by_index = dict(zip(good, predictions))
                 for i, source in enumerate(chunk):
                     prediction = by_index.get(i)

@@ -1,7 +1,7 @@
 """One interface over ONNX Runtime sessions, OpenVINO compiled models and LiteRT
-interpreters: uint8 NHWC batch in, float32 logits out, plus the metadata that edgel2 packed
-into the file. Which engine opens a model, and how ``auto`` chooses, is
-:mod:`edgel2.runtime.auto`."""
+interpreters: uint8 NHWC batch in, float32 logits out (and the unknown score, when the file
+has it and the caller asks), plus the metadata that edgel2 packed into the file. Which engine
+opens a model, and how ``auto`` chooses, is :mod:`edgel2.runtime.auto`."""
 from __future__ import annotations
 
 import functools
@@ -81,6 +81,11 @@ class Engine:
     input_shape: tuple[Any, ...]
     input_dtype: str
     output_shape: tuple[Any, ...]
+    # The file has an ``unknown_score`` output (edgel2 export's unknown score, ``[N, 1]``).
+    has_unknown: bool = False
+    # ``run`` returns ``[N, classes + 1]``: the logits, then the unknown score. Set it (on a
+    # file that has the output) before the first run; off, ``run`` returns the logits alone.
+    with_unknown: bool = False
 
     # which of open()'s options the engine's constructor takes
     takes: tuple[str, ...] = ()
@@ -186,23 +191,28 @@ class OnnxEngine(Engine):
             if strict:
                 raise EngineError(message)
             warnings.warn(message, ProviderFallbackWarning, stacklevel=4)  # at the caller
-        inputs, outputs = _one_each(path, self.session.get_inputs(), self.session.get_outputs())
-        self.input_name, self.output_name = inputs[0].name, outputs[0].name
-        self.input_shape = _static(inputs[0].shape)
-        self.input_dtype = inputs[0].type.removeprefix("tensor(").removesuffix(")")
-        self.output_shape = _static(outputs[0].shape)
+        image, logits, score = _classifier_io(path, self.session.get_inputs(),
+                                              self.session.get_outputs(), lambda p: p.shape)
+        self.input_name, self.output_name = image.name, logits.name
+        self.score_name = score.name if score is not None else None
+        self.has_unknown = score is not None
+        self.input_shape = _static(image.shape)
+        self.input_dtype = image.type.removeprefix("tensor(").removesuffix(")")
+        self.output_shape = _static(logits.shape)
         self.on_gpu = self.providers[0] in (CUDA, TENSORRT)
         self.metadata = decode_onnx_metadata(self.session.get_modelmeta().custom_metadata_map)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        names = [self.output_name] + ([self.score_name] if self.with_unknown else [])
         if not self.on_gpu:
-            return np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0])
+            return _joined(self.session.run(names, {self.input_name: batch}))
         # On a GPU, I/O binding copies the input once and skips ORT's per-call staging.
         binding = self.session.io_binding()
         binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
-        binding.bind_output(self.output_name)
+        for name in names:
+            binding.bind_output(name)
         self.session.run_with_iobinding(binding)
-        return np.asarray(binding.copy_outputs_to_cpu()[0])
+        return _joined(binding.copy_outputs_to_cpu())
 
 
 class TFLiteEngine(Engine):
@@ -220,12 +230,15 @@ class TFLiteEngine(Engine):
         self.providers = ["LiteRT (CPU)"]
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count())
         _check_tensor_bytes(self.interpreter.get_tensor_details(), path)
-        inputs, outputs = _one_each(path, self.interpreter.get_input_details(),
-                                    self.interpreter.get_output_details())
-        self.input_index, self.output_index = inputs[0]["index"], outputs[0]["index"]
-        self.input_shape = _static(inputs[0]["shape_signature"])
-        self.input_dtype = np.dtype(inputs[0]["dtype"]).name
-        self.output_shape = _static(outputs[0]["shape_signature"])
+        image, logits, score = _classifier_io(path, self.interpreter.get_input_details(),
+                                              self.interpreter.get_output_details(),
+                                              lambda d: d["shape_signature"])
+        self.input_index, self.output_index = image["index"], logits["index"]
+        self.score_index = score["index"] if score is not None else None
+        self.has_unknown = score is not None
+        self.input_shape = _static(image["shape_signature"])
+        self.input_dtype = np.dtype(image["dtype"]).name
+        self.output_shape = _static(logits["shape_signature"])
         self._batch: int | None = None
         self._lock = threading.Lock()  # an interpreter is not thread-safe
         self.metadata = tflite_metadata(path)  # the format is known: no second sniff
@@ -238,7 +251,8 @@ class TFLiteEngine(Engine):
                 self._batch = len(batch)
             self.interpreter.set_tensor(self.input_index, np.ascontiguousarray(batch))
             self.interpreter.invoke()
-            return np.array(self.interpreter.get_tensor(self.output_index))  # a copy
+            indices = [self.output_index] + ([self.score_index] if self.with_unknown else [])
+            return _joined([self.interpreter.get_tensor(i) for i in indices])  # a copy
 
 
 class OpenVinoEngine(Engine):
@@ -271,10 +285,14 @@ class OpenVinoEngine(Engine):
         self._submit_lock = threading.Lock()  # one thread at a time starts requests
         # float layers run in bf16 only when asked; int8 layers are int8 either way
         self.providers = ["OpenVINO CPU" + (", float layers in bf16" if compute_dtype == "bf16" else "")]
-        inputs, outputs = _one_each(path, self.model.inputs, self.model.outputs)
-        self.input_shape = _static(_ov_dims(inputs[0]))
-        self.input_dtype = np.dtype(inputs[0].get_element_type().to_dtype()).name
-        self.output_shape = _static(_ov_dims(outputs[0]))
+        ports = list(self.model.outputs)
+        image, logits, score = _classifier_io(path, self.model.inputs, ports, _ov_dims)
+        self._output_ports = [next(i for i, p in enumerate(ports) if p is wanted)
+                              for wanted in (logits, score) if wanted is not None]
+        self.has_unknown = score is not None
+        self.input_shape = _static(_ov_dims(image))
+        self.input_dtype = np.dtype(image.get_element_type().to_dtype()).name
+        self.output_shape = _static(_ov_dims(logits))
         # OpenVINO keeps an ONNX file's metadata_props as rt_info["framework"]
         props = self.model.get_rt_info(["framework"]).value \
             if self.model.has_rt_info(["framework"]) else {}
@@ -296,7 +314,12 @@ class OpenVinoEngine(Engine):
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled("LATENCY").create_infer_request()
-        return np.asarray(request.infer({0: np.ascontiguousarray(batch)})[0])
+        request.infer({0: np.ascontiguousarray(batch)})
+        return self._outputs_of(request)
+
+    def _outputs_of(self, request: Any) -> np.ndarray:
+        ports = self._output_ports if self.with_unknown else self._output_ports[:1]
+        return _joined([request.get_output_tensor(i).data for i in ports])  # copies
 
     @property
     def parallel_batches(self) -> int:
@@ -315,7 +338,8 @@ class OpenVinoEngine(Engine):
                     compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
                 queue.set_callback(_call_back)
                 self._submitted = queue
-            self._submitted.start_async({0: np.ascontiguousarray(batch)}, done)  # waits for a stream
+            self._submitted.start_async({0: np.ascontiguousarray(batch)},
+                                        (self._outputs_of, done))  # waits for a stream
 
     def wait(self) -> None:
         if self._submitted is not None:
@@ -338,8 +362,16 @@ class FixedBatch(Engine):
         self.inner = inner
         self.fixed_batch: int = inner.input_shape[0]
         for name in ("name", "path", "metadata", "providers", "fallback", "input_shape",
-                     "input_dtype", "output_shape"):
+                     "input_dtype", "output_shape", "has_unknown"):
             setattr(self, name, getattr(inner, name))
+
+    @property  # type: ignore[override]
+    def with_unknown(self) -> bool:
+        return self.inner.with_unknown
+
+    @with_unknown.setter
+    def with_unknown(self, value: bool) -> None:
+        self.inner.with_unknown = value
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         n = self.fixed_batch
@@ -351,7 +383,7 @@ class FixedBatch(Engine):
                                                         chunk.dtype)])
             outputs.append(self.inner.run(chunk)[:min(n, len(batch) - start)])
         if not outputs:
-            return np.zeros((0, self.output_shape[1] or 0), np.float32)
+            return np.zeros((0, (self.output_shape[1] or 0) + self.with_unknown), np.float32)
         return np.concatenate(outputs)
 
     def wait(self) -> None:
@@ -383,22 +415,40 @@ def reason(error: Exception) -> str:
     return said[-1][:200] if said else first_line(error)
 
 
-def _call_back(request: Any, done: Callable[[np.ndarray | Exception], None]) -> None:
+def _call_back(request: Any, userdata: tuple[Callable[[Any], np.ndarray],
+                                             Callable[[np.ndarray | Exception], None]]) -> None:
     """OpenVINO's completion callback for :meth:`OpenVinoEngine.submit`."""
+    outputs_of, done = userdata
     try:
-        logits = request.get_output_tensor(0).data.copy()
+        logits = outputs_of(request)
     except Exception as e:  # noqa: BLE001 - handed to the caller's callback
         done(e)
         return
     done(logits)
 
 
-def _one_each(path: Path, inputs: list[Any], outputs: list[Any]) -> tuple[list[Any], list[Any]]:
-    """The graph's inputs and outputs, if it has one of each (an image classifier)."""
-    if len(inputs) != 1 or len(outputs) != 1:
+def _classifier_io(path: Path, inputs: list[Any], outputs: list[Any],
+                   shape_of: Callable[[Any], Any]) -> tuple[Any, Any, Any]:
+    """The graph's image input, logits output and unknown-score output (None when it has
+    none), if it is an image classifier: one input, and one output or two of which one is
+    ``[N, 1]`` (the unknown score; the other, the logits, has a class axis)."""
+    def is_score(output: Any) -> bool:
+        shape = list(shape_of(output))
+        return len(shape) == 2 and shape[-1] == 1
+    scores = [o for o in outputs if is_score(o)]
+    if len(inputs) != 1 or not (len(outputs) == 1 or (len(outputs) == 2 and len(scores) == 1)):
         raise ModelError(f"{path.name}: the model has {len(inputs)} inputs and {len(outputs)} "
-                         "outputs, not one image input and one logits output")
-    return inputs, outputs
+                         "outputs, not one image input and one logits output (and an optional "
+                         "[N, 1] unknown score)")
+    score = scores[0] if len(outputs) == 2 else None
+    return inputs[0], next(o for o in outputs if o is not score), score
+
+
+def _joined(outputs: Sequence[Any]) -> np.ndarray:
+    """An engine's outputs as ``run`` returns them: the logits, with the unknown score as one
+    more column when it was fetched (a copy either way)."""
+    arrays = [np.asarray(o, np.float32) for o in outputs]
+    return arrays[0].copy() if len(arrays) == 1 else np.concatenate(arrays, axis=1)
 
 
 def _ov_dims(port: Any) -> list[Any]:

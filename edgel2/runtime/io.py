@@ -180,15 +180,23 @@ def _one_line(text: str) -> str:
 
 def record(result: FileResult) -> dict[str, Any]:
     """One result as ``edgel2 infer --format json`` writes it (and ``--ray`` rows hold it):
-    path, top-k predictions with probabilities rounded to 6 digits, error.
+    path, top-k predictions with probabilities rounded to 6 digits, whether the image is
+    unknown (none of the classes, by the file's unknown score and threshold) and the score,
+    error. ``unknown`` and ``unknown_score`` are None for a file without the score.
 
     Examples:
-        >>> record(FileResult("a.png", [("cat", 0.9123456)]))
-        {'path': 'a.png', 'predictions': [{'label': 'cat', 'probability': 0.912346}], 'error': None}
+        >>> from edgel2.runtime.classifier import Prediction
+        >>> row = record(FileResult("a.png", Prediction([("cat", 0.9123456)], 7.25, True)))
+        >>> row["predictions"], row["unknown"], row["unknown_score"], row["error"]
+        ([{'label': 'cat', 'probability': 0.912346}], True, 7.25, None)
     """
+    prediction = result.prediction
+    score = getattr(prediction, "unknown_score", None)
     return {"path": printable(result.source),
-            "predictions": None if result.prediction is None else
-            [{"label": label, "probability": round(p, 6)} for label, p in result.prediction],
+            "predictions": None if prediction is None else
+            [{"label": label, "probability": round(p, 6)} for label, p in prediction],
+            "unknown": getattr(prediction, "unknown", None),
+            "unknown_score": None if score is None else round(float(score), 6),
             "error": result.error}
 
 
@@ -205,17 +213,22 @@ def render(results: list[FileResult], fmt: str, top_k: int) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["path"] + [f"{c}{i}" for i in range(1, top_k + 1)
-                                    for c in ("label", "probability")] + ["error"])
+                                    for c in ("label", "probability")]
+                        + ["unknown", "unknown_score", "error"])
         for r in results:
             cells = [v for label, p in (r.prediction or []) for v in (label, f"{p:.6f}")]
+            row = record(r)
             writer.writerow([printable(r.source)] + cells + [""] * (2 * top_k - len(cells))
-                            + [r.error or ""])
+                            + ["" if row["unknown"] is None else str(row["unknown"]).lower(),
+                               "" if row["unknown_score"] is None else f"{row['unknown_score']:.6g}",
+                               r.error or ""])
         return buffer.getvalue()
     names = [_one_line(printable(r.source)) for r in results]
     width = max([len(n) for n in names] + [4])
     lines = [f"{'path':<{width}}  prediction"]
     for name, r in zip(names, results):
         shown = _one_line(r.error and f"ERROR: {r.error}"
-                          or ", ".join(f"{label} {100 * p:.1f}%" for label, p in r.prediction or []))
+                          or ("unknown: " if getattr(r.prediction, "unknown", None) else "")
+                          + ", ".join(f"{label} {100 * p:.1f}%" for label, p in r.prediction or []))
         lines.append(f"{name:<{width}}  {shown}")
     return "\n".join(lines) + "\n"

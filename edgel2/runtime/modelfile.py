@@ -23,6 +23,8 @@ from edgel2.runtime.formats import FILE_FORMATS, MODEL_SUFFIXES, load
 MAX_METADATA_BYTES = 1 << 20
 MAX_ZIP_UNCOMPRESSED = 16 << 20
 METADATA_NAME = "edgel2.json"
+# The second output of a file with an unknown score: [N, 1] float32, higher is less like the classes
+UNKNOWN_OUTPUT = "unknown_score"
 # The largest input side a model may declare: a classifier's input is a few hundred pixels;
 # 20000x20000 in the metadata would make every image a 1.2 GB tensor.
 MAX_INPUT_SIDE = 4096
@@ -208,6 +210,25 @@ class ModelInfo:
     input_size: tuple[int, int]  # (width, height), as Pillow counts
     temperature: float = 1.0     # calibration: see classifier.calibrated_probabilities
     unsmooth: float = 0.0
+    # the unknown score above which an image is none of the classes (None: no threshold)
+    unknown_threshold: float | None = None
+
+
+def unknown_threshold(metadata: dict[str, Any], name: str) -> float | None:
+    """The file's unknown threshold (metadata ``unknown.threshold``), or None when it has
+    none; a value that is not a finite number is a :class:`ModelError`.
+
+    Examples:
+        >>> unknown_threshold({"unknown": {"threshold": 1.5}}, "m.onnx"), unknown_threshold({}, "m.onnx")
+        (1.5, None)
+    """
+    entry = metadata.get("unknown")
+    if entry is None:
+        return None
+    threshold: Any = entry.get("threshold") if isinstance(entry, dict) else entry
+    if not _number(threshold) or not math.isfinite(threshold):
+        raise ModelError(f"{name}: metadata unknown.threshold is {threshold!r}, not a number")
+    return float(threshold)
 
 
 def check_metadata(metadata: dict[str, Any], path: str | os.PathLike[str], input_shape: tuple[Any, ...],
@@ -220,7 +241,9 @@ def check_metadata(metadata: dict[str, Any], path: str | os.PathLike[str], input
         >>> meta = {"class_names": ["cat", "dog"],
         ...         "input": {"layout": "NHWC", "dtype": "uint8", "shape": [None, 32, 32, 3]}}
         >>> check_metadata(meta, "m.onnx", (None, 32, 32, 3), "uint8", (None, 2))
-        ModelInfo(class_names=['cat', 'dog'], input_size=(32, 32), temperature=1.0, unsmooth=0.0)
+        ... # doctest: +NORMALIZE_WHITESPACE
+        ModelInfo(class_names=['cat', 'dog'], input_size=(32, 32), temperature=1.0, unsmooth=0.0,
+                  unknown_threshold=None)
         >>> check_metadata(meta, "m.onnx", (None, 32, 32, 3), "uint8", (None, 10))
         Traceback (most recent call last):
         ...
@@ -275,7 +298,8 @@ def check_metadata(metadata: dict[str, Any], path: str | os.PathLike[str], input
     unsmooth = metadata.get("unsmooth", 0.0)
     if not _number(unsmooth) or not 0 <= unsmooth < 1:
         raise bad(f"metadata unsmooth is {unsmooth!r}, not a number in [0, 1)")
-    return ModelInfo(list(classes), (width, height), float(temperature), float(unsmooth))
+    return ModelInfo(list(classes), (width, height), float(temperature), float(unsmooth),
+                     unknown_threshold(metadata, name))
 
 
 def check_weights(metadata: dict[str, Any], data: bytes, fmt: str, path: str | os.PathLike[str]) -> None:

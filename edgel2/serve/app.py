@@ -46,7 +46,7 @@ from edgel2 import __version__
 from edgel2.errors import BusyError, ImageError, PredictionError
 from edgel2.runtime import Batcher, Classifier
 from edgel2.runtime.formats import FILE_FORMATS
-from edgel2.runtime.modelfile import file_precision
+from edgel2.runtime.modelfile import UNKNOWN_OUTPUT, file_precision
 from edgel2.runtime.preprocess import pixel_count
 from edgel2.serve.config import ServeConfig, open_model
 from edgel2.serve.page import PAGE
@@ -78,6 +78,9 @@ class _Metrics:
         self.batch_size = Histogram("edgel2_batch_size", "Images per model call",
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.images = Counter("edgel2_images", "Images classified", registry=self.registry)
+        self.unknown = Counter("edgel2_unknown_images",
+                               "Images classified as none of the classes (over the model "
+                               "file's unknown threshold)", registry=self.registry)
         self.in_flight = Gauge("edgel2_in_flight", "Requests being served, by route",
                                ["route"], registry=self.registry)
         queue = Gauge("edgel2_queue_depth", "Images waiting for the model",
@@ -105,6 +108,7 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASG
         classifier = open_model(config)
     name = config.name or classifier.name
     classes = len(classifier.class_names)
+    scored = int(classifier.engine.with_unknown)  # the unknown score's column, when fetched
     width, height = classifier.input_size
     max_body = int(config.max_body_mb * 2**20)
     max_pixels = int(config.max_request_mpx * 1e6)
@@ -227,12 +231,15 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASG
             "name": name, "versions": ["1"],
             "platform": _platform(meta.get("format")),
             "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, height, width, 3]}],
-            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, classes]}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, classes]}] + ([
+                {"name": UNKNOWN_OUTPUT, "datatype": "FP32", "shape": [-1, 1]},
+                {"name": "unknown", "datatype": "BOOL", "shape": [-1, 1]}] if scored else []),
             "parameters": {"class_names": classifier.class_names,
                            "normalization": meta.get("normalization"),
                            "accuracy": meta.get("accuracy"),
                            "calibration": {"temperature": classifier.temperature,
                                            "unsmooth": classifier.unsmooth},
+                           "unknown_threshold": classifier.unknown_threshold,
                            "precision": file_precision(meta),
                            "engine": classifier.engine.name,
                            "engine_choice": None if classifier.engine.choice is None
@@ -264,14 +271,20 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASG
             return error_response(400, str(e))
         futures = batcher().submit_pixels(list(images), owner=object(), raw=True)
         logits = await until_disconnected(request, _all(futures))
-        logits = np.stack(logits) if logits else np.zeros((0, classes), np.float32)
-        if not np.isfinite(logits).all():
+        rows = np.stack(logits) if logits else np.zeros((0, classes + scored), np.float32)
+        if not np.isfinite(rows).all():
             return error_response(500, "the model produced non-finite logits")
         state["metrics"].images.inc(len(images))
-        response = {"model_name": name, "model_version": "1",
-                    "outputs": [{"name": "logits", "datatype": "FP32",
-                                 "shape": [len(images), classes],
-                                 "data": logits.astype(np.float32).ravel().tolist()}]}
+        outputs = [{"name": "logits", "datatype": "FP32", "shape": [len(images), classes],
+                    "data": rows[:, :classes].astype(np.float32).ravel().tolist()}]
+        if scored:
+            verdicts = [classifier.verdict(float(score))[1] for score in rows[:, classes]]
+            state["metrics"].unknown.inc(sum(bool(v) for v in verdicts))
+            outputs += [{"name": UNKNOWN_OUTPUT, "datatype": "FP32", "shape": [len(images), 1],
+                         "data": rows[:, classes].astype(np.float32).tolist()},
+                        {"name": "unknown", "datatype": "BOOL", "shape": [len(images), 1],
+                         "data": [bool(v) for v in verdicts]}]
+        response = {"model_name": name, "model_version": "1", "outputs": outputs}
         if request_id is not None:
             response["id"] = request_id
         return JSONResponse(response)
@@ -300,7 +313,9 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASG
             else:
                 results.append({"file": filename, "predictions": [
                     {"label": label, "probability": round(float(p), 6)}
-                    for label, p in outcome[:top_k]]})
+                    for label, p in outcome[:top_k]], "unknown": outcome.unknown,
+                    "unknown_score": None if outcome.unknown_score is None
+                    else round(float(outcome.unknown_score), 6)})
         return results
 
     @measured("classify")
@@ -320,6 +335,7 @@ def create_app(config: ServeConfig, classifier: Classifier | None = None) -> ASG
                                f"{config.max_request_mpx:g} (--max-request-mpx)")
         results = await until_disconnected(request, classify_files(files, top_k))
         state["metrics"].images.inc(sum("predictions" in r for r in results))
+        state["metrics"].unknown.inc(sum(bool(r.get("unknown")) for r in results))
         failed = any("error" in r for r in results)
         return JSONResponse({"model": name, "results": results},
                             status_code=422 if failed else 200)

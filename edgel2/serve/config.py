@@ -47,6 +47,7 @@ class ServeConfig:
     decode_threads: int | None = None  # the decoding pool; None: one per CPU
     client_timeout_s: float = 10.0  # silence allowed mid-request (edgel2.serve.protocol)
     grace_s: float = 10.0           # after SIGTERM, for the requests in flight
+    unknown: bool = True            # answers say which images are none of the classes
 
     def validate(self) -> None:
         """Raise :class:`OptionError` naming the first field that makes no sense."""
@@ -90,4 +91,4 @@ def open_model(config: ServeConfig) -> Classifier:
         'resnet18-int8'
     """
     return Classifier(config.model, engine=config.engine, threads=config.threads,
-                      workload=config.workload)
+                      workload=config.workload, unknown=config.unknown)

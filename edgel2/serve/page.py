@@ -15,6 +15,8 @@ PAGE = """<!doctype html>
   .row { display: grid; grid-template-columns: 8rem 1fr 4rem; gap: .5rem; align-items: center; margin: .25rem 0; }
   .bar { background: #36c; height: 1rem; border-radius: 3px; }
   #error { color: #b00; }
+  #unknown { background: #fe9; border-radius: 6px; padding: .5rem; }
+  #unknown:empty { display: none; }
 </style>
 </head>
 <body>
@@ -23,13 +25,16 @@ PAGE = """<!doctype html>
 <img id="preview" alt="">
 <p id="status" role="status"></p>
 <p id="error" role="alert"></p>
+<p id="unknown" role="status"></p>
 <div id="results"></div>
 <script>
 const drop = document.getElementById("drop"), input = document.getElementById("file");
 const results = document.getElementById("results"), status = document.getElementById("status");
 const error = document.getElementById("error"), preview = document.getElementById("preview");
+const unknown = document.getElementById("unknown");
 async function classify(file) {
-  results.replaceChildren(); error.textContent = ""; status.textContent = "classifying " + file.name + "...";
+  results.replaceChildren(); error.textContent = ""; unknown.textContent = "";
+  status.textContent = "classifying " + file.name + "...";
   preview.src = URL.createObjectURL(file);
   const form = new FormData(); form.append("file", file, file.name);
   try {
@@ -38,6 +43,10 @@ async function classify(file) {
     const result = body.results ? body.results[0] : null;
     if (!response.ok || !result || result.error) {
       throw new Error((result && result.error) || body.error || response.statusText);
+    }
+    if (result.unknown) {
+      unknown.textContent = "Unknown: this image looks like none of the classes (score "
+        + result.unknown_score.toFixed(2) + "); the closest are below.";
     }
     for (const p of result.predictions) {
       const row = document.createElement("div"); row.className = "row prediction";
