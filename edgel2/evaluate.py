@@ -7,7 +7,7 @@ Ultralytics' ``val`` takes any exported format.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,8 @@ def evaluate(model: Any, dataset: Dataset, batch_size: int = 256,
 
 def evaluate_file(path: str | os.PathLike, dataset: Dataset, *, engine: str = "auto",
                   batch_size: int = 64, threads: int | None = None,
-                  on_batch: OnBatch | None = None) -> dict:
+                  on_batch: OnBatch | None = None,
+                  ood: Sequence[str | os.PathLike] = ()) -> dict:
     """:func:`evaluate` for an exported file, through the runtime.
 
     Args:
@@ -71,11 +72,12 @@ def evaluate_file(path: str | os.PathLike, dataset: Dataset, *, engine: str = "a
         batch_size: Images per engine call.
         threads: The engine's threads (None: every core).
         on_batch: Called with (done, total) after each batch.
+        ood: Folders of images of none of the classes (:func:`unknown_report`).
 
     Returns:
-        :func:`evaluate`'s report, plus ``model`` (the file, its format, precision and engine)
-        and ``calibration`` (ECE and NLL of the probabilities the runtime gives, see
-        :mod:`edgel2.calibration`).
+        :func:`evaluate`'s report, plus ``model`` (the file, its format, precision and engine),
+        ``calibration`` (ECE and NLL of the probabilities the runtime gives, see
+        :mod:`edgel2.calibration`) and, for a file with the unknown score, ``unknown``.
 
     Examples:
         >>> evaluate_file("models/resnet18-int8.onnx", load_dataset())["accuracy"]   # doctest: +SKIP
@@ -94,7 +96,9 @@ def evaluate_file(path: str | os.PathLike, dataset: Dataset, *, engine: str = "a
         raise EdgeL2Error(f"the test images are {dataset.x_test.shape[2]}x"
                           f"{dataset.x_test.shape[1]} but {Path(path).name} takes "
                           f"{width}x{height}; pass `image_size` {width}")
-    logits = run_batches(classifier.engine.run, dataset.x_test, batch_size, on_batch)
+    outputs = run_batches(classifier.engine.run, dataset.x_test, batch_size, on_batch)
+    classes = len(classifier.class_names)
+    logits = outputs[:, :classes]
     report = report_from_logits(logits, dataset)
     report["model"] = {"file": str(path), "format": classifier.metadata.get("format"),
                        "precision": file_precision(classifier.metadata),
@@ -102,6 +106,112 @@ def evaluate_file(path: str | os.PathLike, dataset: Dataset, *, engine: str = "a
     if np.isfinite(logits).all():
         report["calibration"] = calibration_figures(logits, dataset.y_test,
                                                     classifier.temperature, classifier.unsmooth)
+    if classifier.engine.with_unknown:
+        report["unknown"] = unknown_report(
+            outputs[:, classes], logits.argmax(1) == dataset.y_test,
+            {name: _scores_of(classifier, images, batch_size, on_batch)
+             for name, images in load_ood_sets(ood, classifier.input_size).items()},
+            classifier.unknown_threshold)
+    elif ood:
+        raise EdgeL2Error(f"{Path(path).name} has no unknown score (export it again with "
+                          "edgel2 export, which adds it): `ood` cannot be measured")
+    return report
+
+
+def _scores_of(classifier, images: np.ndarray, batch_size: int, on_batch) -> np.ndarray:
+    from edgel2.utils import run_batches
+
+    return run_batches(classifier.engine.run, images, batch_size, on_batch)[:, -1]
+
+
+def format_unknown(report: dict) -> str:
+    """:func:`unknown_report` as a table: a row per out-of-distribution set, then the share
+    of test images kept and their top-1.
+
+    Examples:
+        >>> print(format_unknown({"threshold": 2.0, "images": 10, "kept": 0.9, "top1": 0.8,
+        ...     "kept_top1": 0.85, "sets": {"noise": {"images": 5, "auroc": 0.99,
+        ...     "fpr95": 0.0, "flagged": 1.0}}}))
+        unknown   images   AUROC   FPR95  flagged
+        noise          5   0.990   0.000   100.0%
+        kept 90.0% of 10 test images (threshold 2); top-1 of those kept 85.00 % (all: 80.00 %)
+    """
+    lines = [f"{'unknown':<8}{'images':>8}{'AUROC':>8}{'FPR95':>8}{'flagged':>9}"]
+    for name, row in report["sets"].items():
+        flagged = "-" if row["flagged"] is None else f"{100 * row['flagged']:.1f}%"
+        lines.append(f"{name[:8]:<8}{row['images']:>8}{row['auroc']:>8.3f}{row['fpr95']:>8.3f}"
+                     f"{flagged:>9}")
+    if report["kept"] is not None:
+        lines.append(f"kept {100 * report['kept']:.1f}% of {report['images']} test images "
+                     f"(threshold {report['threshold']:.4g}); top-1 of those kept "
+                     f"{100 * report['kept_top1']:.2f} % (all: {100 * report['top1']:.2f} %)")
+    return "\n".join(lines if report["sets"] or report["kept"] is not None else lines[1:])
+
+
+def load_ood_sets(folders: Sequence[str | os.PathLike], size: tuple[int, int]
+                  ) -> dict[str, np.ndarray]:
+    """Each folder of images of none of the classes (``--ood``), decoded and resized to
+    ``size`` (width, height) as the runtime does, by its name. A folder holding only folders
+    (the probe ``scripts/tools/make_ood_probe.py`` writes) is one set per subfolder.
+
+    Raises:
+        EdgeL2Error: A folder that does not exist or holds no images.
+    """
+    from edgel2.runtime.preprocess import IMAGE_SUFFIXES, load_image
+
+    def images_in(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                      and p.is_file())
+
+    sets: dict[str, np.ndarray] = {}
+    for folder in folders:
+        root = Path(folder)
+        if not root.is_dir():
+            raise EdgeL2Error(f"`ood` folder does not exist: {root}")
+        own = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        parts = [root] if own else sorted(p for p in root.iterdir() if p.is_dir()) or [root]
+        for part in parts:
+            files = images_in(part)
+            if not files:
+                raise EdgeL2Error(f"`ood` folder {part} holds no images")
+            name = part.name if part.name not in sets else str(part)
+            sets[name] = np.stack([load_image(f, size) for f in files])
+    return sets
+
+
+def unknown_report(known: np.ndarray, correct: np.ndarray, ood: dict[str, np.ndarray],
+                   threshold: float | None) -> dict:
+    """How well the unknown score tells the test images from each out-of-distribution set.
+
+    Args:
+        known: The score of every test image.
+        correct: Whether each test image is classified right.
+        ood: The scores of each out-of-distribution set, by name.
+        threshold: The file's threshold (None: the share flagged is not reported).
+
+    Returns:
+        ``kept`` (share of test images under the threshold), ``kept_top1`` (top-1 of those)
+        and ``top1``; per set ``auroc``, ``fpr95`` (share of the set kept at the threshold
+        that keeps 95 % of the test images) and ``flagged`` (share over the file's threshold).
+
+    Examples:
+        >>> r = unknown_report(np.arange(100.0), np.ones(100, bool), {"noise": np.full(5, 500.0)}, 94.5)
+        >>> r["kept"], r["sets"]["noise"]["auroc"], r["sets"]["noise"]["flagged"]
+        (0.95, 1.0, 1.0)
+    """
+    from edgel2.unknown.scores import auroc, fpr_at
+
+    kept = known <= threshold if threshold is not None else np.ones(len(known), bool)
+    report: dict[str, Any] = {
+        "threshold": threshold, "images": int(len(known)),
+        "kept": None if threshold is None else float(kept.mean()),
+        "top1": float(correct.mean()),
+        "kept_top1": float(correct[kept].mean()) if kept.any() else None, "sets": {}}
+    for name, scores in ood.items():
+        report["sets"][name] = {
+            "images": int(len(scores)), "auroc": auroc(known, scores),
+            "fpr95": fpr_at(known, scores, 0.95),
+            "flagged": None if threshold is None else float(np.mean(scores > threshold))}
     return report
 
 
@@ -109,7 +219,8 @@ def evaluate_path(model: str | os.PathLike, *, data: str | os.PathLike | None = 
                   test_split: float | None = None, image_size: int | None = None,
                   engine: str = "auto", threads: int | None = None,
                   batch_size: int | None = None, backend: str | None = None,
-                  on_batch: OnBatch | None = None) -> dict:
+                  on_batch: OnBatch | None = None,
+                  ood: Sequence[str | os.PathLike] = ()) -> dict:
     """What ``edgel2 eval`` does: evaluate a ``.keras`` model or an exported file on a test split.
 
     The model is opened before the data loads, so a bad file or a missing extra is one line at
@@ -127,6 +238,9 @@ def evaluate_path(model: str | os.PathLike, *, data: str | os.PathLike | None = 
         batch_size: Images per call; None for 256 (``.keras``) or 64 (exported).
         backend: For ``.keras``: the Keras backend (None: as configured).
         on_batch: Called with (done, total) after each batch, for a progress bar.
+        ood: Folders of images of none of the classes, to measure the unknown score on
+            (AUROC, FPR95 and the share flagged, per folder): an exported file's own, or for a
+            ``.keras`` model the one export would write (:func:`keras_unknown_report`).
 
     Returns:
         The report: ``accuracy``, ``per_class``, ``confusion``, ``class_names``, ``images``,
@@ -150,7 +264,7 @@ def evaluate_path(model: str | os.PathLike, *, data: str | os.PathLike | None = 
         dataset = load_model_data(path, size, data=data, test_split=test_split,
                                   image_size=image_size)
         return evaluate_file(path, dataset, engine=engine, threads=threads,
-                             batch_size=batch_size or 64, on_batch=on_batch)
+                             batch_size=batch_size or 64, on_batch=on_batch, ood=ood)
     from edgel2.backend import use_backend
 
     use_backend(backend)
@@ -159,7 +273,42 @@ def evaluate_path(model: str | os.PathLike, *, data: str | os.PathLike | None = 
     keras_model = load_model(path)
     dataset = load_model_data(path, tuple(keras_model.input.shape[1:3]), data=data,
                               test_split=test_split, image_size=image_size)
-    return evaluate(keras_model, dataset, batch_size=batch_size or 256, on_batch=on_batch)
+    report = evaluate(keras_model, dataset, batch_size=batch_size or 256, on_batch=on_batch)
+    if ood:
+        report["unknown"] = keras_unknown_report(keras_model, dataset, ood,
+                                                 batch_size or 256, on_batch)
+    return report
+
+
+def keras_unknown_report(model: Any, dataset: Dataset, ood: Sequence[str | os.PathLike],
+                         batch_size: int = 256, on_batch: OnBatch | None = None) -> dict:
+    """:func:`unknown_report` for a Keras model: the unknown score fitted and thresholded as
+    ``edgel2 export`` does (:func:`edgel2.unknown.fit.fit_unknown`, the default share kept),
+    then measured on the test split and each out-of-distribution folder, in float32.
+
+    Examples:
+        >>> keras_unknown_report(model, load_dataset(), ["ood/"])["sets"]   # doctest: +SKIP
+        {'noise': {'images': 500, 'auroc': 1.0, 'fpr95': 0.0, 'flagged': 1.0}, ...}
+    """
+    from edgel2.unknown.fit import UNKNOWN_IMAGES, fit_unknown
+    from edgel2.unknown.head import OUTPUT, with_unknown_score
+    from edgel2.unknown.scores import DEFAULT_KEEP, threshold_for
+    from edgel2.utils import run_batches
+
+    fit = fit_unknown(model, dataset, UNKNOWN_IMAGES, DEFAULT_KEEP, lambda _: None, on_batch)
+    scored = with_unknown_score(model, fit.head)
+
+    def outputs(images: np.ndarray) -> np.ndarray:
+        out = scored.predict_on_batch(images)
+        return np.concatenate([out["logits"], out[OUTPUT]], axis=1)
+
+    threshold = threshold_for(run_batches(outputs, fit.threshold_images, batch_size)[:, -1],
+                              DEFAULT_KEEP)
+    known = run_batches(outputs, dataset.x_test, batch_size, on_batch)
+    size = (dataset.x_test.shape[2], dataset.x_test.shape[1])
+    return unknown_report(known[:, -1], known[:, :-1].argmax(1) == dataset.y_test,
+                          {name: run_batches(outputs, images, batch_size)[:, -1]
+                           for name, images in load_ood_sets(ood, size).items()}, threshold)
 
 
 def default_report_folder(model: str | os.PathLike) -> Path:

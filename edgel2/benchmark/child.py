@@ -17,8 +17,10 @@ from edgel2.variants import ENGINE
 
 
 def _runner(fmt: str, precision: str, path: Path, threads: int, provider: str
-            ) -> tuple[Callable[[np.ndarray], np.ndarray], Callable | None]:
-    """The row's ``run(batch)``, and its engine's ``run_stream`` (None for Keras)."""
+            ) -> tuple[Callable[[np.ndarray], np.ndarray], Callable | None, bool]:
+    """The row's ``run(batch)``, its engine's ``run_stream`` (None for Keras), and whether
+    ``run`` returns the unknown score as its last column: a file with the score is timed with
+    it fetched, as the runtime runs it."""
     if fmt == "keras":
         import tensorflow as tf
 
@@ -27,12 +29,13 @@ def _runner(fmt: str, precision: str, path: Path, threads: int, provider: str
         from edgel2.checkpoint import as_float32, load_model
 
         model = as_float32(load_model(path))
-        return (lambda batch: np.asarray(model.predict_on_batch(batch))), None
+        return (lambda batch: np.asarray(model.predict_on_batch(batch))), None, False
     from edgel2.runtime.auto import open_engine
 
     engine = open_engine(path, providers=provider, threads=threads, engine=ENGINE[fmt],
                          compute_dtype="bf16" if precision == "bf16" else "f32")
-    return engine.run, engine.run_stream
+    engine.with_unknown = engine.has_unknown
+    return engine.run, engine.run_stream, engine.with_unknown
 
 
 def time_cells(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
@@ -74,14 +77,17 @@ def time_cells(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
 
 def _child(spec: dict) -> dict:
     path = Path(spec["path"])
-    run, stream = _runner(spec["format"], spec["precision"], path, spec["threads"], spec["provider"])
+    run, stream, scored = _runner(spec["format"], spec["precision"], path, spec["threads"],
+                                  spec["provider"])
     check = np.load(spec["check"])
     images, labels = check["images"], check["labels"]
     result: dict[str, Any] = {"size_mb": path.stat().st_size / 2**20}
     if not len(images):                          # --check 0: speed only, on zero images
         result["accuracy"], images = None, np.zeros((1, *images.shape[1:]), np.uint8)
     elif spec.get("accuracy", True):             # later rounds measure speed only
-        result["accuracy"] = float(np.mean(run_batches(run, images, 100).argmax(1) == labels))
+        outputs = run_batches(run, images, 100)
+        logits = outputs[:, :outputs.shape[1] - scored]   # the score, if any, comes last
+        result["accuracy"] = float(np.mean(logits.argmax(1) == labels))
     return {**result, **time_cells(run, images, spec["batch_sizes"], spec["seconds"], stream)}
 
 

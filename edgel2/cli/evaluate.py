@@ -33,17 +33,25 @@ from edgel2.runtime.auto import ENGINES
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Where eval.json and confusion.png go (default: beside MODEL, in eval/ "
                    "for .keras and eval/FILE-NAME/ for an exported file).")
+@click.option("--ood", multiple=True, type=click.Path(file_okay=False),
+              help="A folder of images of none of the classes (repeatable; a folder of "
+                   "folders is one set each): the report adds how well the unknown score (the "
+                   "file's own; for .keras, the one export would write) tells them from the "
+                   "test images: AUROC, FPR95, share flagged.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def evaluate(model, data, test_split, image_size, backend, engine, threads, batch_size, out,
-             as_json) -> None:
+             ood, as_json) -> None:
     """Top-1 and per-class accuracy of MODEL on the test split, and a confusion matrix (PNG
     and JSON). MODEL is a trained .keras file or an exported .onnx/.tflite file (run by the
-    runtime, as edgel2 infer runs it; its report adds the calibration: ECE and NLL)."""
-    from edgel2.evaluate import default_report_folder, evaluate_path, save_report
+    runtime, as edgel2 infer runs it; its report adds the calibration, ECE and NLL, and for a
+    file with the unknown score the share of test images it keeps); with --ood, AUROC and
+    FPR95 per out-of-distribution folder."""
+    from edgel2.evaluate import default_report_folder, evaluate_path, format_unknown, save_report
 
     report = evaluate_path(model, data=data, test_split=test_split, image_size=image_size,
                            engine=engine, threads=threads, batch_size=batch_size,
-                           backend=backend, on_batch=ProgressBars(f"evaluating {Path(model).name}"))
+                           backend=backend, on_batch=ProgressBars(f"evaluating {Path(model).name}"),
+                           ood=ood)
     paths = save_report(report, out or default_report_folder(model))
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -58,6 +66,8 @@ def evaluate(model, data, test_split, image_size, backend, engine, threads, batc
         click.echo(f"{Path(model).name} on {report['model']['engine']}" + (
             f"; calibration: mean confidence {calibration['mean_confidence']:.3f}, "
             f"ECE {calibration['ece']:.4f}, NLL {calibration['nll']:.4f}" if calibration else ""))
+    if report.get("unknown"):
+        click.echo(format_unknown(report["unknown"]))
     click.echo(f"report: {paths['json']}  confusion matrix: "
                + (str(paths["png"]) if paths["png"] else 'none (pip install "edgel2[train]" '
                   "for the PNG)"))
