@@ -60,7 +60,8 @@ def test_infer_uses_the_shipped_int8_pair_by_default(data_dir):
 
 def test_the_shipped_files_still_answer_their_test_vectors():
     """models/test-vectors.json (scripts/tools/make_test_vectors.py) is what ports check against:
-    the JPEGs decode to its pixels, and each shipped file gives its logits and top-1."""
+    the JPEGs decode to its pixels, and each shipped file gives its logits, top-1 and unknown
+    scores and verdicts."""
     import base64
     import json
 
@@ -76,9 +77,13 @@ def test_the_shipped_files_still_answer_their_test_vectors():
     for name, answer in vectors["files"].items():
         path = shipped_model(name)
         classifier = Classifier(path, engine=REFERENCE_ENGINE[sniff_format(path)])
-        logits = classifier.engine.run(pixels)
+        outputs = classifier.engine.run(pixels)
+        probabilities, scores = classifier.split(outputs, len(pixels))
+        logits = outputs[:, :len(classifier.class_names)]
         # integer kernels may round differently on another CPU: well inside 0.05, same top-1
         assert np.allclose(logits, answer["logits"], atol=0.05), name
         assert [classifier.class_names[i] for i in logits.argmax(1)] == answer["top1"]
-        assert np.allclose(classifier.to_probabilities(logits, len(pixels)),
-                           answer["probabilities"], atol=0.01)
+        assert np.allclose(probabilities, answer["probabilities"], atol=0.01)
+        assert answer["unknown_threshold"] == classifier.unknown_threshold
+        assert np.allclose(scores, answer["unknown_score"], atol=0.05), name
+        assert [classifier.verdict(float(s))[1] for s in scores] == answer["unknown"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Write ``models/test-vectors.json``: a few CIFAR-10-JPEG test images (their JPEG bytes and
 the uint8 pixels Pillow decodes from them) and what each shipped file answers for them (raw
-logits on its reference engine, calibrated probabilities, top-1), so that a port in another
+logits on its reference engine, calibrated probabilities, top-1, and the unknown score and
+verdict when the file has them), so that a port in another
 language checks its decoding and its model call against known numbers.
 
     python scripts/tools/make_test_vectors.py            # after the shipped models change
@@ -35,7 +36,9 @@ def main() -> None:
     vectors = {
         "about": "edgel2 test vectors: images as JPEG (base64) and as the uint8 HWC RGB pixels "
                  "Pillow decodes from them; per shipped file, its raw logits on its reference "
-                 "engine, the calibrated probabilities and the top-1 label. Made by "
+                 "engine, the calibrated probabilities, the top-1 label and, for a file with "
+                 "the unknown score, the score (output unknown_score), the file's threshold and "
+                 "whether each image is over it. Made by "
                  "scripts/tools/make_test_vectors.py; README, 'Test vectors for ports'.",
         "images": [{"name": f"{p.parent.name}/{p.name}", "label": p.parent.name,
                     "jpeg_base64": base64.b64encode(j).decode(), "pixels": x.ravel().tolist()}
@@ -45,14 +48,20 @@ def main() -> None:
     for name in FILES:
         path = ROOT / "models" / name
         classifier = Classifier(path, engine=REFERENCE_ENGINE[sniff_format(path)])
-        logits = classifier.engine.run(pixels)
-        probabilities = classifier.to_probabilities(logits, len(pixels))
+        outputs = classifier.engine.run(pixels)
+        probabilities, scores = classifier.split(outputs, len(pixels))
+        logits = outputs[:, :len(classifier.class_names)]
+        unknown = {} if not classifier.engine.with_unknown else {
+            "unknown_threshold": classifier.unknown_threshold,
+            "unknown_score": np.round(scores.astype(np.float64), 6).tolist(),
+            "unknown": [classifier.verdict(float(s))[1] for s in scores]}
         vectors["files"][name] = {
             "engine": classifier.engine.name, "temperature": classifier.temperature,
             "unsmooth": classifier.unsmooth,
             "logits": np.round(logits, 6).tolist(),
             "probabilities": np.round(probabilities, 6).tolist(),
             "top1": [classifier.class_names[i] for i in logits.argmax(axis=1)],
+            **unknown,
         }
     out = ROOT / "models" / "test-vectors.json"
     out.write_text(json.dumps(vectors, separators=(",", ":")) + "\n")
