@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgel2.data import balanced_subset
+from edgel2.data import Dataset, balanced_subset
 from edgel2.runtime.modelfile import UNKNOWN_OUTPUT
+
+if TYPE_CHECKING:
+    import keras
 
 # Training images the score is fitted on (class-balanced): its AUROC on the
 # out-of-distribution probe moved by under 0.005 between 2,000 and 8,000 (measured).
@@ -32,7 +36,7 @@ class UnknownFit:
     report_images: np.ndarray     # images the share flagged is reported on
 
 
-def fit_unknown(model, ds, images: int, keep: float, progress: Callable[[str], None],
+def fit_unknown(model: keras.Model, ds: Dataset, images: int, keep: float, progress: Callable[[str], None],
                 on_batch: Callable[[int, int], None] | None = None) -> UnknownFit:
     """Fit the score on ``images`` class-balanced training images of ``ds``; the threshold is
     set on the validation split when there is one, else on one class-balanced half of the
@@ -64,7 +68,7 @@ def fit_unknown(model, ds, images: int, keep: float, progress: Callable[[str], N
     head = fit_head(model, x, y, on_batch)
     fit, report = fit_and_report_split(ds)
     if fit is None:
-        threshold_images, threshold_on = ds.x_val, f"{ds.name} validation split"
+        threshold_images, threshold_on = np.asarray(ds.x_val), f"{ds.name} validation split"
         report_images, reported_on = ds.x_test, f"{ds.name} test split"
     else:
         threshold_images = ds.x_test[fit]
