@@ -278,6 +278,10 @@ def test_no_unknown_serves_the_logits_alone_and_no_verdicts(images):
         assert s.stop() == 0
 
 
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    path.write_bytes(_encode_png(pixels))
+
+
 def _encode_png(pixels: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -368,7 +372,7 @@ def _chromium() -> tuple[str, str] | None:
 
 
 def test_the_page_classifies_an_uploaded_image_in_a_headless_browser(server, classifier,
-                                                                     data_dir):
+                                                                     data_dir, tmp_path):
     found = _chromium()
     if found is None:
         if os.environ.get("CI"):
@@ -394,11 +398,23 @@ def test_the_page_classifies_an_uploaded_image_in_a_headless_browser(server, cla
         labels = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".prediction .label")]
         shown = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".prediction .probability")]
         screenshot = browser.get_screenshot_as_png()  # the page as a user sees it, answered
+        known_banner = browser.find_element(By.ID, "unknown").text
+        # an image of none of the classes gets the unknown banner above its closest classes
+        noise = tmp_path / "noise.png"
+        _write_png(noise, np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8))
+        browser.find_element(By.ID, "file").send_keys(str(noise))
+        WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "unknown").text)
+        unknown_banner = browser.find_element(By.ID, "unknown").text
     finally:
         browser.quit()
     expected = classifier.predict(image, top_k=5)[0]
     assert labels == [label for label, _ in expected]
     assert shown == [f"{100 * p:.1f} %" for _, p in expected]
+    assert known_banner == ""
+    (noise_prediction,) = classifier.predict(noise)
+    assert noise_prediction.unknown
+    assert unknown_banner == ("Unknown: this image looks like none of the classes (score "
+                              f"{round(noise_prediction.unknown_score, 6):.2f}); the closest are below.")
     from PIL import Image
 
     width, height = Image.open(io.BytesIO(screenshot)).size  # the viewport of a 900x700 window

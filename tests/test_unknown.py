@@ -219,3 +219,21 @@ def test_the_graph_score_is_the_mahalanobis_distance_to_the_nearest_class_per_fe
     new = rng.normal(0, 2, (10, 6))
     graph = keras.ops.convert_to_numpy(layer([new.astype("float32")]))[:, 0]
     assert graph == pytest.approx(fit_mahalanobis(features, labels)(new) / 6, rel=1e-4)
+
+
+def test_annotated_copies_of_unknown_images_are_captioned_unknown(tmp_path, monkeypatch):
+    from edgel2.runtime import annotate
+    from edgel2.runtime.classifier import FileResult, Prediction
+
+    captions = []
+
+    def caption_only(source, label):
+        captions.append(label)
+        return Image.new("RGB", (4, 4))
+
+    monkeypatch.setattr(annotate, "annotated", caption_only)
+    annotate.save_annotated([
+        FileResult(str(tmp_path / "a.png"), Prediction([("cat", 0.65)], 2.57, True)),
+        FileResult(str(tmp_path / "b.png"), Prediction([("dog", 0.9)], 0.8, False)),
+        FileResult(str(tmp_path / "c.png"), Prediction([("dog", 0.9)]))], tmp_path / "out")
+    assert captions == ["unknown (cat 65.0 %)", "dog 90.0 %", "dog 90.0 %"]

@@ -58,7 +58,8 @@ def annotated(source: str | os.PathLike[str], label: str) -> Image.Image:
 
 def save_annotated(results: Sequence[FileResult], folder: str | os.PathLike[str]) -> list[Path]:
     """Write an annotated copy of every classified image in ``results`` into ``folder`` (the
-    failed ones have no copy); returns the paths written, each written atomically.
+    failed ones have no copy; an image over the file's unknown threshold is captioned
+    ``unknown (cat 65.0 %)``); returns the paths written, each written atomically.
 
     Examples:
         >>> save_annotated(classifier.predict_files(["cat.jpg"]), "annotated")  # doctest: +SKIP
@@ -76,7 +77,10 @@ def save_annotated(results: Sequence[FileResult], folder: str | os.PathLike[str]
         fmt = KEPT_SUFFIXES.get(relative.suffix.lower())
         target = folder / (relative if fmt else relative.with_name(relative.name + ".png"))
         try:
-            image = annotated(result.source, f"{label} {100 * probability:.1f} %")
+            caption = f"{label} {100 * probability:.1f} %"
+            if getattr(result.prediction, "unknown", None):
+                caption = f"unknown ({caption})"
+            image = annotated(result.source, caption)
             with atomic_path(target) as tmp:
                 image.save(tmp, fmt or "PNG", **({"quality": 90} if fmt == "JPEG" else {}))
         except OSError as e:
