@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -63,7 +64,9 @@ def test_onnx_int8_stem_reads_the_uint8_pixels(full_matrix):
     graph = onnx.load(str(out / "model-int8.onnx")).graph
     assert path_to_first_conv(graph) == ["Pad", "DequantizeLinear", "Transpose", "QuantizeLinear",
                                          "DequantizeLinear", "Conv"]
-    assert not {"Cast", "Sub", "Mul"} & {n.op_type for n in graph.node}
+    # (the unknown score, computed in float after the network, is no pre-processing)
+    assert not {"Cast", "Sub", "Mul"} & {n.op_type for n in graph.node
+                                         if not re.search(r"/unknown_score(_\d+)?/", n.name)}
     stem = next(i for i in graph.initializer if i.name == "edgel2_input_fold/w")
     assert list(stem.dims) == [4, 4, 3, 3]  # width-4 stem: 4 filters over 3 + 1 zero channels
 
@@ -311,7 +314,8 @@ def test_cli_exports_and_prints_the_table(small_model, data_dir, tmp_path):
 def test_check_progress_counts_every_image_of_every_pass(small_model, cifar, tmp_path):
     calls = []
     export_model(small_model, ["onnx"], ["fp32"], dataset=cifar, check=300, out=tmp_path,
-                 calibrate=False, check_progress=lambda done, total: calls.append((done, total)))
+                 calibrate=False, unknown=False,
+                 check_progress=lambda done, total: calls.append((done, total)))
     # the Keras reference in batches of 256, then the file in batches of 100
     assert calls == [(256, 300), (300, 300), (100, 300), (200, 300), (300, 300)]
 
@@ -440,7 +444,8 @@ def test_eval_cli_on_an_exported_file_writes_the_keras_reports_files(full_matrix
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert set(report) == {"accuracy", "images", "per_class", "confusion", "class_names",
-                           "data", "model", "calibration"}
+                           "data", "model", "calibration", "unknown"}
+    assert report["unknown"]["sets"] == {}  # no --ood: the share kept only
     assert report["calibration"]["top1"] == report["accuracy"]
     assert json.loads((tmp_path / "ev" / "eval.json").read_text()) == report
     assert (tmp_path / "ev" / "confusion.png").is_file()
@@ -514,7 +519,7 @@ def test_tflite_signature_takes_images_and_returns_logits(full_matrix, cifar):
             continue
         interpreter = Interpreter(model_path=str(out / row["file"]))
         assert interpreter.get_signature_list() == {
-            "serving_default": {"inputs": ["images"], "outputs": ["logits"]}}
+            "serving_default": {"inputs": ["images"], "outputs": ["logits", "unknown_score"]}}
         images = cifar.x_test[:4]
         logits = interpreter.get_signature_runner()(images=images)["logits"]
         assert np.array_equal(logits, _reference(out / row["file"]).run(images)), row["file"]
