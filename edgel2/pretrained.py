@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgel2.errors import ModelError
+from edgel2.runtime.modelfile import UNKNOWN_OPS
 
 PRETRAINED = "pretrained"          # --pretrained: the shipped int8 ONNX
 HEAD = "logits"                    # the layer that fine-tuning replaces
@@ -81,7 +82,7 @@ def network_from_onnx(path: str | os.PathLike):
                 weights, bias = unfold_stem(weights, bias, np.asarray(norm["mean"]),
                                             np.asarray(norm["std"]))
             convs[match["layer"]] = (weights, bias)
-        elif node.op_type in ("Gemm", "MatMul"):
+        elif node.op_type in ("Gemm", "MatMul") and not UNKNOWN_OPS.search(node.name):
             transposed = any(a.name == "transB" and a.i for a in node.attribute)
             kernel = value(node.input[1])
             dense_bias: np.ndarray | None

@@ -531,8 +531,13 @@ def test_a_client_silent_mid_request_is_disconnected(guarded, sent):
 
 
 def test_the_page_escapes_the_model_name(tmp_path):
-    model = tmp_path / "<b>model.onnx"
+    """A name from a file's metadata is shown as text (--name itself refuses such names)."""
+    from edgel2.export.onnx import embed_metadata
+    from edgel2.runtime import read_metadata
+
+    model = tmp_path / "hostile.onnx"
     shutil.copyfile(MODEL, model)
+    embed_metadata(model, {**read_metadata(model), "name": "<b>model"})
     hostile = Server(model=model)
     try:
         status, _, body = hostile.get("/")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 
 import numpy as np
 import onnx
@@ -18,7 +17,7 @@ from PIL import Image
 from edgel2.cli import cli
 from edgel2.runtime import Classifier, read_metadata
 from edgel2.runtime.formats import REFERENCE_ENGINE
-from edgel2.runtime.modelfile import sniff_format
+from edgel2.runtime.modelfile import UNKNOWN_OPS, sniff_format
 from edgel2.unknown.scores import auroc, fpr_at, threshold_for
 
 SCORED = ["model-int8.onnx", "model-fp32.onnx", "model-fp32.tflite"]
@@ -58,7 +57,7 @@ def test_int8_onnx_computes_the_score_in_float_from_int8_stored_weights(exported
     assert [o.name for o in graph.output] == ["logits", "unknown_score"]
     assert [d.dim_value for d in graph.output[1].type.tensor_type.shape.dim][1:] == [1]
     constants = {i.name: i for i in graph.initializer}
-    score_ops = [n for n in graph.node if re.search(r"/unknown_score(_\d+)?/", n.name)]
+    score_ops = [n for n in graph.node if UNKNOWN_OPS.search(n.name)]
     assert "MatMul" in {n.op_type for n in score_ops}
     assert "QuantizeLinear" not in {n.op_type for n in score_ops}  # no activation rounded
     (weights,) = [n for n in score_ops if n.op_type == "DequantizeLinear"]
@@ -66,7 +65,7 @@ def test_int8_onnx_computes_the_score_in_float_from_int8_stored_weights(exported
     # the int8 weights are the float32 file's projection exactly (fitted on the int8 grid)
     float_graph = onnx.load(str(exported["model-fp32.onnx"])).graph
     (matmul,) = [n for n in float_graph.node if n.op_type == "MatMul"
-                 and re.search(r"/unknown_score(_\d+)?/", n.name)]
+                 and UNKNOWN_OPS.search(n.name)]
     projection = onnx.numpy_helper.to_array(
         {i.name: i for i in float_graph.initializer}[matmul.input[1]])
     q, scale = (onnx.numpy_helper.to_array(constants[name]) for name in weights.input[:2])

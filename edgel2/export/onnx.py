@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgel2.errors import EdgeL2Error, OptionError
+from edgel2.runtime.modelfile import UNKNOWN_OPS
 from edgel2.runtime.onnxfile import graph_sha256
 
 MIN_OPSET = 17
@@ -135,16 +135,11 @@ def quantize_int8(src: Path, dst: Path, representative: np.ndarray, method: str 
             pass  # a graph edgel2 did not build (no Normalize layer): keep it as quantized
 
 
-# The ops of the unknown score's own layer (not the pooling that feeds it), by tf2onnx's
-# names: "<model>_1/unknown_score_1/MatMul".
-_SCORE_OP = re.compile(r"/unknown_score(_\d+)?/")
-
-
 def float_nodes(proto) -> list[str]:
     """The nodes int8 quantization leaves in float: the unknown score's distance, whose
     squares of differences an 8-bit grid would round away (0.9M multiply-adds, about 0.2 %
     of the ResNet-18's)."""
-    return [node.name for node in proto.graph.node if _SCORE_OP.search(node.name)]
+    return [node.name for node in proto.graph.node if UNKNOWN_OPS.search(node.name)]
 
 
 def int8_float_weights(proto):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 import zipfile
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ MAX_ZIP_UNCOMPRESSED = 16 << 20
 METADATA_NAME = "edgel2.json"
 # The second output of a file with an unknown score: [N, 1] float32, higher is less like the classes
 UNKNOWN_OUTPUT = "unknown_score"
+# Its ops in an exported ONNX graph, by tf2onnx's names ("<model>_1/unknown_score_1/MatMul"):
+# the layer's own, not the pooling that feeds it
+UNKNOWN_OPS = re.compile(r"/unknown_score(_\d+)?/")
 # The largest input side a model may declare: a classifier's input is a few hundred pixels;
 # 20000x20000 in the metadata would make every image a 1.2 GB tensor.
 MAX_INPUT_SIDE = 4096
