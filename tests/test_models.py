@@ -87,3 +87,5 @@ def test_the_shipped_files_still_answer_their_test_vectors():
         assert answer["unknown_threshold"] == classifier.unknown_threshold
         assert np.allclose(scores, answer["unknown_score"], atol=0.05), name
         assert [classifier.verdict(float(s))[1] for s in scores] == answer["unknown"]
+        # the classes' images are known, the noise (the last image) is unknown
+        assert answer["unknown"] == [False] * (len(pixels) - 1) + [True]

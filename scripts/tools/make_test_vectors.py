@@ -21,6 +21,20 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout: models/ is written
 
 FILES = ("resnet18-int8.onnx", "resnet18-int8.tflite")
 PER_CLASS = 1  # the first test image of each class: 10 images, about 160 KB of JSON
+# and one image of none of the classes, which the files' unknown score flags: seeded uniform
+# noise, saved as a JPEG like the others
+NOISE_NAME, NOISE_SEED = "unknown/noise.jpg", 0
+
+
+def noise_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(NOISE_SEED).integers(0, 256, (32, 32, 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
 
 
 def main() -> None:
@@ -31,18 +45,20 @@ def main() -> None:
 
     test_dir = Path(load_dataset().source) / "test"
     picked = [sorted((test_dir / c).glob("*.jpg"))[0] for c in sorted(p.name for p in test_dir.iterdir())]
-    jpegs = [p.read_bytes() for p in picked][: 10 * PER_CLASS]
+    jpegs = [p.read_bytes() for p in picked][: 10 * PER_CLASS] + [noise_jpeg()]
+    names = [(f"{p.parent.name}/{p.name}", p.parent.name) for p in picked] + [(NOISE_NAME, None)]
     pixels = np.stack([load_image(j, (32, 32)) for j in jpegs])
     vectors = {
         "about": "edgel2 test vectors: images as JPEG (base64) and as the uint8 HWC RGB pixels "
                  "Pillow decodes from them; per shipped file, its raw logits on its reference "
                  "engine, the calibrated probabilities, the top-1 label and, for a file with "
                  "the unknown score, the score (output unknown_score), the file's threshold and "
-                 "whether each image is over it. Made by "
+                 "whether each image is over it (the last image, uniform noise with label null, "
+                 "is). Made by "
                  "scripts/tools/make_test_vectors.py; README, 'Test vectors for ports'.",
-        "images": [{"name": f"{p.parent.name}/{p.name}", "label": p.parent.name,
+        "images": [{"name": name, "label": label,
                     "jpeg_base64": base64.b64encode(j).decode(), "pixels": x.ravel().tolist()}
-                   for p, j, x in zip(picked, jpegs, pixels)],
+                   for (name, label), j, x in zip(names, jpegs, pixels)],
         "files": {},
     }
     for name in FILES:
