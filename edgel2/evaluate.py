@@ -35,7 +35,7 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
 
 
 def evaluate(model: Any, dataset: Dataset, batch_size: int = 256,
-             on_batch: OnBatch | None = None) -> dict:
+             on_batch: OnBatch | None = None, ood: Sequence[str | os.PathLike] = ()) -> dict:
     """Top-1 accuracy, per-class accuracy and the confusion matrix of a Keras model.
 
     Args:
@@ -43,9 +43,14 @@ def evaluate(model: Any, dataset: Dataset, batch_size: int = 256,
         dataset: The data whose test split is used.
         batch_size: Images per ``predict_on_batch``.
         on_batch: Called with (done, total) after each batch.
+        ood: Folders of images of none of the classes: the unknown score ``edgel2 export``
+            would write is fitted and thresholded as export does
+            (:func:`edgel2.unknown.fit.fit_unknown`, the default share kept) and measured on
+            them in float32 (:func:`unknown_report`).
 
     Returns:
-        ``accuracy``, ``per_class``, ``confusion``, ``class_names``, ``images`` and ``data``.
+        ``accuracy``, ``per_class``, ``confusion``, ``class_names``, ``images`` and ``data``;
+        with ``ood``, ``unknown``.
 
     Examples:
         >>> report = evaluate(load_model("runs/train/exp/model.keras"), load_dataset())  # doctest: +SKIP
@@ -54,9 +59,33 @@ def evaluate(model: Any, dataset: Dataset, batch_size: int = 256,
     """
     from edgel2.utils import run_batches
 
-    _check_classes(model.output.shape[-1], dataset)
-    logits = run_batches(model.predict_on_batch, dataset.x_test, batch_size, on_batch)
-    return report_from_logits(logits, dataset)
+    classes = model.output.shape[-1]
+    _check_classes(classes, dataset)
+    if not ood:
+        logits = run_batches(model.predict_on_batch, dataset.x_test, batch_size, on_batch)
+        return report_from_logits(logits, dataset)
+    from edgel2.unknown.fit import UNKNOWN_IMAGES, fit_unknown
+    from edgel2.unknown.head import OUTPUT, with_unknown_score
+    from edgel2.unknown.scores import DEFAULT_KEEP, threshold_for
+
+    # the folders first: a bad one is one line before any pass over the images
+    sets = load_ood_sets(ood, (dataset.x_test.shape[2], dataset.x_test.shape[1]))
+    fit = fit_unknown(model, dataset, UNKNOWN_IMAGES, DEFAULT_KEEP, lambda _: None, on_batch)
+    scored = with_unknown_score(model, fit.head)
+
+    def run(images: np.ndarray) -> np.ndarray:
+        out = scored.predict_on_batch(images)
+        return np.concatenate([out["logits"], out[OUTPUT]], axis=1)
+
+    threshold = threshold_for(run_batches(run, fit.threshold_images, batch_size)[:, -1],
+                              DEFAULT_KEEP)
+    outputs = run_batches(run, dataset.x_test, batch_size, on_batch)  # logits and scores at once
+    report = report_from_logits(outputs[:, :classes], dataset)
+    report["unknown"] = unknown_report(
+        outputs[:, classes], outputs[:, :classes].argmax(1) == dataset.y_test,
+        {name: run_batches(run, images, batch_size)[:, -1] for name, images in sets.items()},
+        threshold)
+    return report
 
 
 def evaluate_file(path: str | os.PathLike, dataset: Dataset, *, engine: str = "auto",
@@ -96,6 +125,11 @@ def evaluate_file(path: str | os.PathLike, dataset: Dataset, *, engine: str = "a
         raise EdgeL2Error(f"the test images are {dataset.x_test.shape[2]}x"
                           f"{dataset.x_test.shape[1]} but {Path(path).name} takes "
                           f"{width}x{height}; pass `image_size` {width}")
+    if ood and not classifier.engine.with_unknown:
+        raise EdgeL2Error(f"{Path(path).name} has no unknown score (export it again with "
+                          "edgel2 export, which adds it): `ood` cannot be measured")
+    # the folders first: a bad one is one line before any pass over the images
+    sets = load_ood_sets(ood, classifier.input_size)
     outputs = run_batches(classifier.engine.run, dataset.x_test, batch_size, on_batch)
     classes = len(classifier.class_names)
     logits = outputs[:, :classes]
@@ -109,19 +143,10 @@ def evaluate_file(path: str | os.PathLike, dataset: Dataset, *, engine: str = "a
     if classifier.engine.with_unknown:
         report["unknown"] = unknown_report(
             outputs[:, classes], logits.argmax(1) == dataset.y_test,
-            {name: _scores_of(classifier, images, batch_size, on_batch)
-             for name, images in load_ood_sets(ood, classifier.input_size).items()},
+            {name: run_batches(classifier.engine.run, images, batch_size, on_batch)[:, -1]
+             for name, images in sets.items()},
             classifier.unknown_threshold)
-    elif ood:
-        raise EdgeL2Error(f"{Path(path).name} has no unknown score (export it again with "
-                          "edgel2 export, which adds it): `ood` cannot be measured")
     return report
-
-
-def _scores_of(classifier, images: np.ndarray, batch_size: int, on_batch) -> np.ndarray:
-    from edgel2.utils import run_batches
-
-    return run_batches(classifier.engine.run, images, batch_size, on_batch)[:, -1]
 
 
 def format_unknown(report: dict) -> str:
@@ -155,13 +180,26 @@ def load_ood_sets(folders: Sequence[str | os.PathLike], size: tuple[int, int]
     (the probe ``scripts/tools/make_ood_probe.py`` writes) is one set per subfolder.
 
     Raises:
-        EdgeL2Error: A folder that does not exist or holds no images.
+        EdgeL2Error: A folder that does not exist, cannot be read or holds no images, or an
+            image that cannot be decoded (named).
     """
+    from edgel2.errors import ImageError
+    from edgel2.runtime.io import expand_paths
     from edgel2.runtime.preprocess import IMAGE_SUFFIXES, load_image
 
-    def images_in(folder: Path) -> list[Path]:
-        return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                      and p.is_file())
+    def images_in(folder: Path) -> list[str]:
+        """Image files under ``folder``, found as ``edgel2 infer`` finds them."""
+        found = expand_paths([str(folder)])
+        unreadable = [e for e in found if not isinstance(e, str)]
+        if unreadable:
+            raise EdgeL2Error(f"`ood` folder {unreadable[0].source}: {unreadable[0].error}")
+        return [e for e in found if isinstance(e, str)]
+
+    def decoded(file: str) -> np.ndarray:
+        try:
+            return load_image(file, size)
+        except ImageError as e:
+            raise ImageError(f"`ood` image {file}: {e}") from None
 
     sets: dict[str, np.ndarray] = {}
     for folder in folders:
@@ -175,7 +213,7 @@ def load_ood_sets(folders: Sequence[str | os.PathLike], size: tuple[int, int]
             if not files:
                 raise EdgeL2Error(f"`ood` folder {part} holds no images")
             name = part.name if part.name not in sets else str(part)
-            sets[name] = np.stack([load_image(f, size) for f in files])
+            sets[name] = np.stack([decoded(f) for f in files])
     return sets
 
 
@@ -240,7 +278,7 @@ def evaluate_path(model: str | os.PathLike, *, data: str | os.PathLike | None = 
         on_batch: Called with (done, total) after each batch, for a progress bar.
         ood: Folders of images of none of the classes, to measure the unknown score on
             (AUROC, FPR95 and the share flagged, per folder): an exported file's own, or for a
-            ``.keras`` model the one export would write (:func:`keras_unknown_report`).
+            ``.keras`` model the one export would write (:func:`evaluate`).
 
     Returns:
         The report: ``accuracy``, ``per_class``, ``confusion``, ``class_names``, ``images``,
@@ -273,42 +311,8 @@ def evaluate_path(model: str | os.PathLike, *, data: str | os.PathLike | None = 
     keras_model = load_model(path)
     dataset = load_model_data(path, tuple(keras_model.input.shape[1:3]), data=data,
                               test_split=test_split, image_size=image_size)
-    report = evaluate(keras_model, dataset, batch_size=batch_size or 256, on_batch=on_batch)
-    if ood:
-        report["unknown"] = keras_unknown_report(keras_model, dataset, ood,
-                                                 batch_size or 256, on_batch)
-    return report
-
-
-def keras_unknown_report(model: Any, dataset: Dataset, ood: Sequence[str | os.PathLike],
-                         batch_size: int = 256, on_batch: OnBatch | None = None) -> dict:
-    """:func:`unknown_report` for a Keras model: the unknown score fitted and thresholded as
-    ``edgel2 export`` does (:func:`edgel2.unknown.fit.fit_unknown`, the default share kept),
-    then measured on the test split and each out-of-distribution folder, in float32.
-
-    Examples:
-        >>> keras_unknown_report(model, load_dataset(), ["ood/"])["sets"]   # doctest: +SKIP
-        {'noise': {'images': 500, 'auroc': 1.0, 'fpr95': 0.0, 'flagged': 1.0}, ...}
-    """
-    from edgel2.unknown.fit import UNKNOWN_IMAGES, fit_unknown
-    from edgel2.unknown.head import OUTPUT, with_unknown_score
-    from edgel2.unknown.scores import DEFAULT_KEEP, threshold_for
-    from edgel2.utils import run_batches
-
-    fit = fit_unknown(model, dataset, UNKNOWN_IMAGES, DEFAULT_KEEP, lambda _: None, on_batch)
-    scored = with_unknown_score(model, fit.head)
-
-    def outputs(images: np.ndarray) -> np.ndarray:
-        out = scored.predict_on_batch(images)
-        return np.concatenate([out["logits"], out[OUTPUT]], axis=1)
-
-    threshold = threshold_for(run_batches(outputs, fit.threshold_images, batch_size)[:, -1],
-                              DEFAULT_KEEP)
-    known = run_batches(outputs, dataset.x_test, batch_size, on_batch)
-    size = (dataset.x_test.shape[2], dataset.x_test.shape[1])
-    return unknown_report(known[:, -1], known[:, :-1].argmax(1) == dataset.y_test,
-                          {name: run_batches(outputs, images, batch_size)[:, -1]
-                           for name, images in load_ood_sets(ood, size).items()}, threshold)
+    return evaluate(keras_model, dataset, batch_size=batch_size or 256, on_batch=on_batch,
+                    ood=ood)
 
 
 def default_report_folder(model: str | os.PathLike) -> Path:

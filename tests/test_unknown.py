@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import onnx
@@ -168,15 +169,29 @@ def test_a_keras_models_unknown_report_is_its_fp32_exports(small_model, exported
     """``eval --ood`` on a ``.keras`` fits the score as export does, so it measures what the
     exported file will do."""
     from edgel2.checkpoint import load_model
-    from edgel2.evaluate import evaluate_file, keras_unknown_report
+    from edgel2.evaluate import evaluate, evaluate_file
 
     probe = tmp_path / "probe"
     noise_folder(probe / "noise", count=20)
-    keras = keras_unknown_report(load_model(small_model), cifar, [probe])
+    keras = evaluate(load_model(small_model), cifar, ood=[probe])["unknown"]
     file = evaluate_file(exported["model-fp32.onnx"], cifar, ood=[probe])["unknown"]
     assert keras["threshold"] == pytest.approx(file["threshold"], rel=1e-4)
     assert keras["kept"] == pytest.approx(file["kept"], abs=2e-3)
     assert keras["sets"]["noise"] == pytest.approx(file["sets"]["noise"], abs=2e-3)
+
+
+def test_a_broken_ood_image_is_named_before_any_image_is_run(exported, cifar, tmp_path):
+    from edgel2.errors import ImageError
+    from edgel2.evaluate import evaluate_file
+
+    folder = noise_folder(tmp_path / "noise", count=2)
+    broken = folder / "01.png"
+    broken.write_bytes(broken.read_bytes()[:100])  # a valid file, cut short
+    calls = []
+    with pytest.raises(ImageError, match=rf"^`ood` image {re.escape(str(broken))}: "):
+        evaluate_file(exported["model-fp32.onnx"], cifar, ood=[folder],
+                      on_batch=lambda done, total: calls.append(done))
+    assert calls == []  # refused before the test split ran
 
 
 def test_eval_ood_on_a_file_without_the_score_is_one_line(tiny_onnx, tiny_folder, tmp_path):
