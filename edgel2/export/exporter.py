@@ -175,14 +175,16 @@ def _export_targets(model_path: Path, out_dir: Path, targets: list, config: Expo
         calibration_result = keras_calibration(model, ds, check_progress, logits=logits)
         base_metadata.update(metadata_record(calibration_result))
 
-    unknown = None
+    unknown, written = None, model  # written: the graph every file holds
     if config.unknown and config.flip_average:
         progress("no unknown score in flip-averaged files (the score reads one view)")
     elif config.unknown:
         from edgel2.unknown.fit import fit_unknown
+        from edgel2.unknown.head import with_unknown_score
 
         unknown = fit_unknown(model, ds, config.unknown_images, config.keep, progress,
                               check_progress)
+        written = with_unknown_score(model, unknown.head)
 
     checked = {"data": None, "check_images": 0, "keras_accuracy": None} if check is None else {
         "data": check.data, "check_images": int(len(check.labels)),
@@ -190,7 +192,7 @@ def _export_targets(model_path: Path, out_dir: Path, targets: list, config: Expo
     rows = []
     for fmt, precision, target in targets:
         progress(f"{fmt} {precision} -> {target}")
-        rows.append({**_export_one(model, fmt, precision, target, config, representative,
+        rows.append({**_export_one(written, fmt, precision, target, config, representative,
                                    check, base_metadata, unknown), **checked})
     # the model as seen from the report's folder: valid from any directory, and after the
     # run directory is moved as a whole
@@ -292,7 +294,6 @@ def _export_one(model, fmt: str, precision: str, target: Path, config: ExportCon
                 base_metadata: dict, unknown=None) -> dict:
     from edgel2.export import check as checks
     from edgel2.export.unknown import file_record
-    from edgel2.unknown.head import with_unknown_score
 
     row: dict[str, Any] = {"format": fmt, "precision": precision, "file": target.name,
            "size_mb": None, "accuracy": None, "agreement": None, "max_abs_diff": None,
@@ -301,9 +302,7 @@ def _export_one(model, fmt: str, precision: str, target: Path, config: ExportCon
     writer = writer_of(fmt)
     try:
         with atomic_path(target) as tmp:
-            extra = writer.write(model if unknown is None else
-                                 with_unknown_score(model, unknown.head),
-                                 tmp, precision, config, representative)
+            extra = writer.write(model, tmp, precision, config, representative)
             result = None
             if check is not None:
                 try:
