@@ -17,6 +17,7 @@ import numpy as np
 from edgel2.errors import EdgeL2Error, OptionError
 from edgel2.runtime.modelfile import UNKNOWN_OPS
 from edgel2.runtime.onnxfile import graph_sha256
+from edgel2.unknown.scores import int8_columns
 
 MIN_OPSET = 17
 MAX_OPSET = 18  # the newest opset tf2onnx 1.17 writes (pyproject pins tf2onnx < 1.18)
@@ -158,13 +159,11 @@ def int8_float_weights(proto):
         weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
         if weight.ndim != 2:
             continue
-        scale = np.abs(weight).max(axis=0) / 127
-        scale[scale == 0] = 1.0
+        steps, scale = int8_columns(weight)
         name = node.input[1]
         proto.graph.initializer.remove(initializers[name])
         proto.graph.initializer.extend([
-            numpy_helper.from_array(np.clip(np.round(weight / scale), -127, 127).astype(np.int8),
-                                    f"{name}_int8"),
+            numpy_helper.from_array(steps, f"{name}_int8"),
             numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
             numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{name}_zero_point")])
         proto.graph.node.insert(list(proto.graph.node).index(node), helper.make_node(

@@ -69,9 +69,22 @@ def on_int8_grid(matrix: np.ndarray) -> np.ndarray:
         >>> (grid / (np.abs(grid).max(axis=0) / 127)).round(9).tolist()   # whole int8 steps
         [[127.0, 127.0], [-38.0, 64.0]]
     """
-    scale = np.abs(matrix).max(axis=0, keepdims=True) / 127
+    steps, scale = int8_columns(matrix)
+    return steps * scale
+
+
+def int8_columns(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``matrix`` as symmetric int8 steps per column and each column's scale (its largest
+    magnitude / 127; 1 for a column of zeros): ``steps * scale`` is :func:`on_int8_grid`.
+
+    Examples:
+        >>> steps, scale = int8_columns(np.array([[1.0, 0.0], [-0.5, 0.0]]))
+        >>> steps.tolist(), scale.tolist()
+        ([[127, 0], [-64, 0]], [0.007874015748031496, 1.0])
+    """
+    scale = np.abs(matrix).max(axis=0) / 127
     scale[scale == 0] = 1.0
-    return np.round(matrix / scale) * scale
+    return np.clip(np.round(matrix / scale), -127, 127).astype(np.int8), scale
 
 
 def mahalanobis_distance(features: np.ndarray, means: np.ndarray, factor: np.ndarray) -> np.ndarray:
