@@ -161,14 +161,18 @@ def pack_metadata(path: Path, metadata: dict) -> None:
 UNKNOWN_LABELS = "unknown.txt"
 
 
+def _output_names(shapes: list, logits: str = "logits") -> list[str]:
+    """The names of outputs of these shapes: of two, the ``[N, 1]`` one is the unknown score;
+    the other one, or a single output, is the logits."""
+    return [UNKNOWN_OUTPUT if len(shapes) == 2 and shape[-1] == 1 else logits
+            for shape in shapes]
+
+
 def _output_order(model) -> list[str]:
     """The names of the first subgraph's outputs in the graph's order (what TFLite Support
-    metadata lists its output tensors in): ``unknown_score`` for the ``[N, 1]`` output."""
+    metadata lists its output tensors in)."""
     subgraph = model.subgraphs[0]
-    shapes = [list(subgraph.tensors[i].shape) for i in subgraph.outputs]
-    if len(shapes) == 1:
-        return ["logits"]
-    return [UNKNOWN_OUTPUT if shape[-1] == 1 else "logits" for shape in shapes]
+    return _output_names([subgraph.tensors[i].shape for i in subgraph.outputs])
 
 
 def _name_signature(model, metadata: dict) -> None:
@@ -179,9 +183,10 @@ def _name_signature(model, metadata: dict) -> None:
     for signature in model.signatureDefs or []:
         if len(signature.inputs) == 1 and 1 <= len(signature.outputs) <= 2:
             signature.inputs[0].name = metadata["input"]["name"]
-            for output in signature.outputs:
-                scored = len(signature.outputs) == 2 and tensors[output.tensorIndex].shape[-1] == 1
-                output.name = UNKNOWN_OUTPUT if scored else metadata["output"]["name"]
+            names = _output_names([tensors[o.tensorIndex].shape for o in signature.outputs],
+                                  metadata["output"]["name"])
+            for output, name in zip(signature.outputs, names):
+                output.name = name
 
 
 class _AlignedBuffer:
