@@ -36,6 +36,9 @@ MAX_BODY_MB = 1024.0
 # GPU, fp32 on the CPU).
 SCHEDULES = ("onecycle", "cosine")
 TRAIN_COMPUTE_DTYPES = ("auto", "fp32", "bf16")
+# Training against unknown images (edgel2.train.outliers): the logit-norm temperature of its
+# paper for CIFAR-10 (Wei et al., 2022), what --logit-norm suggests
+LOGIT_NORM_TEMPERATURE = 0.04
 # The width of the shipped pretrained ResNet-18 (models/resnet18-int8.onnx; a test checks it)
 PRETRAINED_WIDTH = 64
 
@@ -82,6 +85,8 @@ class TrainConfig:
     weights: str | None = None         # start from: "pretrained" (shipped) or a .keras/.onnx
     freeze: int = 0                    # stages kept frozen with the stem (0-4), when fine-tuning
     patience: int = 0                  # stop after this many epochs without a better val top-1
+    outliers: float = 0.0              # synthetic outliers (uniform targets) per batch, a share of it
+    logit_norm: float = 0.0            # logit-norm temperature (0: plain cross-entropy)
 
     @classmethod
     def finetune(cls, weights: str = "pretrained", **overrides) -> TrainConfig:
@@ -132,6 +137,8 @@ class TrainConfig:
             (0 <= self.color_jitter < 1, f"color jitter must be in [0, 1), got {self.color_jitter}"),
             (0 < self.crop_scale <= 1, f"crop scale must be in (0, 1], got {self.crop_scale}"),
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
+            (0 <= self.outliers <= 1, f"outliers must be in [0, 1], got {self.outliers}"),
+            (self.logit_norm >= 0, f"logit norm must be >= 0, got {self.logit_norm}"),
             (self.image_size is None or self.image_size >= 1,
              f"image size must be >= 1, got {self.image_size}"),
             (0 <= self.ema < 1, f"EMA momentum must be in [0, 1), got {self.ema}"),

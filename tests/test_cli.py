@@ -24,6 +24,8 @@ def _run(*args: str):
     (["--momentum", "nan"], "momentum must be a finite number, got nan"),
     (["--lr", "inf"], "lr must be a finite number, got inf"),
     (["--weight-l2", "inf"], "weight l2 must be a finite number, got inf"),
+    (["--outliers", "1.5"], "Invalid value for '--outliers': 1.5 is not in the range 0<=x<=1"),
+    (["--logit-norm", "-0.04"], "Invalid value for '--logit-norm'"),
     (["--val-split", "1"], "Invalid value for '--val-split': 1.0 is not in the range 0<=x<1"),
 ])
 def test_bad_train_options_exit_2_with_one_line(args, message):

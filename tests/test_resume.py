@@ -6,8 +6,9 @@ where the window is inside a write; one window is a real SIGKILL of a child proc
 resumes it and compares it with the same run left alone: ``metrics.csv`` to the last digit
 written, ``summary.json``, and every weight of ``model.keras`` and ``best.keras``.
 
-The run uses cutout, dropout, an EMA of the weights and a validation split, so the
-checkpoint must carry every random generator, the optimizer's averages and the best score.
+The run uses cutout, dropout, an EMA of the weights, a validation split, synthetic outliers
+and the logit-norm loss, so the checkpoint must carry every random generator, the optimizer's
+averages, the best score and the loss, and the outliers must be those of the epoch.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from edgel2.train import callbacks, fit, train
 
 pytestmark = pytest.mark.slow
 CONFIG = TrainConfig(width=4, epochs=3, batch_size=64, lr=0.2, subset=384, test_subset=100,
-                     val_split=0.25, cutout=8, dropout=0.1, ema=0.9)
+                     val_split=0.25, cutout=8, dropout=0.1, ema=0.9, outliers=0.25,
+                     logit_norm=0.04)
 # What a resumed run must reproduce exactly (seconds and images/s are the clock's).
 SAME = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
 
@@ -177,7 +179,8 @@ def test_a_sigkill_just_before_the_checkpoint_rename_resumes_to_the_same_result(
         "main()\n")
     options = ["--data", str(data_dir), "--width", "4", "--epochs", "3", "--batch-size", "64",
                "--lr", "0.2", "--subset", "384", "--test-subset", "100", "--val-split", "0.25",
-               "--cutout", "8", "--dropout", "0.1", "--ema", "0.9", "--quiet"]
+               "--cutout", "8", "--dropout", "0.1", "--ema", "0.9", "--outliers", "0.25",
+               "--logit-norm", "0.04", "--quiet"]
     killed = subprocess.run([sys.executable, "-c", driver, "train", *options, "--out", str(run)],
                             capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]

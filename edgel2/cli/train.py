@@ -15,7 +15,7 @@ from edgel2.cli.base import (
     devices_option,
     plural,
 )
-from edgel2.config import SCHEDULES, TRAIN_COMPUTE_DTYPES, TrainConfig
+from edgel2.config import LOGIT_NORM_TEMPERATURE, SCHEDULES, TRAIN_COMPUTE_DTYPES, TrainConfig
 
 
 @cli.command()
@@ -70,6 +70,16 @@ from edgel2.config import SCHEDULES, TRAIN_COMPUTE_DTYPES, TrainConfig
               help="Keep an exponential moving average of the weights with this momentum "
                    "(e.g. 0.99) and save it as model.keras; per-epoch test figures are of the "
                    "raw weights. 0: off.")
+@click.option("--outliers", type=click.FloatRange(0, 1), default=DEFAULTS.outliers,
+              show_default=True, metavar="SHARE",
+              help="Outlier exposure: add this share of synthetic images of none of the classes "
+                   "(jigsaws, noise, mixes of two classes) to each batch, with uniform targets, "
+                   "so the network learns to be unsure on them (e.g. 0.25). 0: off.")
+@click.option("--logit-norm", type=NON_NEGATIVE, default=DEFAULTS.logit_norm,
+              show_default=True, metavar="TEMPERATURE",
+              help="Train on logits / (T * ||logits||) (logit norm; its paper's T for CIFAR-10 "
+                   f"is {LOGIT_NORM_TEMPERATURE}): no more confidence by growing the logits. "
+                   "0: plain cross-entropy.")
 @click.option("--compute-dtype", type=click.Choice(TRAIN_COMPUTE_DTYPES),
               default=DEFAULTS.compute_dtype, show_default=True,
               help="What layers compute in (weights stay fp32); auto: mixed bf16 on a GPU, "

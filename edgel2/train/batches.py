@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from edgel2.train.outliers import synthetic_outliers
+
 
 class ShuffledBatches(keras.utils.PyDataset):
     """Full batches of (uint8 images, one-hot labels) in a fresh seeded order each epoch.
@@ -18,6 +20,12 @@ class ShuffledBatches(keras.utils.PyDataset):
     ``P`` equal slices of each batch (``batch_size`` is the global batch), so that the slices
     put together in process order are the batch one process would give.
 
+    ``outliers``: synthetic images of none of the classes added to each global batch, with the
+    uniform distribution as their target (:mod:`edgel2.train.outliers`), made from the batch's
+    own images as a function of ``(seed, epoch, index)``. Each process gives its slice of the
+    known images, then its slice of the outliers (``outliers`` must split over the processes):
+    the same rows as one process, in another order.
+
     Examples:
         >>> x, y = np.zeros((10, 2, 2, 3), np.uint8), np.eye(2, dtype=np.float32)[np.arange(10) % 2]
         >>> batches = ShuffledBatches(x, y, batch_size=4, seed=0, epoch=3)
@@ -25,13 +33,15 @@ class ShuffledBatches(keras.utils.PyDataset):
         (2, (4, 2, 2, 3))
         >>> ShuffledBatches(x, y, batch_size=4, seed=0, shard=(1, 2))[0][0].shape
         (2, 2, 2, 3)
+        >>> ShuffledBatches(x, y, batch_size=4, seed=0, outliers=2)[0][1][-2:].tolist()
+        [[0.5, 0.5], [0.5, 0.5]]
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int = 0,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), outliers: int = 0):
         super().__init__()
         self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
-        self.epoch = epoch
+        self.epoch, self.outliers, self.shard = epoch, outliers, shard
         self._slice = _shard_slice(batch_size, *shard)
         self._order = self._shuffle()
 
@@ -43,8 +53,17 @@ class ShuffledBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         picked = np.sort(self._order[index * self.batch_size:(index + 1) * self.batch_size])
+        if not self.outliers:
+            picked = picked[self._slice]
+            return self.x[picked], self.y[picked]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        made = synthetic_outliers(self.x[picked], np.argmax(self.y[picked], axis=1),
+                                  self.outliers, rng)
+        made = made[_shard_slice(self.outliers, *self.shard)]
         picked = picked[self._slice]
-        return self.x[picked], self.y[picked]
+        uniform = np.full((len(made), self.y.shape[1]), 1 / self.y.shape[1], self.y.dtype)
+        return (np.concatenate([self.x[picked], made]),
+                np.concatenate([self.y[picked], uniform]))
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

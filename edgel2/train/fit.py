@@ -37,6 +37,7 @@ from edgel2.train.callbacks import (
     stalled,
 )
 from edgel2.train.distribute import ONE_DEVICE, Placement, check_batch_size, global_batch_size
+from edgel2.train.outliers import KnownAccuracy, LogitNormCrossentropy, outlier_count
 from edgel2.train.rundir import (
     default_name,
     finished,
@@ -282,7 +283,9 @@ def _train(config: TrainConfig, run_dir: Path, name: str, state: dict | None,
             assert x_held is not None and y_held is not None  # held_out "val" has a val split
             fitted = trainer.fit(
                 ShuffledBatches(ds.x_train, one_hot(ds.y_train, ds.num_classes), batch_size,
-                                seed=config.seed, epoch=start_epoch, shard=placement.shard),
+                                seed=config.seed, epoch=start_epoch, shard=placement.shard,
+                                outliers=outlier_count(config.outliers, batch_size,
+                                                       placement.devices)),
                 epochs=config.epochs, initial_epoch=start_epoch, shuffle=False,
                 validation_data=HeldOutBatches(x_held, one_hot(y_held, ds.num_classes),
                                                max(batch_size, 256), placement.devices,
@@ -343,10 +346,13 @@ def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int,
         optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum,
                                        nesterov=config.nesterov, use_ema=config.ema > 0,
                                        ema_momentum=config.ema or 0.99),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                  label_smoothing=config.label_smoothing),
-        # weighted: the held-out batches' padding rows weigh 0 (HeldOutBatches)
-        weighted_metrics=[keras.metrics.CategoricalAccuracy(name="acc")])
+        loss=(LogitNormCrossentropy(config.logit_norm, config.label_smoothing)
+              if config.logit_norm else
+              keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                   label_smoothing=config.label_smoothing)),
+        # weighted: the held-out batches' padding rows weigh 0 (HeldOutBatches); the top-1 of
+        # known images only (a batch's synthetic outliers have no class)
+        weighted_metrics=[KnownAccuracy(name="acc")])
     return trainer, model
 
 
