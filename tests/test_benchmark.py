@@ -226,3 +226,28 @@ def test_a_flip_averaged_folder_is_filled_with_flip_averaged_files(small_model, 
 
     assert read_metadata(folder / "model-fp32.onnx")["flip_average"] is True
     assert not (folder / "model-int8.tflite").exists()  # no flip-averaged TFLite int8 exists
+
+
+def test_unknown_cost_times_each_file_against_its_copy_without_the_score(exported, cifar,
+                                                                         tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for name in ("model-int8.onnx", "model-fp32.tflite"):
+        shutil.copy(exported[name], folder / name)
+    lines = []
+    report = benchmark(folder, formats=("onnx", "tflite"), batch_sizes=(1, 2), seconds=0.02,
+                       check=20, repeat=2, dataset=cifar, unknown_cost=True,
+                       progress=lines.append)
+    measured = [r for r in report["rows"] if r["status"] == "ok"]
+    assert [(r["format"], r["precision"]) for r in measured] == [("onnx", "int8"),
+                                                                  ("tflite", "fp32")]
+    for row in measured:
+        bare = row["without_unknown"]
+        assert set(bare) == {"latency_ms", "throughput"} and set(bare["throughput"]) == {"1", "2"}
+        assert row["unknown_cost"] == {
+            b: 1 - row["throughput"][b] / bare["throughput"][b] for b in ("1", "2")}
+    assert len(lines) == 4  # each file once a round; its copy is measured in the same step
+    costs = [line for line in format_table(report).splitlines()
+             if line.startswith("unknown score: ")]
+    assert [line.split(" costs ")[0] for line in costs] == [
+        "unknown score: ONNX Runtime int8", "unknown score: LiteRT fp32"]

@@ -251,3 +251,23 @@ def test_annotated_copies_of_unknown_images_are_captioned_unknown(tmp_path, monk
         FileResult(str(tmp_path / "b.png"), Prediction([("dog", 0.9)], 0.8, False)),
         FileResult(str(tmp_path / "c.png"), Prediction([("dog", 0.9)]))], tmp_path / "out")
     assert captions == ["unknown (cat 65.0 %)", "dog 90.0 %", "dog 90.0 %"]
+
+
+@pytest.mark.parametrize("name", ["model-int8.onnx", "model-fp32.tflite"])
+def test_a_copy_without_the_score_gives_the_same_logits_and_nothing_else(exported, name,
+                                                                         tmp_path):
+    from edgel2.export.unknown import without_unknown
+    from edgel2.runtime.auto import open_engine
+
+    original = open_engine(exported[name])
+    copy = without_unknown(exported[name], tmp_path)
+    bare = open_engine(copy)  # opens: the checksum in its metadata is of the pruned graph
+    assert original.has_unknown and not bare.has_unknown
+    assert "unknown" in read_metadata(exported[name]) and "unknown" not in read_metadata(copy)
+    assert {k: v for k, v in read_metadata(copy).items() if k != "weights_sha256"} == {
+        k: v for k, v in read_metadata(exported[name]).items()
+        if k not in ("unknown", "weights_sha256")}
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
+    original.with_unknown = True
+    np.testing.assert_array_equal(bare.run(images), original.run(images)[:, :-1])
+    assert without_unknown(copy, tmp_path / "again") is None  # no score: nothing to remove

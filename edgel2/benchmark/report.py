@@ -61,6 +61,7 @@ def format_table(report: dict) -> str:
             + f" {'-' if speed is None else format(speed, '.2f') + 'x':>8}  {r['status']}"
             + (f": {r['reason']}" if r["reason"] else ""))
     lines.append(fastest_line(report))
+    lines.extend(unknown_cost_lines(report))
     m = report["machine"]
     lines.append(f"{m['cpu']}, {m['cores']} cores, {report['threads']} threads, load {_load_text(m)}; "
                  f"top-1 on {report['check_images']} {report['data']} test images; "
@@ -101,6 +102,29 @@ def fastest_line(report: dict) -> str:
                      + "".join(f", b{b} {auto[str(b)]}" for b in report["batch_sizes"]
                                if str(b) in auto))
     return "fastest: " + "; ".join(parts)
+
+
+def unknown_cost_lines(report: dict) -> list[str]:
+    """What the unknown score costs each row measured with ``unknown_cost``: the share of
+    throughput at the largest batch size, and batch-1 latency, with and without it.
+
+    Examples:
+        >>> row = {"format": "onnx", "precision": "int8", "status": "ok",
+        ...        "latency_ms": {"p50": 1.77}, "throughput": {"64": 725.0},
+        ...        "without_unknown": {"latency_ms": {"p50": 1.71}, "throughput": {"64": 729.8}},
+        ...        "unknown_cost": {"64": 0.0066}}
+        >>> print(*unknown_cost_lines({"batch_sizes": [1, 64], "rows": [row]}))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        unknown score: ONNX Runtime int8 costs 0.7 % of b64 throughput (725.0 against 729.8
+        img/s without it), batch-1 p50 1.77 against 1.71 ms
+    """
+    largest = str(report["batch_sizes"][-1])
+    return [f"unknown score: {SHORT_NAME[r['format']]} {r['precision']} costs "
+            f"{100 * r['unknown_cost'][largest]:.1f} % of b{largest} throughput "
+            f"({r['throughput'][largest]:.1f} against "
+            f"{r['without_unknown']['throughput'][largest]:.1f} img/s without it), batch-1 p50 "
+            f"{r['latency_ms']['p50']:.2f} against {r['without_unknown']['latency_ms']['p50']:.2f} ms"
+            for r in report["rows"] if r.get("unknown_cost")]
 
 
 def _load_text(machine_info: dict) -> str:

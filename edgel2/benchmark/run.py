@@ -56,7 +56,7 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
               batch_sizes: Sequence[int] = (1, 8, 64), threads: int | None = None,
               provider: str = "auto", seconds: float = 2.0, check: int | None = CHECK_IMAGES,
               min_accuracy: float | None = None, repeat: int = 1, dataset: Dataset | None = None,
-              export_missing: bool | None = None,
+              export_missing: bool | None = None, unknown_cost: bool = False,
               progress: Callable[[str], None] = lambda _: None) -> dict:
     """Measure size, top-1, batch-1 latency and throughput of every format and precision.
 
@@ -82,6 +82,10 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
         export_missing: Export the files the rows need that are not there yet; None: only for a
             ``.keras`` source (an export folder is measured as it is, and a row without its
             file is ``skipped``).
+        unknown_cost: Also time each exported file that has the unknown score as a copy
+            without it (:func:`edgel2.export.unknown.without_unknown`), in the same rounds:
+            each such row gets ``without_unknown`` (its speed cells) and ``unknown_cost`` (the
+            share of throughput the score takes, per batch size).
         progress: Gets a line per step.
 
     Returns:
@@ -126,26 +130,36 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
         results.append(row)
         paths.append(path)
     rounds: list[list[dict]] = [[] for _ in rows]
+    bare_rounds: list[list[dict]] = [[] for _ in rows]
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "check.npz", images=images, labels=labels)
+        bare = _without_unknown(results, paths, Path(tmp)) if unknown_cost else [None] * len(rows)
         for round_index in range(repeat):
-            for row, path, measured in zip(results, paths, rounds):
+            for row, path, bare_path, measured, bare_measured in zip(results, paths, bare, rounds,
+                                                                     bare_rounds):
                 if row["reason"]:                   # missing, or failed in an earlier round
                     continue
                 progress(f"{row['runtime']} {row['precision']}: {path}"
                          + (f" (round {round_index + 1} of {repeat})" if repeat > 1 else ""))
-                cells = _measure_in_child(row["format"], row["precision"], path,
-                                          Path(tmp) / "check.npz", batch_sizes, threads, provider,
-                                          seconds, accuracy=round_index == 0)
-                if "reason" in cells:
-                    row["reason"] = cells["reason"]
-                else:
-                    measured.append(cells)
-    for row, measured in zip(results, rounds):
+                # the copy without the score right after the file: the same minute's speed
+                for file, into, accuracy in ((path, measured, round_index == 0),
+                                             (bare_path, bare_measured, False)):
+                    cells = {} if file is None or row["reason"] else _measure_in_child(
+                        row["format"], row["precision"], file, Path(tmp) / "check.npz",
+                        batch_sizes, threads, provider, seconds, accuracy=accuracy)
+                    if "reason" in cells:
+                        row["reason"] = cells["reason"]
+                    elif cells:
+                        into.append(cells)
+    for row, measured, bare_measured in zip(results, rounds, bare_rounds):
         if not row["reason"]:
             row.update(status="ok", **_median_cells(measured))
             if repeat > 1:
                 row["rounds"] = [{k: m[k] for k in ("latency_ms", "throughput")} for m in measured]
+            if bare_measured:
+                row["without_unknown"] = _median_speed(bare_measured)
+                row["unknown_cost"] = {b: 1 - row["throughput"][b] / speed
+                                       for b, speed in row["without_unknown"]["throughput"].items()}
 
     baseline = next((r for r in results if r["format"] == "keras" and r["status"] == "ok"), None)
     for row in results:
@@ -340,8 +354,29 @@ def _median_cells(measured: list[dict]) -> dict:
         ({'p50': 3.0}, {'64': 200.0})
     """
     first = measured[0]
-    return {"size_mb": first["size_mb"], "accuracy": first["accuracy"],
-            **{group: {key: float(np.median([m[group][key] for m in measured]))
-                       for key in first[group]} for group in ("latency_ms", "throughput")}}
+    return {"size_mb": first["size_mb"], "accuracy": first["accuracy"], **_median_speed(measured)}
+
+
+def _median_speed(measured: list[dict]) -> dict:
+    """The latency and throughput cells of several rounds, each the median."""
+    return {group: {key: float(np.median([m[group][key] for m in measured]))
+                    for key in measured[0][group]} for group in ("latency_ms", "throughput")}
+
+
+def _without_unknown(rows: list[dict], paths: list[Path | None], folder: Path
+                     ) -> list[Path | None]:
+    """For each row, a copy of its exported file without the unknown score (None: Keras, no
+    file, or a file without the score)."""
+    from edgel2.export.unknown import without_unknown
+
+    copies: list[Path | None] = []
+    for index, (row, path) in enumerate(zip(rows, paths)):
+        if row["format"] == "keras" or row["reason"] or path is None:
+            copies.append(None)
+            continue
+        into = folder / f"bare{index}"  # one folder each: the copy keeps the file's name
+        into.mkdir()
+        copies.append(without_unknown(path, into))
+    return copies
 
 

@@ -48,11 +48,14 @@ from edgel2.variants import BENCHMARK_FORMATS
 @click.option("--export-missing/--no-export-missing", default=None,
               help="Export the files a row needs that are not there (default: only when "
                    "SOURCE is a .keras model; an export folder is measured as it is).")
+@click.option("--unknown-cost", is_flag=True,
+              help="Also time each file that has the unknown score as a copy without it (its "
+                   "ops pruned), in the same rounds, and print what the score costs.")
 @click.option("--out", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Where the JSON report goes (default: benchmark.json in the export folder); "
                    "the chart goes beside it as .png.")
 def benchmark(source, data, formats, engine, batch_sizes, threads, provider, seconds, check,
-              min_accuracy, repeat, export_missing, json_path) -> None:
+              min_accuracy, repeat, export_missing, unknown_cost, json_path) -> None:
     """Size, top-1, batch-1 latency and throughput of every format and precision of SOURCE
     (a .keras model, exporting what is missing, or an export folder, measured as it is) on
     this machine.
@@ -70,7 +73,7 @@ def benchmark(source, data, formats, engine, batch_sizes, threads, provider, sec
                            batch_sizes=batch_sizes,
                            threads=threads, provider=provider, seconds=seconds, check=check,
                            min_accuracy=min_accuracy, repeat=repeat,
-                           export_missing=export_missing,
+                           export_missing=export_missing, unknown_cost=unknown_cost,
                            progress=lambda line: click.echo(f"benchmark: {line}", err=True))
     click.echo(format_table(report))
     json_path = Path(json_path) if json_path else Path(report["export_dir"]) / "benchmark.json"
