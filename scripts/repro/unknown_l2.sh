@@ -11,7 +11,8 @@
 #
 # Knobs: WIDTH (16), EPOCHS (10), SUBSET (10000 training images), SEEDS ("0 1"),
 # LAMBDAS ("0 1e-4 1e-2"), TRAININGS ("plain outliers logit-norm"), OUTLIERS (0.25),
-# LOGIT_NORM (0.04), OUT (runs/unknown-l2). A finished run is not trained or measured again.
+# LOGIT_NORM (0.04), OUT (runs/unknown-l2). A finished run is not trained or measured again;
+# the tables at the end are scripts/repro/unknown_l2_table.py OUT.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PROBE=${PROBE:?PROBE must name the probe folder (scripts/tools/make_ood_probe.py writes it)}
@@ -42,3 +43,4 @@ for lambda in $LAMBDAS; do
     done
   done
 done
+python scripts/repro/unknown_l2_table.py "$OUT"   # the tables of the measurements page
