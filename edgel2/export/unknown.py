@@ -30,6 +30,7 @@ def file_record(path: Path, fit: UnknownFit,
     return {**fit.record, "threshold": threshold,
             "flagged": float(np.mean(reported > threshold))}
 
+
 def without_unknown(path: Path, folder: Path) -> Path | None:
     """A copy of the ``.onnx`` or ``.tflite`` file at ``path`` without its unknown score, written
     into ``folder``: the score's output and every operation only it needs removed, and the
@@ -85,19 +86,18 @@ def _onnx_without_unknown(data: bytes) -> bytes | None:
                           "pip install 'edgel2[train]'") from None
     model = onnx.load_from_string(data)
     graph = model.graph
-    outputs = [o for o in graph.output if o.name != UNKNOWN_OUTPUT]
-    if len(outputs) == len(graph.output):
+    score = next((o for o in graph.output if o.name == UNKNOWN_OUTPUT), None)
+    if score is None:
         return None
-    kept = kept_operations([(n.input, n.output) for n in graph.node], {o.name for o in outputs})
-    nodes = [graph.node[i] for i in kept]
-    used = {name for n in nodes for name in n.input}
-    initializers = [t for t in graph.initializer if t.name in used]
-    for field, keep in (("node", nodes), ("output", outputs), ("initializer", initializers)):
-        kept_copies = [type(item)() for item in keep]
-        for copy, item in zip(kept_copies, keep):
-            copy.CopyFrom(item)
-        getattr(graph, field).clear()
-        getattr(graph, field).extend(kept_copies)
+    graph.output.remove(score)
+    kept = set(kept_operations([(n.input, n.output) for n in graph.node],
+                               {o.name for o in graph.output}))
+    for index in reversed(range(len(graph.node))):
+        if index not in kept:
+            del graph.node[index]
+    used = {name for node in graph.node for name in node.input}
+    for unused in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(unused)
     return model.SerializeToString()
 
 

@@ -53,17 +53,15 @@ class ShuffledBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         picked = np.sort(self._order[index * self.batch_size:(index + 1) * self.batch_size])
+        mine = picked[self._slice]
         if not self.outliers:
-            picked = picked[self._slice]
-            return self.x[picked], self.y[picked]
+            return self.x[mine], self.y[mine]
+        # made from the whole global batch, then sliced: every process makes the same ones
         rng = np.random.default_rng([self.seed, self.epoch, index])
         made = synthetic_outliers(self.x[picked], np.argmax(self.y[picked], axis=1),
-                                  self.outliers, rng)
-        made = made[_shard_slice(self.outliers, *self.shard)]
-        picked = picked[self._slice]
+                                  self.outliers, rng)[_shard_slice(self.outliers, *self.shard)]
         uniform = np.full((len(made), self.y.shape[1]), 1 / self.y.shape[1], self.y.dtype)
-        return (np.concatenate([self.x[picked], made]),
-                np.concatenate([self.y[picked], uniform]))
+        return (np.concatenate([self.x[mine], made]), np.concatenate([self.y[mine], uniform]))
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

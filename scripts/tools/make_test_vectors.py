@@ -44,8 +44,9 @@ def main() -> None:
     from edgel2.runtime.modelfile import sniff_format
 
     test_dir = Path(load_dataset().source) / "test"
-    picked = [sorted((test_dir / c).glob("*.jpg"))[0] for c in sorted(p.name for p in test_dir.iterdir())]
-    jpegs = [p.read_bytes() for p in picked][: 10 * PER_CLASS] + [noise_jpeg()]
+    picked = [sorted((test_dir / c).glob("*.jpg"))[0]
+              for c in sorted(p.name for p in test_dir.iterdir())][: 10 * PER_CLASS]
+    jpegs = [p.read_bytes() for p in picked] + [noise_jpeg()]
     names = [(f"{p.parent.name}/{p.name}", p.parent.name) for p in picked] + [(NOISE_NAME, None)]
     pixels = np.stack([load_image(j, (32, 32)) for j in jpegs])
     vectors = {
