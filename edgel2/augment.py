@@ -7,7 +7,10 @@ than the network itself on JAX (measured on one NVIDIA H200), so they are not us
 """
 from __future__ import annotations
 
+from typing import Any
+
 import keras
+import numpy as np
 from keras import layers, ops
 
 
@@ -161,24 +164,61 @@ class RandomCropFlip(layers.Layer):
                 "color_jitter": self.color_jitter}
 
 
-def with_augmentation(model: keras.Model, seed: int | None = None, padding: int = 4,
-                      flip: bool = True, cutout: int = 0, crop_scale: float = 1.0,
-                      color_jitter: float = 0.0) -> keras.Model:
+def with_augmentation(model: keras.Model, seed: int | None = None, **options: Any) -> keras.Model:
     """Wrap ``model`` so that training batches are cropped and flipped first (after a random
     zoom keeping at least ``crop_scale`` of the area and ``color_jitter``, when set; and get
     a ``cutout`` square filled with the mean pixel of the model's normalization, i.e. zero
     after it, as in the cutout paper).
 
+    Args:
+        model: The network, uint8 images in.
+        seed: Seeds the augmentation's random generator (its state is in checkpoints).
+        **options: ``padding`` (4), ``flip`` (True), ``cutout`` (0), ``crop_scale`` (1.0),
+            ``color_jitter`` (0.0).
+
+    Returns:
+        The training model: the augmentation, then ``model``.
+
     Examples:
         >>> from edgel2.model import resnet18
         >>> trainer = with_augmentation(resnet18(width=4), seed=0)   # fit this, save ``model``
     """
+    images = keras.Input(shape=model.input.shape[1:], dtype=model.input.dtype, name="images")
+    augmented = _augmentation_for(model, seed, **options)(images)
+    return keras.Model(images, model(augmented), name=f"{model.name}_train")
+
+
+class BatchAugmenter:
+    """The augmentation :func:`with_augmentation` puts in the graph, run on numpy batches
+    before the step instead (when a teacher must see the augmented batch,
+    :mod:`edgel2.train.distill`). Each batch's randomness is a function of the key it is
+    given, so a resumed run augments exactly as an uninterrupted one.
+
+    Examples:
+        >>> from edgel2.model import resnet18
+        >>> augment = BatchAugmenter(resnet18(width=4))
+        >>> x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+        >>> bool((augment(x, (0, 1, 2)) == augment(x, (0, 1, 2))).all())
+        True
+    """
+
+    def __init__(self, model: keras.Model, **options: Any):
+        self.layer = _augmentation_for(model, 0, **options)
+
+    def __call__(self, images: np.ndarray, key: tuple[int, ...]) -> np.ndarray:
+        seed = int(np.random.default_rng(key).integers(2**31 - 1))
+        state = self.layer.seed_generator.state
+        state.assign(ops.convert_to_tensor([seed, 0], dtype=state.dtype))
+        return ops.convert_to_numpy(self.layer(images, training=True))
+
+
+def _augmentation_for(model: keras.Model, seed: int | None, padding: int = 4,
+                      flip: bool = True, cutout: int = 0, crop_scale: float = 1.0,
+                      color_jitter: float = 0.0) -> RandomCropFlip:
+    """The augmentation layer for ``model``: cutout fills with its normalization's mean."""
     from edgel2.model import find_normalize
 
     norm = find_normalize(model)
     fill = [int(round(m)) for m in norm.mean] if norm is not None else 0
-    images = keras.Input(shape=model.input.shape[1:], dtype=model.input.dtype, name="images")
-    augmented = RandomCropFlip(padding, flip, seed=seed, cutout=cutout, cutout_fill=fill,
-                               crop_scale=crop_scale, color_jitter=color_jitter,
-                               name="crop_flip")(images)
-    return keras.Model(images, model(augmented), name=f"{model.name}_train")
+    return RandomCropFlip(padding, flip, seed=seed, cutout=cutout, cutout_fill=fill,
+                          crop_scale=crop_scale, color_jitter=color_jitter, name="crop_flip")

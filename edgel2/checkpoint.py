@@ -30,6 +30,7 @@ def _register_layers() -> None:
     their registered names)."""
     import edgel2.augment  # noqa: F401
     import edgel2.model  # noqa: F401
+    import edgel2.train.distill  # noqa: F401
     import edgel2.train.outliers  # noqa: F401
     import edgel2.train.schedule  # noqa: F401
 

@@ -39,8 +39,43 @@ TRAIN_COMPUTE_DTYPES = ("auto", "fp32", "bf16")
 # Training against unknown images (edgel2.train.outliers): the logit-norm temperature of its
 # paper for CIFAR-10 (Wei et al., 2022), what --logit-norm suggests
 LOGIT_NORM_TEMPERATURE = 0.04
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One network ``edgel2 train --arch`` builds (:func:`edgel2.model.build_network`).
+
+    ``stages`` lists, per stage, its channels as a multiple of ``width`` (the channels of the
+    stem and first stage), the stride of its first block, and its number of basic blocks.
+    """
+
+    width: int                                # the standard width (--width's default)
+    stages: tuple[tuple[int, int, int], ...]  # (channel multiple, first stride, blocks)
+    pretrained: str                           # the shipped int8 ONNX --pretrained starts from
+    summary: str                              # for --help and the docs
+
+
+# The networks edgel2 trains, first the default. Multiply-adds are per 32x32 image, counted by
+# edgel2.model.count_multiply_adds. A CIFAR ResNet-20 (He et al., 2016, with 1x1 projection
+# shortcuts) keeps most of the ResNet-18's accuracy at a fourteenth of its compute.
+ARCHITECTURES = {
+    "resnet18": Architecture(64, ((1, 1, 2), (2, 2, 2), (4, 2, 2), (8, 2, 2)),
+                             "resnet18-int8.onnx",
+                             "CIFAR ResNet-18: 11.2M parameters, 0.56G multiply-adds"),
+    "resnet20": Architecture(16, ((1, 1, 3), (2, 2, 3), (4, 2, 3)), "resnet20-int8.onnx",
+                             "CIFAR ResNet-20: 0.27M parameters, 41M multiply-adds"),
+}
+DEFAULT_ARCH = "resnet18"
 # The width of the shipped pretrained ResNet-18 (models/resnet18-int8.onnx; a test checks it)
-PRETRAINED_WIDTH = 64
+PRETRAINED_WIDTH = ARCHITECTURES[DEFAULT_ARCH].width
+# Distillation (--teacher): Hinton et al.'s loss, weight * T^2 * KL(teacher || student at
+# temperature T) + (1 - weight) * cross-entropy. CIFAR studies use T = 4 with weight 0.9, for
+# teachers trained without label smoothing; edgel2's teachers are trained with it, so their
+# logits are already soft (a spread of about 4 on the shipped ResNet-18), and T = 4 gave
+# near-uniform targets and a first epoch that diverged (measured; T^2 = 16 scales the
+# gradients up), while T = 2 trained as well as no teacher over the first epochs.
+DISTILL_TEMPERATURE = 2.0
+DISTILL_WEIGHT = 0.9
 
 
 @dataclass
@@ -61,7 +96,8 @@ class TrainConfig:
     subset: int | None = None          # class-balanced training subset
     val_split: float = 0.0             # held out of the training images to choose best.keras
     test_subset: int | None = None     # class-balanced test subset (quick runs)
-    width: int = 64
+    arch: str = DEFAULT_ARCH           # see ARCHITECTURES
+    width: int | None = None           # channels of the first stage; None: the arch's standard
     epochs: int = 30
     batch_size: int = 512
     lr: float = 0.4
@@ -83,10 +119,23 @@ class TrainConfig:
     compute_dtype: str = TRAIN_COMPUTE_DTYPES[0]  # auto: mixed bf16 on a GPU, fp32 on the CPU
     seed: int = 0
     weights: str | None = None         # start from: "pretrained" (shipped) or a .keras/.onnx
-    freeze: int = 0                    # stages kept frozen with the stem (0-4), when fine-tuning
+    freeze: int = 0                    # stages kept frozen with the stem (0 to all), when fine-tuning
     patience: int = 0                  # stop after this many epochs without a better val top-1
     outliers: float = 0.0              # synthetic outliers (uniform targets) per batch, a share of it
     logit_norm: float = 0.0            # logit-norm temperature (0: plain cross-entropy)
+    teacher: str | None = None         # distil from this edgel2 model (.keras, .onnx, .tflite)
+    distill_temperature: float = DISTILL_TEMPERATURE
+    distill_weight: float = DISTILL_WEIGHT  # of the distillation term; the rest: cross-entropy
+
+    @property
+    def network_width(self) -> int:
+        """``width``, or the architecture's standard width when it is None.
+
+        Examples:
+            >>> TrainConfig(arch="resnet20").network_width, TrainConfig(width=8).network_width
+            (16, 8)
+        """
+        return self.width if self.width is not None else ARCHITECTURES[self.arch].width
 
     @classmethod
     def finetune(cls, weights: str = "pretrained", **overrides) -> TrainConfig:
@@ -119,9 +168,12 @@ class TrainConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise OptionError(f"{field.name.replace('_', ' ')} must be a finite number, "
                                   f"got {value}")
+        if self.arch not in ARCHITECTURES:  # before the checks that read its table row
+            raise OptionError(f"unknown arch {self.arch!r} (choose from "
+                              f"{', '.join(ARCHITECTURES)})")
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.width >= 1, f"width must be >= 1, got {self.width}"),
+            (self.width is None or self.width >= 1, f"width must be >= 1, got {self.width}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup}"),
@@ -151,16 +203,29 @@ class TrainConfig:
             (self.test_subset is None or self.test_subset >= 1,
              f"test subset must be >= 1, got {self.test_subset}"),
             (0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}"),
-            (0 <= self.freeze <= 4, f"freeze takes 0 to 4 stages, got {self.freeze}"),
+            (0 <= self.freeze <= self._stages,
+             f"freeze takes 0 to {self._stages} stages, got {self.freeze}"),
             (not self.freeze or self.weights,
              "`freeze` keeps pretrained stages: it needs `weights` (or `pretrained`)"),
-            (self.weights != "pretrained" or self.width == PRETRAINED_WIDTH,
-             f"the shipped pretrained weights are width {PRETRAINED_WIDTH}: "
-             f"pass `width` {PRETRAINED_WIDTH} (got {self.width})"),
+            (self.weights != "pretrained" or self.network_width == self._standard_width,
+             f"the shipped pretrained {self.arch} is width {self._standard_width}: "
+             f"pass `width` {self._standard_width} (got {self.width})"),
+            (self.distill_temperature > 0,
+             f"distill temperature must be > 0, got {self.distill_temperature}"),
+            (0 <= self.distill_weight <= 1,
+             f"distill weight must be in [0, 1], got {self.distill_weight}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise OptionError(message)
+
+    @property
+    def _stages(self) -> int:
+        return len(ARCHITECTURES[self.arch].stages)
+
+    @property
+    def _standard_width(self) -> int:
+        return ARCHITECTURES[self.arch].width
 
     @classmethod
     def from_saved(cls, saved: dict) -> TrainConfig:

@@ -1,9 +1,13 @@
-"""The CIFAR-10 ResNet-18 (Keras 3, any backend) and the feature-L2 penalty layer.
+"""The CIFAR-10 networks (Keras 3, any backend) and the feature-L2 penalty layer.
+
+Each network is a plain function (:func:`resnet18`, :func:`resnet20`, any of
+:data:`~edgel2.config.ARCHITECTURES` through :func:`build_network`).
 
 ``resnet18()`` follows the common PyTorch CIFAR ResNet-18 (kuangliu/pytorch-cifar): a 3x3
 stem, no max-pool, four stages of two basic blocks with ``width``, 2x, 4x and 8x channels
 (strides 1, 2, 2, 2; a 1x1 conv + BN projection where the shape changes), global average
 pooling and a dense classifier. At ``width=64`` it has 11,173,962 trainable parameters.
+``resnet20()`` is He et al.'s CIFAR ResNet-20 built the same way: 272,474 parameters.
 
 The model takes raw uint8 NHWC pixels and normalizes inside the graph, so exported files need
 no outside preprocessing.
@@ -18,10 +22,12 @@ Regularization, in both senses of "L2":
 """
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import layers, ops
 
-from edgel2.config import DEFAULT_FEATURE_L2, DEFAULT_WEIGHT_L2
+from edgel2.config import ARCHITECTURES, DEFAULT_FEATURE_L2, DEFAULT_WEIGHT_L2
 from edgel2.errors import OptionError
 
 # Per-channel statistics of the CIFAR-10 training images, on the 0..255 scale.
@@ -136,21 +142,91 @@ def _basic_block(x, filters: int, stride: int, name: str, reg, bn_reg):
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([shortcut, y]))
 
 
-def resnet18(num_classes: int = 10, width: int = 64, *,
-             weight_l2: float = DEFAULT_WEIGHT_L2, feature_l2: float = DEFAULT_FEATURE_L2,
-             l1: float = 0.0, dropout: float = 0.0, bn_l2: float = 0.0,
-             input_shape: tuple[int, int, int] = (32, 32, 3),
-             mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD,
-             name: str | None = None) -> keras.Model:
+def resnet18(num_classes: int = 10, width: int = 64, **options: Any) -> keras.Model:
     """Build the CIFAR ResNet-18 as a functional Keras model: uint8 NHWC in, logits out.
 
     The input is normalized inside the graph (so exported files take raw pixels); the stem is a
-    3x3 convolution without max-pooling, as CIFAR ResNets have.
+    3x3 convolution without max-pooling, as CIFAR ResNets have. Four stages of two basic blocks
+    with ``width``, 2x, 4x and 8x channels.
 
     Args:
         num_classes: Classes of the classifier.
         width: Channels of the first stage (64: the standard ResNet-18; 8 or 16 train fast on
             a CPU).
+        **options: The regularization and input options of :func:`cifar_resnet`.
+
+    Returns:
+        The uncompiled Keras model.
+
+    Examples:
+        >>> model = resnet18(width=64)
+        >>> count_params(model)   # doctest: +SKIP
+        11173962
+        >>> small = resnet18(width=8, feature_l2=1e-3)   # a fast model for CPU runs
+    """
+    return cifar_resnet("resnet18", num_classes, width, **options)
+
+
+def resnet20(num_classes: int = 10, width: int = 16, **options: Any) -> keras.Model:
+    """Build the CIFAR ResNet-20 (He et al., 2016): three stages of three basic blocks with
+    ``width``, 2x and 4x channels, 1x1 projection shortcuts where the shape changes. At
+    ``width=16``: 272,474 parameters and 41M multiply-adds per 32x32 image, a fourteenth of
+    the ResNet-18's.
+
+    Args:
+        num_classes: Classes of the classifier.
+        width: Channels of the first stage (16: the standard ResNet-20).
+        **options: The regularization and input options of :func:`cifar_resnet`.
+
+    Returns:
+        The uncompiled Keras model.
+
+    Examples:
+        >>> model = resnet20()
+        >>> count_params(model), count_multiply_adds(model)
+        (272474, 40813184)
+    """
+    return cifar_resnet("resnet20", num_classes, width, **options)
+
+
+def build_network(arch: str, num_classes: int = 10, width: int | None = None,
+                  **options: Any) -> keras.Model:
+    """The network ``arch`` names (:data:`~edgel2.config.ARCHITECTURES`) at ``width``.
+
+    Args:
+        arch: A key of :data:`~edgel2.config.ARCHITECTURES` (``resnet18``, ``resnet20``).
+        num_classes: Classes of the classifier.
+        width: Channels of the first stage; None: the architecture's standard width.
+        **options: The regularization and input options of :func:`cifar_resnet`.
+
+    Returns:
+        The uncompiled Keras model.
+
+    Examples:
+        >>> build_network("resnet20", 10).name
+        'resnet20_w16'
+    """
+    if arch not in ARCHITECTURES:
+        raise OptionError(f"unknown arch {arch!r} (choose from {', '.join(ARCHITECTURES)})")
+    return cifar_resnet(arch, num_classes, width or ARCHITECTURES[arch].width, **options)
+
+
+def cifar_resnet(arch: str, num_classes: int = 10, width: int = 64, *,
+                 weight_l2: float = DEFAULT_WEIGHT_L2, feature_l2: float = DEFAULT_FEATURE_L2,
+                 l1: float = 0.0, dropout: float = 0.0, bn_l2: float = 0.0,
+                 input_shape: tuple[int, int, int] = (32, 32, 3),
+                 mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD,
+                 name: str | None = None) -> keras.Model:
+    """A CIFAR ResNet of basic blocks with the stages of ``ARCHITECTURES[arch]``: normalize,
+    a 3x3 stem, the stages, global average pooling, the feature L2, a dense classifier.
+
+    Every architecture names its layers the same way (``stem``, ``stage<s>_block<b>_<i>``,
+    ``pool``, ``logits``), so export, fine-tuning and the unknown score treat them alike.
+
+    Args:
+        arch: A key of :data:`~edgel2.config.ARCHITECTURES`.
+        num_classes: Classes of the classifier.
+        width: Channels of the stem and first stage.
         weight_l2: L2 on the convolution and dense kernels.
         feature_l2: ``λ`` of ``λ·mean‖u‖²`` on the pooled features (:class:`FeatureL2`).
         l1: L1 on the same kernels as ``weight_l2``.
@@ -160,16 +236,14 @@ def resnet18(num_classes: int = 10, width: int = 64, *,
         input_shape: (height, width, 3).
         mean: Per-channel mean of the normalization, in pixel units.
         std: Per-channel standard deviation of the normalization.
-        name: The model's name; None for ``resnet18_w<width>``.
+        name: The model's name; None for ``<arch>_w<width>``.
 
     Returns:
         The uncompiled Keras model.
 
     Examples:
-        >>> model = resnet18(width=64)
-        >>> sum(int(w.numpy().size) for w in model.trainable_weights)   # doctest: +SKIP
-        11173962
-        >>> small = resnet18(width=8, feature_l2=1e-3)   # a fast model for CPU runs
+        >>> cifar_resnet("resnet20", width=4).output.shape
+        (None, 10)
     """
     if width < 1:
         raise OptionError(f"width must be >= 1, got {width}")
@@ -184,8 +258,8 @@ def resnet18(num_classes: int = 10, width: int = 64, *,
     images = keras.Input(shape=input_shape, dtype="uint8", name="images")
     x = Normalize(mean, std, name="normalize")(images)
     x = _conv_bn(x, width, 3, 1, "stem", reg, bn_reg=bn_reg)
-    for stage, (mult, stride) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2)), start=1):
-        for block in range(2):
+    for stage, (mult, stride, blocks) in enumerate(ARCHITECTURES[arch].stages, start=1):
+        for block in range(blocks):
             x = _basic_block(x, width * mult, stride if block == 0 else 1,
                              f"stage{stage}_block{block + 1}", reg, bn_reg)
     features = layers.GlobalAveragePooling2D(name="pool")(x)
@@ -195,7 +269,58 @@ def resnet18(num_classes: int = 10, width: int = 64, *,
     # float32 logits even under mixed precision, for a stable softmax and loss.
     logits = layers.Dense(num_classes, kernel_regularizer=reg, bias_regularizer=bn_reg,
                           dtype="float32", name="logits")(features)
-    return keras.Model(images, logits, name=name or f"resnet18_w{width}")
+    return keras.Model(images, logits, name=name or f"{arch}_w{width}")
+
+
+def conv_layer_names(arch: str) -> set[str]:
+    """The names of the convolution layers of ``arch`` (at any width): what tells an
+    exported graph's architecture (:func:`architecture_of`).
+
+    Examples:
+        >>> len(conv_layer_names("resnet18")), len(conv_layer_names("resnet20"))
+        (20, 21)
+    """
+    names = {"stem_conv"}
+    for stage, (mult, stride, blocks) in enumerate(ARCHITECTURES[arch].stages, start=1):
+        for block in range(1, blocks + 1):
+            names |= {f"stage{stage}_block{block}_1_conv", f"stage{stage}_block{block}_2_conv"}
+        if stride != 1 or mult != 1:  # the first block changes the shape: a projection
+            names.add(f"stage{stage}_block1_proj_conv")
+    return names
+
+
+def architecture_of(layer_names) -> str | None:
+    """The architecture whose convolution layers are the ``*_conv`` names among
+    ``layer_names``, or None.
+
+    Examples:
+        >>> architecture_of(layer.name for layer in resnet20(width=4).layers)
+        'resnet20'
+    """
+    convs = {name for name in layer_names if name.endswith("_conv")}
+    return next((arch for arch in ARCHITECTURES if conv_layer_names(arch) == convs), None)
+
+
+def count_multiply_adds(model: keras.Model) -> int:
+    """Multiply-adds of one image through ``model``'s convolutions and dense layers (the
+    usual "MACs"; normalization, batch norms folded at export, additions and pooling are
+    not counted).
+
+    Examples:
+        >>> count_multiply_adds(resnet18(width=64))   # doctest: +SKIP
+        555422720
+    """
+    total = 0
+    for layer in network_of(model).layers:
+        if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)):
+            kernel = layer.kernel.shape  # (kh, kw, in / groups, out) or (kh, kw, in, mult)
+            _, height, width, channels = layer.output.shape
+            per_output = kernel[0] * kernel[1] * (
+                1 if isinstance(layer, layers.DepthwiseConv2D) else kernel[2])
+            total += height * width * channels * per_output
+        elif isinstance(layer, layers.Dense):
+            total += layer.kernel.shape[0] * layer.kernel.shape[1]
+    return int(total)
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:

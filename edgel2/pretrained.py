@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgel2.config import ARCHITECTURES, DEFAULT_ARCH
 from edgel2.errors import ModelError
 from edgel2.runtime.modelfile import UNKNOWN_OPS
 
@@ -41,7 +42,7 @@ def network_from_onnx(path: str | os.PathLike):
     import onnx
     from onnx import numpy_helper
 
-    from edgel2.model import resnet18
+    from edgel2.model import architecture_of, build_network
     from edgel2.runtime.modelfile import read_metadata
     from edgel2.stem import PREFIX, unfold_stem
 
@@ -60,7 +61,7 @@ def network_from_onnx(path: str | os.PathLike):
             return consts[name].astype(np.float64)
         node = dequantized.get(name)
         if node is None or any(i not in consts for i in node.input):
-            raise ModelError(f"{path} is not an edgel2 ResNet-18 export: {name} is not a constant")
+            raise ModelError(f"{path} is not an edgel2 network export: {name} is not a constant")
         q, scale, *zero = (consts[i].astype(np.float64) for i in node.input)
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
         shape = [1] * q.ndim
@@ -73,7 +74,7 @@ def network_from_onnx(path: str | os.PathLike):
         if node.op_type == "Conv":
             match = _LAYER.match(node.input[1])
             if not match or len(node.input) < 3:
-                raise ModelError(f"{path} is not an edgel2 ResNet-18 export: convolution "
+                raise ModelError(f"{path} is not an edgel2 network export: convolution "
                                  f"{node.name} has no layer name or no folded bias")
             weights, bias = value(node.input[1]), value(node.input[2])
             weight_node = dequantized.get(node.input[1])
@@ -95,17 +96,17 @@ def network_from_onnx(path: str | os.PathLike):
                               if add is not None else None)
             dense = (kernel.T if transposed else kernel, dense_bias)
     if "stem_conv" not in convs or dense is None:
-        raise ModelError(f"{path} is not an edgel2 ResNet-18 export: no stem convolution or "
+        raise ModelError(f"{path} is not an edgel2 network export: no stem convolution or "
                          "no classifier")
 
+    arch = architecture_of(convs)
+    if arch is None:
+        raise ModelError(f"{path} is not an edgel2 network export: its {len(convs)} "
+                         "convolutions are those of none of edgel2's architectures")
     norm = metadata["normalization"]
-    model = resnet18(dense[0].shape[1], width=convs["stem_conv"][0].shape[0],
-                     input_shape=tuple(metadata["input"]["shape"][1:]),
-                     mean=tuple(norm["mean"]), std=tuple(norm["std"]))
-    expected = {layer.name for layer in model.layers if layer.name.endswith("_conv")}
-    if set(convs) != expected:
-        raise ModelError(f"{path} is not an edgel2 ResNet-18 export: its convolutions are not "
-                         f"the network's ({len(convs)} against {len(expected)})")
+    model = build_network(arch, dense[0].shape[1], width=convs["stem_conv"][0].shape[0],
+                          input_shape=tuple(metadata["input"]["shape"][1:]),
+                          mean=tuple(norm["mean"]), std=tuple(norm["std"]))
     for name, (weights, bias) in convs.items():
         model.get_layer(name).set_weights([weights.transpose(2, 3, 1, 0).astype(np.float32)])
         channels = len(bias)
@@ -119,17 +120,16 @@ def network_from_onnx(path: str | os.PathLike):
     return model
 
 
-def load_backbone(source: str | os.PathLike):
-    """The network to start from: ``"pretrained"`` (the shipped int8 ONNX), an edgel2
+def load_backbone(source: str | os.PathLike, arch: str = DEFAULT_ARCH):
+    """The network to start from: ``"pretrained"`` (the shipped int8 ONNX of ``arch``), an edgel2
     ``.keras`` file (a model, or a training checkpoint such as ``last.keras``) or an int8/fp32
     ``.onnx`` that edgel2 exported. Returns ``(network, folded)``; ``folded`` says its batch
     norms were folded away (see :func:`recalibrate_batchnorm`)."""
     from edgel2.checkpoint import load_model
-    from edgel2.model import network_of
-    from edgel2.runtime.shipped import shipped_model
+    from edgel2.model import architecture_of, network_of
 
     if str(source) == PRETRAINED:
-        return network_from_onnx(shipped_model("resnet18-int8.onnx")), True
+        return network_from_onnx(pretrained_file(arch)), True
     path = Path(source)
     if not path.is_file():
         raise ModelError(f"weights file does not exist: {path}")
@@ -138,12 +138,30 @@ def load_backbone(source: str | os.PathLike):
     if path.suffix.lower() != ".keras":
         raise ModelError(f"`weights` takes an edgel2 .keras or .onnx file, got {path}")
     network = network_of(load_model(path))
-    if not _is_resnet18(network):
-        raise ModelError(f"{path} is not an edgel2 ResNet-18 (no stem_conv ... logits layers)")
+    if HEAD not in {layer.name for layer in network.layers} or \
+            architecture_of(layer.name for layer in network.layers) is None:
+        raise ModelError(f"{path} is not an edgel2 network (its layers are those of none of "
+                         f"{', '.join(ARCHITECTURES)})")
     return network, False
 
 
-def natural_image_size(source: str | os.PathLike) -> int | None:
+def pretrained_file(arch: str = DEFAULT_ARCH) -> Path:
+    """The shipped int8 ONNX that ``--pretrained`` starts an ``arch`` network from.
+
+    Examples:
+        >>> pretrained_file("resnet18").name
+        'resnet18-int8.onnx'
+    """
+    from edgel2.runtime.shipped import shipped_model
+
+    path = shipped_model(ARCHITECTURES[arch].pretrained)
+    if not path.is_file():
+        raise ModelError(f"no pretrained {arch} is shipped ({path.name} is not in "
+                         f"{path.parent}): train one, or start from `weights` FILE")
+    return path
+
+
+def natural_image_size(source: str | os.PathLike, arch: str = DEFAULT_ARCH) -> int | None:
     """The side of the images the weights at ``source`` were trained on (the shipped
     ResNet-18: 32), read from the file's metadata or its run's ``config.json`` without
     loading the network; None when neither says.
@@ -153,11 +171,10 @@ def natural_image_size(source: str | os.PathLike) -> int | None:
         32
     """
     from edgel2.runtime.modelfile import read_metadata
-    from edgel2.runtime.shipped import shipped_model
     from edgel2.utils import run_config
 
-    path = shipped_model("resnet18-int8.onnx") if str(source) == PRETRAINED else Path(source)
     try:
+        path = pretrained_file(arch) if str(source) == PRETRAINED else Path(source)
         if path.suffix.lower() == ".keras":
             height = run_config(path)["model"]["input_shape"][0]
         else:
@@ -172,11 +189,18 @@ def start_from(network, source: str | os.PathLike, images: np.ndarray | None = N
     :func:`load_backbone`): the classifier keeps its fresh initialization for the new classes;
     the image size may differ (the convolutions do not depend on it). Folded batch norms are
     recalibrated on ``images`` (the training images)."""
-    backbone, folded = load_backbone(source)
+    from edgel2.model import architecture_of
+
+    arch = architecture_of(layer.name for layer in network.layers) or DEFAULT_ARCH
+    backbone, folded = load_backbone(source, arch)
+    found = architecture_of(layer.name for layer in backbone.layers)
     width, wanted = _width(backbone), _width(network)
+    shipped = " (the shipped weights)" if str(source) == PRETRAINED else ""
+    if found != arch:
+        raise ModelError(f"{source}{shipped} is a {found} and this run is a {arch}: "
+                         f"pass `arch` {found}")
     if width != wanted:
-        shipped = " (the shipped weights)" if str(source) == PRETRAINED else ""
-        raise ModelError(f"{source}{shipped} is a width-{width} ResNet-18 and this run is "
+        raise ModelError(f"{source}{shipped} is a width-{width} {found} and this run is "
                          f"width {wanted}: pass `width` {width}")
     for layer in network.layers:
         if layer.weights and layer.name != HEAD:
@@ -222,7 +246,7 @@ def recalibrate_batchnorm(network, images: np.ndarray, batch_size: int = 128) ->
 
 
 def freeze_stages(network, stages: int) -> None:
-    """Freeze the stem and the first ``stages`` of the 4 stages (4: the whole backbone, only
+    """Freeze the stem and the first ``stages`` stages (all of them: the whole backbone, only
     the classifier trains). Frozen batch norms run in inference mode (Keras 3), so they keep
     their statistics too. (``TrainConfig.validate`` checks the range.)"""
     if stages == 0:
@@ -237,6 +261,3 @@ def _width(network) -> int:
     return int(network.get_layer("stem_conv").kernel.shape[-1])
 
 
-def _is_resnet18(network) -> bool:
-    names = {layer.name for layer in network.layers}
-    return {"stem_conv", "stage4_block2_2_bn", HEAD} <= names

@@ -1,11 +1,24 @@
-"""edgel2.model: the CIFAR ResNet-18 and its two kinds of L2 regularization."""
+"""edgel2.model: the CIFAR networks (ResNet-18, ResNet-20) and the two kinds of L2
+regularization, which every architecture gets."""
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
 
-from edgel2.model import FeatureL2, count_params, feature_extractor, resnet18
+from edgel2.config import ARCHITECTURES, TrainConfig
+from edgel2.errors import OptionError
+from edgel2.model import (
+    FeatureL2,
+    architecture_of,
+    build_network,
+    conv_layer_names,
+    count_multiply_adds,
+    count_params,
+    feature_extractor,
+    resnet18,
+    resnet20,
+)
 
 BATCH = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
 LABELS = np.eye(10, dtype="float32")[np.arange(8) % 10]
@@ -13,6 +26,64 @@ LABELS = np.eye(10, dtype="float32")[np.arange(8) % 10]
 
 def test_full_width_has_the_pytorch_cifar_resnet18_parameter_count():
     assert count_params(resnet18(width=64)) == 11_173_962
+
+
+def test_resnet20_has_the_published_parameter_count_and_a_fourteenth_of_the_compute():
+    # He et al. (2016) and chenyaofo/pytorch-cifar-models: 0.27M parameters, 41M MACs
+    small, full = resnet20(), resnet18(width=64)
+    assert count_params(small) == 272_474
+    assert count_multiply_adds(small) == 40_813_184
+    assert count_multiply_adds(full) == 555_422_720
+    assert count_multiply_adds(full) / count_multiply_adds(small) == pytest.approx(13.6, abs=0.1)
+
+
+def test_multiply_adds_of_a_width_1_resnet20_match_the_sum_by_hand():
+    stem = 32 * 32 * 27                                 # 3x3x3 -> 1 channel at 32x32
+    stage1 = 6 * 32 * 32 * 9                            # six 3x3 1 -> 1 convolutions
+    stage2 = 16 * 16 * 2 * (9 + 18 + 1 + 4 * 18)        # strided 1->2, 2->2, projection, 4 more
+    stage3 = 8 * 8 * 4 * (18 + 36 + 2 + 4 * 36)         # the same at 4 channels
+    head = 4 * 10
+    assert count_multiply_adds(resnet20(width=1)) == stem + stage1 + stage2 + stage3 + head
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_every_architecture_is_told_by_its_convolution_names(arch):
+    model = build_network(arch, 10, width=4)
+    names = [layer.name for layer in model.layers]
+    assert {n for n in names if n.endswith("_conv")} == conv_layer_names(arch)
+    assert architecture_of(names) == arch
+    assert model.name == f"{arch}_w4"
+
+
+def test_resnet20_stages_are_three_of_three_blocks_at_1x_2x_4x_width():
+    convs = [layer for layer in resnet20(width=4).layers
+             if isinstance(layer, keras.layers.Conv2D)]
+    assert sorted({c.filters for c in convs}) == [4, 8, 16]
+    assert len(convs) == 1 + 3 * 3 * 2 + 2  # stem, 18 block convs, 2 projections
+    assert feature_extractor(resnet20(width=4)).output.shape == (None, 16)
+
+
+def test_both_l2s_apply_to_every_architecture():
+    model = build_network("resnet20", 10, width=4, weight_l2=1e-3, feature_l2=0.5)
+    assert model.get_layer("feature_l2").rate == 0.5
+    assert all(layer.kernel_regularizer is not None for layer in model.layers
+               if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)))
+
+
+def test_an_unknown_architecture_names_the_choices():
+    with pytest.raises(OptionError, match="unknown arch 'vgg' \\(choose from resnet18, resnet20\\)"):
+        build_network("vgg")
+    with pytest.raises(OptionError, match="unknown arch 'vgg'"):
+        TrainConfig(arch="vgg").validate()
+
+
+def test_width_defaults_to_the_architectures_standard_and_freeze_to_its_stages():
+    assert TrainConfig(arch="resnet20").network_width == 16
+    assert TrainConfig().network_width == 64
+    with pytest.raises(OptionError, match="freeze takes 0 to 3 stages, got 4"):
+        TrainConfig(arch="resnet20", freeze=4, weights="w.keras").validate()
+    with pytest.raises(OptionError, match="the shipped pretrained resnet20 is width 16"):
+        TrainConfig(arch="resnet20", width=8, weights="pretrained").validate()
 
 
 def test_model_takes_uint8_pixels_and_returns_float32_logits():

@@ -195,9 +195,10 @@ def test_a_sigkill_just_before_the_checkpoint_rename_resumes_to_the_same_result(
     assert_same_run(run, uninterrupted)
 
 
-def test_a_run_without_augmentation_resumes_exactly(cifar, tmp_path, monkeypatch):
-    """--no-augment: the training model is the network itself (no wrapper to look inside)."""
-    config = replace(CONFIG, augment=False, epochs=2)
+def assert_resumes_after_the_first_checkpoint(config: TrainConfig, cifar, tmp_path,
+                                              monkeypatch) -> None:
+    """Kill ``config``'s run right after its first checkpoint, resume it, and compare it with
+    the same run left alone."""
     alone = train(config, tmp_path / "alone", dataset=cifar, verbose=0).run_dir
     with monkeypatch.context() as patched:
         real = callbacks.Checkpoint.on_epoch_end
@@ -210,6 +211,22 @@ def test_a_run_without_augmentation_resumes_exactly(cifar, tmp_path, monkeypatch
             train(config, tmp_path / "run", dataset=cifar, verbose=0)
     assert_same_run(train(config, resume=tmp_path / "run", dataset=cifar, verbose=0).run_dir,
                     alone)
+
+
+def test_a_run_without_augmentation_resumes_exactly(cifar, tmp_path, monkeypatch):
+    """--no-augment: the training model is the network itself (no wrapper to look inside)."""
+    assert_resumes_after_the_first_checkpoint(replace(CONFIG, augment=False, epochs=2), cifar,
+                                              tmp_path, monkeypatch)
+
+
+def test_a_distilled_resnet20_resumes_exactly(cifar, tmp_path, monkeypatch):
+    """--teacher: the batches are augmented before the step (the teacher sees them), seeded by
+    (seed, epoch, batch); the teacher is the shipped int8 ONNX, run by edgel2's runtime."""
+    from edgel2.runtime.shipped import shipped_model
+
+    config = replace(CONFIG, arch="resnet20", epochs=2,
+                     teacher=str(shipped_model("resnet18-int8.onnx")))
+    assert_resumes_after_the_first_checkpoint(config, cifar, tmp_path, monkeypatch)
 
 
 def test_resuming_a_finished_run_says_so(uninterrupted, cifar):

@@ -15,14 +15,29 @@ from edgel2.cli.base import (
     devices_option,
     plural,
 )
-from edgel2.config import LOGIT_NORM_TEMPERATURE, SCHEDULES, TRAIN_COMPUTE_DTYPES, TrainConfig
+from edgel2.config import (
+    ARCHITECTURES,
+    LOGIT_NORM_TEMPERATURE,
+    SCHEDULES,
+    TRAIN_COMPUTE_DTYPES,
+    TrainConfig,
+)
+
+# --freeze's range: the stages of the deepest architecture (validate checks the chosen one's)
+MOST_STAGES = max(len(a.stages) for a in ARCHITECTURES.values())
 
 
 @cli.command()
 @data_options(training=True)
 @backend_option
-@click.option("--width", type=click.IntRange(min=1), default=DEFAULTS.width, show_default=True,
-              help="Channels of the first stage (64 = the standard 11.17M-parameter ResNet-18).")
+@click.option("--arch", type=click.Choice(list(ARCHITECTURES)), default=DEFAULTS.arch,
+              show_default=True,
+              help="The network: " + "; ".join(f"{name}: {a.summary}"
+                                              for name, a in ARCHITECTURES.items()) + ".")
+@click.option("--width", type=click.IntRange(min=1), default=None,
+              help="Channels of the first stage [default: the architecture's standard: "
+                   + ", ".join(f"{a.width} for {name}" for name, a in ARCHITECTURES.items())
+                   + "].")
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help=f"Images per step [default: {DEFAULTS.batch_size}; {FINETUNE.batch_size} "
@@ -80,6 +95,18 @@ from edgel2.config import LOGIT_NORM_TEMPERATURE, SCHEDULES, TRAIN_COMPUTE_DTYPE
               help="Train on logits / (T * ||logits||) (logit norm; its paper's T for CIFAR-10 "
                    f"is {LOGIT_NORM_TEMPERATURE}): no more confidence by growing the logits. "
                    "0: plain cross-entropy.")
+@click.option("--teacher", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="FILE",
+              help="Distil from this edgel2 model (.keras, or an exported .onnx/.tflite, run by "
+                   "edgel2's runtime; e.g. models/resnet18-int8.onnx): the loss gains its "
+                   "softened logits on the same augmented batch.")
+@click.option("--distill-temperature", type=click.FloatRange(min=0, min_open=True),
+              default=DEFAULTS.distill_temperature, show_default=True, metavar="T",
+              help="Temperature both sets of logits are softened by, with --teacher.")
+@click.option("--distill-weight", type=click.FloatRange(0, 1), default=DEFAULTS.distill_weight,
+              show_default=True, metavar="W",
+              help="Weight of the distillation term, with --teacher; the labels' cross-entropy "
+                   "gets 1 - W.")
 @click.option("--compute-dtype", type=click.Choice(TRAIN_COMPUTE_DTYPES),
               default=DEFAULTS.compute_dtype, show_default=True,
               help="What layers compute in (weights stay fp32); auto: mixed bf16 on a GPU, "
@@ -101,9 +128,11 @@ from edgel2.config import LOGIT_NORM_TEMPERATURE, SCHEDULES, TRAIN_COMPUTE_DTYPE
                    "which is new for the data's classes. Width 64; any image size.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Fine-tune from this edgel2 .keras file (or an .onnx edgel2 exported) instead.")
-@click.option("--freeze", type=click.IntRange(0, 4), default=DEFAULTS.freeze, show_default=True,
-              help="When fine-tuning, keep the stem and the first N of the 4 stages frozen "
-                   "(their batch norms in inference mode); 4: only the classifier trains.")
+@click.option("--freeze", type=click.IntRange(0, MOST_STAGES), default=DEFAULTS.freeze,
+              show_default=True,
+              help="When fine-tuning, keep the stem and the first N stages frozen (their batch "
+                   "norms in inference mode); all of them (4 for resnet18, 3 for resnet20): "
+                   "only the classifier trains.")
 @click.option("--patience", type=click.IntRange(min=0), default=DEFAULTS.patience,
               show_default=True,
               help="Stop when the validation top-1 has not improved for N epochs (needs "
@@ -137,7 +166,7 @@ from edgel2.config import LOGIT_NORM_TEMPERATURE, SCHEDULES, TRAIN_COMPUTE_DTYPE
               help="Where process 0 listens for the others (a free port on its host).")
 def train(backend, out, resume, checkpoint_every, quiet, pretrained, devices, num_processes,
           process_id, coordinator, name, **options) -> None:
-    """Train the L2-regularized CIFAR ResNet-18 and fill a run directory.
+    """Train an L2-regularized CIFAR ResNet (--arch) and fill a run directory.
 
     \b
     The run directory gets model.keras (the final model), last.keras (the checkpoint

@@ -2,6 +2,8 @@
 resumed run sees exactly the batches an uninterrupted one would have."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 import numpy as np
 
@@ -26,6 +28,10 @@ class ShuffledBatches(keras.utils.PyDataset):
     known images, then its slice of the outliers (``outliers`` must split over the processes):
     the same rows as one process, in another order.
 
+    ``teacher`` (distillation, :mod:`edgel2.train.distill`): each batch's images go through
+    ``augment`` (given ``(seed, epoch, index, process)`` to seed it), then through the teacher,
+    whose logits are appended to the targets: ``[targets | teacher logits]``.
+
     Examples:
         >>> x, y = np.zeros((10, 2, 2, 3), np.uint8), np.eye(2, dtype=np.float32)[np.arange(10) % 2]
         >>> batches = ShuffledBatches(x, y, batch_size=4, seed=0, epoch=3)
@@ -38,10 +44,13 @@ class ShuffledBatches(keras.utils.PyDataset):
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int = 0,
-                 shard: tuple[int, int] = (0, 1), outliers: int = 0):
+                 shard: tuple[int, int] = (0, 1), outliers: int = 0,
+                 teacher: Callable[[np.ndarray], np.ndarray] | None = None,
+                 augment: Callable[[np.ndarray, tuple[int, ...]], np.ndarray] | None = None):
         super().__init__()
         self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
         self.epoch, self.outliers, self.shard = epoch, outliers, shard
+        self.teacher, self.augment = teacher, augment
         self._slice = _shard_slice(batch_size, *shard)
         self._order = self._shuffle()
 
@@ -52,6 +61,15 @@ class ShuffledBatches(keras.utils.PyDataset):
         return max(1, len(self.y) // self.batch_size)
 
     def __getitem__(self, index: int):
+        images, targets = self._batch(index)
+        if self.teacher is None:
+            return images, targets
+        if self.augment is not None:
+            images = self.augment(images, (self.seed, self.epoch, index, self.shard[0]))
+        return images, np.concatenate([targets, self.teacher(images)], axis=1)
+
+    def _batch(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """This process's rows of batch ``index``: known images, then outliers."""
         picked = np.sort(self._order[index * self.batch_size:(index + 1) * self.batch_size])
         mine = picked[self._slice]
         if not self.outliers:

@@ -16,13 +16,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from edgel2.augment import with_augmentation
+from edgel2.augment import BatchAugmenter, with_augmentation
 from edgel2.backend import accelerator, library_versions
 from edgel2.checkpoint import checkpoint_state, load_checkpoint, load_model, save_model
 from edgel2.config import DEFAULT_IMAGE_SIZE, TrainConfig, check_name
 from edgel2.data import Dataset, balanced_subset, carve, load_dataset, summary_lines
 from edgel2.errors import DataError, OptionError, TrainingError, reported_write
-from edgel2.model import count_params, network_of, resnet18
+from edgel2.model import build_network, count_params, network_of
 from edgel2.train.batches import HeldOutBatches, ShuffledBatches, one_hot
 from edgel2.train.callbacks import (
     Checkpoint,
@@ -36,6 +36,7 @@ from edgel2.train.callbacks import (
     read_metrics,
     stalled,
 )
+from edgel2.train.distill import DistillationLoss, Teacher
 from edgel2.train.distribute import ONE_DEVICE, Placement, check_batch_size, global_batch_size
 from edgel2.train.outliers import KnownAccuracy, LogitNormCrossentropy, outlier_count
 from edgel2.train.rundir import (
@@ -123,7 +124,7 @@ def mixed_image_size(config: TrainConfig) -> int:
     if config.weights:
         from edgel2.pretrained import natural_image_size
 
-        return natural_image_size(config.weights) or DEFAULT_IMAGE_SIZE
+        return natural_image_size(config.weights, config.arch) or DEFAULT_IMAGE_SIZE
     return DEFAULT_IMAGE_SIZE
 
 
@@ -231,6 +232,8 @@ def _train(config: TrainConfig, run_dir: Path, name: str, state: dict | None,
     ds = prepare_data(config, dataset)
     if verbose and chief and not state:
         print("\n".join(summary_lines(ds, resize_reason(config))), flush=True)
+    teacher = (Teacher(config.teacher, ds.num_classes, ds.image_shape)
+               if config.teacher else None)
     batch_size = global_batch_size(config.batch_size, len(ds.y_train), placement)
     steps_per_epoch = max(1, len(ds.y_train) // batch_size)
     held_out = "val" if ds.y_val is not None else "test"
@@ -281,13 +284,19 @@ def _train(config: TrainConfig, run_dir: Path, name: str, state: dict | None,
             x_held, y_held = ((ds.x_val, ds.y_val) if held_out == "val"
                               else (ds.x_test, ds.y_test))
             assert x_held is not None and y_held is not None  # held_out "val" has a val split
+            held_targets = one_hot(y_held, ds.num_classes)
+            if teacher is not None:  # the loss reads [labels | teacher logits] there too
+                held_targets = np.concatenate([held_targets, teacher(x_held)], axis=1)
             fitted = trainer.fit(
                 ShuffledBatches(ds.x_train, one_hot(ds.y_train, ds.num_classes), batch_size,
                                 seed=config.seed, epoch=start_epoch, shard=placement.shard,
                                 outliers=outlier_count(config.outliers, batch_size,
-                                                       placement.devices)),
+                                                       placement.devices),
+                                teacher=teacher,
+                                augment=(BatchAugmenter(model, **augmentation_options(config))
+                                         if teacher is not None and config.augment else None)),
                 epochs=config.epochs, initial_epoch=start_epoch, shuffle=False,
-                validation_data=HeldOutBatches(x_held, one_hot(y_held, ds.num_classes),
+                validation_data=HeldOutBatches(x_held, held_targets,
                                                max(batch_size, 256), placement.devices,
                                                shard=placement.shard),
                 callbacks=callbacks, verbose=1 if bar else 0)
@@ -327,17 +336,18 @@ def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int,
         >>> trainer.optimizer.nesterov, model.name
         (True, 'resnet18_w4')
     """
-    model = resnet18(num_classes, config.width, weight_l2=config.weight_l2, bn_l2=config.bn_l2,
-                     feature_l2=config.feature_l2, l1=config.l1, dropout=config.dropout,
-                     input_shape=input_shape)
+    model = build_network(config.arch, num_classes, config.network_width,
+                          weight_l2=config.weight_l2, bn_l2=config.bn_l2,
+                          feature_l2=config.feature_l2, l1=config.l1, dropout=config.dropout,
+                          input_shape=input_shape)
     if config.weights:
         from edgel2.pretrained import freeze_stages, start_from
 
         start_from(model, config.weights, images)
         freeze_stages(model, config.freeze)
-    trainer = (with_augmentation(model, seed=config.seed, cutout=config.cutout,
-                                 crop_scale=config.crop_scale, color_jitter=config.color_jitter)
-               if config.augment else model)
+    # with a teacher the batches come augmented (the teacher sees them): no augmentation here
+    trainer = (with_augmentation(model, seed=config.seed, **augmentation_options(config))
+               if config.augment and not config.teacher else model)
     total = steps_per_epoch * config.epochs
     schedule = OneCycle(config.lr, total, int(config.warmup * total), config.schedule)
     # With an EMA, fit() ends by writing the averaged weights into the model (Keras'
@@ -346,14 +356,35 @@ def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int,
         optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum,
                                        nesterov=config.nesterov, use_ema=config.ema > 0,
                                        ema_momentum=config.ema or 0.99),
-        loss=(LogitNormCrossentropy(config.logit_norm, config.label_smoothing)
-              if config.logit_norm else
-              keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                   label_smoothing=config.label_smoothing)),
+        loss=training_loss(config),
         # weighted: the held-out batches' padding rows weigh 0 (HeldOutBatches); the top-1 of
         # known images only (a batch's synthetic outliers have no class)
         weighted_metrics=[KnownAccuracy(name="acc")])
     return trainer, model
+
+
+def training_loss(config: TrainConfig) -> keras.losses.Loss:
+    """The loss ``config`` trains with: cross-entropy with label smoothing (on length-
+    normalised logits with ``logit_norm``), inside the distillation loss with a ``teacher``.
+
+    Examples:
+        >>> type(training_loss(TrainConfig(teacher="t.onnx"))).__name__
+        'DistillationLoss'
+    """
+    base = (LogitNormCrossentropy(config.logit_norm, config.label_smoothing)
+            if config.logit_norm else
+            keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                 label_smoothing=config.label_smoothing))
+    if not config.teacher:
+        return base
+    return DistillationLoss(config.distill_temperature, config.distill_weight, base)
+
+
+def augmentation_options(config: TrainConfig) -> dict:
+    """The augmentation knobs of ``config``, as :func:`~edgel2.augment.with_augmentation`
+    and :class:`~edgel2.augment.BatchAugmenter` take them."""
+    return {"cutout": config.cutout, "crop_scale": config.crop_scale,
+            "color_jitter": config.color_jitter}
 
 
 @contextlib.contextmanager

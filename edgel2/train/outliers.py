@@ -144,6 +144,8 @@ class KnownAccuracy(keras.metrics.CategoricalAccuracy):
     """
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        # with a teacher the targets are [labels | teacher logits] (edgel2.train.distill)
+        y_true = y_true[..., :keras.ops.shape(y_pred)[-1]]
         known = keras.ops.cast(keras.ops.max(y_true, axis=-1) > 0.5, "float32")
         if sample_weight is not None:
             known = known * keras.ops.reshape(keras.ops.cast(sample_weight, "float32"),
