@@ -138,6 +138,7 @@ EXTRAS = {
                      "prometheus_client"), 'pip install "edgel2[serve]"'),
     "jax": 'pip install "jax[cpu]" (or "jax[cuda12]" on an NVIDIA GPU)',
     **dict.fromkeys(("ray", "pyarrow"), 'pip install "edgel2[ray]"'),
+    "tflite_micro": 'pip install "edgel2[micro]" (the tflite-micro package)',
 }
 
 

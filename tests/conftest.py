@@ -2,6 +2,7 @@
 CIFAR-10-JPEG pack there); everything else is made in the test, seeded."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -76,6 +77,25 @@ def exported(small_model, cifar, tmp_path_factory):
                  out=out)
     export_model(small_model, ["tflite"], ["fp32"], dataset=cifar, check=0, out=out)
     return {p.name: p for p in out.glob("model-*")}
+
+
+@pytest.fixture(scope="session")
+def small_resnet20(cifar, tmp_path_factory):
+    """A width-4 ResNet-20 trained for one epoch on 512 CIFAR-10-JPEG images, exported to int8
+    ONNX and int8 TFLite with its C array: {"model": model.keras, name: path}."""
+    from edgel2.config import TrainConfig
+    from edgel2.export import export_model
+    from edgel2.train import train
+
+    run = tmp_path_factory.mktemp("resnet20") / "run"
+    config = TrainConfig(arch="resnet20", width=4, epochs=1, batch_size=128, lr=0.2, subset=512,
+                         test_subset=100)
+    train(config, run, dataset=cifar, verbose=0, name="r20")
+    export_model(run / "model.keras", ["onnx", "tflite"], ["int8"], dataset=cifar,
+                 int8_images=64, check=200, c_array=True)
+    return {"model": run / "model.keras",
+            **{p.name: p for p in (run / "export").glob("r20-*")},
+            "report": json.loads((run / "export" / "export_report.json").read_text())}
 
 
 TINY_CLASSES = ["ant", "bee", "cat"]

@@ -130,7 +130,9 @@ def test_pretrained_starts_from_the_shipped_network_at_any_image_size(rebuilt, t
 
 @pytest.mark.parametrize("args, message", [
     (["--pretrained", "--width", "16"],
-     "the shipped pretrained weights are width 64: pass --width 64 (got 16)"),
+     "the shipped pretrained resnet18 is width 64: pass --width 64 (got 16)"),
+    (["--arch", "resnet20", "--pretrained", "--freeze", "4"],
+     "--freeze takes 0 to 3 stages, got 4"),
     (["--freeze", "2"], "--freeze keeps pretrained stages: it needs --weights (or --pretrained)"),
     (["--pretrained", "--freeze", "5"],
      "Invalid value for '--freeze': 5 is not in the range 0<=x<=4."),
@@ -150,6 +152,26 @@ def test_pretrained_and_weights_together_are_refused(tmp_path):
                              "to start from: pass one\n")
 
 
+def test_weights_of_another_architecture_are_one_line_naming_it(small_resnet20, tiny_folder,
+                                                               tmp_path):
+    result = _run("train", "--data", tiny_folder, "--weights", small_resnet20["r20-int8.onnx"],
+                  "--width", "4", "--epochs", "1", "--out", tmp_path / "run")
+    assert result.exit_code == 1, result.output
+    assert result.stderr == (f"edgel2: error: {small_resnet20['r20-int8.onnx']} is a resnet20 "
+                             "and this run is a resnet18: pass --arch resnet20\n")
+
+
+def test_a_resnet20_onnx_rebuilds_into_its_keras_network(small_resnet20, cifar):
+    from edgel2.checkpoint import load_model
+    from edgel2.pretrained import network_from_onnx
+
+    images = cifar.x_test[:100]
+    expected = load_model(small_resnet20["model"]).predict(images, verbose=0)
+    rebuilt = network_from_onnx(small_resnet20["r20-int8.onnx"])
+    assert rebuilt.name == "resnet20_w4"
+    assert np.mean(rebuilt.predict(images, verbose=0).argmax(1) == expected.argmax(1)) >= 0.9
+
+
 def test_weights_that_are_not_an_edgel2_resnet18_are_one_line(tiny_folder, tmp_path):
     import keras
 
@@ -159,7 +181,8 @@ def test_weights_that_are_not_an_edgel2_resnet18_are_one_line(tiny_folder, tmp_p
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
     for weights, message in [
-            (other, f"{other} is not an edgel2 ResNet-18 (no stem_conv ... logits layers)"),
+            (other, f"{other} is not an edgel2 network (its layers are those of none of "
+                    "resnet18, resnet20)"),
             (notes, f"--weights takes an edgel2 .keras or .onnx file, got {notes}")]:
         result = _run("train", "--data", tiny_folder, "--weights", weights, "--width", "4",
                       "--epochs", "1", "--out", tmp_path / weights.stem)

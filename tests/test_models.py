@@ -33,6 +33,8 @@ def test_shipped_file_carries_metadata_and_matches_its_card(path, cifar):
     assert clf.class_names == cifar.class_names
     assert file_precision(meta) == "int8" and meta["input"]["dtype"] == "uint8"
     assert meta["model_name"] == "resnet18_w64"  # the full-width network, trained on the GPU
+    assert meta["network"] == {"architecture": "resnet18", "width": 64,
+                               "parameters": 11_173_962, "multiply_adds": 555_422_720}
     stated = meta["accuracy"]["top1"]
     assert meta["accuracy"]["images"] == 10000  # measured on the full test split
     # the card states the same figure, to two decimals

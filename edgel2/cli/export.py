@@ -67,17 +67,24 @@ DEFAULTS = ExportConfig()
 @click.option("--unknown-images", type=click.IntRange(min=1), default=DEFAULTS.unknown_images,
               show_default=True,
               help="Class-balanced training images the unknown score is fitted on.")
+@click.option("--c-array", is_flag=True,
+              help="Also write each int8 TFLite file as C source (NAME-int8.cc/.h: the bytes, "
+                   "class names and the tensor arena it needs) for TensorFlow Lite Micro "
+                   "firmware.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def export(model, formats, precisions, data, int8_images, int8_method, opset, out, check, allow_drop,
-           calibrate, flip_average, batch, unknown, keep, unknown_images, force) -> None:
+           calibrate, flip_average, batch, unknown, keep, unknown_images, c_array,
+           force) -> None:
     """Export MODEL (.keras, trained on any backend) to ONNX and/or TFLite, in fp32, fp16,
     dynamic-range or int8, and check every file against the Keras model.
 
     \b
     Every file takes uint8 NHWC pixels, returns float32 logits (and the unknown score), and
     carries its metadata (class names, input layout, normalization, precision, measured
-    accuracy, the unknown threshold). Writes
-    export_report.json beside the files and exits 1 if any file failed its check.
+    accuracy, the unknown threshold, the network's parameters and multiply-adds). Int8
+    TFLite files get the tensor arena TensorFlow Lite Micro needs, measured with its
+    interpreter (edgel2[micro]). Writes export_report.json beside the files and exits 1
+    if any file failed its check.
     """
     use_backend("tensorflow")  # tf2onnx and the TFLite converter need TensorFlow
     from edgel2.export import export_model, format_table
@@ -86,7 +93,8 @@ def export(model, formats, precisions, data, int8_images, int8_method, opset, ou
                           int8_images=int8_images, int8_method=int8_method, opset=opset,
                           out=out, check=check, force=force, allow_drop=allow_drop,
                           calibrate=calibrate, flip_average=flip_average, batch=batch,
-                          unknown=unknown, keep=keep, unknown_images=unknown_images)
+                          unknown=unknown, keep=keep, unknown_images=unknown_images,
+                          c_array=c_array)
     report = export_model(model, config=config,
                           progress=lambda line: click.echo(f"export: {line}", err=True),
                           check_progress=ProgressBars("running the check images"))

@@ -49,6 +49,7 @@ class ExportConfig:
     unknown: bool = True      # the unknown score as a second output, with its threshold
     keep: float = DEFAULT_KEEP  # the share of known images the unknown threshold keeps
     unknown_images: int = UNKNOWN_IMAGES  # training images the unknown score is fitted on
+    c_array: bool = False     # int8 TFLite files also as C source (.cc/.h) for firmware
 
     def validated(self) -> ExportConfig:
         """A copy with ``all`` and older precision names expanded, or :class:`OptionError`."""
@@ -64,6 +65,9 @@ class ExportConfig:
         if not 0.0 < self.keep < 1.0:
             raise OptionError(f"`keep` must be between 0 and 1 (the share of known images "
                               f"kept), got {self.keep}")
+        if self.c_array and not ("tflite" in formats and "int8" in precisions):
+            raise OptionError("`c_array` writes int8 TFLite files as C source: export format "
+                              "tflite at precision int8")
         if self.int8_method not in INT8_METHODS:
             raise OptionError(f"int8_method must be one of {', '.join(INT8_METHODS)}, "
                               f"got {self.int8_method!r}")

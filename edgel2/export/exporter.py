@@ -145,6 +145,8 @@ def _export_targets(model_path: Path, out_dir: Path, targets: list, config: Expo
         from edgel2.model import flip_averaged
 
         model = flip_averaged(model)
+        if "network" in base_metadata:  # the network runs twice: on the image and its mirror
+            base_metadata["network"]["multiply_adds"] *= 2
     needs_data = "int8" in precisions or config.check != 0 or config.calibrate or config.unknown
     ds = (dataset if dataset is not None or not needs_data else
           load_model_data(model_path, tuple(model.input.shape[1:3]), data=config.data))
@@ -331,6 +333,9 @@ def _export_one(model, fmt: str, precision: str, target: Path, config: ExportCon
                            unknown_flagged=metadata["unknown"]["flagged"])
             writer.embed_metadata(tmp, metadata)
         row.update(status="ok", size_mb=target.stat().st_size / 2**20)
+        written = writer.companions(target, precision, config, metadata, row)
+        if written:
+            row["companions"] = [p.name for p in written]
     except EdgeL2Error as e:
         row["reason"] = str(e)
     row["export_s"] = time.perf_counter() - start
@@ -354,6 +359,29 @@ def embed_metadata(fmt: str, path: Path, metadata: dict, update: bool = False) -
         >>> embed_metadata("onnx", Path("m.onnx"), {"temperature": 1.4}, update=True)  # doctest: +SKIP
     """
     writer_of(fmt).embed_metadata(path, metadata, update)
+
+
+def micro_lines(rows: list[dict]) -> list[str]:
+    """A line per int8 TFLite file on what TensorFlow Lite Micro needs to run it.
+
+    Examples:
+        >>> micro_lines([{"file": "m-int8.tflite", "micro_arena_bytes": 53760,
+        ...               "size_mb": 0.3, "status": "ok"}])[0]   # doctest: +ELLIPSIS
+        'TensorFlow Lite Micro: m-int8.tflite needs a 52.5 KiB tensor arena and 307.2 KiB of flash...'
+    """
+    lines = []
+    for row in rows:
+        if row.get("status") != "ok" or "micro_arena_bytes" not in row:
+            continue
+        if row["micro_arena_bytes"] is None:
+            lines.append(f"TensorFlow Lite Micro: {row['file']}: {row.get('micro')}")
+            continue
+        written = row.get("companions")
+        lines.append(f"TensorFlow Lite Micro: {row['file']} needs a "
+                     f"{row['micro_arena_bytes'] / 1024:.1f} KiB tensor arena and "
+                     f"{row['size_mb'] * 1024:.1f} KiB of flash (measured)"
+                     + (f"; C source: {', '.join(written)}" if written else ""))
+    return lines
 
 
 def _class_names(model_path: Path, count: int, ds, progress) -> list[str]:
@@ -410,6 +438,7 @@ def format_table(report: dict) -> str:
                      f"{before['nll']:.4f} -> {after['nll']:.4f} on the "
                      f"{calibration['reported_on']}; fitted on the "
                      f"{calibration['fitted_on']['data']}")
+    lines += micro_lines(report["rows"])
     if report["keras_accuracy"] is not None:
         lines.append(f"Keras fp32 top-1 {100 * report['keras_accuracy']:.2f} % on "
                      f"{report['check_images']} {report['data']} test images")

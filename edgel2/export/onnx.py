@@ -364,6 +364,11 @@ def metadata_value(value) -> str:
     return json.dumps(value)
 
 
+def companions(path: Path, precision: str, config, metadata: dict, row: dict) -> list[Path]:
+    """Files written beside ``path`` once it is in place: none for ONNX."""
+    return []
+
+
 def embed_metadata(path: Path, metadata: dict, update: bool = False) -> None:
     """Write ``metadata`` into the file's ``metadata_props`` (JSON values); ``update`` changes
     only the keys in ``metadata`` and keeps the rest."""

@@ -8,7 +8,7 @@ import keras
 from edgel2 import __version__
 from edgel2.checkpoint import as_float32, load_model
 from edgel2.errors import EdgeL2Error
-from edgel2.model import find_normalize
+from edgel2.model import architecture_of, count_multiply_adds, count_params, find_normalize
 from edgel2.utils import config_hash, run_config
 
 
@@ -52,6 +52,23 @@ def model_name(path: str | Path) -> str:
     return name if path.name == "model.keras" else f"{name}-{path.stem}"
 
 
+def describe_network(model: keras.Model) -> dict | None:
+    """What the network is, for people choosing a model by its cost: its architecture and
+    width, trainable parameters and multiply-adds per image; None for a network that is none
+    of edgel2's architectures.
+
+    Examples:
+        >>> from edgel2.model import resnet20
+        >>> describe_network(resnet20())
+        {'architecture': 'resnet20', 'width': 16, 'parameters': 272474, 'multiply_adds': 40813184}
+    """
+    arch = architecture_of(layer.name for layer in model.layers)
+    if arch is None:
+        return None
+    return {"architecture": arch, "width": int(model.get_layer("stem_conv").kernel.shape[-1]),
+            "parameters": count_params(model), "multiply_adds": count_multiply_adds(model)}
+
+
 def describe(model: keras.Model, path: Path) -> dict:
     """Metadata written into every exported file (before quantization and accuracy)."""
     run = run_config(path)
@@ -73,6 +90,7 @@ def describe(model: keras.Model, path: Path) -> dict:
         "output": {"name": "logits", "dtype": "float32", "shape": [None, model.output.shape[-1]]},
         "normalization": {"applied": "inside the model", "formula": "(pixel - mean) / std",
                           "mean": mean, "std": std},
+        **({"network": network} if (network := describe_network(model)) else {}),
         "config_hash": run.get("config_hash") or config_hash(model.get_config()),
         "source": path.name,
         # where the training data is, so later commands on the file find it (edgel2.data)

@@ -42,10 +42,23 @@ def refuses(precision: str, config) -> str | None:
 
 
 def write(model, path: Path, precision: str, config, representative: np.ndarray | None) -> dict:
-    """Write ``model`` at ``precision`` to ``path`` (:func:`write_tflite`); the export report
-    adds nothing to its row."""
+    """Write ``model`` at ``precision`` to ``path`` (:func:`write_tflite`); for int8, the
+    export report's row gets the tensor arena TensorFlow Lite Micro needs
+    (:func:`~edgel2.export.micro.micro_row`)."""
+    from edgel2.export.micro import micro_row
+
     write_tflite(model, path, precision, representative, config.batch)
-    return {}
+    return micro_row(path) if precision == "int8" else {}
+
+
+def companions(path: Path, precision: str, config, metadata: dict, row: dict) -> list[Path]:
+    """Files written beside ``path`` once it is in place: with ``c_array``, an int8 file as
+    C source for firmware (:func:`~edgel2.export.micro.write_c_array`)."""
+    if not (config.c_array and precision == "int8"):
+        return []
+    from edgel2.export.micro import write_c_array
+
+    return list(write_c_array(path, metadata, row.get("micro_arena_bytes")))
 
 
 def embed_metadata(path: Path, metadata: dict, update: bool = False) -> None:

@@ -1,5 +1,5 @@
 """The writer of each file format: the module :data:`~edgel2.runtime.formats.FILE_FORMATS`
-names, each offering the same four functions, so that export has no code of its own per
+names, each offering the same five functions, so that export has no code of its own per
 format."""
 from __future__ import annotations
 
@@ -29,6 +29,10 @@ class Writer(Protocol):
 
     def embed_metadata(self, path: Path, metadata: dict, update: bool = False) -> None:
         """Write edgel2's metadata into the file (``update``: keep the keys not given)."""
+
+    def companions(self, path: Path, precision: str, config: Any, metadata: dict,
+                   row: dict) -> list[Path]:
+        """Write the files that go beside the finished file (a C array); their paths."""
 
 
 def writer_of(fmt: str) -> Writer:
