@@ -11,6 +11,8 @@ from click.testing import CliRunner
 
 from edgel2.benchmark import benchmark, format_table
 from edgel2.cli import cli
+from edgel2.errors import EdgeL2Error
+from edgel2.model import count_multiply_adds, resnet20
 
 pytestmark = pytest.mark.slow
 CELLS = {"size_mb", "accuracy", "latency_ms", "throughput"}
@@ -251,3 +253,75 @@ def test_unknown_cost_times_each_file_against_its_copy_without_the_score(exporte
              if line.startswith("unknown score: ")]
     assert [line.split(" costs ")[0] for line in costs] == [
         "unknown score: ONNX Runtime int8", "unknown score: LiteRT fp32"]
+
+
+def test_an_unreadable_file_with_unknown_cost_is_a_failed_row_not_a_traceback(exported, cifar,
+                                                                               tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    good = exported["model-int8.onnx"].read_bytes()
+    (folder / "model-int8.onnx").write_bytes(good[:len(good) // 3])  # cut short
+    report = benchmark(folder, formats=("onnx",), batch_sizes=(2,), seconds=0.02, check=20,
+                       dataset=cifar, unknown_cost=True)
+    (row,) = [r for r in report["rows"] if r["precision"] == "int8"]
+    assert row["status"] == "failed"
+    assert row["reason"].startswith("cannot read it to remove the unknown score: ")
+
+
+def test_a_family_is_measured_in_the_same_rounds_and_drawn_against_latency_and_compute(
+        exported, small_resnet20, cifar, tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for source in (exported["model-int8.onnx"], small_resnet20["r20-int8.onnx"]):
+        shutil.copy(source, folder / source.name)
+    lines = []
+    report = benchmark(folder, formats=("onnx",), batch_sizes=(1, 4), seconds=0.02, check=50,
+                       repeat=2, dataset=cifar, progress=lines.append)
+    assert [m["model"] for m in report["models"]] == ["model", "r20"]
+    measured = [(r["model"], r["precision"]) for r in report["rows"] if r["status"] == "ok"]
+    assert measured == [("model", "int8"), ("r20", "int8")]
+    # interleaved: each round measures every model's file before the next round starts
+    assert [line.split(" ")[0] for line in lines] == ["model", "r20", "model", "r20"]
+    networks = {m["model"]: m["network"] for m in report["models"]}
+    assert networks["model"]["architecture"] == "resnet18"
+    assert networks["r20"]["multiply_adds"] == count_multiply_adds(resnet20(width=4))
+    table = format_table(report)
+    assert table.splitlines()[0].startswith("model ")
+    # ratios are against the costliest model (at width 4 the ResNet-20, 2.6M multiply-adds,
+    # against the ResNet-18's 2.2M)
+    costly, cheap = sorted(networks, key=lambda m: -networks[m]["multiply_adds"])
+    big, small = (next(r for r in report["rows"] if r["model"] == m and r["status"] == "ok")
+                  for m in (costly, cheap))
+    network = networks[cheap]
+    family = [line for line in table.splitlines() if line.startswith(f"{cheap}: ")]
+    assert family == [
+        f"{cheap}: {network['architecture']}, {network['parameters'] / 1e6:.2f}M parameters, "
+        f"{network['multiply_adds'] / 1e6:.1f}M multiply-adds per image; against {costly}: "
+        f"ONNX Runtime int8 {small['throughput']['4'] / big['throughput']['4']:.2f}x b4 "
+        f"throughput, {big['latency_ms']['p50'] / small['latency_ms']['p50']:.2f}x batch-1 speed"]
+    from edgel2.benchmark import plot_report
+    from edgel2.benchmark.report import family_figure
+
+    figure = family_figure(report)
+    by_time, by_compute = figure.axes
+    assert len(by_time.collections) == len(by_compute.collections) == 2  # a point each
+    assert by_compute.get_xlabel() == "multiply-adds per image (millions, log scale)"
+    assert plot_report(report, tmp_path / "family.png").stat().st_size > 10_000
+
+
+def test_a_family_of_models_of_different_image_sizes_is_refused_in_one_line(
+        exported, small_resnet20, cifar, tmp_path):
+    from edgel2.export import embed_metadata
+    from edgel2.runtime.modelfile import read_metadata
+
+    bigger = tmp_path / "big"
+    bigger.mkdir()
+    shutil.copy(small_resnet20["r20-int8.onnx"], bigger / "r20-int8.onnx")
+    metadata = read_metadata(bigger / "r20-int8.onnx")
+    metadata["input"]["shape"] = [None, 64, 64, 3]
+    embed_metadata("onnx", bigger / "r20-int8.onnx", {"input": metadata["input"]}, update=True)
+    with pytest.raises(EdgeL2Error) as raised:
+        benchmark([exported["model-int8.onnx"].parent, bigger], formats=("onnx",),
+                  batch_sizes=(2,), seconds=0.02, check=10, dataset=cifar)
+    assert str(raised.value) == ("r20 takes 64x64 images and the first model 32x32: benchmark "
+                                 "models of one image size together")

@@ -41,26 +41,34 @@ def format_table(report: dict) -> str:
         >>> print(format_table(benchmark("runs/train/exp/model.keras")))    # doctest: +SKIP
     """
     sizes = report["batch_sizes"]
-    head = (f"{'runtime':<13} {'prec':<7} {'size MB':>7} {'top-1 %':>7} {'p50 ms':>7} {'p90 ms':>7} "
-            f"{'p99 ms':>7} " + " ".join(f"{'img/s b' + str(b):>10}" for b in sizes) +
-            f" {'x Keras':>8}  status")
+    several = _several(report)
+    width = max([len(r["model"]) for r in report["rows"]] + [5]) if several else 0
+
+    def model(r: dict) -> str:
+        return f"{r['model']:<{width}} " if several else ""
+
+    head = ((f"{'model':<{width}} " if several else "")
+            + f"{'runtime':<13} {'prec':<7} {'size MB':>7} {'top-1 %':>7} {'p50 ms':>7} "
+            f"{'p90 ms':>7} {'p99 ms':>7} " + " ".join(f"{'img/s b' + str(b):>10}" for b in sizes)
+            + f" {'x Keras':>8}  status")
     lines = [head, "-" * len(head)]
     for r in report["rows"]:
         name = SHORT_NAME[r["format"]]
         if "throughput" not in r:
-            lines.append(f"{name:<13} {r['precision']:<7} {'-':>7} {'-':>7} {'-':>7} {'-':>7} {'-':>7} "
+            lines.append(f"{model(r)}{name:<13} {r['precision']:<7} {'-':>7} {'-':>7} {'-':>7} {'-':>7} {'-':>7} "
                          + " ".join(f"{'-':>10}" for _ in sizes) + f" {'-':>8}  {r['status']}: {r['reason']}")
             continue
         lat = r["latency_ms"]
         speed = r.get("speedup", {}).get(str(sizes[-1]))
         lines.append(
-            f"{name:<13} {r['precision']:<7} {r['size_mb']:>7.2f} "
+            f"{model(r)}{name:<13} {r['precision']:<7} {r['size_mb']:>7.2f} "
             f"{'-' if r['accuracy'] is None else format(100 * r['accuracy'], '.2f'):>7} "
             f"{lat['p50']:>7.2f} {lat['p90']:>7.2f} {lat['p99']:>7.2f} "
             + " ".join(f"{r['throughput'][str(b)]:>10.1f}" for b in sizes)
             + f" {'-' if speed is None else format(speed, '.2f') + 'x':>8}  {r['status']}"
             + (f": {r['reason']}" if r["reason"] else ""))
     lines.append(fastest_line(report))
+    lines.extend(family_lines(report))
     lines.extend(unknown_cost_lines(report))
     m = report["machine"]
     lines.append(f"{m['cpu']}, {m['cores']} cores, {report['threads']} threads, load {_load_text(m)}; "
@@ -85,7 +93,8 @@ def fastest_line(report: dict) -> str:
         return "fastest: no exported file was measured"
 
     def name(r):
-        return f"{SHORT_NAME[r['format']]} {r['precision']}"
+        return (f"{r['model']} " if _several(report) else "") + \
+            f"{SHORT_NAME[r['format']]} {r['precision']}"
 
     quickest = min(rows, key=lambda r: r["latency_ms"]["p50"])
     parts = [f"batch-1 p50 {name(quickest)} {quickest['latency_ms']['p50']:.2f} ms"]
@@ -102,6 +111,63 @@ def fastest_line(report: dict) -> str:
                      + "".join(f", b{b} {auto[str(b)]}" for b in report["batch_sizes"]
                                if str(b) in auto))
     return "fastest: " + "; ".join(parts)
+
+
+def family_lines(report: dict) -> list[str]:
+    r"""For several models: each model's cost, and how many times the costliest model's
+    throughput (largest batch) and batch-1 speed each other model has, on the same runtime and
+    precision.
+
+    Examples:
+        >>> def row(model, p50, speed):
+        ...     return {"model": model, "format": "onnx", "precision": "int8", "status": "ok",
+        ...             "latency_ms": {"p50": p50}, "throughput": {"64": speed}}
+        >>> big = {"architecture": "resnet18", "parameters": 11173962, "multiply_adds": 555422720}
+        >>> small = {"architecture": "resnet20", "parameters": 272474, "multiply_adds": 40813184}
+        >>> report = {"batch_sizes": [1, 64],
+        ...           "rows": [row("r18", 1.6, 700.0), row("r20", 0.4, 4900.0)],
+        ...           "models": [{"model": "r18", "network": big},
+        ...                      {"model": "r20", "network": small}]}
+        >>> print(*family_lines(report), sep="\n")
+        ... # doctest: +NORMALIZE_WHITESPACE
+        r18: resnet18, 11.17M parameters, 555.4M multiply-adds per image
+        r20: resnet20, 0.27M parameters, 40.8M multiply-adds per image; against r18: ONNX
+        Runtime int8 7.00x b64 throughput, 4.00x batch-1 speed
+    """
+    if not _several(report):
+        return []
+    models = report["models"]
+    costliest = max(models, key=lambda m: (m.get("network") or {}).get("multiply_adds", 0))
+    largest = str(report["batch_sizes"][-1])
+    ok = {(r["model"], r["format"], r["precision"]): r for r in report["rows"]
+          if r["status"] == "ok" and "throughput" in r}
+    lines = []
+    for model in models:
+        network = model.get("network")
+        line = f"{model['model']}: " + (
+            f"{network['architecture']}, {network['parameters'] / 1e6:.2f}M parameters, "
+            f"{network['multiply_adds'] / 1e6:.1f}M multiply-adds per image" if network
+            else "no network description in its files")
+        ratios = []
+        if model is not costliest:
+            for (name, fmt, precision), r in ok.items():
+                base = ok.get((costliest["model"], fmt, precision))
+                if name != model["model"] or base is None or fmt == "keras":
+                    continue
+                ratios.append(f"{SHORT_NAME[fmt]} {precision} "
+                              f"{r['throughput'][largest] / base['throughput'][largest]:.2f}x "
+                              f"b{largest} throughput, "
+                              f"{base['latency_ms']['p50'] / r['latency_ms']['p50']:.2f}x "
+                              "batch-1 speed")
+        if ratios:
+            line += f"; against {costliest['model']}: " + "; ".join(ratios)
+        lines.append(line)
+    return lines
+
+
+def _several(report: dict) -> bool:
+    """Whether the report measured several models (a family)."""
+    return len(report.get("models", [])) > 1
 
 
 def unknown_cost_lines(report: dict) -> list[str]:
@@ -136,7 +202,8 @@ MIN_ACCURACY_SPAN = 2.0  # points: a 0.1-point gap must not fill the whole axis
 
 
 def plot_report(report: dict, path: str | os.PathLike) -> Path:
-    """Draw :func:`benchmark_figure` (accuracy against batch-1 latency) as a PNG.
+    """Draw :func:`benchmark_figure` (accuracy against batch-1 latency) as a PNG; for several
+    models, :func:`family_figure` (against latency and against multiply-adds).
 
     Args:
         report: What :func:`~edgel2.benchmark.benchmark` returned.
@@ -150,15 +217,15 @@ def plot_report(report: dict, path: str | os.PathLike) -> Path:
     """
     from edgel2.plots import pyplot, save_figure
 
-    return save_figure(benchmark_figure(report), pyplot(), path)
+    several = len(report.get("models", [])) > 1
+    return save_figure(family_figure(report) if several else benchmark_figure(report), pyplot(),
+                       path)
 
 
 def benchmark_figure(report: dict):
     """Accuracy against batch-1 latency, one ring per measured row, titled with the model,
     data and machine; the legend sits outside the axes and the accuracy axis spans at least
     :data:`MIN_ACCURACY_SPAN` points."""
-    from matplotlib.ticker import LogLocator, ScalarFormatter
-
     from edgel2.plots import pyplot
 
     plt = pyplot()
@@ -178,15 +245,72 @@ def benchmark_figure(report: dict):
     rounds = f", median of {report['repeat']} rounds" if report.get("repeat", 1) > 1 else ""
     ax.set(xlabel="batch-1 latency p50 (ms, log scale)",
            ylabel=f"top-1 on {report['check_images']} {report['data']} test images (%)",
-           xscale="log",
            title=f"{model.rsplit('-', 1)[0]}: accuracy against batch-1 latency\n"
                  f"{report['machine']['cpu']}, {report['threads']} threads{rounds}")
-    # plain millisecond ticks ("2", "5", "10") rather than matplotlib's "2x10^0"
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    _plain_log_axis(ax, plt)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def family_figure(report: dict):
+    """Several models side by side: top-1 against batch-1 latency (left) and against
+    multiply-adds per image (right), one point per model, runtime and precision; each model's
+    points are labelled with its name and cost, so the trade-off is one picture."""
+    from edgel2.plots import pyplot
+
+    plt = pyplot()
+    fig, (by_time, by_compute) = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    measured = [r for r in report["rows"] if "latency_ms" in r and r["accuracy"] is not None]
+    seen: set[str] = set()
+    for r in measured:
+        label = f"{SHORT_NAME[r['format']]} {r['precision']}"
+        style = {"s": RING_SIZE[r["format"]], "facecolors": "none",
+                 "edgecolors": COLOR[r["format"]], "linewidths": 1.6,
+                 "marker": MARKER[r["precision"]]}
+        by_time.scatter(r["latency_ms"]["p50"], 100 * r["accuracy"],
+                        label=None if label in seen else label, **style)
+        seen.add(label)
+        if r.get("network"):
+            by_compute.scatter(r["network"]["multiply_adds"] / 1e6, 100 * r["accuracy"], **style)
+    for model in report.get("models", []):
+        rows = [r for r in measured if r["model"] == model["model"]]
+        if not rows:
+            continue
+        top = max(rows, key=lambda r: r["accuracy"])
+        network = model.get("network")
+        name = model["model"] + (f"\n{network['parameters'] / 1e6:.2f}M params, "
+                                 f"{network['multiply_adds'] / 1e6:.0f}M MACs" if network else "")
+        by_time.annotate(name, (top["latency_ms"]["p50"], 100 * top["accuracy"]),
+                         textcoords="offset points", xytext=(8, 6), fontsize=8)
+        if network:
+            by_compute.annotate(model["model"], (network["multiply_adds"] / 1e6,
+                                                 100 * top["accuracy"]),
+                                textcoords="offset points", xytext=(8, 6), fontsize=8)
+    rounds = f", median of {report['repeat']} rounds" if report.get("repeat", 1) > 1 else ""
+    by_time.set(xlabel="batch-1 latency p50 (ms, log scale)",
+                ylabel=f"top-1 on {report['check_images']} {report['data']} test images (%)")
+    by_compute.set(xlabel="multiply-adds per image (millions, log scale)")
+    for ax in (by_time, by_compute):
+        _plain_log_axis(ax, plt)
+        ax.margins(x=0.3, y=0.15)  # room for the labels beside the outermost points
+        ax.grid(alpha=0.3)
+    if seen:
+        by_compute.legend(*by_time.get_legend_handles_labels(), fontsize=8, loc="upper left",
+                          bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle(f"accuracy against cost: {', '.join(m['model'] for m in report['models'])}\n"
+                 f"{report['machine']['cpu']}, {report['threads']} threads{rounds}")
+    fig.tight_layout()
+    return fig
+
+
+def _plain_log_axis(ax, plt) -> None:
+    """A log x axis with plain ticks ("2", "5", "10") rather than matplotlib's "2x10^0"."""
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
 
 

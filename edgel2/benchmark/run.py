@@ -15,7 +15,7 @@ import numpy as np
 
 from edgel2.benchmark.report import machine
 from edgel2.data import Dataset, held_out_images, load_dataset, load_dataset_for, load_model_data
-from edgel2.errors import EdgeL2Error, OptionError, last_error_line
+from edgel2.errors import EdgeL2Error, OptionError, first_line, last_error_line
 from edgel2.export import exported_file, report_model
 from edgel2.runtime.formats import ENGINE_SPECS, MODEL_SUFFIXES
 from edgel2.utils import run_config
@@ -51,21 +51,25 @@ def has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def benchmark(source: str | os.PathLike, *, data: str | None = None,
+def benchmark(source: str | os.PathLike | Sequence[str | os.PathLike], *,
+              data: str | None = None,
               formats: Sequence[str] | None = None, engine: str = "auto",
               batch_sizes: Sequence[int] = (1, 8, 64), threads: int | None = None,
               provider: str = "auto", seconds: float = 2.0, check: int | None = CHECK_IMAGES,
               min_accuracy: float | None = None, repeat: int = 1, dataset: Dataset | None = None,
               export_missing: bool | None = None, unknown_cost: bool = False,
               progress: Callable[[str], None] = lambda _: None) -> dict:
-    """Measure size, top-1, batch-1 latency and throughput of every format and precision.
+    """Measure size, top-1, batch-1 latency and throughput of every format and precision of
+    one model or of several (a family: the same data, models of different cost).
 
-    Each row runs in its own process, in interleaved rounds (``repeat``), with the median of
-    each cell kept. On a CPU, the figures also tell ``auto`` what to run on this machine
-    (:func:`remember_choices`).
+    Each row runs in its own process, in interleaved rounds (``repeat``) over every model's
+    rows, with the median of each cell kept. On a CPU, the figures also tell ``auto`` what to
+    run on this machine (:func:`remember_choices`).
 
     Args:
-        source: A ``.keras`` model or an export folder.
+        source: A ``.keras`` model or an export folder, or several: each row names its model
+            (``model``); a folder holding several models' files (``models/``) counts as each
+            of them.
         data: The data whose test split measures top-1; None for the data the model was
             trained on (:func:`edgel2.data.load_model_data`).
         formats: The runtimes to measure (:data:`~edgel2.variants.BENCHMARK_FORMATS`); None:
@@ -89,18 +93,21 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
         progress: Gets a line per step.
 
     Returns:
-        The report: ``rows`` (one per runtime x precision, each with its cells or a stated
-        reason), ``machine``, the settings, and ``auto`` (what ``auto`` will run here).
+        The report: ``rows`` (one per model x runtime x precision, each with its cells or a
+        stated reason, and the network's parameters and multiply-adds when its file says),
+        ``models``, ``machine``, the settings, and ``auto`` (what ``auto`` will run here, for
+        the first model).
 
     Examples:
         >>> report = benchmark("runs/train/exp/model.keras", repeat=3)     # doctest: +SKIP
         >>> print(format_table(report))                                     # doctest: +SKIP
     """
-    source = Path(source)
-    keras_path, export_dir = _locate(source)
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    models = [model for one in sources for model in _models_of(Path(one))]
     if export_missing is None:
-        export_missing = source.suffix == ".keras"
-    if export_missing and keras_path is None:
+        export_missing = all(Path(one).suffix == ".keras" for one in sources)
+    if export_missing and any(keras_path is None for keras_path, _, _ in models):
+        export_dir = next(folder for keras_path, folder, _ in models if keras_path is None)
         raise EdgeL2Error(f"cannot export the missing files: {export_dir}/export_report.json "
                           "names no .keras model that is still there")
     formats = default_formats() if formats is None else formats
@@ -108,38 +115,44 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
         formats = [f for f in formats if ENGINE.get(f, engine) == engine]
         if formats in ([], ["keras"]):
             raise OptionError(f"engine {engine} runs none of the formats asked for")
-    rows = [(f, p) for f, p in ROWS if f in formats and (p != "bf16" or has_bf16())]
-    if not rows:
+    kinds = [(f, p) for f, p in ROWS if f in formats and (p != "bf16" or has_bf16())]
+    if not kinds:
         raise EdgeL2Error(f"no known format in {', '.join(formats)}; choose from {', '.join(BENCHMARK_FORMATS)}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    ds = dataset if dataset is not None else _load_data(data, keras_path, export_dir)
+    keras_path, export_dir, stem = models[0]
+    ds = dataset if dataset is not None else _load_data(data, keras_path, export_dir, stem)
+    _check_same_size(models, ds)
     images, labels = held_out_images(ds, check)
 
-    if export_missing and keras_path is not None:  # (checked above: one line if missing)
-        _export_missing(keras_path, export_dir, rows, ds, progress, **_made_as(export_dir))
+    if export_missing:
+        for keras_path, export_dir, _ in models:
+            assert keras_path is not None  # (checked above: one line if missing)
+            _export_missing(keras_path, export_dir, kinds, ds, progress, **_made_as(export_dir))
     asked_threads, threads = threads, threads or os.cpu_count() or 1
     results, paths = [], []
-    for fmt, precision in rows:
-        path = keras_path if fmt == "keras" else exported_file(
-            export_dir, _stem(keras_path, export_dir), *file_of(fmt, precision))
-        row: dict[str, Any] = {"format": fmt, "precision": precision, "runtime": RUNTIME[fmt],
-               "file": None if path is None else str(path), "status": "failed", "reason": None}
-        if path is None or not path.is_file():  # not there to measure: listed, not a failure
-            row.update(status="skipped",
-                       reason="no such file" if path else "no .keras model to measure")
-        results.append(row)
-        paths.append(path)
-    rounds: list[list[dict]] = [[] for _ in rows]
-    bare_rounds: list[list[dict]] = [[] for _ in rows]
+    for keras_path, export_dir, stem in models:
+        for fmt, precision in kinds:
+            path = keras_path if fmt == "keras" else exported_file(
+                export_dir, stem, *file_of(fmt, precision))
+            row: dict[str, Any] = {
+                "model": stem, "format": fmt, "precision": precision, "runtime": RUNTIME[fmt],
+                "file": None if path is None else str(path), "status": "failed", "reason": None}
+            if path is None or not path.is_file():  # not there to measure: listed, not a failure
+                row.update(status="skipped",
+                           reason="no such file" if path else "no .keras model to measure")
+            results.append(row)
+            paths.append(path)
+    rounds: list[list[dict]] = [[] for _ in results]
+    bare_rounds: list[list[dict]] = [[] for _ in results]
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "check.npz", images=images, labels=labels)
-        bare = _without_unknown(results, paths, Path(tmp)) if unknown_cost else [None] * len(rows)
+        bare = _without_unknown(results, paths, Path(tmp)) if unknown_cost else [None] * len(results)
         for round_index in range(repeat):
             for row, path, bare_path, measured, bare_measured in zip(results, paths, bare, rounds,
                                                                      bare_rounds):
                 if row["reason"]:                   # missing, or failed in an earlier round
                     continue
-                progress(f"{row['runtime']} {row['precision']}: {path}"
+                progress(f"{row['model']} {row['runtime']} {row['precision']}: {path}"
                          + (f" (round {round_index + 1} of {repeat})" if repeat > 1 else ""))
                 # the copy without the score right after the file: the same minute's speed
                 for file, into, accuracy in ((path, measured, round_index == 0),
@@ -161,10 +174,14 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
                 row["unknown_cost"] = {b: 1 - row["throughput"][b] / speed
                                        for b, speed in row["without_unknown"]["throughput"].items()}
 
-    baseline = next((r for r in results if r["format"] == "keras" and r["status"] == "ok"), None)
+    baselines = {r["model"]: r for r in results if r["format"] == "keras" and r["status"] == "ok"}
+    networks = _networks(results)
     for row in results:
+        if networks.get(row["model"]):
+            row["network"] = networks[row["model"]]
         if row["status"] != "ok":
             continue
+        baseline = baselines.get(row["model"])
         if min_accuracy is not None and (row["accuracy"] or 0.0) < min_accuracy:
             row["status"] = "low accuracy"
             row["reason"] = f"top-1 {100 * row['accuracy']:.2f} % < --min-accuracy {100 * min_accuracy:g} %"
@@ -173,14 +190,21 @@ def benchmark(source: str | os.PathLike, *, data: str | None = None,
                               for b in batch_sizes}
             if row["accuracy"] is not None:  # None with --check 0
                 row["accuracy_delta"] = row["accuracy"] - baseline["accuracy"]
-    report = {"source": str(source), "export_dir": str(export_dir), "data": ds.name,
+    report = {"source": str(sources[0]), "export_dir": str(models[0][1]),
+              "models": [{"model": stem, "source": str(keras_path or folder),
+                          "export_dir": str(folder), "network": networks.get(stem)}
+                         for keras_path, folder, stem in models],
+              "data": ds.name,
               "check_images": int(len(labels)),
               "batch_sizes": list(batch_sizes), "threads": threads, "seconds_per_cell": seconds,
               "repeat": repeat, "provider": provider, "machine": machine(load), "rows": results}
     from edgel2.runtime.choices import probe_enabled
 
     if provider in ("auto", "cpu") and probe_enabled():  # what `auto` runs on this CPU
-        report["auto"] = remember_choices(results, list(batch_sizes), asked_threads, repeat)
+        picks = [remember_choices([r for r in results if r["model"] == stem],
+                                  list(batch_sizes), asked_threads, repeat)
+                 for _, _, stem in models]
+        report["auto"] = picks[0]
     return report
 
 
@@ -240,25 +264,55 @@ def _remember_group(group: list[dict], precision: str, batch_sizes: list[int],
     return picks
 
 
-def _locate(source: Path) -> tuple[Path | None, Path]:
-    if source.is_dir():
-        model = report_model(source / "export_report.json")
-        return (model if model and model.is_file() else None), source
+def _models_of(source: Path) -> list[tuple[Path | None, Path, str]]:
+    """The models ``source`` holds, each as (its ``.keras`` file or None, its export folder,
+    its files' stem): a ``.keras`` model; an export folder of one model (its report names
+    it); or a folder of several models' files, one per stem (``models/``)."""
     if source.suffix == ".keras" and source.is_file():
-        return source, source.parent / "export"
-    raise EdgeL2Error(f"not a .keras model or an export folder: {source}")
-
-
-def _stem(keras_path: Path | None, export_dir: Path) -> str:
-    if keras_path is not None:
         from edgel2.export.source import model_name
 
-        return model_name(keras_path)
-    names = [p.name for suffix in MODEL_SUFFIXES for pattern in (f"*-fp32{suffix}", f"*{suffix}")
-             for p in sorted(export_dir.glob(pattern))]
-    if not names:
-        raise EdgeL2Error(f"no exported files in {export_dir}")
-    return names[0].rsplit("-", 1)[0]
+        return [(source, source.parent / "export", model_name(source))]
+    if not source.is_dir():
+        raise EdgeL2Error(f"not a .keras model or an export folder: {source}")
+    model = report_model(source / "export_report.json")
+    if model is not None and model.is_file():
+        from edgel2.export.source import model_name
+
+        return [(model, source, model_name(model))]
+    stems = sorted({p.name.rsplit("-", 1)[0] for suffix in MODEL_SUFFIXES
+                    for p in source.glob(f"*-*{suffix}")})
+    if not stems:
+        raise EdgeL2Error(f"no exported files in {source}")
+    return [(None, source, stem) for stem in stems]
+
+
+def _check_same_size(models: list[tuple[Path | None, Path, str]], ds: Dataset) -> None:
+    """Refuse a family whose models take images of different sizes: one test set serves all."""
+    wanted = tuple(ds.x_test.shape[1:3])
+    for keras_path, export_dir, stem in models:
+        size = _model_and_size(keras_path, export_dir, stem)[1]
+        if size is not None and tuple(size) != wanted:
+            raise EdgeL2Error(f"{stem} takes {size[0]}x{size[1]} images and the first model "
+                              f"{wanted[0]}x{wanted[1]}: benchmark models of one image size "
+                              "together")
+
+
+def _networks(rows: list[dict]) -> dict[str, dict]:
+    """Each model's network (architecture, parameters, multiply-adds), read from the
+    metadata of the first of its files that says."""
+    from edgel2.runtime.modelfile import read_metadata
+
+    found: dict[str, dict] = {}
+    for row in rows:
+        if row["model"] in found or row["format"] == "keras" or row["status"] == "skipped":
+            continue
+        try:
+            network = read_metadata(row["file"]).get("network")
+        except (OSError, ValueError, EdgeL2Error):
+            continue
+        if isinstance(network, dict):
+            found[row["model"]] = network
+    return found
 
 
 def _made_as(export_dir: Path) -> dict:
@@ -284,9 +338,10 @@ def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress,
 
     use_backend("tensorflow")
     from edgel2.export import ExportConfig, export_model
+    from edgel2.export.source import model_name
     from edgel2.export.writers import writer_of
 
-    stem = _stem(keras_path, export_dir)
+    stem = model_name(keras_path)
     files = {file_of(f, p) for f, p in rows if f != "keras"}
     made_as = ExportConfig(flip_average=flip_average, batch=batch)
     for fmt in FORMATS:
@@ -299,24 +354,24 @@ def _export_missing(keras_path: Path, export_dir: Path, rows, ds, progress,
                          flip_average=flip_average, batch=batch)
 
 
-def _load_data(data, keras_path: Path | None, export_dir: Path):
+def _load_data(data, keras_path: Path | None, export_dir: Path, stem: str | None = None):
     """The test images at the model's input size (a fine-tuned model's may differ from its
     folder's images), which the run's config.json or any exported file's metadata gives
     (as stored when neither says), from the data the model was trained on unless ``data``
     says otherwise."""
-    model, size = _model_and_size(keras_path, export_dir)
+    model, size = _model_and_size(keras_path, export_dir, stem)
     if size is None:
         return load_dataset(data)
     return load_model_data(model, size, data=data) if model else load_dataset_for(data, size)
 
 
-def _model_and_size(keras_path: Path | None, export_dir: Path
+def _model_and_size(keras_path: Path | None, export_dir: Path, stem: str | None = None
                     ) -> tuple[Path | None, tuple[int, int] | None]:
     """A model file that remembers the data, and the input size (height, width)."""
     from edgel2.runtime.modelfile import read_metadata
 
-    files = sorted(p for p in export_dir.glob("*") if p.suffix in MODEL_SUFFIXES) \
-        if export_dir.is_dir() else []
+    files = sorted(p for p in export_dir.glob(f"{stem}-*" if stem else "*")
+                   if p.suffix in MODEL_SUFFIXES) if export_dir.is_dir() else []
     described = run_config(keras_path) if keras_path is not None else {}
     try:
         if described:
@@ -376,7 +431,11 @@ def _without_unknown(rows: list[dict], paths: list[Path | None], folder: Path
             continue
         into = folder / f"bare{index}"  # one folder each: the copy keeps the file's name
         into.mkdir()
-        copies.append(without_unknown(path, into))
+        try:
+            copies.append(without_unknown(path, into))
+        except Exception as e:  # its format's library cannot read it (protobuf's own errors)
+            row["reason"] = f"cannot read it to remove the unknown score: {first_line(e)}"
+            copies.append(None)
     return copies
 
 

@@ -16,7 +16,8 @@ from edgel2.variants import BENCHMARK_FORMATS
 
 
 @cli.command()
-@click.argument("source", type=click.Path(exists=False))
+@click.argument("sources", metavar="SOURCE...", nargs=-1, required=True,
+                type=click.Path(exists=False))
 @click.option("--data", type=str, default=None, help="Test images for top-1. " + RECORDED_DATA)
 @click.option("--format", "formats", type=ChoiceList(BENCHMARK_FORMATS), multiple=True,
               default=None, callback=flat,
@@ -54,7 +55,7 @@ from edgel2.variants import BENCHMARK_FORMATS
 @click.option("--out", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Where the JSON report goes (default: benchmark.json in the export folder); "
                    "the chart goes beside it as .png.")
-def benchmark(source, data, formats, engine, batch_sizes, threads, provider, seconds, check,
+def benchmark(sources, data, formats, engine, batch_sizes, threads, provider, seconds, check,
               min_accuracy, repeat, export_missing, unknown_cost, json_path) -> None:
     """Size, top-1, batch-1 latency and throughput of every format and precision of SOURCE
     (a .keras model, exporting what is missing, or an export folder, measured as it is) on
@@ -62,6 +63,10 @@ def benchmark(source, data, formats, engine, batch_sizes, threads, provider, sec
 
     \b
     Each runtime runs in its own process; speed-ups are against Keras fp32 in the same run.
+    Several SOURCEs, or a folder of several models' files (models/), are a family: measured
+    in the same interleaved rounds, each model's cost against the costliest's, and the chart
+    draws top-1 against batch-1 latency and against multiply-adds:
+      edgel2 benchmark models/ --format onnx,tflite --repeat 5
     """
     from edgel2.benchmark import benchmark as run_benchmark
     from edgel2.benchmark import format_table, plot_report
@@ -69,7 +74,7 @@ def benchmark(source, data, formats, engine, batch_sizes, threads, provider, sec
 
     if json_path:
         check_output(json_path)
-    report = run_benchmark(source, data=data, formats=formats or None, engine=engine,
+    report = run_benchmark(list(sources), data=data, formats=formats or None, engine=engine,
                            batch_sizes=batch_sizes,
                            threads=threads, provider=provider, seconds=seconds, check=check,
                            min_accuracy=min_accuracy, repeat=repeat,
