@@ -81,6 +81,23 @@ def test_gpu_script_next_set_decays_bn_and_widens_then_reruns_the_best(data_dir,
     assert configs["next-published-bnl2"]["config"]["batch_size"] == 500
 
 
+def test_gpu_script_small_set_distils_the_resnet20_on_jax_then_trains_it_alone(data_dir,
+                                                                             tmp_path):
+    out = _run_script(tmp_path, data_dir, SET="small", SMALL_EPOCHS="1", SMALL_WIDTH="2")
+
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    names = [r["name"] for r in runs]
+    assert names[:2] == ["small-distilled", "small-alone"]
+    assert names[2] == f"{max(runs[:2], key=lambda r: r['eval_top1'])['name']}-seed1"
+    with tarfile.open(out / "results.tar.gz") as tar:
+        configs = {name: json.load(tar.extractfile(f"{name}/config.json"))["config"]
+                   for name in names[:2]}
+    assert [configs[n]["arch"] for n in names[:2]] == ["resnet20", "resnet20"]
+    assert [configs[n]["width"] for n in names[:2]] == [2, 2]
+    assert configs["small-distilled"]["teacher"].endswith("teacher.keras")
+    assert configs["small-alone"]["teacher"] is None
+
+
 def test_gpu_script_ablation_set_leaves_the_ablation_table(data_dir, tmp_path):
     out = _run_script(tmp_path, data_dir, SET="ablation", ABLATION_EPOCHS="1", ABLATION_SEEDS="0")
 

@@ -18,6 +18,9 @@
 #              published recipe exactly (BN decayed too) at PUBLISHED_LONG (75), the shipped
 #              recipe at width WIDE (5/4 WIDTH) for WIDE_EPOCHS (52), a second seed of the best
 #   ablation   scripts/repro/ablation.py at full width, ABLATION_EPOCHS (15) epochs, ABLATION_SEEDS (0)
+#   small      not run yet: the ResNet-20 (--arch resnet20) for SMALL_EPOCHS (100), distilled
+#              from the shipped int8 ResNet-18 (rebuilt as a Keras teacher, so that it runs on
+#              the GPU), then the same student alone, then a second seed of the better
 # Other knobs: WIDTH (64), SUBSET; BUDGET_S (520), the seconds after which no new run starts
 # (keep it under any time limit the machine has); RUN_S (110), what one run is expected to take
 # (compile + training + eval + save).
@@ -159,6 +162,19 @@ case ${SET:=shipped} in
     pick=$(python3 -c "import sys; a=dict(zip(sys.argv[1::2], map(float, sys.argv[2::2]))); print(max(a, key=a.get))" \
       next-ours-bnl2 "$(accuracy next-ours-bnl2)" next-published-bnl2 "$(accuracy next-published-bnl2)")
     second_seed "$pick" next-wide ;;
+  small)  # the small model: distilled against alone, same epochs. The shipped int8 ONNX is
+          # rebuilt as a Keras network (its int8 weights, batch norms folded) so that the teacher
+          # runs on the GPU beside the student instead of in ONNX Runtime on the CPU
+    teacher=$RUNS/teacher.keras
+    python3 -c "import sys; from edgel2.pretrained import network_from_onnx; network_from_onnx(sys.argv[1]).save(sys.argv[2])" \
+      models/resnet18-int8.onnx "$teacher" || exit 1
+    SMALL="--arch resnet20 --width ${SMALL_WIDTH:-16} --epochs ${SMALL_EPOCHS:-100} --batch-size 256
+      --lr 0.2 --warmup 0.15 --label-smoothing 0.1 --weight-l2 2.5e-4 --feature-l2 1e-4"
+    OPTS_small_distilled="$SMALL --teacher $teacher"
+    OPTS_small_alone="$SMALL"
+    run small-distilled 0 $OPTS_small_distilled
+    run small-alone 0 $OPTS_small_alone
+    second_seed small-distilled small-alone ;;
   ablation)
     abl=$RUNS/ablation
     python3 scripts/repro/ablation.py --data "$EDGEL2_DATA" --width "$WIDTH" --subset "${SUBSET:-50000}" \
@@ -166,7 +182,7 @@ case ${SET:=shipped} in
       --eval-subset 2000 --out "$abl" --stop-after "$((BUDGET_S - (SECONDS - START) - RUN_S))" \
       2>&1 | tee "$OUT/ablation.log"
     cp "$abl/ablation.json" "$OUT/" 2>/dev/null ;;
-  *) echo "unknown SET=$SET (shipped, published, ours, next or ablation)"; exit 2 ;;
+  *) echo "unknown SET=$SET (shipped, published, ours, next, small or ablation)"; exit 2 ;;
 esac
 
 # Bring back every run's small files and the best run's model.
