@@ -301,6 +301,16 @@ def architecture_of(layer_names) -> str | None:
     return next((arch for arch in ARCHITECTURES if conv_layer_names(arch) == convs), None)
 
 
+def stem_width(model: keras.Model) -> int:
+    """The channels of a network's stem and first stage: its ``width``.
+
+    Examples:
+        >>> stem_width(resnet20(width=8))
+        8
+    """
+    return int(model.get_layer("stem_conv").kernel.shape[-1])
+
+
 def count_multiply_adds(model: keras.Model) -> int:
     """Multiply-adds of one image through ``model``'s convolutions and dense layers (the
     usual "MACs"; normalization, batch norms folded at export, additions and pooling are

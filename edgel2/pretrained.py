@@ -189,12 +189,12 @@ def start_from(network, source: str | os.PathLike, images: np.ndarray | None = N
     :func:`load_backbone`): the classifier keeps its fresh initialization for the new classes;
     the image size may differ (the convolutions do not depend on it). Folded batch norms are
     recalibrated on ``images`` (the training images)."""
-    from edgel2.model import architecture_of
+    from edgel2.model import architecture_of, stem_width
 
     arch = architecture_of(layer.name for layer in network.layers) or DEFAULT_ARCH
     backbone, folded = load_backbone(source, arch)
     found = architecture_of(layer.name for layer in backbone.layers)
-    width, wanted = _width(backbone), _width(network)
+    width, wanted = stem_width(backbone), stem_width(network)
     shipped = " (the shipped weights)" if str(source) == PRETRAINED else ""
     if found != arch:
         raise ModelError(f"{source}{shipped} is a {found} and this run is a {arch}: "
@@ -255,9 +255,3 @@ def freeze_stages(network, stages: int) -> None:
     for layer in network.layers:
         if layer.name.startswith(frozen):
             layer.trainable = False
-
-
-def _width(network) -> int:
-    return int(network.get_layer("stem_conv").kernel.shape[-1])
-
-

@@ -217,9 +217,8 @@ def plot_report(report: dict, path: str | os.PathLike) -> Path:
     """
     from edgel2.plots import pyplot, save_figure
 
-    several = len(report.get("models", [])) > 1
-    return save_figure(family_figure(report) if several else benchmark_figure(report), pyplot(),
-                       path)
+    figure = family_figure(report) if _several(report) else benchmark_figure(report)
+    return save_figure(figure, pyplot(), path)
 
 
 def benchmark_figure(report: dict):

@@ -201,10 +201,11 @@ def benchmark(source: str | os.PathLike | Sequence[str | os.PathLike], *,
     from edgel2.runtime.choices import probe_enabled
 
     if provider in ("auto", "cpu") and probe_enabled():  # what `auto` runs on this CPU
-        picks = [remember_choices([r for r in results if r["model"] == stem],
-                                  list(batch_sizes), asked_threads, repeat)
-                 for _, _, stem in models]
-        report["auto"] = picks[0]
+        for index, (_, _, stem) in enumerate(models):  # each model's files are remembered
+            picks = remember_choices([r for r in results if r["model"] == stem],
+                                     list(batch_sizes), asked_threads, repeat)
+            if index == 0:
+                report["auto"] = picks
     return report
 
 
@@ -269,16 +270,16 @@ def _models_of(source: Path) -> list[tuple[Path | None, Path, str]]:
     its files' stem): a ``.keras`` model; an export folder of one model (its report names
     it); or a folder of several models' files, one per stem (``models/``)."""
     if source.suffix == ".keras" and source.is_file():
-        from edgel2.export.source import model_name
-
-        return [(source, source.parent / "export", model_name(source))]
-    if not source.is_dir():
+        model: Path | None = source
+        folder = source.parent / "export"
+    elif source.is_dir():
+        model, folder = report_model(source / "export_report.json"), source
+    else:
         raise EdgeL2Error(f"not a .keras model or an export folder: {source}")
-    model = report_model(source / "export_report.json")
     if model is not None and model.is_file():
         from edgel2.export.source import model_name
 
-        return [(model, source, model_name(model))]
+        return [(model, folder, model_name(model))]
     stems = sorted({p.name.rsplit("-", 1)[0] for suffix in MODEL_SUFFIXES
                     for p in source.glob(f"*-*{suffix}")})
     if not stems:

@@ -24,6 +24,8 @@ from edgel2.errors import EdgeL2Error, first_line, missing_extra
 
 # Arena sizes are aligned to this many bytes (TensorFlow Lite Micro aligns tensors to 16).
 ARENA_ALIGNMENT = 16
+# The largest arena tried (1 GiB): a file that does not allocate in it never will.
+MAX_ARENA = 1 << 30
 # Bytes per line of the C array: 12 "0x00, " fit a 79-column line.
 C_BYTES_PER_LINE = 12
 
@@ -60,30 +62,31 @@ def micro_footprint(path: str | os.PathLike) -> dict:
     path = Path(path)
     data = path.read_bytes()
 
-    def allocated(arena: int):
-        """The interpreter with every tensor planned into ``arena`` bytes, or None."""
+    def attempt(arena: int):
+        """(the interpreter with every tensor planned into ``arena`` bytes, or None; why not)."""
         with _silenced():  # the interpreter prints its allocation failures to the terminal
             try:
-                return runtime.Interpreter.from_bytes(data, arena_size=arena)
-            except (RuntimeError, ValueError):
-                return None
+                return runtime.Interpreter.from_bytes(data, arena_size=arena), None
+            except Exception as e:  # the package raises what its parser meets (TypeError, ...)
+                return None, e
 
-    with _silenced():  # an operator it lacks fails at any size: say so with its words
-        try:
-            runtime.Interpreter.from_bytes(data, arena_size=1 << 30)
-        except Exception as e:  # the package raises what its parser meets (TypeError, ...)
+    # grow the arena until it allocates; an operator TensorFlow Lite Micro lacks, or a broken
+    # file, fails at every size, and its last error says why
+    low, high = 0, max(1 << 16, len(data))  # it fails at low, allocates at high
+    interpreter, error = attempt(high)
+    while interpreter is None:
+        if high >= MAX_ARENA:
             raise EdgeL2Error(f"TensorFlow Lite Micro cannot run {path.name}: "
-                              f"{first_line(e)}") from None
-    low, high = 0, max(1 << 16, len(data))  # allocated(low) fails, allocated(high) does not
-    while allocated(high) is None:
+                              f"{first_line(error)}")
         low, high = high, 2 * high
+        interpreter, error = attempt(high)
     while high - low > ARENA_ALIGNMENT:
         middle = (low + high) // 2 // ARENA_ALIGNMENT * ARENA_ALIGNMENT
-        if allocated(middle) is None:
+        smaller, _ = attempt(middle)
+        if smaller is None:
             low = middle
         else:
-            high = middle
-    interpreter = allocated(high)
+            high, interpreter = middle, smaller
     details = interpreter.get_input_details(0)
     interpreter.set_input(np.full(details["shape"], 128, details["dtype"]), 0)
     interpreter.invoke()  # all memory is planned at allocation: the run needs no more

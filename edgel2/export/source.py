@@ -8,7 +8,13 @@ import keras
 from edgel2 import __version__
 from edgel2.checkpoint import as_float32, load_model
 from edgel2.errors import EdgeL2Error
-from edgel2.model import architecture_of, count_multiply_adds, count_params, find_normalize
+from edgel2.model import (
+    architecture_of,
+    count_multiply_adds,
+    count_params,
+    find_normalize,
+    stem_width,
+)
 from edgel2.utils import config_hash, run_config
 
 
@@ -65,7 +71,7 @@ def describe_network(model: keras.Model) -> dict | None:
     arch = architecture_of(layer.name for layer in model.layers)
     if arch is None:
         return None
-    return {"architecture": arch, "width": int(model.get_layer("stem_conv").kernel.shape[-1]),
+    return {"architecture": arch, "width": stem_width(model),
             "parameters": count_params(model), "multiply_adds": count_multiply_adds(model)}
 
 

@@ -28,9 +28,10 @@ class ShuffledBatches(keras.utils.PyDataset):
     known images, then its slice of the outliers (``outliers`` must split over the processes):
     the same rows as one process, in another order.
 
-    ``teacher`` (distillation, :mod:`edgel2.train.distill`): each batch's images go through
-    ``augment`` (given ``(seed, epoch, index, process)`` to seed it), then through the teacher,
-    whose logits are appended to the targets: ``[targets | teacher logits]``.
+    ``augment``: each batch's images go through it before the step, given
+    ``(seed, epoch, index, process)`` to seed it (with a teacher, which must see the augmented
+    batch). ``teacher`` (distillation, :mod:`edgel2.train.distill`): its logits on the batch's
+    images are appended to the targets: ``[targets | teacher logits]``.
 
     Examples:
         >>> x, y = np.zeros((10, 2, 2, 3), np.uint8), np.eye(2, dtype=np.float32)[np.arange(10) % 2]
@@ -62,10 +63,10 @@ class ShuffledBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         images, targets = self._batch(index)
-        if self.teacher is None:
-            return images, targets
         if self.augment is not None:
             images = self.augment(images, (self.seed, self.epoch, index, self.shard[0]))
+        if self.teacher is None:
+            return images, targets
         return images, np.concatenate([targets, self.teacher(images)], axis=1)
 
     def _batch(self, index: int) -> tuple[np.ndarray, np.ndarray]:
