@@ -24,7 +24,8 @@ def tool(name: str) -> list[str]:
 
 
 def test_ruff_finds_nothing():
-    result = subprocess.run(tool("ruff") + ["check", "--no-cache", "edgel2", "tests", "scripts"],
+    result = subprocess.run(tool("ruff") + ["check", "--no-cache", "edgel2", "tests", "scripts",
+                                           "examples"],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -89,6 +89,17 @@ def test_every_image_mode_becomes_the_same_input_as_plain_rgb(case, classifier):
     assert classifier.predict(image, top_k=3) == classifier.predict(expected, top_k=3)
 
 
+@pytest.mark.parametrize("size", [(40, 90), (90, 40), (20, 30), (640, 427)])
+def test_resize_is_pillows_bilinear_width_pass_then_height_pass_whatever_the_shape(size):
+    """The order is fixed (Pillow 13 itself runs the height first for tall images, and each
+    pass rounds), so the pixels do not depend on Pillow's version, and ports can repeat it."""
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), np.uint8)
+    image = Image.fromarray(pixels)
+    wide = image.resize((32, size[1]), Image.Resampling.BILINEAR)
+    expected = np.asarray(wide.resize((32, 32), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(load_image(image, (32, 32)), expected)
+
+
 def test_paths_bytes_pil_arrays_and_batches_are_all_accepted(classifier, tmp_path):
     path = tmp_path / "picture.png"
     Image.fromarray(PICTURE).save(path)

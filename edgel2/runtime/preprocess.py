@@ -12,7 +12,9 @@ The policy, in order:
    any alpha (LA, RGBA, PA, transparent palettes) is composited over **white**
    (:data:`BACKGROUND`);
 4. resize to the model's input size with Pillow's **bilinear** filter, which antialiases when
-   it shrinks (``Image.resize`` widens the kernel by the scale factor).
+   it shrinks (``Image.resize`` widens the kernel by the scale factor), the width first, then
+   the height, each pass rounded to uint8 (:func:`resize_bilinear`: the exact integer
+   arithmetic every port in ``examples/`` repeats).
 
 Training images go through the same steps (``edgel2.data``), so what the model saw and what it
 is shown match. Images larger than :data:`MAX_PIXELS` are refused as decompression bombs, from
@@ -263,12 +265,33 @@ def load_image_and_size(source: ImageLike, size: tuple[int, int] | None = None
         image = to_rgb(image)
         seen = image.size
         if size is not None and image.size != tuple(size):
-            image = image.resize((int(size[0]), int(size[1])), RESAMPLE)
+            image = resize_bilinear(image, (int(size[0]), int(size[1])))
         return np.asarray(image, dtype=np.uint8), seen
     except ImageError:
         raise
     except Exception as e:  # noqa: BLE001 - a mode Pillow cannot convert (LAB, odd TIFFs...)
         raise ImageError(f"cannot convert a {image.mode} image to RGB: {first_line(e, 120)}") from None
+
+
+def resize_bilinear(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Step 4 of the policy: Pillow's bilinear resize, the width pass first, then the height.
+
+    Pillow's own two-pass ``resize`` picks the order by the shape (from Pillow 13 it runs the
+    height first when the height shrinks more than twice as much as the width), and each pass
+    rounds to uint8, so the order changes pixels by a level; one pass per call fixes it, so the
+    answer depends neither on the Pillow version nor on what a port in another language does
+    (``examples/js/edgel2.mjs`` repeats this arithmetic exactly).
+
+    Examples:
+        >>> resize_bilinear(Image.new("RGB", (40, 90)), (32, 32)).size
+        (32, 32)
+    """
+    width, height = size
+    if image.width != width:
+        image = image.resize((width, image.height), RESAMPLE)
+    if image.height != height:
+        image = image.resize((width, height), RESAMPLE)
+    return image
 
 
 # EXIF orientations that turn an image a quarter turn (ImageOps.exif_transpose swaps W and H)

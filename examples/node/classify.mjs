@@ -1,0 +1,82 @@
+// Classify images with an edgel2 .onnx file in Node: onnxruntime-node runs the model, sharp
+// decodes the image (libvips: JPEG, PNG, WebP, GIF, TIFF; turned upright by its EXIF
+// orientation), and ../js/edgel2.mjs does what edgel2.runtime does in Python (alpha over white,
+// Pillow's bilinear resize, the file's calibration), so the answer is the runtime's.
+//
+//   node classify.mjs [--model FILE.onnx] IMAGE...
+//
+// One JSON line per image: {"path", "label", "probabilities" (in the model's class order),
+// "unknown_score", "unknown"}. A bad model or image is one line on stderr and exit 1.
+import { readFile } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import ort from "onnxruntime-node";
+import sharp from "sharp";
+import { inputSize, probabilities, readOnnxMetadata, toModelInput } from "../js/edgel2.mjs";
+
+const DEFAULT_MODEL = fileURLToPath(new URL("../../models/resnet18-int8.onnx", import.meta.url));
+
+export async function loadClassifier(path) {
+  const bytes = await readFile(path);
+  const metadata = readOnnxMetadata(bytes);
+  if (!Array.isArray(metadata.class_names) || !metadata.input) {
+    throw new Error(`${path} has no edgel2 metadata (class_names, input): export it with edgel2`);
+  }
+  const session = await ort.InferenceSession.create(bytes);
+  return { session, metadata, size: inputSize(metadata) };
+}
+
+export async function classify({ session, metadata, size }, path) {
+  const { data, info } = await sharp(path, { limitInputPixels: 64 * 1024 * 1024 })
+    .rotate()                    // the EXIF orientation, like ImageOps.exif_transpose
+    .toColourspace("srgb").ensureAlpha()
+    .raw().toBuffer({ resolveWithObject: true });
+  const [width, height] = size;
+  const pixels = toModelInput(data, info.width, info.height, width, height);
+  const feeds = { [session.inputNames[0]]: new ort.Tensor("uint8", pixels, [1, height, width, 3]) };
+  const outputs = await session.run(feeds);
+  const p = probabilities(outputs[metadata.output?.name ?? "logits"].data, metadata);
+  const best = p.indexOf(Math.max(...p));
+  const answer = { path, label: metadata.class_names[best], probabilities: p };
+  const score = outputs.unknown_score?.data[0];
+  if (score !== undefined) {
+    answer.unknown_score = score;
+    const threshold = metadata.unknown?.threshold;
+    answer.unknown = threshold === undefined ? null : score > threshold;
+  }
+  return answer;
+}
+
+async function main(argv) {
+  let model = DEFAULT_MODEL;
+  const images = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--model") model = argv[++i];
+    else if (argv[i] === "-h" || argv[i] === "--help") {
+      console.log("usage: run [--model FILE.onnx] IMAGE...  (one JSON line per image)");
+      return 0;
+    } else images.push(argv[i]);
+  }
+  if (!model || images.length === 0) {
+    console.error("edgel2-node: error: usage: run [--model FILE.onnx] IMAGE...");
+    return 2;
+  }
+  let classifier;
+  try {
+    classifier = await loadClassifier(model);
+  } catch (e) {
+    console.error(`edgel2-node: error: cannot load ${model}: ${String(e.message).split("\n")[0]}`);
+    return 1;
+  }
+  let failed = 0;
+  for (const path of images) {
+    try {
+      console.log(JSON.stringify(await classify(classifier, path)));
+    } catch (e) {
+      console.error(`edgel2-node: error: ${path}: ${String(e.message).split("\n")[0]}`);
+      failed = 1;
+    }
+  }
+  return failed;
+}
+
+process.exitCode = await main(process.argv.slice(2));
