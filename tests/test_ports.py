@@ -105,3 +105,17 @@ def test_port_says_a_missing_image_in_one_line_and_exits_1(port, images, tmp_pat
     assert ran.returncode == 1
     assert len(ran.stdout.splitlines()) == 1  # the good image is still answered
     assert ran.stderr.count("\n") == 1 and str(missing) in ran.stderr
+
+
+@pytest.mark.parametrize("port, environment, reason", [
+    ("browser", {"CHROMIUM": "/nonexistent/chromium"}, "no Chromium at /nonexistent/chromium"),
+    ("c", {"PYTHON": "/bin/false"}, "no openvino wheel in /bin/false"),
+])
+def test_a_port_that_cannot_be_built_says_why_and_exits_3(port, environment, reason, tmp_path):
+    import os
+
+    ran = subprocess.run([str(EXAMPLES / port / "run"), str(tmp_path / "any.png")],
+                         env={**os.environ, **environment}, capture_output=True, text=True,
+                         timeout=60)
+    assert ran.returncode == CANNOT_BUILD
+    assert ran.stderr.count("\n") == 1 and reason in ran.stderr
