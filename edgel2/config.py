@@ -51,7 +51,8 @@ class Architecture:
 
     width: int                                # the standard width (--width's default)
     stages: tuple[tuple[int, int, int], ...]  # (channel multiple, first stride, blocks)
-    pretrained: str                           # the shipped int8 ONNX --pretrained starts from
+    pretrained: str                           # the shipped int8 ONNX --pretrained starts from,
+                                              # relative to models/
     summary: str                              # for --help and the docs
 
 
@@ -62,7 +63,8 @@ ARCHITECTURES = {
     "resnet18": Architecture(64, ((1, 1, 2), (2, 2, 2), (4, 2, 2), (8, 2, 2)),
                              "resnet18-int8.onnx",
                              "CIFAR ResNet-18: 11.2M parameters, 0.56G multiply-adds"),
-    "resnet20": Architecture(16, ((1, 1, 3), (2, 2, 3), (4, 2, 3)), "resnet20-int8.onnx",
+    "resnet20": Architecture(16, ((1, 1, 3), (2, 2, 3), (4, 2, 3)),
+                             "resnet20/resnet20-int8.onnx",
                              "CIFAR ResNet-20: 0.27M parameters, 41M multiply-adds"),
 }
 DEFAULT_ARCH = "resnet18"

@@ -3,6 +3,7 @@ a network for new classes and image sizes, frozen where asked; bad input is one 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,6 +127,23 @@ def test_pretrained_starts_from_the_shipped_network_at_any_image_size(rebuilt, t
     bn = tuned.get_layer("stage2_block1_1_bn").get_weights()
     assert not np.allclose(bn[3], 1.0 - 1e-5)  # statistics measured, not the folded identity
     assert tuned.get_layer("logits").get_weights()[0].shape == (8 * PRETRAINED_WIDTH, 3)
+
+
+def test_pretrained_resnet20_starts_from_the_shipped_small_network(tiny_folder, tmp_path):
+    from edgel2.checkpoint import load_model
+    from edgel2.pretrained import network_from_onnx, pretrained_file
+
+    assert pretrained_file("resnet20").relative_to(pretrained_file("resnet18").parent) == \
+        Path("resnet20/resnet20-int8.onnx")
+    result = _run("train", "--data", tiny_folder, "--arch", "resnet20", "--pretrained",
+                  "--freeze", "3", "--epochs", "1", "--batch-size", "4", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    tuned = load_model(tmp_path / "run" / "model.keras")
+    shipped = network_from_onnx(pretrained_file("resnet20"))
+    for name in ("stem_conv", "stage2_block1_proj_conv", "stage3_block3_2_conv"):
+        np.testing.assert_array_equal(tuned.get_layer(name).get_weights()[0],
+                                      shipped.get_layer(name).get_weights()[0])
+    assert tuned.get_layer("logits").get_weights()[0].shape == (64, 3)
 
 
 @pytest.mark.parametrize("args, message", [

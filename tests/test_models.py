@@ -16,14 +16,24 @@ from edgel2.runtime import Classifier
 from edgel2.runtime.modelfile import file_precision
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
-SHIPPED = sorted(MODELS.glob("*.onnx")) + sorted(MODELS.glob("*.tflite"))
+SHIPPED = sorted(MODELS.glob("**/*.onnx")) + sorted(MODELS.glob("**/*.tflite"))
 CARD = (MODELS / "README.md").read_text()
+# what each shipped network is: its Keras name and the cost its metadata states
+NETWORKS = {
+    "resnet18": ("resnet18_w64", {"architecture": "resnet18", "width": 64,
+                                  "parameters": 11_173_962, "multiply_adds": 555_422_720}),
+    "resnet20": ("resnet20_w16", {"architecture": "resnet20", "width": 16,
+                                  "parameters": 272_474, "multiply_adds": 40_813_184}),
+}
 
 
-def test_models_folder_ships_the_full_width_int8_onnx_and_tflite_and_stays_small():
-    assert sorted(p.name for p in SHIPPED) == ["resnet18-int8.onnx", "resnet18-int8.tflite"]
-    # two int8 files of the 11.17M-parameter net; the repository must stay well under 40 MB
-    assert sum(p.stat().st_size for p in MODELS.iterdir()) < 24 * 2**20
+def test_models_folder_ships_the_default_resnet18_and_the_small_resnet20_and_stays_small():
+    assert sorted(str(p.relative_to(MODELS)) for p in SHIPPED) == [
+        "resnet18-int8.onnx", "resnet18-int8.tflite",
+        "resnet20/resnet20-int8.onnx", "resnet20/resnet20-int8.tflite"]
+    # the int8 files of the 11.17M-parameter net (23.4 MB) and the 0.27M one (0.7 MB), the
+    # charts and the test vectors; the repository must stay well under 40 MB
+    assert sum(p.stat().st_size for p in MODELS.glob("**/*") if p.is_file()) < 26 * 2**20
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -32,9 +42,7 @@ def test_shipped_file_carries_metadata_and_matches_its_card(path, cifar):
     meta = clf.metadata
     assert clf.class_names == cifar.class_names
     assert file_precision(meta) == "int8" and meta["input"]["dtype"] == "uint8"
-    assert meta["model_name"] == "resnet18_w64"  # the full-width network, trained on the GPU
-    assert meta["network"] == {"architecture": "resnet18", "width": 64,
-                               "parameters": 11_173_962, "multiply_adds": 555_422_720}
+    assert (meta["model_name"], meta["network"]) == NETWORKS[path.stem.split("-")[0]]
     stated = meta["accuracy"]["top1"]
     assert meta["accuracy"]["images"] == 10000  # measured on the full test split
     # the card states the same figure, to two decimals
@@ -60,6 +68,18 @@ def test_infer_uses_the_shipped_int8_pair_by_default(data_dir):
     assert "resnet18-int8.onnx (int8) on openvino" in result.stderr  # the fixed rule in tests
 
 
+def test_the_small_models_folder_is_one_model_wherever_a_model_is_taken(data_dir):
+    from edgel2.runtime import shipped_models
+    from edgel2.runtime.modelfile import model_files
+
+    small = shipped_models() / "resnet20"
+    assert [p.name for p in model_files(small)] == ["resnet20-int8.onnx", "resnet20-int8.tflite"]
+    image = next((data_dir / "test" / "ship").iterdir())
+    result = CliRunner().invoke(cli, ["infer", str(image), "--model", str(small), "-v"])
+    assert result.exit_code == 0, result.output
+    assert "resnet20-int8.onnx (int8) on openvino" in result.stderr
+
+
 def test_the_shipped_files_still_answer_their_test_vectors():
     """models/test-vectors.json (scripts/tools/make_test_vectors.py) is what ports check against:
     the JPEGs decode to its pixels, and each shipped file gives its logits, top-1 and unknown
@@ -75,7 +95,7 @@ def test_the_shipped_files_still_answer_their_test_vectors():
     pixels = np.array([image["pixels"] for image in vectors["images"]], np.uint8).reshape(-1, 32, 32, 3)
     for image, expected in zip(vectors["images"], pixels):
         assert np.array_equal(load_image(base64.b64decode(image["jpeg_base64"]), (32, 32)), expected)
-    assert len(vectors["files"]) == 2
+    assert sorted(vectors["files"]) == sorted(str(p.relative_to(MODELS)) for p in SHIPPED)
     for name, answer in vectors["files"].items():
         path = shipped_model(name)
         classifier = Classifier(path, engine=REFERENCE_ENGINE[sniff_format(path)])

@@ -22,7 +22,8 @@ from edgel2.runtime.shipped import shipped_model
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", ".data", "runs", "build", "dist", "*.egg-info",
-                                    "__pycache__", ".pytest_cache", ".whl", ".site", "gpu-out")
+                                    "__pycache__", ".pytest_cache", ".whl", ".site", "gpu-out",
+                                    "node_modules")
 
 
 def _run(*command, **kwargs) -> subprocess.CompletedProcess:
@@ -41,6 +42,8 @@ def installed(tmp_path_factory) -> Path:
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
     assert {"edgel2/models/resnet18-int8.onnx", "edgel2/models/resnet18-int8.tflite",
+            "edgel2/models/resnet20/resnet20-int8.onnx",
+            "edgel2/models/resnet20/resnet20-int8.tflite",
             "edgel2/models/README.md", "edgel2/runtime/classifier.py"} <= names
     assert not any(n.startswith(("tests/", "models/", "scripts/")) for n in names)
     venv.create(work / "venv", with_pip=True)

@@ -68,8 +68,7 @@ def benchmark(source: str | os.PathLike | Sequence[str | os.PathLike], *,
 
     Args:
         source: A ``.keras`` model or an export folder, or several: each row names its model
-            (``model``); a folder holding several models' files (``models/``) counts as each
-            of them.
+            (``model``); a folder holding several models' files counts as each of them.
         data: The data whose test split measures top-1; None for the data the model was
             trained on (:func:`edgel2.data.load_model_data`).
         formats: The runtimes to measure (:data:`~edgel2.variants.BENCHMARK_FORMATS`); None:
@@ -268,7 +267,7 @@ def _remember_group(group: list[dict], precision: str, batch_sizes: list[int],
 def _models_of(source: Path) -> list[tuple[Path | None, Path, str]]:
     """The models ``source`` holds, each as (its ``.keras`` file or None, its export folder,
     its files' stem): a ``.keras`` model; an export folder of one model (its report names
-    it); or a folder of several models' files, one per stem (``models/``)."""
+    it); or a folder of several models' files, one per stem."""
     if source.suffix == ".keras" and source.is_file():
         model: Path | None = source
         folder = source.parent / "export"

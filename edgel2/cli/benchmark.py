@@ -63,10 +63,10 @@ def benchmark(sources, data, formats, engine, batch_sizes, threads, provider, se
 
     \b
     Each runtime runs in its own process; speed-ups are against Keras fp32 in the same run.
-    Several SOURCEs, or a folder of several models' files (models/), are a family: measured
+    Several SOURCEs, or a folder of several models' files, are a family: measured
     in the same interleaved rounds, each model's cost against the costliest's, and the chart
     draws top-1 against batch-1 latency and against multiply-adds:
-      edgel2 benchmark models/ --format onnx,tflite --repeat 5
+      edgel2 benchmark models/ models/resnet20/ --format onnx,tflite --repeat 5
     """
     from edgel2.benchmark import benchmark as run_benchmark
     from edgel2.benchmark import format_table, plot_report

@@ -1,5 +1,7 @@
-"""The models that ship with edgel2: one copy in git (``models/``), carried by the wheel as the
-package data ``edgel2/models/``."""
+"""The models that ship with edgel2: one copy in git (``models/``, the default ResNet-18, and
+``models/resnet20/``, the small ResNet-20), carried by the wheel as the package data
+``edgel2/models/``. Each folder holds one model (its int8 ONNX and TFLite files), so a folder
+is a model wherever edgel2 takes one."""
 from __future__ import annotations
 
 import importlib.resources
@@ -16,7 +18,8 @@ def shipped_model(name: str = DEFAULT_MODEL) -> Path:
     """The path of a model shipped with edgel2.
 
     Args:
-        name: The file's name in ``models/``.
+        name: The file's path relative to ``models/`` (``"resnet18-int8.tflite"``,
+            ``"resnet20/resnet20-int8.onnx"``).
 
     Returns:
         Its path inside the installed package, or in the ``models/`` folder of a source
@@ -26,6 +29,8 @@ def shipped_model(name: str = DEFAULT_MODEL) -> Path:
         >>> shipped_model().name
         'resnet18-int8.onnx'
         >>> shipped_model("resnet18-int8.tflite").is_file()
+        True
+        >>> shipped_model("resnet20/resnet20-int8.tflite").is_file()
         True
     """
     packaged = Path(str(importlib.resources.files("edgel2") / "models" / name))
@@ -40,9 +45,9 @@ def shipped_models() -> Path:
     """The folder of the shipped models.
 
     Returns:
-        The folder holding the int8 ONNX and TFLite files of one ResNet-18, either of which
+        The folder holding the int8 ONNX and TFLite files of the ResNet-18, either of which
         ``auto`` may run: the default model of ``Classifier``, ``edgel2 infer``,
-        ``edgel2 serve`` and Ray.
+        ``edgel2 serve`` and Ray. The small ResNet-20 is its subfolder ``resnet20/``.
 
     Examples:
         >>> sorted(p.suffix for p in shipped_models().glob("resnet18-int8.*"))

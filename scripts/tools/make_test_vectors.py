@@ -19,7 +19,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: models/ is written
 
-FILES = ("resnet18-int8.onnx", "resnet18-int8.tflite")
+# every shipped file, by its path in models/
+FILES = ("resnet18-int8.onnx", "resnet18-int8.tflite",
+         "resnet20/resnet20-int8.onnx", "resnet20/resnet20-int8.tflite")
 PER_CLASS = 1  # the first test image of each class: 10 images, about 160 KB of JSON
 # and one image of none of the classes, which the files' unknown score flags: seeded uniform
 # noise, saved as a JPEG like the others
