@@ -2,7 +2,7 @@
 // runs the model, the browser decodes the image, and ../js/edgel2.mjs does what
 // edgel2.runtime does in Python (Pillow's bilinear resize, the file's calibration).
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
-import { inputSize, probabilities, readOnnxMetadata, toModelInput } from "../js/edgel2.mjs";
+import { answerOf, modelInfo, toModelInput } from "../js/edgel2.mjs";
 
 ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url).href;
 // several threads need a cross-origin-isolated page (SharedArrayBuffer); one works anywhere
@@ -11,12 +11,9 @@ ort.env.wasm.numThreads = 1;
 /** The model at `url` (or its bytes) and the metadata edgel2 wrote into it. */
 export async function loadClassifier(url) {
   const bytes = url instanceof Uint8Array ? url : new Uint8Array(await (await fetch(url)).arrayBuffer());
-  const metadata = readOnnxMetadata(bytes);
-  if (!Array.isArray(metadata.class_names) || !metadata.input) {
-    throw new Error("no edgel2 metadata (class_names, input): export the model with edgel2");
-  }
+  const info = modelInfo(bytes);
   const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });
-  return { session, metadata, size: inputSize(metadata) };
+  return { session, ...info };
 }
 
 // The browser's decoder, upright by EXIF, drawn over an opaque white canvas: the canvas
@@ -39,13 +36,6 @@ export async function classifyBlob({ session, metadata, size }, blob) {
   const { rgba, width, height } = await uprightPixels(blob);
   const [w, h] = size;
   const pixels = toModelInput(rgba, width, height, w, h);
-  const outputs = await session.run({ [session.inputNames[0]]: new ort.Tensor("uint8", pixels, [1, h, w, 3]) });
-  const p = probabilities(outputs[metadata.output?.name ?? "logits"].data, metadata);
-  const answer = { label: metadata.class_names[p.indexOf(Math.max(...p))], probabilities: p };
-  if (outputs.unknown_score) {
-    answer.unknown_score = outputs.unknown_score.data[0];
-    const threshold = metadata.unknown?.threshold;
-    answer.unknown = threshold === undefined ? null : answer.unknown_score > threshold;
-  }
-  return answer;
+  const feeds = { [session.inputNames[0]]: new ort.Tensor("uint8", pixels, [1, h, w, 3]) };
+  return answerOf(await session.run(feeds), metadata);
 }

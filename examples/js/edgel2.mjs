@@ -3,8 +3,10 @@
 // step for step and to the same integer, so a port gives the runtime's answer.
 //
 //   readOnnxMetadata(bytes)            the metadata edgel2 wrote into an .onnx file
+//   modelInfo(bytes)                   {metadata, size}, or an error for a non-edgel2 file
 //   toModelInput(rgba, w, h, W, H)     RGBA pixels -> uint8 RGB [H, W, 3] the model reads
 //   probabilities(logits, metadata)    raw logits -> the file's calibrated probabilities
+//   answerOf(outputs, metadata)        a session's outputs for one image -> its answer
 //
 // No dependencies: decoding the image file (and turning it upright by its EXIF orientation) is
 // the app's job, with its platform's decoder.
@@ -169,4 +171,29 @@ const UNSMOOTH_FLOOR = 0.01;
 export function inputSize(metadata) {
   const [, height, width] = metadata.input.shape;
   return [width, height];
+}
+
+/** An .onnx file's edgel2 metadata and input size; an Error when edgel2 did not write it. */
+export function modelInfo(bytes) {
+  const metadata = readOnnxMetadata(bytes);
+  if (!Array.isArray(metadata.class_names) || !metadata.input) {
+    throw new Error("no edgel2 metadata (class_names, input): export the model with edgel2");
+  }
+  return { metadata, size: inputSize(metadata) };
+}
+
+/**
+ * One image's answer from an ONNX Runtime session's outputs (Node or web):
+ * {label, probabilities, unknown_score, unknown}, the last two when the file has the score.
+ */
+export function answerOf(outputs, metadata) {
+  const p = probabilities(outputs[metadata.output?.name ?? "logits"].data, metadata);
+  const answer = { label: metadata.class_names[p.indexOf(Math.max(...p))], probabilities: p };
+  const score = outputs.unknown_score?.data[0];
+  if (score !== undefined) {
+    answer.unknown_score = score;
+    const threshold = metadata.unknown?.threshold;
+    answer.unknown = threshold === undefined ? null : score > threshold;
+  }
+  return answer;
 }

@@ -11,18 +11,14 @@ import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import ort from "onnxruntime-node";
 import sharp from "sharp";
-import { inputSize, probabilities, readOnnxMetadata, toModelInput } from "../js/edgel2.mjs";
+import { answerOf, modelInfo, toModelInput } from "../js/edgel2.mjs";
 
 const DEFAULT_MODEL = fileURLToPath(new URL("../../models/resnet18-int8.onnx", import.meta.url));
 
 export async function loadClassifier(path) {
   const bytes = await readFile(path);
-  const metadata = readOnnxMetadata(bytes);
-  if (!Array.isArray(metadata.class_names) || !metadata.input) {
-    throw new Error(`${path} has no edgel2 metadata (class_names, input): export it with edgel2`);
-  }
-  const session = await ort.InferenceSession.create(bytes);
-  return { session, metadata, size: inputSize(metadata) };
+  const info = modelInfo(bytes);
+  return { session: await ort.InferenceSession.create(bytes), ...info };
 }
 
 export async function classify({ session, metadata, size }, path) {
@@ -33,17 +29,7 @@ export async function classify({ session, metadata, size }, path) {
   const [width, height] = size;
   const pixels = toModelInput(data, info.width, info.height, width, height);
   const feeds = { [session.inputNames[0]]: new ort.Tensor("uint8", pixels, [1, height, width, 3]) };
-  const outputs = await session.run(feeds);
-  const p = probabilities(outputs[metadata.output?.name ?? "logits"].data, metadata);
-  const best = p.indexOf(Math.max(...p));
-  const answer = { path, label: metadata.class_names[best], probabilities: p };
-  const score = outputs.unknown_score?.data[0];
-  if (score !== undefined) {
-    answer.unknown_score = score;
-    const threshold = metadata.unknown?.threshold;
-    answer.unknown = threshold === undefined ? null : score > threshold;
-  }
-  return answer;
+  return { path, ...answerOf(await session.run(feeds), metadata) };
 }
 
 async function main(argv) {
