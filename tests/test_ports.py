@@ -93,18 +93,21 @@ def test_port_gives_the_runtimes_label_and_probabilities(port, images):
 
 
 @pytest.mark.parametrize("port", sorted(PORTS))
-def test_port_says_a_missing_image_in_one_line_and_exits_1(port, images, tmp_path):
+def test_port_says_a_missing_or_truncated_image_in_one_line_each_and_exits_1(port, images, tmp_path):
     from edgel2.runtime import shipped_model
 
     missing = tmp_path / "missing.png"
+    truncated = tmp_path / "truncated.jpg"  # a JPEG cut after 600 bytes
+    truncated.write_bytes(next(p for p in images if p.suffix == ".jpg").read_bytes()[:600])
     ran = subprocess.run([str(EXAMPLES / port / "run"), "--model",
-                          str(shipped_model(PORTS[port][0])), str(images[1]), str(missing)],
-                         capture_output=True, text=True, timeout=600)
+                          str(shipped_model(PORTS[port][0])), str(images[1]), str(missing),
+                          str(truncated)], capture_output=True, text=True, timeout=600)
     if ran.returncode == CANNOT_BUILD:
         pytest.skip(f"{port} cannot be built here: {ran.stderr.strip()}")
     assert ran.returncode == 1
     assert len(ran.stdout.splitlines()) == 1  # the good image is still answered
-    assert ran.stderr.count("\n") == 1 and str(missing) in ran.stderr
+    errors = ran.stderr.splitlines()
+    assert len(errors) == 2 and str(missing) in errors[0] and str(truncated) in errors[1]
 
 
 @pytest.mark.parametrize("port, environment, reason", [

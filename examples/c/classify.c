@@ -203,12 +203,16 @@ static void jpeg_fail(j_common_ptr info) {
     longjmp(failure->jump, 1);
 }
 
+/* libjpeg's warnings (a truncated file, ...) go unprinted: the error line says what failed */
+static void jpeg_quiet(j_common_ptr info, int level) { (void)info; (void)level; }
+
 static int decode_jpeg(FILE *f, Image *image, int *orientation) {
     struct jpeg_decompress_struct info;
     struct jpeg_failure failure;
     unsigned char *rgb = NULL;
     info.err = jpeg_std_error(&failure.manager);
     failure.manager.error_exit = jpeg_fail;
+    failure.manager.emit_message = jpeg_quiet;
     if (setjmp(failure.jump)) {
         jpeg_destroy_decompress(&info);
         free(rgb);
@@ -250,8 +254,16 @@ static int decode_jpeg(FILE *f, Image *image, int *orientation) {
     return 0;
 }
 
+/* libpng's own messages go unprinted: its error returns here, and one line says it */
+static void png_fail(png_structp reader, png_const_charp message) {
+    (void)message;
+    png_longjmp(reader, 1);
+}
+
+static void png_quiet(png_structp reader, png_const_charp message) { (void)reader; (void)message; }
+
 static int decode_png(FILE *f, Image *image, int *orientation) {
-    png_structp reader = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_structp reader = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, png_fail, png_quiet);
     png_infop info = png_create_info_struct(reader);
     unsigned char **rows = NULL;
     if (setjmp(png_jmpbuf(reader))) {
