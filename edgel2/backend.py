@@ -132,6 +132,31 @@ def accelerator() -> str | None:
     return None
 
 
+# The CPU flags of native bfloat16 arithmetic (Linux's names): without one, mixed bf16
+# training is emulated, about 3x slower than fp32 (measured on an AVX2-only AMD EPYC)
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_bfloat16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU computes bfloat16 natively (AVX512_BF16 or AMX), read from
+    ``cpuinfo``'s flags; None where that file does not say (not Linux).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> info = pathlib.Path(tempfile.mkdtemp()) / "cpuinfo"
+        >>> _ = info.write_text("flags : fpu sse2 avx2 fma")
+        >>> cpu_bfloat16(info)
+        False
+    """
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            flags = {flag for line in f if line.startswith("flags")
+                     for flag in line.partition(":")[2].split()}
+    except OSError:
+        return None
+    return bool(flags & CPU_BF16_FLAGS) if flags else None
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that decide a run's numbers."""
     versions = {"python": platform.python_version()}

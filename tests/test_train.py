@@ -74,6 +74,44 @@ def test_same_seed_gives_the_same_run(cifar, tmp_path):
     assert first.history[0]["test_acc"] == second.history[0]["test_acc"]
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_bfloat16_instructions_warns_at_the_start(native, cifar, tmp_path,
+                                                                         monkeypatch, capsys):
+    """Emulated bfloat16 is about 3x slower than fp32: a bf16 run on such a CPU says so before
+    its first epoch, and one on a CPU that has the instructions does not."""
+    from edgel2.train import fit
+
+    monkeypatch.setattr(fit, "cpu_bfloat16", lambda: native)
+    config = TrainConfig(epochs=1, compute_dtype="bf16",
+                         **{**QUICK, "width": 4, "subset": 256, "test_subset": 100})
+    try:
+        train(config, tmp_path / "run", dataset=cifar, verbose=2)
+    finally:
+        import keras
+
+        keras.mixed_precision.set_dtype_policy("float32")  # the policy is global
+    printed = capsys.readouterr().out.splitlines()
+    assert printed.count(fit.EMULATED_BF16) == (0 if native else 1)
+    if not native:
+        assert printed.index(fit.EMULATED_BF16) < next(
+            i for i, line in enumerate(printed) if line.startswith("epoch 1"))
+
+
+@pytest.mark.parametrize("flags, native", [("fpu sse2 avx2 fma", False),
+                                           ("fpu avx512f avx512_bf16", True),
+                                           ("fpu avx2 amx_bf16 amx_tile", True)])
+def test_native_bfloat16_is_read_from_the_cpu_flags(flags, native, tmp_path):
+    from edgel2.backend import cpu_bfloat16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\n"
+                    f"flags\t\t: {flags}\n")
+    assert cpu_bfloat16(info) is native
+    assert cpu_bfloat16(tmp_path / "missing") is None  # not Linux: unknown, no warning
+    (tmp_path / "noflags").write_text("processor\t: 0\n")
+    assert cpu_bfloat16(tmp_path / "noflags") is None
+
+
 def test_nan_loss_stops_the_run_with_a_clear_message(cifar, tmp_path):
     config = TrainConfig(epochs=1, **{**QUICK, "width": 4, "subset": 512, "test_subset": 100,
                                       "lr": 1e30, "warmup": 0.0})

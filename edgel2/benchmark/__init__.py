@@ -24,8 +24,8 @@ from edgel2.benchmark.report import (
                                      machine,
                                      plot_report,
 )
-from edgel2.benchmark.run import benchmark, default_formats, file_of, has_bf16, remember_choices
+from edgel2.benchmark.run import benchmark, default_formats, file_of, remember_choices
 
 __all__ = ["benchmark", "benchmark_figure", "default_formats", "fastest_line", "file_of",
-           "format_table", "has_bf16", "machine", "plot_report", "remember_choices",
+           "format_table", "machine", "plot_report", "remember_choices",
            "time_cells"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from edgel2.backend import cpu_bfloat16
 from edgel2.benchmark.report import machine
 from edgel2.data import Dataset, held_out_images, load_dataset, load_dataset_for, load_model_data
 from edgel2.errors import EdgeL2Error, OptionError, first_line, last_error_line
@@ -40,15 +41,6 @@ def default_formats() -> tuple[str, ...]:
     installed = engine_versions()
     return tuple(r for r in BENCHMARK_FORMATS if r in FORMATS or r == "keras"
                  or installed.get(ENGINE_SPECS[ENGINE[r]].package))
-
-
-def has_bf16() -> bool:
-    """Whether this CPU computes in bfloat16 (AVX512_BF16 or AMX), read from /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def benchmark(source: str | os.PathLike | Sequence[str | os.PathLike], *,
@@ -114,7 +106,7 @@ def benchmark(source: str | os.PathLike | Sequence[str | os.PathLike], *,
         formats = [f for f in formats if ENGINE.get(f, engine) == engine]
         if formats in ([], ["keras"]):
             raise OptionError(f"engine {engine} runs none of the formats asked for")
-    kinds = [(f, p) for f, p in ROWS if f in formats and (p != "bf16" or has_bf16())]
+    kinds = [(f, p) for f, p in ROWS if f in formats and (p != "bf16" or cpu_bfloat16() is True)]
     if not kinds:
         raise EdgeL2Error(f"no known format in {', '.join(formats)}; choose from {', '.join(BENCHMARK_FORMATS)}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

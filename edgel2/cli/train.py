@@ -110,7 +110,8 @@ MOST_STAGES = max(len(a.stages) for a in ARCHITECTURES.values())
 @click.option("--compute-dtype", type=click.Choice(TRAIN_COMPUTE_DTYPES),
               default=DEFAULTS.compute_dtype, show_default=True,
               help="What layers compute in (weights stay fp32); auto: mixed bf16 on a GPU, "
-                   "fp32 on the CPU.")
+                   "fp32 on the CPU. bf16 on a CPU pays only with AVX512_BF16 or AMX; "
+                   "elsewhere it is emulated, about 3x slower (a warning says so).")
 @click.option("--subset", type=click.IntRange(min=1), default=None,
               help="Train on a class-balanced random subset of N images (quick runs).")
 @click.option("--test-subset", type=click.IntRange(min=1), default=None,
