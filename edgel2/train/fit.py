@@ -207,6 +207,8 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
                                     "pick another `out` or continue it with `resume`")
             created = make_run_dir(run_dir)
         state = None
+    # the run sets Keras' global dtype policy (mixed bf16 or fp32); the caller gets theirs back
+    policy = keras.mixed_precision.dtype_policy()
     try:
         return _train(config, run_dir, name, state, dataset, checkpoint_every, verbose,
                       placement)
@@ -214,6 +216,8 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
         if created is not None:
             remove_if_empty(run_dir, created)  # a run that failed before writing anything
         raise
+    finally:
+        keras.mixed_precision.set_dtype_policy(policy)
 
 
 def _train(config: TrainConfig, run_dir: Path, name: str, state: dict | None,
