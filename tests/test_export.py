@@ -70,6 +70,28 @@ def test_onnx_int8_stem_reads_the_uint8_pixels(full_matrix):
     assert list(stem.dims) == [4, 4, 3, 3]  # width-4 stem: 4 filters over 3 + 1 zero channels
 
 
+def test_onnx_int8_weights_stay_within_7_bits_so_avx2_cpus_sum_them_exactly(full_matrix):
+    """x86 CPUs without VNNI add each pair of uint8 x int8 products into a saturating int16
+    (VPMADDUBSW): at |w| <= 64 no pair of 255 * w can overflow it, the stem included."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgel2.export.qdq import WEIGHT_QMAX
+
+    out, _ = full_matrix
+    graph = onnx.load(str(out / "model-int8.onnx")).graph
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    largest = {}
+    for node in graph.node:
+        if node.op_type == "Conv":
+            weights = initializers[producer[node.input[1]].input[0]]
+            assert weights.dtype == np.int8, node.name
+            largest[node.name] = int(np.abs(weights.astype(np.int32)).max())
+    assert WEIGHT_QMAX == 64 and 2 * 255 * WEIGHT_QMAX <= 32767
+    assert len(largest) > 10 and max(largest.values()) == WEIGHT_QMAX, largest
+
+
 def path_to_first_conv(graph) -> list[str]:
     """Op types from the graph input to the first Conv, following the data."""
     ops, tensor = [], graph.input[0].name

@@ -187,7 +187,11 @@ def test_a_resnet20_onnx_rebuilds_into_its_keras_network(small_resnet20, cifar):
     expected = load_model(small_resnet20["model"]).predict(images, verbose=0)
     rebuilt = network_from_onnx(small_resnet20["r20-int8.onnx"])
     assert rebuilt.name == "resnet20_w4"
-    assert np.mean(rebuilt.predict(images, verbose=0).argmax(1) == expected.argmax(1)) >= 0.9
+    # within the int8 weights' rounding: the mean error a few % of the logits' spread, where a
+    # layer loaded into the wrong place would be as large as the spread (top-1 agreement says
+    # little here: a network trained for one epoch on 512 images nearly ties its classes)
+    logits = rebuilt.predict(images, verbose=0)
+    assert np.abs(logits - expected).mean() < 0.05 * expected.std()
 
 
 def test_weights_that_are_not_an_edgel2_resnet18_are_one_line(tiny_folder, tmp_path):

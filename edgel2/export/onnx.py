@@ -85,7 +85,8 @@ def quantize_dynamic(src: Path, dst: Path) -> None:
 def quantize_int8(src: Path, dst: Path, representative: np.ndarray, method: str = "minmax",
                   batch: int | None = None,
                   fold_input: bool = True) -> None:
-    """Static QDQ int8: int8 per-channel weights, uint8 activations (the variant whose
+    """Static QDQ int8: int8 per-channel weights within +-64 (7 bits,
+    :data:`edgel2.export.qdq.WEIGHT_QMAX`), uint8 activations (the variant whose
     convolutions fuse into integer kernels on x86), after ``quant_pre_process``, calibrated
     on the ``representative`` images (uint8 NHWC). ``fold_input`` then lets the stem convolution read
     the uint8 pixels directly (:mod:`edgel2.export.qdq`), where the graph allows it."""
@@ -121,6 +122,7 @@ def quantize_int8(src: Path, dst: Path, representative: np.ndarray, method: str 
         quantize_static(
             str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            reduce_range=True,  # weights within +-WEIGHT_QMAX: exact on CPUs without VNNI
             nodes_to_exclude=float_nodes(onnx.load(str(prepared))),
             calibrate_method={"minmax": CalibrationMethod.MinMax,
                               "entropy": CalibrationMethod.Entropy,

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Bring int8 ONNX files exported with the full int8 weight range to 7-bit weights (what
+``edgel2 export`` writes now; see ``edgel2.export.qdq.WEIGHT_QMAX``), so that ONNX Runtime and
+OpenVINO compute them exactly on x86 CPUs without VNNI too. The file is rewritten in place,
+its checksum renewed, and its ``accuracy`` metadata measured again when it has one
+(``--data``, default ``$EDGEL2_DATA``).
+
+    python scripts/tools/narrow_int8_weights.py models/resnet18-int8.onnx models/resnet20/resnet20-int8.onnx
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--data", default=os.environ.get("EDGEL2_DATA"))
+    args = parser.parse_args()
+
+    import onnx
+
+    from edgel2.export.onnx import set_metadata
+    from edgel2.export.qdq import narrow_weights
+
+    for path in args.files:
+        proto = onnx.load(str(path))
+        narrowed = narrow_weights(proto)
+        metadata = {p.key: p.value for p in proto.metadata_props}
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            staged = Path(tmp) / path.name          # nothing half-written on failure
+            onnx.save(proto, str(staged))
+            if "accuracy" in metadata and args.data:
+                metadata["accuracy"] = json.dumps(measured(staged, json.loads(metadata["accuracy"]),
+                                                           args.data))
+            set_metadata(staged, metadata)
+            staged.replace(path)
+        print(f"{path}: {narrowed} weights requantized to 7 bits; accuracy "
+              f"{metadata.get('accuracy', 'not recorded')}")
+
+
+def measured(path: Path, accuracy: dict, data: str) -> dict:
+    """``accuracy`` with its top-1 measured again on the same test images (ONNX Runtime)."""
+    import onnxruntime
+
+    from edgel2.data import load_dataset
+
+    dataset = load_dataset(data)
+    images, labels = dataset.x_test[:accuracy["images"]], dataset.y_test[:accuracy["images"]]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    logits = np.concatenate([session.run(["logits"], {name: images[i:i + 500]})[0]
+                             for i in range(0, len(images), 500)])
+    return {**accuracy, "top1": round(float(np.mean(logits.argmax(1) == labels)), 4)}
+
+
+if __name__ == "__main__":
+    main()
