@@ -92,6 +92,35 @@ def test_onnx_int8_weights_stay_within_7_bits_so_avx2_cpus_sum_them_exactly(full
     assert len(largest) > 10 and max(largest.values()) == WEIGHT_QMAX, largest
 
 
+def test_narrowing_int8_weights_keeps_the_answers_within_their_rounding(full_matrix, cifar,
+                                                                        tmp_path):
+    """What scripts/tools/narrow_int8_weights.py does to an older full-range file, here from
+    7 to 6 bits: every integer kernel's weights within the new bound, the unknown score's
+    projection (computed in float) untouched, the logits within the weights' rounding."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgel2.export.onnx import set_metadata
+    from edgel2.export.qdq import narrow_weights
+
+    out, _ = full_matrix
+    proto = onnx.load(str(out / "model-int8.onnx"))
+    before = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    convs = sum(n.op_type == "Conv" for n in proto.graph.node)
+    assert narrow_weights(proto, qmax=32) == convs + 1        # and the classifier
+    narrowed = tmp_path / "narrowed.onnx"
+    onnx.save(proto, str(narrowed))
+    set_metadata(narrowed, {p.key: p.value for p in proto.metadata_props})  # the checksum
+    after = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    changed = [k for k in before if not np.array_equal(before[k], after[k])]
+    assert all(np.abs(after[k].astype(np.int32)).max() <= 32 for k in changed
+               if after[k].dtype == np.int8)
+    assert not [k for k in changed if "unknown" in k]
+    images = cifar.x_test[:200]
+    old, new = _reference(out / "model-int8.onnx").run(images), _reference(narrowed).run(images)
+    assert 0 < np.abs(new - old).mean() < 0.05 * old.std()
+
+
 def path_to_first_conv(graph) -> list[str]:
     """Op types from the graph input to the first Conv, following the data."""
     ops, tensor = [], graph.input[0].name
