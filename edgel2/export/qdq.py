@@ -74,11 +74,10 @@ def fold_input_normalization(proto, channel_multiple: int = 4):
     weights, bias, zero_point, scale = fold_stem(weights, bias, mean, std, channel_multiple)
 
     # Requantize as quantize_static does: symmetric 7-bit int8 per output channel, int32 bias.
-    w_scale = np.maximum(np.abs(weights).reshape(len(weights), -1).max(1), 1e-12) / WEIGHT_QMAX
-    w_q = np.clip(np.round(weights / w_scale.reshape(-1, 1, 1, 1)),
-                  -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+    w_q, w_scale = symmetric_int8(weights, axis=0)
     b_scale = scale * w_scale
-    values = {"scale": np.array(scale, np.float32), "zero_point": np.array(zero_point, np.uint8),
+    values: dict[str, np.ndarray] = {
+              "scale": np.array(scale, np.float32), "zero_point": np.array(zero_point, np.uint8),
               "w": w_q, "w_scale": w_scale.astype(np.float32), "w_zero": np.zeros(len(w_q), np.int8),
               "b": np.round(bias / b_scale).astype(np.int32), "b_scale": b_scale.astype(np.float32),
               "b_zero": np.zeros(len(w_q), np.int32)}
@@ -117,6 +116,24 @@ def fold_input_normalization(proto, channel_multiple: int = 4):
     return proto
 
 
+def symmetric_int8(weights: np.ndarray, axis: int | None,
+                   qmax: int = WEIGHT_QMAX) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 quantization of float ``weights``, as ``quantize_static`` does it: one
+    scale per slice along ``axis`` (None: one for the whole tensor) mapping its largest
+    magnitude to ``qmax``. Returns ``(q, scale)`` with ``q`` int8 in ``[-qmax, qmax]``.
+
+    Examples:
+        >>> q, scale = symmetric_int8(np.array([[0.5, -1.0], [0.25, 0.0]]), axis=0)
+        >>> q.tolist(), scale.tolist()
+        ([[32, -64], [64, 0]], [0.015625, 0.00390625])
+    """
+    others = tuple(i for i in range(weights.ndim) if i != axis) if axis is not None else None
+    scale = np.maximum(np.abs(weights).max(axis=others), 1e-12) / qmax
+    shape = [-1 if i == axis else 1 for i in range(weights.ndim)] if axis is not None else []
+    q = np.clip(np.round(weights / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
+    return q, scale
+
+
 def narrow_weights(proto, qmax: int = WEIGHT_QMAX) -> int:
     """Requantize the int8 weights of every integer convolution and matrix product of a QDQ
     ``proto`` to ``|q| <= qmax`` (per output channel, as the file stores them), with their
@@ -152,11 +169,9 @@ def narrow_weights(proto, qmax: int = WEIGHT_QMAX) -> int:
             continue
         axis = next((a.i for a in w_dq.attribute if a.name == "axis"), 1) % w_q.ndim
         shape = [-1 if i == axis else 1 for i in range(w_q.ndim)] if w_scale.ndim else []
-        weights = w_q * w_scale.reshape(shape)
-        others = tuple(i for i in range(w_q.ndim) if i != axis) if w_scale.ndim else None
-        new_scale = np.maximum(np.abs(weights).max(axis=others), 1e-12) / qmax
-        store(w_dq.input[0], np.clip(np.round(weights / new_scale.reshape(shape)),
-                                     -qmax, qmax).astype(np.int8))
+        new_q, new_scale = symmetric_int8(w_q * w_scale.reshape(shape),
+                                          axis if w_scale.ndim else None, qmax)
+        store(w_dq.input[0], new_q)
         store(w_dq.input[1], new_scale.astype(np.float32))
         b_dq = const.producer.get(node.input[2]) if len(node.input) > 2 else None
         if b_dq is not None and b_dq.op_type == "DequantizeLinear" and \
