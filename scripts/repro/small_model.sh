@@ -21,10 +21,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/small}
 TEACHER=${TEACHER:-models/resnet18-int8.onnx}
-if [ -z "${DTYPE:-}" ]; then
-  DTYPE=fp32
-  if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then DTYPE=bf16; fi
-fi
+DTYPE=${DTYPE:-$(python -c 'from edgel2.backend import cpu_bfloat16
+print("bf16" if cpu_bfloat16() else "fp32")')}
 mkdir -p "$OUT"
 
 # train NAME OPTIONS...: train into $OUT/NAME, or resume it, or skip it when it has finished.
