@@ -110,6 +110,87 @@ def test_the_exported_fp32_file_through_openvino_matches_keras(exported, small_m
     assert np.abs(logits - keras_logits).max() <= FP32_TOLERANCE * scale
 
 
+def make_int8_residual_block(path, channels: int, size: int = 16):
+    """An int8 (QDQ) ONNX file made in the test: uint8 ``[N, size, size, 3]`` in, a 3x3 stem
+    conv to ``channels``, then a ResNet downsampling block (3x3 stride-2 conv, 3x3 conv, 1x1
+    stride-2 shortcut, add, ReLU) to ``2 * channels``, its quantized output flattened as the
+    "logits" (every activation checked, none averaged away). Weights are seeded int8."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, initializers = [], []
+
+    def constant(name, value):
+        initializers.append(numpy_helper.from_array(value, name))
+        return name
+
+    def fake_quantized(x, scale, zero_point):  # QuantizeLinear -> DequantizeLinear (uint8)
+        s, z = constant(x + "_scale", np.float32(scale)), constant(x + "_zp", np.uint8(zero_point))
+        nodes.append(helper.make_node("QuantizeLinear", [x, s, z], [x + "_q"]))
+        nodes.append(helper.make_node("DequantizeLinear", [x + "_q", s, z], [x + "_dq"]))
+        return x + "_dq"
+
+    def conv(x, cin, cout, kernel, stride, name):  # per-channel int8 weights
+        w = constant(name + "_w", rng.integers(-64, 65, (cout, cin, kernel, kernel), dtype=np.int8))
+        nodes.append(helper.make_node(
+            "DequantizeLinear", [w, constant(name + "_ws", np.full(cout, 0.01, np.float32)),
+                                 constant(name + "_wz", np.zeros(cout, np.int8))],
+            [name + "_wdq"], axis=0))
+        nodes.append(helper.make_node(
+            "Conv", [x, name + "_wdq", constant(name + "_b", rng.normal(0, 0.1, cout).astype(np.float32))],
+            [name], pads=[kernel // 2] * 4, strides=[stride] * 2))
+        return name
+
+    nodes += [helper.make_node("Cast", ["images"], ["pixels"], to=TensorProto.FLOAT),
+              helper.make_node("Transpose", ["pixels"], ["nchw"], perm=[0, 3, 1, 2])]
+    x = fake_quantized("nchw", 1.0, 0)
+    nodes.append(helper.make_node("Relu", [conv(x, 3, channels, 3, 1, "stem")], ["stem_relu"]))
+    x = fake_quantized("stem_relu", 0.05, 0)
+    main = fake_quantized(conv(x, channels, 2 * channels, 3, 2, "conv1"), 0.05, 128)
+    nodes.append(helper.make_node("Relu", [main], ["conv1_relu"]))
+    main = fake_quantized(conv(fake_quantized("conv1_relu", 0.05, 0), 2 * channels,
+                               2 * channels, 3, 1, "conv2"), 0.05, 128)
+    shortcut = fake_quantized(conv(x, channels, 2 * channels, 1, 2, "shortcut"), 0.05, 128)
+    nodes += [helper.make_node("Add", [main, shortcut], ["sum"]),
+              helper.make_node("Relu", ["sum"], ["block"])]
+    nodes.append(helper.make_node("Flatten", [fake_quantized("block", 0.1, 0)], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "block",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", size, size, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", None])],
+        initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_openvino_runs_int8_convolutions_of_8_mod_16_input_channels_one_thread_a_request(
+        tmp_path):
+    # OpenVINO's CPU plugin, running one request on several threads, gets such a block wrong
+    # now and then (outputs off by tens of quantization steps, in other places each time,
+    # seen on an AVX2 CPU); on one thread a request it is exact.
+    narrow = open_engine(make_int8_residual_block(tmp_path / "narrow.onnx", 8), engine="openvino")
+    wide = open_engine(make_int8_residual_block(tmp_path / "wide.onnx", 16), engine="openvino")
+    assert (narrow.one_thread_per_request, wide.one_thread_per_request) == (True, False)
+    assert narrow.providers == ["OpenVINO CPU, one thread a request"]
+    images = np.random.default_rng(1).integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
+    first = narrow.run(images[:8])
+    for size in [1, 64, 16, 3, 8, 64, 8, 1, 2] * 8:  # whatever ran before
+        narrow.run(images[:size])
+        np.testing.assert_array_equal(narrow.run(images[:8]), first)
+    done = []
+    for _ in range(4):  # the THROUGHPUT queue too
+        narrow.submit(images[:8], done.append)
+        narrow.submit(images, done.append)
+    narrow.wait()
+    for logits in done:
+        np.testing.assert_array_equal(logits[:8], first)
+    reference = open_engine(tmp_path / "narrow.onnx", engine="onnxruntime").run(images[:8])
+    np.testing.assert_allclose(first, reference, rtol=0, atol=0.1 + 1e-6)  # one output step
+
+
 def test_the_shipped_int8_model_agrees_across_engines_and_streams(cifar):
     images, _ = balanced_subset(cifar.x_test, cifar.y_test, 500, seed=3)
     onnxruntime = Classifier(shipped_model(), engine="onnxruntime").predict(images)
