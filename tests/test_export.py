@@ -121,6 +121,24 @@ def test_narrowing_int8_weights_keeps_the_answers_within_their_rounding(full_mat
     assert 0 < np.abs(new - old).mean() < 0.05 * old.std()
 
 
+def test_the_narrowing_script_says_one_line_for_a_file_it_cannot_read_and_does_the_rest(
+        tiny_onnx, tmp_path):
+    import subprocess
+    import sys
+
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(tiny_onnx.read_bytes()[:100])
+    script = Path(__file__).parents[1] / "scripts" / "tools" / "narrow_int8_weights.py"
+    done = subprocess.run([sys.executable, str(script), str(corrupt), str(tmp_path / "missing.onnx"),
+                           str(tiny_onnx), "--data", ""], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert [line.split(":")[0] for line in done.stderr.splitlines()] == \
+        [str(corrupt), str(tmp_path / "missing.onnx")]
+    assert "Traceback" not in done.stderr
+    assert done.stdout == f"{tiny_onnx}: 0 weights requantized to 7 bits; accuracy not recorded\n"
+    assert read_metadata(tiny_onnx)["class_names"] == ["ant", "bee", "cat"]  # still a model
+
+
 def path_to_first_conv(graph) -> list[str]:
     """Op types from the graph input to the first Conv, following the data."""
     ops, tensor = [], graph.input[0].name

@@ -3,7 +3,8 @@
 ``edgel2 export`` writes now; see ``edgel2.export.qdq.WEIGHT_QMAX``), so that ONNX Runtime and
 OpenVINO compute them exactly on x86 CPUs without VNNI too. The file is rewritten in place,
 its checksum renewed, and its ``accuracy`` metadata measured again when it has one
-(``--data``, default ``$EDGEL2_DATA``).
+(``--data``, default ``$EDGEL2_DATA``). A file it cannot read is one line on stderr; the
+others are still done, and the exit status is 1.
 
     python scripts/tools/narrow_int8_weights.py models/resnet18-int8.onnx models/resnet20/resnet20-int8.onnx
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,11 +26,18 @@ def main() -> None:
 
     import onnx
 
+    from edgel2.errors import first_line
     from edgel2.export.onnx import set_metadata
     from edgel2.export.qdq import narrow_weights
 
+    failed = 0
     for path in args.files:
-        proto = onnx.load(str(path))
+        try:
+            proto = onnx.load(str(path))
+        except Exception as e:  # noqa: BLE001 - a missing, unreadable or corrupt file: one line
+            print(f"{path}: not an ONNX file this can read: {first_line(e)}", file=sys.stderr)
+            failed += 1
+            continue
         narrowed = narrow_weights(proto)
         metadata = {p.key: p.value for p in proto.metadata_props}
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
@@ -42,6 +51,7 @@ def main() -> None:
             staged.replace(path)
         print(f"{path}: {narrowed} weights requantized to 7 bits; accuracy "
               f"{metadata.get('accuracy', 'not recorded')}")
+    sys.exit(1 if failed else 0)
 
 
 def measured(path: Path, accuracy: dict, data: str) -> dict:
