@@ -312,12 +312,12 @@ class OpenVinoEngine(Engine):
             if hint not in self._compiled:
                 config: dict[str, str | int] = {"PERFORMANCE_HINT": hint,
                                                 "INFERENCE_PRECISION_HINT": self.compute_dtype}
-                if self.threads:
-                    config["INFERENCE_NUM_THREADS"] = self.threads
                 if self.one_thread_per_request:  # THROUGHPUT: as many streams as threads
                     threads = self.threads or os.cpu_count() or 1
                     config.update({"INFERENCE_NUM_THREADS": 1} if hint == "LATENCY" else
                                   {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": threads})
+                elif self.threads:
+                    config["INFERENCE_NUM_THREADS"] = self.threads
                 self._compiled[hint] = self.core.compile_model(self.model, "CPU", config)
             return self._compiled[hint]
 
