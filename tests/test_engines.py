@@ -191,6 +191,24 @@ def test_openvino_runs_int8_convolutions_of_8_mod_16_input_channels_one_thread_a
     np.testing.assert_allclose(first, reference, rtol=0, atol=0.1 + 1e-6)  # one output step
 
 
+def test_a_convolution_whose_weights_are_a_second_input_is_refused_for_its_inputs(tmp_path):
+    # the narrow-int8 check walks up from each convolution's weights; a graph input there (a
+    # file edgel2 did not write) ends the walk, and the file is refused for what it is
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "weights"], ["logits"])], "two_inputs",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 8, 8, 8]),
+         helper.make_tensor_value_info("weights", TensorProto.FLOAT, [4, 8, 3, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "two_inputs.onnx"))
+    with pytest.raises(ModelError, match="^two_inputs.onnx: the model has 2 inputs and 1 outputs"):
+        open_engine(tmp_path / "two_inputs.onnx", engine="openvino")
+
+
 def test_the_shipped_int8_model_agrees_across_engines_and_streams(cifar):
     images, _ = balanced_subset(cifar.x_test, cifar.y_test, 500, seed=3)
     onnxruntime = Classifier(shipped_model(), engine="onnxruntime").predict(images)

@@ -478,6 +478,8 @@ def _has_int8_conv_of_8_mod_16_inputs(model: Any) -> bool:
                 if node.get_output_element_type(0).get_type_name() == "i8":
                     return True
                 break
+            if node.get_input_size() == 0:  # weights from a graph input: not a QDQ file's
+                break
             node = node.input_value(0).get_node()
     return False
 
