@@ -139,6 +139,28 @@ def test_the_narrowing_script_says_one_line_for_a_file_it_cannot_read_and_does_t
     assert read_metadata(tiny_onnx)["class_names"] == ["ant", "bee", "cat"]  # still a model
 
 
+def test_the_narrowing_script_leaves_a_file_as_it_was_when_its_accuracy_cannot_be_measured(
+        tiny_onnx, tmp_path):
+    import subprocess
+    import sys
+
+    from edgel2.export.onnx import set_metadata
+
+    (tmp_path / "models").mkdir()
+    recorded = tmp_path / "models" / "recorded.onnx"
+    recorded.write_bytes(tiny_onnx.read_bytes())
+    set_metadata(recorded, {"accuracy": json.dumps({"top1": 0.5})}, keep_others=True)
+    before = recorded.read_bytes()
+    script = Path(__file__).parents[1] / "scripts" / "tools" / "narrow_int8_weights.py"
+    done = subprocess.run([sys.executable, str(script), str(recorded),
+                           "--data", str(tmp_path / "no-such-folder")], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith(f"{recorded}: left as it was: ")
+    assert recorded.read_bytes() == before
+    assert [p.name for p in recorded.parent.iterdir()] == ["recorded.onnx"]   # nothing staged left
+
+
 def path_to_first_conv(graph) -> list[str]:
     """Op types from the graph input to the first Conv, following the data."""
     ops, tensor = [], graph.input[0].name
