@@ -49,6 +49,25 @@ def use_backend(name: str | None) -> str:
     return name
 
 
+def recorded_backend(run_dir: str | os.PathLike) -> str | None:
+    """The Keras backend a run directory's ``config.json`` says it trained on (what
+    ``--resume`` must use to go on exactly: the random streams differ between backends), or
+    None when it records none this reads.
+
+    Examples:
+        >>> recorded_backend("no/such/run") is None
+        True
+    """
+    import json
+    from pathlib import Path
+
+    try:
+        backend = json.loads((Path(run_dir) / "config.json").read_text()).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return backend if backend in BACKENDS else None
+
+
 @contextlib.contextmanager
 def native_output_without(noise: tuple[str, ...], fd: int = 2):
     """Send what native code writes to file descriptor ``fd`` (2: stderr, 1: stdout) inside

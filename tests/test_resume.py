@@ -235,6 +235,35 @@ def test_resuming_a_finished_run_says_so(uninterrupted, cifar):
     assert str(raised.value) == f"{uninterrupted} already finished all 3 epochs"
 
 
+def recorded_on(run: Path, backend: str, copy: Path) -> Path:
+    """A copy of the finished ``run`` whose config.json says it trained on ``backend``."""
+    import shutil
+
+    shutil.copytree(run, copy)
+    described = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**described, "backend": backend}))
+    return copy
+
+
+def test_a_run_is_resumed_only_on_the_backend_it_trained_on(uninterrupted, cifar, tmp_path):
+    run = recorded_on(uninterrupted, "jax", tmp_path / "run")
+    with pytest.raises(TrainingError) as raised:
+        train(CONFIG, resume=run, dataset=cifar, verbose=0)
+    assert str(raised.value) == (f"cannot resume {run} exactly: it trained on jax and Keras runs "
+                                 "on tensorflow here; resume it with KERAS_BACKEND=jax")
+
+
+def test_the_cli_resumes_a_run_on_the_backend_it_trained_on(uninterrupted, tmp_path):
+    import os
+
+    run = recorded_on(uninterrupted, "jax", tmp_path / "run")
+    done = subprocess.run([sys.executable, "-m", "edgel2", "train", "--resume", str(run)],
+                          env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+                          capture_output=True, text=True)
+    # on jax the run is found finished; on tensorflow it would have been refused
+    assert (done.returncode, done.stderr) == (1, f"edgel2: error: {run} already finished all 3 epochs\n")
+
+
 def test_a_folder_that_only_holds_a_killed_write_is_fresh_again(cifar, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

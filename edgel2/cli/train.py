@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from edgel2.backend import use_backend
+from edgel2.backend import recorded_backend, use_backend
 from edgel2.cli.base import (
     DEFAULTS,
     FINETUNE,
@@ -145,8 +145,8 @@ MOST_STAGES = max(len(a.stages) for a in ARCHITECTURES.values())
               help="Run directory (default: runs/train/exp, exp2, ...).")
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
               help="Continue the run in this directory after its last checkpoint, exactly "
-                   "as it would have gone on (its saved config is used; other options are "
-                   "ignored). Finishes a run killed after its last epoch.")
+                   "as it would have gone on (its saved config and backend are used; other "
+                   "options are ignored). Finishes a run killed after its last epoch.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=1, show_default=True,
               help="Write last.keras, best.keras and curves.png every N epochs (and after "
                    "the last): on a GPU an epoch can be shorter than the writes.")
@@ -188,7 +188,7 @@ def train(backend, out, resume, checkpoint_every, quiet, pretrained, devices, nu
     given = {k: v for k, v in options.items() if v is not None}  # unset: the recipe's
     config = TrainConfig.finetune(weights, **given) if weights else TrainConfig(**given)
     config.validate()  # before Keras loads: a bad option is one line at once
-    use_backend(backend)
+    use_backend(backend or (recorded_backend(resume) if resume else None))
     from edgel2.train import train as run_training
     from edgel2.train.distribute import place
 

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from edgel2.augment import BatchAugmenter, with_augmentation
-from edgel2.backend import accelerator, cpu_bfloat16, library_versions
+from edgel2.backend import accelerator, cpu_bfloat16, library_versions, recorded_backend
 from edgel2.checkpoint import checkpoint_state, load_checkpoint, load_model, save_model
 from edgel2.config import DEFAULT_IMAGE_SIZE, TrainConfig, check_name
 from edgel2.data import Dataset, balanced_subset, carve, load_dataset, summary_lines
@@ -185,6 +185,11 @@ def train(config: TrainConfig, out: str | os.PathLike | None = None, *,
     if resume is not None:
         run_dir = Path(resume)
         config, name = saved_config(run_dir)
+        recorded = recorded_backend(run_dir)
+        if recorded and recorded != keras.backend.backend():
+            raise TrainingError(f"cannot resume {run_dir} exactly: it trained on {recorded} and "
+                                f"Keras runs on {keras.backend.backend()} here; resume it with "
+                                f"KERAS_BACKEND={recorded}")
         if chief:
             remove_partial_writes(run_dir)
         state = checkpoint_state(run_dir / "last.keras")
