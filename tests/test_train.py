@@ -140,6 +140,28 @@ def test_ema_option_saves_the_averaged_weights(cifar, tmp_path):
                                    keras.ops.convert_to_numpy(average), rtol=1e-6, atol=1e-6)
 
 
+def test_images_per_second_stops_the_clock_when_the_last_step_is_computed_not_dispatched(
+        monkeypatch, tmp_path):
+    """On JAX the steps are dispatched ahead of the computation: metrics.csv's training time
+    must end after the last step's result is ready (the optimizer's step count read back)."""
+    import keras
+
+    from edgel2.train import callbacks
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    recorder = callbacks.MetricsCSV(tmp_path / "metrics.csv", "test", 100)
+    recorder.set_model(model)
+    recorder.on_epoch_begin(0)
+    events, read_back = [], keras.ops.convert_to_numpy
+    monkeypatch.setattr(keras.ops, "convert_to_numpy", lambda value: events.append(
+        "step count read back" if value is model.optimizer.iterations else "other")
+        or read_back(value))
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: events.append("clock") or 0.0)
+    recorder.on_test_begin()
+    assert events == ["step count read back", "clock"]
+
+
 def test_jax_backend_trains_where_tensorflow_cannot_be_imported(data_dir, tmp_path):
     blocker = tmp_path / "blocked"
     for module in ("tensorflow", "tf2onnx"):

@@ -159,6 +159,9 @@ class MetricsCSV(keras.callbacks.Callback):
         self._start, self._train_end = time.perf_counter(), None
 
     def on_test_begin(self, logs=None):
+        # JAX dispatches the steps ahead of the computation (and Keras runs batch callbacks
+        # asynchronously): wait for the last step's result, or images/s counts the dispatch
+        keras.ops.convert_to_numpy(self.model.optimizer.iterations)
         self._train_end = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):

@@ -7,8 +7,7 @@
 #
 #   bash scripts/repro/small_model.sh              # everything below, in order
 #   STEP=main bash scripts/repro/small_model.sh    # one step: main, compare, export or bench
-#   STEP=cycle2 KERAS_BACKEND=jax bash scripts/repro/small_model.sh
-#                                                  # a second cycle from the shipped weights
+#   STEP=cycle2 bash scripts/repro/small_model.sh  # a second cycle from the shipped weights
 #
 # Knobs: OUT (runs/small), EPOCHS (60) and MAIN_TEACHER (none) for the main run;
 # COMPARE_EPOCHS (30), COMPARE_SUBSET (10000) and SEEDS ("0 1") for the comparison; DTYPE
@@ -21,9 +20,9 @@
 # hour unless it beats twice the epochs; MAIN_TEACHER=models/resnet18-int8.onnx distils.
 # cycle2 (not part of "all"): CYCLE2_EPOCHS (40) more epochs from models/resnet20/, one cosine
 # cycle at half the first run's peak (0.1), without --weights' fine-tuning augmentation (colour
-# jitter, zoom crops); the classifier starts fresh, as --weights does. On a CPU without
-# AVX-512, KERAS_BACKEND=jax trains this network 1.3-1.5x faster than TensorFlow (measured);
-# a resume keeps the backend the run started on. EXPORT_RUN (resnet20) names the run exported.
+# jitter, zoom crops); the classifier starts fresh, as --weights does. On a 2-core CPU
+# TensorFlow trains this network 1.8-3.3x faster than JAX (measured); a resume keeps the
+# backend the run started on. EXPORT_RUN (resnet20) names the run exported.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/small}
