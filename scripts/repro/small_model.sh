@@ -18,7 +18,7 @@
 # alone by default: on a 2-core CPU the teacher (the int8 ResNet-18 on every augmented batch)
 # nearly doubles an epoch (about 175 s against 90 s, measured), so distillation buys no accuracy per
 # hour unless it beats twice the epochs; MAIN_TEACHER=models/resnet18-int8.onnx distils.
-# cycle2 (not part of "all"): CYCLE2_EPOCHS (40) more epochs from models/resnet20/, one cosine
+# cycle2 (not part of "all"): CYCLE2_EPOCHS (20) more epochs from models/resnet20/, one cosine
 # cycle at half the first run's peak (0.1), without --weights' fine-tuning augmentation (colour
 # jitter, zoom crops); the classifier starts fresh, as --weights does. On a 2-core CPU
 # TensorFlow trains this network 1.8-3.3x faster than JAX (measured); a resume keeps the
@@ -40,7 +40,7 @@ train() {
     return
   fi
   local t0=$SECONDS
-  if [ -f "$dir/last.keras" ]; then
+  if [ -f "$dir/config.json" ]; then  # started: resume (from scratch if killed before epoch 1)
     edgel2 train --resume "$dir" --quiet
   else
     edgel2 train --arch resnet20 --compute-dtype "$DTYPE" --name "$name" --out "$dir" --quiet "$@"
@@ -58,7 +58,7 @@ if [ "$step" = all ] || [ "$step" = main ]; then
 fi
 if [ "$step" = cycle2 ]; then
   train resnet20-cycle2 --name resnet20 --weights models/resnet20/resnet20-int8.onnx \
-    --epochs "${CYCLE2_EPOCHS:-40}" --batch-size 256 --lr 0.1 --schedule cosine --warmup 0.05 \
+    --epochs "${CYCLE2_EPOCHS:-20}" --batch-size 256 --lr 0.1 --schedule cosine --warmup 0.05 \
     --color-jitter 0 --crop-scale 1 --seed 0
 fi
 if [ "$step" = all ] || [ "$step" = compare ]; then
