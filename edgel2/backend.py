@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import os
 import platform
 import sys
 import tempfile
+from pathlib import Path
 
 from edgel2.errors import EdgeL2Error
 
@@ -58,9 +60,6 @@ def recorded_backend(run_dir: str | os.PathLike) -> str | None:
         >>> recorded_backend("no/such/run") is None
         True
     """
-    import json
-    from pathlib import Path
-
     try:
         backend = json.loads((Path(run_dir) / "config.json").read_text()).get("backend")
     except (OSError, ValueError, AttributeError):
