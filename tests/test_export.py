@@ -121,6 +121,9 @@ def test_narrowing_int8_weights_keeps_the_answers_within_their_rounding(full_mat
     assert 0 < np.abs(new - old).mean() < 0.05 * old.std()
 
 
+NARROWING_SCRIPT = Path(__file__).parents[1] / "scripts" / "tools" / "narrow_int8_weights.py"
+
+
 def test_the_narrowing_script_says_one_line_for_a_file_it_cannot_read_and_does_the_rest(
         tiny_onnx, tmp_path):
     import subprocess
@@ -128,8 +131,7 @@ def test_the_narrowing_script_says_one_line_for_a_file_it_cannot_read_and_does_t
 
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(tiny_onnx.read_bytes()[:100])
-    script = Path(__file__).parents[1] / "scripts" / "tools" / "narrow_int8_weights.py"
-    done = subprocess.run([sys.executable, str(script), str(corrupt), str(tmp_path / "missing.onnx"),
+    done = subprocess.run([sys.executable, str(NARROWING_SCRIPT), str(corrupt), str(tmp_path / "missing.onnx"),
                            str(tiny_onnx), "--data", ""], capture_output=True, text=True)
     assert done.returncode == 1
     assert [line.split(":")[0] for line in done.stderr.splitlines()] == \
@@ -151,8 +153,7 @@ def test_the_narrowing_script_leaves_a_file_as_it_was_when_its_accuracy_cannot_b
     recorded.write_bytes(tiny_onnx.read_bytes())
     set_metadata(recorded, {"accuracy": json.dumps({"top1": 0.5})}, keep_others=True)
     before = recorded.read_bytes()
-    script = Path(__file__).parents[1] / "scripts" / "tools" / "narrow_int8_weights.py"
-    done = subprocess.run([sys.executable, str(script), str(recorded),
+    done = subprocess.run([sys.executable, str(NARROWING_SCRIPT), str(recorded),
                            "--data", str(tmp_path / "no-such-folder")], capture_output=True, text=True)
     assert done.returncode == 1
     assert len(done.stderr.splitlines()) == 1
