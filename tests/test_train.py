@@ -183,6 +183,36 @@ def test_jax_backend_trains_where_tensorflow_cannot_be_imported(data_dir, tmp_pa
     assert (out / "model.keras").is_file()
 
 
+@pytest.mark.parametrize("user_setting", ["none", "own folder", "empty", "no filelock"])
+def test_jax_keeps_its_compiled_programs_in_the_edgel2_cache_unless_the_user_chose(
+        tmp_path, user_setting):
+    """Loading a model on JAX compiles a random-number program per weight shape (about 1 s
+    each on a 2-core CPU): kept on disk, the next command skips them. A user's
+    JAX_COMPILATION_CACHE_DIR wins; empty turns the cache off. Without filelock (JAX bounds
+    the cache's size only with it) there is no cache, and no warning on every compile."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env.update(EDGEL2_CACHE=str(tmp_path / "edgel2"), KERAS_BACKEND="jax")
+    if user_setting == "no filelock":
+        (tmp_path / "blocked" / "filelock").mkdir(parents=True)
+        (tmp_path / "blocked" / "filelock" / "__init__.py").write_text("raise ImportError\n")
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "blocked"), os.getcwd()])
+    elif user_setting != "none":
+        env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "own") if user_setting == "own folder" else ""
+    proc = subprocess.run(
+        [sys.executable, "-c", "from edgel2.backend import use_backend; use_backend('jax'); "
+         "import jax; print(float(jax.jit(lambda x: 2 * x + 1)(1.0)))"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "3.0", proc.stderr[-2000:]
+    assert "cache" not in proc.stderr
+
+    def programs(folder):
+        return [p for p in (tmp_path / folder).rglob("*") if p.is_file()]
+
+    assert (len(programs("edgel2/jax")) > 0, len(programs("own")) > 0) == {
+        "none": (True, False), "own folder": (False, True), "empty": (False, False),
+        "no filelock": (False, False)}[user_setting]
+
+
 def test_eval_reports_accuracy_per_class_and_confusion(trained_run, data_dir, tmp_path):
     from click.testing import CliRunner
 
