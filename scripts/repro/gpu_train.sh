@@ -19,8 +19,9 @@
 #              recipe at width WIDE (5/4 WIDTH) for WIDE_EPOCHS (52), a second seed of the best
 #   ablation   scripts/repro/ablation.py at full width, ABLATION_EPOCHS (15) epochs, ABLATION_SEEDS (0)
 #   small      not run yet: the ResNet-20 (--arch resnet20) for SMALL_EPOCHS (100), distilled
-#              from the shipped int8 ResNet-18 (rebuilt as a Keras teacher, so that it runs on
-#              the GPU), then the same student alone, then a second seed of the better
+#              from TEACHER (the shipped int8 ResNet-18, models/resnet18-int8.onnx; rebuilt as
+#              a Keras teacher, so that it runs on the GPU), then the same student alone, then
+#              a second seed of the better
 # Other knobs: WIDTH (64), SUBSET; BUDGET_S (520), the seconds after which no new run starts
 # (keep it under any time limit the machine has); RUN_S (110), what one run is expected to take
 # (compile + training + eval + save).
@@ -41,7 +42,7 @@ if [ "${1:-}" = "--prepare" ]; then
   grep -qx '/.whl/' .git/info/exclude 2>/dev/null || printf '/.whl/\n/.data/\n/.site/\n' >> .git/info/exclude
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d .whl keras==3.15.1 namex==0.1.0 optree==0.20.0
+    --platform manylinux2014_x86_64 -d .whl keras==3.15.1 namex==0.1.0 optree==0.20.0 filelock==4.3.2
   mkdir -p .data && cp ../shared/data/cifar10-jpeg.npz ../shared/data/cifar10_jpeg.py .data/
   echo "prepared: $(ls .whl | tr '\n' ' ')"
   exit 0
@@ -167,7 +168,7 @@ case ${SET:=shipped} in
           # runs on the GPU beside the student instead of in ONNX Runtime on the CPU
     teacher=$RUNS/teacher.keras
     python3 -c "import sys; from edgel2.pretrained import network_from_onnx; network_from_onnx(sys.argv[1]).save(sys.argv[2])" \
-      models/resnet18-int8.onnx "$teacher" || exit 1
+      "${TEACHER:-models/resnet18-int8.onnx}" "$teacher" || exit 1
     SMALL="--arch resnet20 --width ${SMALL_WIDTH:-16} --epochs ${SMALL_EPOCHS:-100} --batch-size 256
       --lr 0.2 --warmup 0.15 --label-smoothing 0.1 --weight-l2 2.5e-4 --feature-l2 1e-4"
     OPTS_small_distilled="$SMALL --teacher $teacher"
