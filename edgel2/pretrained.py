@@ -4,14 +4,16 @@ The shipped ``resnet18-int8.onnx`` *is* the pretrained ResNet-18, in a compact e
 per-channel weights (10.8 MB against 45 MB of float32), every batch norm folded into its
 convolution and the input normalization into the stem (see :mod:`edgel2.export.qdq`).
 :func:`network_from_onnx` undoes the folds and rebuilds the Keras network edgel2 trains; any
-edgel2 ``.keras`` file serves the same way (:func:`load_backbone`). :func:`transfer` copies a
-backbone into a network built for new classes and image sizes, and
+edgel2 ``.keras`` file serves the same way (:func:`load_backbone`). :func:`start_from` copies a
+backbone into a network built for new classes and image sizes (the classifier too when the
+classes are the weights' own), and
 :func:`recalibrate_batchnorm` gives folded batch norms statistics that training mode can use.
 """
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -184,11 +186,51 @@ def natural_image_size(source: str | os.PathLike, arch: str = DEFAULT_ARCH) -> i
     return height if isinstance(height, int) and height > 0 else None
 
 
-def start_from(network, source: str | os.PathLike, images: np.ndarray | None = None) -> None:
-    """Load every weight of ``network`` but its classifier from ``source`` (see
-    :func:`load_backbone`): the classifier keeps its fresh initialization for the new classes;
-    the image size may differ (the convolutions do not depend on it). Folded batch norms are
-    recalibrated on ``images`` (the training images)."""
+def weights_class_names(source: str | os.PathLike, arch: str = DEFAULT_ARCH) -> list[str] | None:
+    """The class names, in order, of the weights at ``source`` (``"pretrained"``, an exported
+    file's metadata, or a ``.keras`` file's run), without loading the network; None when
+    nothing says.
+
+    Examples:
+        >>> weights_class_names(PRETRAINED)[:3]
+        ['airplane', 'automobile', 'bird']
+    """
+    from edgel2.runtime.modelfile import read_metadata
+    from edgel2.utils import run_config
+
+    try:
+        path = pretrained_file(arch) if str(source) == PRETRAINED else Path(source)
+        names = (run_config(path)["model"]["class_names"] if path.suffix.lower() == ".keras"
+                 else read_metadata(path)["class_names"])
+    except (OSError, ValueError, KeyError, TypeError, ModelError):
+        return None
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
+
+
+def keeps_classifier(source: str | os.PathLike, class_names: Sequence[str] | None,
+                     arch: str = DEFAULT_ARCH) -> bool:
+    """Whether fine-tuning from ``source`` keeps its classifier (:func:`start_from`): the
+    data's ``class_names`` are the weights' own, in the same order.
+
+    Examples:
+        >>> keeps_classifier(PRETRAINED, ["cat", "dog"])
+        False
+    """
+    return class_names is not None and list(class_names) == weights_class_names(source, arch)
+
+
+def start_from(network, source: str | os.PathLike, images: np.ndarray | None = None,
+               class_names: Sequence[str] | None = None) -> bool:
+    """Load every weight of ``network`` from ``source`` (see :func:`load_backbone`) but the
+    classifier's, which keeps its fresh initialization for the new classes, unless
+    ``class_names`` are the weights' own, in the same order: then the classifier is loaded
+    too, so that training goes on from the model as it was (as a detector keeps every weight
+    whose shape matches). The image size may differ (the convolutions do not depend on it).
+    Folded batch norms are recalibrated on ``images`` (the training images).
+
+    Returns:
+        Whether the classifier was loaded too.
+    """
     from edgel2.model import architecture_of, stem_width
 
     arch = architecture_of(layer.name for layer in network.layers) or DEFAULT_ARCH
@@ -202,11 +244,13 @@ def start_from(network, source: str | os.PathLike, images: np.ndarray | None = N
     if width != wanted:
         raise ModelError(f"{source}{shipped} is a width-{width} {found} and this run is "
                          f"width {wanted}: pass `width` {width}")
+    same_classes = keeps_classifier(source, class_names, arch)
     for layer in network.layers:
-        if layer.weights and layer.name != HEAD:
+        if layer.weights and (layer.name != HEAD or same_classes):
             layer.set_weights(backbone.get_layer(layer.name).get_weights())
     if folded and images is not None:
         recalibrate_batchnorm(network, images)
+    return same_classes
 
 
 def recalibrate_batchnorm(network, images: np.ndarray, batch_size: int = 128) -> None:

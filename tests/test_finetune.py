@@ -144,6 +144,34 @@ def test_pretrained_resnet20_starts_from_the_shipped_small_network(tiny_folder, 
         np.testing.assert_array_equal(tuned.get_layer(name).get_weights()[0],
                                       shipped.get_layer(name).get_weights()[0])
     assert tuned.get_layer("logits").get_weights()[0].shape == (64, 3)
+    assert ("weights: every layer but the classifier from the shipped resnet20; the classifier "
+            "is new for 3 classes") in result.output
+
+
+@pytest.mark.parametrize("order", ["the weights' own", "another"])
+def test_weights_keep_their_classifier_only_for_their_own_classes_in_their_order(order):
+    """Going on from a model on the same classes starts from the model as it was, not from a
+    new classifier; any other list of classes, even the same names in another order, gets a
+    new one."""
+    from edgel2.model import build_network
+    from edgel2.pretrained import (
+        PRETRAINED,
+        network_from_onnx,
+        pretrained_file,
+        start_from,
+        weights_class_names,
+    )
+
+    names = weights_class_names(PRETRAINED, "resnet20")
+    assert names is not None and len(names) == 10
+    network = build_network("resnet20", 10, 16)
+    fresh = network.get_layer("logits").get_weights()[0]
+    kept = start_from(network, PRETRAINED, class_names=names if order == "the weights' own"
+                      else names[::-1])
+    shipped = network_from_onnx(pretrained_file("resnet20")).get_layer("logits").get_weights()[0]
+    head = network.get_layer("logits").get_weights()[0]
+    assert kept == (order == "the weights' own")
+    np.testing.assert_array_equal(head, shipped if kept else fresh)
 
 
 @pytest.mark.parametrize("args, message", [

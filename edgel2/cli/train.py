@@ -126,9 +126,11 @@ MOST_STAGES = max(len(a.stages) for a in ARCHITECTURES.values())
 @click.option("--pretrained", is_flag=True,
               help="Fine-tune the shipped ResNet-18 (trained on CIFAR-10-JPEG; rebuilt from "
                    "models/resnet18-int8.onnx, no download): every layer but the classifier, "
-                   "which is new for the data's classes. Width 64; any image size.")
+                   "which is new for the data's classes (kept for CIFAR-10's own). Width 64; "
+                   "any image size.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Fine-tune from this edgel2 .keras file (or an .onnx edgel2 exported) instead.")
+              help="Fine-tune from this edgel2 .keras file (or an .onnx edgel2 exported) instead; "
+                   "its classifier too when the data has its classes, in its order.")
 @click.option("--freeze", type=click.IntRange(0, MOST_STAGES), default=DEFAULTS.freeze,
               show_default=True,
               help="When fine-tuning, keep the stem and the first N stages frozen (their batch "

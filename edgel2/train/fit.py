@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,7 +263,9 @@ def _train(config: TrainConfig, run_dir: Path, name: str, state: dict | None,
                                 f"{steps_per_epoch} steps); the data or config changed")
     else:
         trainer = build_trainer(config, ds.num_classes, ds.image_shape, steps_per_epoch,
-                                images=ds.x_train[:1024])[0]
+                                images=ds.x_train[:1024], class_names=ds.class_names)[0]
+        if verbose and chief and config.weights:
+            print(_started_from(config.weights, config.arch, ds.class_names), flush=True)
         if chief:
             described = _describe_run(config, ds, network_of(trainer), device, compute_dtype,
                                       placement, name)
@@ -328,13 +331,14 @@ def _train(config: TrainConfig, run_dir: Path, name: str, state: dict | None,
 
 
 def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int, int, int],
-                  steps_per_epoch: int, images: np.ndarray | None = None
-                  ) -> tuple[keras.Model, keras.Model]:
+                  steps_per_epoch: int, images: np.ndarray | None = None,
+                  class_names: Sequence[str] | None = None) -> tuple[keras.Model, keras.Model]:
     """The compiled training model (augmentation + network) and the bare network inside it.
 
     With ``config.weights`` the network starts from those weights (all but the classifier,
-    which is new for ``num_classes``; folded batch norms are recalibrated on ``images``) and
-    ``config.freeze`` stages stay frozen (see :mod:`edgel2.pretrained`).
+    which is new for ``num_classes``, unless ``class_names`` are the weights' own; folded
+    batch norms are recalibrated on ``images``) and ``config.freeze`` stages stay frozen (see
+    :mod:`edgel2.pretrained`).
 
     Args:
         config: The run's config (network, both L2s, augmentation, optimizer, schedule).
@@ -342,6 +346,8 @@ def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int,
         input_shape: (height, width, 3).
         steps_per_epoch: Optimizer steps per epoch (the schedule spans them all).
         images: Training images to recalibrate batch norms on when starting from weights.
+        class_names: The data's classes: when they are those of ``config.weights``, in the
+            same order, the classifier is loaded too (training goes on from that model).
 
     Returns:
         (trainer, network): the model ``fit`` runs, and the network that is saved and exported.
@@ -358,7 +364,7 @@ def build_trainer(config: TrainConfig, num_classes: int, input_shape: tuple[int,
     if config.weights:
         from edgel2.pretrained import freeze_stages, start_from
 
-        start_from(model, config.weights, images)
+        start_from(model, config.weights, images, class_names)
         freeze_stages(model, config.freeze)
     # with a teacher the batches come augmented (the teacher sees them): no augmentation here
     trainer = (with_augmentation(model, seed=config.seed, **augmentation_options(config))
@@ -458,6 +464,17 @@ def _held_out_name(ds: Dataset, split: str, config: TrainConfig) -> str:
         return (f"a class-balanced subset of {len(ds.y_test):,} images of the {ds.name} "
                 "test split")
     return f"the {ds.name} test split ({len(ds.y_test):,} images)"
+
+
+def _started_from(weights: str, arch: str, class_names: Sequence[str]) -> str:
+    """The line that says what a fine-tune loaded from its ``weights``."""
+    from edgel2.pretrained import PRETRAINED, keeps_classifier
+
+    source = "the shipped " + arch if weights == PRETRAINED else Path(weights).name
+    if keeps_classifier(weights, class_names, arch):
+        return f"weights: every layer from {source}, the classifier too (the same classes)"
+    return (f"weights: every layer but the classifier from {source}; the classifier is new "
+            f"for {len(class_names)} classes")
 
 
 def _describe_run(config: TrainConfig, ds: Dataset, model, device: str | None,

@@ -20,7 +20,7 @@
 # hour unless it beats twice the epochs; MAIN_TEACHER=models/resnet18-int8.onnx distils.
 # cycle2 (not part of "all"): CYCLE2_EPOCHS (20) more epochs from models/resnet20/, one cosine
 # cycle at half the first run's peak (0.1), without --weights' fine-tuning augmentation (colour
-# jitter, zoom crops); the classifier starts fresh, as --weights does. On a 2-core CPU
+# jitter, zoom crops); the classifier is kept too (CIFAR-10's classes are the weights'). On a 2-core CPU
 # TensorFlow trains this network 1.8-3.3x faster than JAX (measured); a resume keeps the
 # backend the run started on. EXPORT_RUN (resnet20) names the run exported.
 set -euo pipefail
