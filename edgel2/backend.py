@@ -20,7 +20,7 @@ BACKENDS = ("tensorflow", "jax")
 # those that took over 1 s to compile): building or loading a model on JAX compiles one small
 # random-number program per weight shape, about 1 s each on a 2-core CPU, so a command on a
 # .keras file spent 25-28 s of a ResNet-20 load compiling them; from the cache, 2 s (measured).
-# Least recently used programs go once the folder passes JAX_CACHE_MAX_BYTES.
+# The least recently used programs go once the folder passes 1 GiB.
 JAX_CACHE_SETTINGS = {"jax_compilation_cache_dir": None,  # cache_folder() / "jax"
                       "jax_persistent_cache_min_compile_time_secs": 0.0,
                       "jax_compilation_cache_max_size": 1 << 30}
