@@ -224,8 +224,9 @@ def start_from(network, source: str | os.PathLike, images: np.ndarray | None = N
     """Load every weight of ``network`` from ``source`` (see :func:`load_backbone`) but the
     classifier's, which keeps its fresh initialization for the new classes, unless
     ``class_names`` are the weights' own, in the same order: then the classifier is loaded
-    too, so that training goes on from the model as it was. The image size may differ (the convolutions do not depend on it).
-    Folded batch norms are recalibrated on ``images`` (the training images).
+    too, so that training goes on from the model as it was. The image size may differ (the
+    convolutions do not depend on it). Folded batch norms are recalibrated on ``images`` (the
+    training images).
 
     Returns:
         Whether the classifier was loaded too.
