@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -163,6 +164,24 @@ def pretrained_file(arch: str = DEFAULT_ARCH) -> Path:
     return path
 
 
+def _weights_record(source: str | os.PathLike, arch: str, in_run: Callable[[dict], Any],
+                    in_file: Callable[[dict], Any]) -> Any:
+    """What the weights at ``source`` (``"pretrained"``, an exported file, a ``.keras`` file)
+    say about themselves without loading the network: ``in_run`` of the ``model`` record in a
+    ``.keras`` file's run ``config.json``, or ``in_file`` of an exported file's metadata; None
+    when it is not there."""
+    from edgel2.runtime.modelfile import read_metadata
+    from edgel2.utils import run_config
+
+    try:
+        path = pretrained_file(arch) if str(source) == PRETRAINED else Path(source)
+        if path.suffix.lower() == ".keras":
+            return in_run(run_config(path)["model"])
+        return in_file(read_metadata(path))
+    except (OSError, ValueError, KeyError, TypeError, IndexError, ModelError):
+        return None
+
+
 def natural_image_size(source: str | os.PathLike, arch: str = DEFAULT_ARCH) -> int | None:
     """The side of the images the weights at ``source`` were trained on (the shipped
     ResNet-18: 32), read from the file's metadata or its run's ``config.json`` without
@@ -172,17 +191,8 @@ def natural_image_size(source: str | os.PathLike, arch: str = DEFAULT_ARCH) -> i
         >>> natural_image_size(PRETRAINED)
         32
     """
-    from edgel2.runtime.modelfile import read_metadata
-    from edgel2.utils import run_config
-
-    try:
-        path = pretrained_file(arch) if str(source) == PRETRAINED else Path(source)
-        if path.suffix.lower() == ".keras":
-            height = run_config(path)["model"]["input_shape"][0]
-        else:
-            height = read_metadata(path)["input"]["shape"][1]
-    except (OSError, ValueError, KeyError, TypeError, IndexError, ModelError):
-        return None
+    height = _weights_record(source, arch, lambda model: model["input_shape"][0],
+                             lambda metadata: metadata["input"]["shape"][1])
     return height if isinstance(height, int) and height > 0 else None
 
 
@@ -195,15 +205,8 @@ def weights_class_names(source: str | os.PathLike, arch: str = DEFAULT_ARCH) -> 
         >>> weights_class_names(PRETRAINED)[:3]
         ['airplane', 'automobile', 'bird']
     """
-    from edgel2.runtime.modelfile import read_metadata
-    from edgel2.utils import run_config
-
-    try:
-        path = pretrained_file(arch) if str(source) == PRETRAINED else Path(source)
-        names = (run_config(path)["model"]["class_names"] if path.suffix.lower() == ".keras"
-                 else read_metadata(path)["class_names"])
-    except (OSError, ValueError, KeyError, TypeError, ModelError):
-        return None
+    names = _weights_record(source, arch, lambda model: model["class_names"],
+                            lambda metadata: metadata["class_names"])
     return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
 
 
