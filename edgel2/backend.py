@@ -21,8 +21,7 @@ BACKENDS = ("tensorflow", "jax")
 # random-number program per weight shape, about 1 s each on a 2-core CPU, so a command on a
 # .keras file spent 25-28 s of a ResNet-20 load compiling them; from the cache, 2 s (measured).
 # The least recently used programs go once the folder passes 1 GiB.
-JAX_CACHE_SETTINGS = {"jax_compilation_cache_dir": None,  # cache_folder() / "jax"
-                      "jax_persistent_cache_min_compile_time_secs": 0.0,
+JAX_CACHE_SETTINGS = {"jax_persistent_cache_min_compile_time_secs": 0.0,
                       "jax_compilation_cache_max_size": 1 << 30}
 # What TensorFlow's native libraries print while they load, before TF_CPP_MIN_LOG_LEVEL
 # applies (TF 2.21 prints the oneDNN banner once per library: twice; tensorflow/tensorflow#79029)
@@ -76,9 +75,10 @@ def cache_jax_compilations() -> None:
         import jax
     except ImportError:
         return  # "edgel2[train]" has filelock; a command that needs JAX says so itself
-    for setting, value in JAX_CACHE_SETTINGS.items():
+    settings = {"jax_compilation_cache_dir": str(cache_folder() / "jax"), **JAX_CACHE_SETTINGS}
+    for setting, value in settings.items():
         if setting.upper() not in os.environ:
-            jax.config.update(setting, str(cache_folder() / "jax") if value is None else value)
+            jax.config.update(setting, value)
 
 
 def recorded_backend(run_dir: str | os.PathLike) -> str | None:
