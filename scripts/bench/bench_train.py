@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train-step throughput (images/s) of the edgel2 ResNet-18 for each Keras backend present.
+"""Train-step throughput (images/s) of an edgel2 network for each Keras backend present.
 
 Each backend runs in its own process (Keras fixes its backend at import). A cell times
 `--steps` train steps (augmentation, forward, backward, SGD update, exactly as
@@ -8,9 +8,13 @@ Each backend runs in its own process (Keras fixes its backend at import). A cell
     python scripts/bench/bench_train.py                        # tensorflow and jax, widths 64 and 16
     python scripts/bench/bench_train.py --widths 64 --batch-size 512 --backends jax
     python scripts/bench/bench_train.py --backends tensorflow --widths 64 --image-sizes 8,16,32
+    python scripts/bench/bench_train.py --backends tensorflow --arch resnet20 --onednn on,off
 
-Several --image-sizes are timed in one process, in interleaved rounds (--rounds, medians),
-so their ratios hold on a machine whose speed drifts.
+Each round starts one process per backend, oneDNN setting and width, and times every
+--image-sizes in it; the table gives the medians of --rounds such interleaved rounds, so
+ratios hold on a machine whose speed drifts. --onednn sets TensorFlow's
+TF_ENABLE_ONEDNN_OPTS (edgel2 turns it on; "off" is TensorFlow's own default on CPUs
+without AVX-512 VNNI/BF16 or AMX).
 """
 from __future__ import annotations
 
@@ -18,13 +22,14 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 
 
-def measure(width: int, batch_size: int, warmup: int, steps: int, sizes: list[int],
-            rounds: int) -> list[dict]:
+def measure(arch: str, width: int, batch_size: int, warmup: int, steps: int,
+            sizes: list[int]) -> list[dict]:
     import keras
     import numpy as np
 
@@ -38,28 +43,30 @@ def measure(width: int, batch_size: int, warmup: int, steps: int, sizes: list[in
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, batch_size)]
     cells = {}
     for size in sizes:
-        trainer, _ = build_trainer(TrainConfig(width=width, batch_size=batch_size), 10,
-                                   (size, size, 3), steps_per_epoch=1000)
+        trainer, _ = build_trainer(TrainConfig(arch=arch, width=width, batch_size=batch_size),
+                                   10, (size, size, 3), steps_per_epoch=1000)
         x = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
         start = time.perf_counter()
         for _ in range(warmup):
             trainer.train_on_batch(x, y)
-        cells[size] = (trainer, x, time.perf_counter() - start, [])
-    for _ in range(rounds):  # interleaved, so drift hits every size alike
-        for trainer, x, _, rates in cells.values():
-            start = time.perf_counter()
-            for _ in range(steps):
-                trainer.train_on_batch(x, y)  # returns host floats: each step is waited for
-            rates.append(steps * batch_size / (time.perf_counter() - start))
-    return [{"backend": keras.backend.backend(), "device": device or "cpu", "width": width,
-             "size": size, "batch": batch_size, "images_per_s": float(np.median(rates)),
-             "warmup_s": compile_s} for size, (_, _, compile_s, rates) in cells.items()]
+        cells[size] = (trainer, x, time.perf_counter() - start)
+    rows = []
+    for size, (trainer, x, compile_s) in cells.items():
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_on_batch(x, y)  # returns host floats: each step is waited for
+        rows.append({"size": size, "images_per_s": steps * batch_size / (time.perf_counter() - start),
+                     "warmup_s": compile_s, "device": device or "cpu"})
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="tensorflow,jax")
-    parser.add_argument("--widths", default="64,16")
+    parser.add_argument("--arch", default="resnet18", help="an edgel2 architecture (train --arch)")
+    parser.add_argument("--widths", default="64,16",
+                        help="network widths, comma-separated ('default': the architecture's)")
+    parser.add_argument("--onednn", default="on", help="TensorFlow's oneDNN kernels: on, off or on,off")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
@@ -67,37 +74,45 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (medians)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sizes = [int(s) for s in args.image_sizes.split(",")]
     if args.child:
-        sizes = [int(s) for s in args.image_sizes.split(",")]
-        print(json.dumps(measure(int(args.child), args.batch_size, args.warmup, args.steps,
-                                 sizes, args.rounds)))
+        width = None if args.child == "default" else int(args.child)
+        print(json.dumps(measure(args.arch, width, args.batch_size, args.warmup, args.steps, sizes)))
         return
 
-    rows = []
+    cells = []  # (backend, oneDNN setting or "-", width)
     for backend in args.backends.split(","):
-        module = {"tensorflow": "tensorflow", "jax": "jax"}[backend]
-        if importlib.util.find_spec(module) is None:
+        if importlib.util.find_spec(backend) is None:
             print(f"# {backend}: not installed, skipped", file=sys.stderr)
             continue
-        for width in map(int, args.widths.split(",")):
+        settings = args.onednn.split(",") if backend == "tensorflow" else ["-"]
+        cells += [(backend, onednn, width) for onednn in settings for width in args.widths.split(",")]
+    rates: dict[tuple, list] = {}
+    for _ in range(args.rounds):
+        for backend, onednn, width in cells:
             env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+            if onednn != "-":
+                env["TF_ENABLE_ONEDNN_OPTS"] = {"on": "1", "off": "0"}[onednn]
             proc = subprocess.run(
-                [sys.executable, __file__, "--child", str(width), "--batch-size",
+                [sys.executable, __file__, "--child", width, "--arch", args.arch, "--batch-size",
                  str(args.batch_size), "--warmup", str(args.warmup), "--steps", str(args.steps),
-                 "--image-sizes", args.image_sizes, "--rounds", str(args.rounds)],
+                 "--image-sizes", args.image_sizes],
                 env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"# {backend} width {width} failed: {proc.stderr.strip()[-500:]}",
                       file=sys.stderr)
                 continue
-            rows += json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"{'backend':<11} {'device':<8} {'width':>5} {'size':>5} {'batch':>5} {'images/s':>9} "
-          f"{'warm-up s':>9}")
-    for r in rows:
-        print(f"{r['backend']:<11} {r['device']:<8} {r['width']:>5} {r['size']:>5} "
-              f"{r['batch']:>5} {r['images_per_s']:>9.1f} {r['warmup_s']:>9.1f}")
+            for row in json.loads(proc.stdout.strip().splitlines()[-1]):
+                rates.setdefault((backend, onednn, width, row["size"], row["device"]), []).append(row)
+    print(f"{'backend':<11} {'oneDNN':<6} {'device':<8} {'arch':<9} {'width':>7} {'size':>5} "
+          f"{'batch':>5} {'images/s':>9} {'warm-up s':>9}")
+    for (backend, onednn, width, size, device), rows in rates.items():
+        speed = statistics.median(r["images_per_s"] for r in rows)
+        warmup = statistics.median(r["warmup_s"] for r in rows)
+        print(f"{backend:<11} {onednn:<6} {device:<8} {args.arch:<9} {width:>7} {size:>5} "
+              f"{args.batch_size:>5} {speed:>9.1f} {warmup:>9.1f}")
     print(f"# {os.cpu_count()} CPU cores; {args.steps} timed steps after {args.warmup} warm-up "
-          f"steps; medians of {args.rounds} interleaved rounds")
+          f"steps; medians of {args.rounds} interleaved rounds, one process per cell and round")
 
 
 if __name__ == "__main__":
