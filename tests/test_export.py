@@ -162,6 +162,41 @@ def test_the_narrowing_script_leaves_a_file_as_it_was_when_its_accuracy_cannot_b
     assert [p.name for p in recorded.parent.iterdir()] == ["recorded.onnx"]   # nothing staged left
 
 
+SHIPPING_SCRIPT = Path(__file__).parents[1] / "scripts" / "tools" / "ship_model.py"
+
+
+def test_the_shipping_script_copies_a_file_without_the_exporting_machines_data_record(
+        tiny_onnx, tmp_path):
+    """scripts/tools/ship_model.py: models/ gets the export's file and metadata but the data
+    record (a folder on the exporting machine); a file with no accuracy record is one line and
+    exit 1, and the file already shipped under that name stays as it was."""
+    import subprocess
+    import sys
+
+    from edgel2.export.onnx import set_metadata
+
+    exported = tmp_path / "export" / "small-int8.onnx"
+    exported.parent.mkdir()
+    exported.write_bytes(tiny_onnx.read_bytes())
+    set_metadata(exported, {"accuracy": json.dumps({"top1": 0.5}),
+                            "data": json.dumps({"source": "/home/someone/photos"})}, keep_others=True)
+    unchecked = tmp_path / "export" / "other-int8.onnx"
+    unchecked.write_bytes(tiny_onnx.read_bytes())
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "other-int8.onnx").write_bytes(b"the shipped file")
+    done = subprocess.run([sys.executable, str(SHIPPING_SCRIPT), str(exported), str(unchecked),
+                           "--to", str(models)], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"{unchecked}: not shipped: no edgel2 accuracy record: "
+                                        "export it with edgel2 export --check"]
+    shipped = read_metadata(models / "small-int8.onnx")
+    assert shipped == {k: v for k, v in read_metadata(exported).items() if k != "data"}
+    assert "data" in read_metadata(exported) and shipped["accuracy"] == {"top1": 0.5}
+    assert (models / "other-int8.onnx").read_bytes() == b"the shipped file"
+    assert sorted(p.name for p in models.iterdir()) == ["other-int8.onnx", "small-int8.onnx"]
+
+
 def path_to_first_conv(graph) -> list[str]:
     """Op types from the graph input to the first Conv, following the data."""
     ops, tensor = [], graph.input[0].name

@@ -8,6 +8,8 @@
 #   bash scripts/repro/small_model.sh              # everything below, in order
 #   STEP=main bash scripts/repro/small_model.sh    # one step: main, compare, export or bench
 #   STEP=cycle2 bash scripts/repro/small_model.sh  # a second cycle from the shipped weights
+#   STEP=export EXPORT_RUN=resnet20-cycle2 bash scripts/repro/small_model.sh
+#   STEP=ship EXPORT_RUN=resnet20-cycle2 bash scripts/repro/small_model.sh  # into models/resnet20/
 #
 # Knobs: OUT (runs/small), EPOCHS (60) and MAIN_TEACHER (none) for the main run;
 # COMPARE_EPOCHS (30), COMPARE_SUBSET (10000) and SEEDS ("0 1") for the comparison; DTYPE
@@ -83,6 +85,11 @@ fi
 if [ "$step" = all ] || [ "$step" = export ]; then
   edgel2 export "$OUT/${EXPORT_RUN:-resnet20}/model.keras" --format onnx,tflite --precision fp32,int8 \
     --check all --c-array --force
+fi
+if [ "$step" = ship ]; then  # not part of "all": replaces the shipped small model
+  python scripts/tools/ship_model.py "$OUT/${EXPORT_RUN:-resnet20}/export/resnet20-int8.onnx" \
+    "$OUT/${EXPORT_RUN:-resnet20}/export/resnet20-int8.tflite" --to models/resnet20
+  python scripts/tools/make_test_vectors.py
 fi
 if [ "$step" = all ] || [ "$step" = bench ]; then
   edgel2 benchmark models/ "$OUT/${EXPORT_RUN:-resnet20}/export" --format onnx,tflite,openvino \
