@@ -23,11 +23,6 @@ BACKENDS = ("tensorflow", "jax")
 # The least recently used programs go once the folder passes 1 GiB.
 JAX_CACHE_SETTINGS = {"jax_persistent_cache_min_compile_time_secs": 0.0,
                       "jax_compilation_cache_max_size": 1 << 30}
-# TensorFlow's settings unless the user made them. oneDNN's kernels: TensorFlow turns them on by
-# itself only on CPUs with AVX-512 VNNI/BF16 or AMX (and on Arm), running Eigen's elsewhere;
-# on an AVX2-only AMD EPYC (2 cores) oneDNN trains a ResNet-20 1.58x and a ResNet-18 1.73x
-# faster (scripts/bench/bench_train.py --onednn on,off, medians of 3 interleaved rounds).
-TF_SETTINGS = {"TF_ENABLE_ONEDNN_OPTS": "1"}
 # What TensorFlow's native libraries print while they load, before TF_CPP_MIN_LOG_LEVEL
 # applies (TF 2.21 prints the oneDNN banner once per library: twice; tensorflow/tensorflow#79029)
 STARTUP_NOISE = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on",
@@ -56,8 +51,6 @@ def use_backend(name: str | None) -> str:
                               f"set KERAS_BACKEND={name} before starting Python")
     os.environ["KERAS_BACKEND"] = name
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's later chatter
-    for setting, value in TF_SETTINGS.items():
-        os.environ.setdefault(setting, value)
     if name == "jax":
         cache_jax_compilations()
     if name == "tensorflow" and "tensorflow" not in sys.modules:

@@ -213,22 +213,6 @@ def test_jax_keeps_its_compiled_programs_in_the_edgel2_cache_unless_the_user_cho
         "no filelock": (False, False)}[user_setting]
 
 
-@pytest.mark.parametrize("user_setting, onednn", [(None, True), ("0", False), ("1", True)])
-def test_tensorflow_runs_on_onednn_kernels_unless_the_user_turned_them_off(user_setting, onednn):
-    """TensorFlow enables oneDNN by itself only on CPUs with AVX-512 VNNI/BF16 or AMX; edgel2
-    turns it on everywhere (1.6-1.7x faster training on an AVX2-only CPU), and a user's
-    TF_ENABLE_ONEDNN_OPTS wins."""
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    if user_setting is not None:
-        env["TF_ENABLE_ONEDNN_OPTS"] = user_setting
-    proc = subprocess.run(  # IsMklEnabled: what TensorFlow's own tests ask
-        [sys.executable, "-c", "from edgel2.backend import use_backend; use_backend('tensorflow')\n"
-         "from tensorflow.python.util import _pywrap_util_port; print(_pywrap_util_port.IsMklEnabled())"],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == str(onednn)
-
-
 def test_eval_reports_accuracy_per_class_and_confusion(trained_run, data_dir, tmp_path):
     from click.testing import CliRunner
 

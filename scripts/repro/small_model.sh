@@ -25,6 +25,8 @@
 # jitter, zoom crops); the classifier is kept too (CIFAR-10's classes are the weights'). On a 2-core CPU
 # TensorFlow trains this network 1.8-3.3x faster than JAX (measured); a resume keeps the
 # backend the run started on. EXPORT_RUN (resnet20) names the run exported.
+# On a CPU with AVX2 only, TF_ENABLE_ONEDNN_OPTS=1 in the environment trains 1.6x faster but
+# not reproducibly to the bit (docs/guides/train.md); cycle2 was trained so from epoch 3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/small}
