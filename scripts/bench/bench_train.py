@@ -13,8 +13,9 @@ Each backend runs in its own process (Keras fixes its backend at import). A cell
 Each round starts one process per backend, oneDNN setting and width, and times every
 --image-sizes in it; the table gives the medians of --rounds such interleaved rounds, so
 ratios hold on a machine whose speed drifts. --onednn sets TensorFlow's
-TF_ENABLE_ONEDNN_OPTS (edgel2 turns it on; "off" is TensorFlow's own default on CPUs
-without AVX-512 VNNI/BF16 or AMX).
+TF_ENABLE_ONEDNN_OPTS ("on", "off") or leaves it as the environment has it ("default", which
+edgel2 also does: TensorFlow turns oneDNN on by itself only on CPUs with AVX-512 VNNI/BF16 or
+AMX).
 """
 from __future__ import annotations
 
@@ -60,13 +61,25 @@ def measure(arch: str, width: int, batch_size: int, warmup: int, steps: int,
     return rows
 
 
+ONEDNN_VALUES = {"on": "1", "off": "0"}  # TF_ENABLE_ONEDNN_OPTS; "default" leaves it alone
+
+
+def onednn_settings(text: str) -> list[str]:
+    settings = text.split(",")
+    unknown = [s for s in settings if s not in ("default", *ONEDNN_VALUES)]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: choose from default, on, off")
+    return settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="tensorflow,jax")
     parser.add_argument("--arch", default="resnet18", help="an edgel2 architecture (train --arch)")
     parser.add_argument("--widths", default="64,16",
                         help="network widths, comma-separated ('default': the architecture's)")
-    parser.add_argument("--onednn", default="on", help="TensorFlow's oneDNN kernels: on, off or on,off")
+    parser.add_argument("--onednn", default="default", type=onednn_settings,
+                        help="TensorFlow's oneDNN kernels, comma-separated: default, on, off")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
@@ -85,14 +98,14 @@ def main() -> None:
         if importlib.util.find_spec(backend) is None:
             print(f"# {backend}: not installed, skipped", file=sys.stderr)
             continue
-        settings = args.onednn.split(",") if backend == "tensorflow" else ["-"]
+        settings = args.onednn if backend == "tensorflow" else ["-"]
         cells += [(backend, onednn, width) for onednn in settings for width in args.widths.split(",")]
     rates: dict[tuple, list] = {}
     for _ in range(args.rounds):
         for backend, onednn, width in cells:
             env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-            if onednn != "-":
-                env["TF_ENABLE_ONEDNN_OPTS"] = {"on": "1", "off": "0"}[onednn]
+            if onednn in ONEDNN_VALUES:
+                env["TF_ENABLE_ONEDNN_OPTS"] = ONEDNN_VALUES[onednn]
             proc = subprocess.run(
                 [sys.executable, __file__, "--child", width, "--arch", args.arch, "--batch-size",
                  str(args.batch_size), "--warmup", str(args.warmup), "--steps", str(args.steps),
@@ -104,12 +117,12 @@ def main() -> None:
                 continue
             for row in json.loads(proc.stdout.strip().splitlines()[-1]):
                 rates.setdefault((backend, onednn, width, row["size"], row["device"]), []).append(row)
-    print(f"{'backend':<11} {'oneDNN':<6} {'device':<8} {'arch':<9} {'width':>7} {'size':>5} "
+    print(f"{'backend':<11} {'oneDNN':<7} {'device':<8} {'arch':<9} {'width':>7} {'size':>5} "
           f"{'batch':>5} {'images/s':>9} {'warm-up s':>9}")
     for (backend, onednn, width, size, device), rows in rates.items():
         speed = statistics.median(r["images_per_s"] for r in rows)
         warmup = statistics.median(r["warmup_s"] for r in rows)
-        print(f"{backend:<11} {onednn:<6} {device:<8} {args.arch:<9} {width:>7} {size:>5} "
+        print(f"{backend:<11} {onednn:<7} {device:<8} {args.arch:<9} {width:>7} {size:>5} "
               f"{args.batch_size:>5} {speed:>9.1f} {warmup:>9.1f}")
     print(f"# {os.cpu_count()} CPU cores; {args.steps} timed steps after {args.warmup} warm-up "
           f"steps; medians of {args.rounds} interleaved rounds, one process per cell and round")
