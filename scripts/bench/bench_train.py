@@ -29,7 +29,7 @@ import sys
 import time
 
 
-def measure(arch: str, width: int, batch_size: int, warmup: int, steps: int,
+def measure(arch: str, width: int | None, batch_size: int, warmup: int, steps: int,
             sizes: list[int]) -> list[dict]:
     import keras
     import numpy as np
@@ -42,7 +42,7 @@ def measure(arch: str, width: int, batch_size: int, warmup: int, steps: int,
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if device else "float32")
     rng = np.random.default_rng(0)
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, batch_size)]
-    cells = {}
+    rows = []
     for size in sizes:
         trainer, _ = build_trainer(TrainConfig(arch=arch, width=width, batch_size=batch_size),
                                    10, (size, size, 3), steps_per_epoch=1000)
@@ -50,14 +50,11 @@ def measure(arch: str, width: int, batch_size: int, warmup: int, steps: int,
         start = time.perf_counter()
         for _ in range(warmup):
             trainer.train_on_batch(x, y)
-        cells[size] = (trainer, x, time.perf_counter() - start)
-    rows = []
-    for size, (trainer, x, compile_s) in cells.items():
-        start = time.perf_counter()
+        warmed = time.perf_counter()
         for _ in range(steps):
             trainer.train_on_batch(x, y)  # returns host floats: each step is waited for
-        rows.append({"size": size, "images_per_s": steps * batch_size / (time.perf_counter() - start),
-                     "warmup_s": compile_s, "device": device or "cpu"})
+        rows.append({"size": size, "images_per_s": steps * batch_size / (time.perf_counter() - warmed),
+                     "warmup_s": warmed - start, "device": device or "cpu"})
     return rows
 
 
